@@ -1,0 +1,275 @@
+"""The library facade the CLI and the tests call: build_vocab, train, score, export_arpa.
+
+No printing here: progress goes through the `log` callable, results are returned as objects."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .atomic import atomic_dir
+from .config import build_config, parse_sets
+from .data.corpus import Encoded, Text, count_tokens, encode, locate, read_text
+from .data.vocab import Vocab
+from .errors import DataError, ModelError, UsageError
+from .evaluate.perplexity import Score, score_encoded
+from .models import family, parse_spec
+from .protocol import Protocol
+from .runs import RunRecord, append_metrics, check_output_dir, load_run, versions, write_record
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# -- vocabularies -----------------------------------------------------------------------------------
+def build_vocab(
+    paths: list[str | Path] | str | Path,
+    *,
+    level: str = "word",
+    lowercase: bool = False,
+    normalize: str | None = None,
+    min_count: int = 1,
+    max_size: int | None = None,
+    output: str | Path | None = None,
+) -> Vocab:
+    """Count tokens of the given training text(s) and keep the frequent ones; optionally save."""
+    protocol = Protocol(level=level, lowercase=lowercase, normalize=normalize)
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    counts: Counter = Counter()
+    for p in paths:
+        counts.update(count_tokens(read_text(p), protocol))
+    vocab = Vocab.build(counts, level=level, lowercase=lowercase, normalize=normalize,
+                        min_count=min_count, max_size=max_size)
+    if output is not None:
+        vocab.save(output)
+    return vocab
+
+
+def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top: int = 20) -> dict:
+    """Size, options, most frequent tokens and (optionally) OOV rate on a text."""
+    vocab = Vocab.load(vocab_path)
+    order = sorted(range(4, len(vocab)), key=lambda i: -vocab.counts[i])[:top]
+    total = sum(vocab.counts)
+    report: dict[str, Any] = {
+        "vocab_id": vocab.vocab_id,
+        "size": len(vocab),
+        "level": vocab.level,
+        "lowercase": vocab.lowercase,
+        "min_count": vocab.min_count,
+        "max_size": vocab.max_size,
+        "train_tokens": total,
+        "train_unk_tokens": vocab.counts[1],
+        "top": [{"token": vocab.tokens[i], "count": vocab.counts[i],
+                 "share": vocab.counts[i] / total if total else 0.0} for i in order],
+    }
+    if coverage is not None:
+        protocol = Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize)
+        text = read_text(coverage)
+        counts = count_tokens(text, protocol)
+        n = sum(counts.values())
+        oov_types = [t for t in counts if t not in vocab.index or t in ("<pad>", "<s>", "</s>")]
+        oov = sum(counts[t] for t in oov_types) + counts.get("<unk>", 0)
+        report["coverage"] = {
+            "file": text.name,
+            "tokens": n,
+            "types": len(counts),
+            "oov_tokens": oov,
+            "oov_types": len(oov_types),
+            "oov_rate": oov / n if n else 0.0,
+        }
+    return report
+
+
+# -- training ---------------------------------------------------------------------------------------
+@dataclass
+class TrainRequest:
+    """Everything `lmkit train` needs; fields mirror the CLI flags (None = default)."""
+
+    model: str = "ngram"
+    corpus: str | Path | None = None
+    train: str | Path | None = None
+    valid: str | Path | None = None
+    test: str | Path | None = None
+    vocab: str | Path | None = None
+    level: str | None = None
+    lowercase: bool | None = None
+    normalize: str | None = None
+    min_count: int = 1
+    max_size: int | None = None
+    context: str = "sentence"
+    keep_blank_lines: bool = False
+    options: dict = field(default_factory=dict)  # family options from flags (order, smoothing, k, ...)
+    sets: list[str] = field(default_factory=list)  # --set key=value
+    output: str | Path | None = None
+    runs_dir: str | Path = "runs"
+    force: bool = False
+    device: str = "cpu"
+    seed: int = 0
+
+
+def _parse_k(value: Any) -> Any:
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--k expects a number or 'auto', got {value!r}") from None
+
+
+def resolve_model(spec: str, options: dict, sets: list[str]):
+    """(family class, config) from a spec like 'ngram:kn5' plus flags and --set pairs."""
+    kind, from_spec = parse_spec(spec)
+    cls = family(kind)
+    values = dict(from_spec)
+    for key, val in options.items():
+        if val is None:
+            continue
+        if key in from_spec and from_spec[key] != val:
+            raise UsageError(f"--{key.replace('_', '-')} {val} contradicts --model {spec}")
+        values[key] = val
+    if "k" in values:
+        values["k"] = _parse_k(values["k"])
+    values.update(parse_sets(cls.Config, sets))
+    return cls, build_config(cls.Config, values)
+
+
+def _protocol_for(req: TrainRequest, vocab: Vocab | None) -> Protocol:
+    if vocab is None:
+        return Protocol(level=req.level or "word", lowercase=bool(req.lowercase), normalize=req.normalize,
+                        context=req.context, keep_blank_lines=req.keep_blank_lines)
+    for name, asked, have in (("level", req.level, vocab.level), ("lowercase", req.lowercase, vocab.lowercase),
+                              ("normalize", req.normalize, vocab.normalize)):
+        if asked is not None and asked != have:
+            raise UsageError(f"--vocab was built with {name}={have} but this run asks for {name}={asked}; "
+                             "use a matching vocabulary or drop the option")
+    return Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize,
+                    context=req.context, keep_blank_lines=req.keep_blank_lines)
+
+
+def _split_info(text: Text, enc: Encoded) -> dict:
+    return {"path": text.name, "sha256": text.sha256, "sequences": len(enc.sequences),
+            "tokens": enc.num_tokens, "skipped_blank_lines": enc.skipped_blank_lines}
+
+
+def _default_run_dir(runs_dir: str | Path, label: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+    return Path(runs_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(req: TrainRequest, log: Log = _quiet) -> Path:
+    """Fit a model on a corpus, score valid/test under the one scoring path, write a run folder."""
+    cls, config = resolve_model(req.model, req.options, req.sets)
+    files = locate(req.corpus, req.train, req.valid, req.test, need=("train", "valid"))
+    out = Path(req.output) if req.output else None
+    if out is not None:
+        check_output_dir(out, req.force)
+
+    vocab = Vocab.load(req.vocab) if req.vocab else None
+    protocol = _protocol_for(req, vocab)
+    texts = {s: read_text(files.get(s)) for s in ("train", "valid", "test") if files.get(s) is not None}
+    if vocab is None:
+        vocab = Vocab.build(count_tokens(texts["train"], protocol), level=protocol.level,
+                            lowercase=protocol.lowercase, normalize=protocol.normalize,
+                            min_count=req.min_count, max_size=req.max_size)
+        log(f"vocabulary: {len(vocab):,} ids from {texts['train'].name}")
+    encoded = {s: encode(t, vocab, protocol) for s, t in texts.items()}
+    for s, enc in encoded.items():
+        if not enc.sequences:
+            raise DataError(f"{texts[s].name}: has no non-blank lines to {'train on' if s == 'train' else 'score'}")
+        if enc.reserved_tokens:
+            log(f"warning: {texts[s].name}: {enc.reserved_tokens} literal <s>/</s>/<pad> tokens read as <unk>")
+
+    model = cls(config, vocab, protocol)
+    log(f"training {model.label} on {encoded['train'].num_tokens:,} tokens ({protocol.context} context)")
+    start = time.perf_counter()
+    info = model.fit(encoded["train"], encoded["valid"], log) or {}
+    seconds = time.perf_counter() - start
+
+    metrics: dict[str, dict] = {}
+    for split in ("valid", "test"):
+        if split in encoded:
+            metrics[split] = score_encoded(model, encoded[split], keep=False).summary()
+            log(f"{split} perplexity: {metrics[split]['perplexity']:.3f}")
+
+    record = RunRecord(
+        kind=cls.kind, label=model.label, config=asdict(config), protocol=protocol.to_dict(),
+        vocab_id=vocab.vocab_id, data={s: _split_info(texts[s], encoded[s]) for s in texts},
+        metrics=metrics, parameters=int(model.num_parameters()), train_seconds=seconds,
+        tokens_seen=encoded["train"].num_tokens, seed=req.seed, device=req.device,
+        fit_info=info, versions=versions(),
+    )
+    out = out or _default_run_dir(req.runs_dir, model.label)
+    with atomic_dir(out, replace=req.force) as tmp:
+        vocab.save(tmp / "vocab.json")
+        model.save(tmp)
+        append_metrics(tmp, [{"step": 0, "tokens_seen": record.tokens_seen, "seconds": seconds,
+                              "valid_ppl": metrics.get("valid", {}).get("perplexity")}])
+        write_record(tmp, record)
+    return out
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+def load_model(path: str | Path, device: str = "cpu"):
+    """(model, record or None): a run folder or an ARPA file from any tool."""
+    from .models.ngram.arpa import is_arpa_path, load_arpa
+
+    p = Path(path)
+    if p.is_file() and is_arpa_path(p):
+        return load_arpa(p), None
+    return load_run(p, device=device)
+
+
+@dataclass
+class ScoreResult:
+    score: Score
+    model: str
+    protocol: dict
+    file: str
+    sha256: str
+    words: list[list[str]] | None = None
+
+    def summary(self) -> dict:
+        return {**self.score.summary(), "model": self.model, "protocol": self.protocol,
+                "file": self.file, "sha256": self.sha256}
+
+
+def score(model_path: str | Path, text_path: str | Path, *, device: str = "cpu",
+          keep_words: bool = False) -> ScoreResult:
+    """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol."""
+    model, _record = load_model(model_path, device=device)
+    text = read_text(text_path)
+    enc = encode(text, model.vocab, model.protocol)
+    words = None
+    if keep_words:
+        from .data.tokenize import tokenize
+
+        words = [tokenize(text.lines[ln - 1], model.protocol) for ln in enc.line_numbers]
+    result = score_encoded(model, enc)
+    return ScoreResult(result, model.label, model.protocol.to_dict(), text.name, text.sha256, words)
+
+
+def export_arpa(run_path: str | Path, output: str | Path) -> Path:
+    """Write a run's n-gram model as an ARPA file (plain or .gz) readable by KenLM and SRILM."""
+    from .models.ngram.arpa import write_arpa
+
+    model, _ = load_model(run_path)
+    if model.kind not in ("ngram", "arpa"):
+        raise UsageError(f"{run_path}: only n-gram models export to ARPA (this is a {model.kind} model)")
+    write_arpa(model, output)
+    return Path(output)
+
+
+def check_loadable(path: str | Path) -> None:
+    """Raise ModelError if `path` is neither a run folder nor an ARPA file."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such run folder or model file")

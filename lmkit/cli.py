@@ -1,0 +1,252 @@
+"""The `lmkit` command: parse -> call lmkit.api -> render. No math and no torch here.
+
+One handler (LmkitGroup.invoke) turns every LmkitError into `error: ...` on stderr and its exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from . import __version__
+from .errors import LmkitError
+from .render import FORMATS, Messages, write_record, write_rows
+
+
+class LmkitGroup(TyperGroup):
+    """Click group whose invoke is the CLI's single error boundary."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LmkitError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:  # `lmkit score ... | head`
+            sys.stderr.close()
+            ctx.exit(0)
+
+
+def _typer(**kw) -> typer.Typer:
+    return typer.Typer(cls=LmkitGroup, pretty_exceptions_enable=False, no_args_is_help=True,
+                       add_completion=False, rich_markup_mode="rich",
+                       context_settings={"help_option_names": ["-h", "--help"]}, **kw)
+
+
+app = _typer(help="""Build vocabularies, train and score [bold]comparable[/] language models.
+
+Every model family scores the same tokens under the same protocol with the same vocabulary.
+
+[dim]Examples:[/]
+  lmkit vocab build corpora/shakespeare/train.txt --min-count 2 -o vocab.json
+
+  lmkit train --model ngram:kn5 --corpus corpora/shakespeare -o runs/kn5
+
+  lmkit score runs/kn5 corpora/shakespeare/test.txt
+
+  lmkit export-arpa runs/kn5 -o kn5.arpa
+
+""")
+vocab_app = _typer(help="Build and inspect vocabularies.")
+app.add_typer(vocab_app, name="vocab", rich_help_panel="Data")
+
+FormatOpt = typer.Option(None, "--format", "-f", help=f"Output format: {', '.join(FORMATS)} "
+                         "(default: table on a terminal, tsv in a pipe).", case_sensitive=False)
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress messages on stderr.")
+
+
+def _check_format(fmt: Optional[str]) -> Optional[str]:
+    if fmt is not None and fmt.lower() not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    return fmt.lower() if fmt else None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """lmkit: comparable language models from the command line."""
+
+
+# -- vocab ------------------------------------------------------------------------------------------
+@vocab_app.command("build")
+def vocab_build(
+    files: List[str] = typer.Argument(..., help="Training text file(s); '-' reads stdin."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Vocabulary JSON to write "
+                                          "(default: print it to stdout)."),
+    level: str = typer.Option("word", help="Tokenisation level: word or char."),
+    lowercase: bool = typer.Option(False, "--lowercase", help="Lower-case text before counting."),
+    normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
+    min_count: int = typer.Option(1, help="Keep tokens seen at least this often."),
+    max_size: Optional[int] = typer.Option(None, help="Keep at most this many ids (incl. reserved)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Build a vocabulary from training text (ids 0-3 are <pad> <unk> <s> </s>).
+
+    [dim]Example:[/] lmkit vocab build corpora/shakespeare/train.txt --level word --min-count 2 -o vocab.json
+    """
+    from . import api
+
+    vocab = api.build_vocab(files, level=level, lowercase=lowercase, normalize=normalize,
+                            min_count=min_count, max_size=max_size, output=output)
+    if output is None:
+        import json
+
+        typer.echo(json.dumps(vocab.to_dict(), ensure_ascii=False))
+    else:
+        Messages(quiet).info(f"{output}: {len(vocab):,} ids, vocab_id {vocab.vocab_id}")
+
+
+@vocab_app.command("show")
+def vocab_show(
+    vocab: Path = typer.Argument(..., help="Vocabulary JSON file."),
+    coverage: Optional[str] = typer.Option(None, help="Also report the OOV rate on this text file."),
+    top: int = typer.Option(20, help="How many of the most frequent tokens to list."),
+    fmt: Optional[str] = FormatOpt,
+) -> None:
+    """Size, options, most frequent tokens and OOV rate of a vocabulary.
+
+    [dim]Example:[/] lmkit vocab show vocab.json --coverage corpora/shakespeare/test.txt
+    """
+    from . import api
+
+    fmt = _check_format(fmt)
+    report = api.vocab_report(vocab, coverage, top)
+    if fmt in ("json", "jsonl"):
+        write_record(report, fmt)
+        return
+    top_rows = report.pop("top")
+    cov = report.pop("coverage", None)
+    if cov:
+        report.update({f"coverage_{k}": v for k, v in cov.items()})
+    write_record(report, fmt, title="vocabulary")
+    if fmt in (None, "table"):
+        write_rows(top_rows, fmt, title=f"top {len(top_rows)} tokens")
+
+
+# -- train ------------------------------------------------------------------------------------------
+@app.command(rich_help_panel="Models")
+def train(
+    model: str = typer.Option("ngram", "--model", "-m", help="Model spec: ngram:kn5, ngram:laplace3, "
+                              "ngram (= ngram:kn3) ..."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and (optionally) test files."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Training file (overrides --corpus)."),
+    valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
+    test_file: Optional[str] = typer.Option(None, "--test", help="Test file (scored after training)."),
+    vocab: Optional[Path] = typer.Option(None, help="Use this vocabulary instead of building one."),
+    level: Optional[str] = typer.Option(None, help="word (default) or char."),
+    lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Lower-case text."),
+    normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
+    min_count: int = typer.Option(1, help="Vocabulary: keep tokens seen at least this often."),
+    max_size: Optional[int] = typer.Option(None, help="Vocabulary: at most this many ids."),
+    context: str = typer.Option("sentence", help="Protocol context: sentence or stream."),
+    keep_blank_lines: bool = typer.Option(False, help="Score blank lines as empty sequences."),
+    order: Optional[int] = typer.Option(None, help="n-gram order (1-10)."),
+    smoothing: Optional[str] = typer.Option(None, help="n-gram smoothing: mle laplace addk katz stupid "
+                                            "jm wb kn kn-basic."),
+    k: Optional[str] = typer.Option(None, help="add-k constant, or 'auto' to tune it on valid."),
+    sets: List[str] = typer.Option([], "--set", help="Any config field: --set key=value (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run folder to write."),
+    runs_dir: Path = typer.Option(Path("runs"), envvar="LMKIT_RUNS", help="Where runs go without -o."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty -o folder."),
+    seed: int = typer.Option(0, help="Random seed."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train a model and write a run folder; prints only the run folder's path on stdout.
+
+    [dim]Examples:[/]
+      lmkit train --model ngram:kn5 --corpus corpora/shakespeare -o runs/kn5
+
+      lmkit train --model ngram --order 3 --smoothing addk --k auto --corpus ../shared/corpora/ptb
+    """
+    from . import api
+
+    msgs = Messages(quiet)
+    req = api.TrainRequest(
+        model=model, corpus=corpus, train=train_file, valid=valid_file, test=test_file, vocab=vocab,
+        level=level, lowercase=lowercase, normalize=normalize, min_count=min_count, max_size=max_size,
+        context=context, keep_blank_lines=keep_blank_lines,
+        options={"order": order, "smoothing": smoothing, "k": k}, sets=sets, output=output,
+        runs_dir=runs_dir, force=force, seed=seed,
+    )
+    run_dir = api.train(req, log=msgs.info)
+    typer.echo(str(run_dir))
+
+
+# -- score ------------------------------------------------------------------------------------------
+@app.command(rich_help_panel="Models")
+def score(
+    model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz) from any tool."),
+    file: str = typer.Argument(..., help="Text to score; '-' reads stdin."),
+    per_line: bool = typer.Option(False, "--per-line", help="One record per scored line."),
+    per_token: bool = typer.Option(False, "--per-token", help="One record per scored token."),
+    fmt: Optional[str] = FormatOpt,
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+) -> None:
+    """Perplexity of a text under a model, measured by the protocol the model was trained with.
+
+    [dim]Examples:[/]
+      lmkit score runs/kn5 corpora/shakespeare/test.txt
+
+      cat test.txt | lmkit score runs/kn5 - --per-line --format jsonl
+
+      lmkit score kn5.arpa corpora/shakespeare/test.txt
+    """
+    from . import api
+
+    fmt = _check_format(fmt)
+    if per_line and per_token:
+        raise typer.BadParameter("choose one of --per-line and --per-token")
+    result = api.score(model, file, device=device, keep_words=per_token)
+    if per_line:
+        write_rows(result.score.per_line(), fmt)
+    elif per_token:
+        write_rows(result.score.per_token(result.words), fmt)
+    else:
+        summary = result.summary()
+        if not result.score.normalised:
+            Messages().warn(f"{result.model} is not normalised: its 'perplexity' is not a perplexity "
+                            "and must not be ranked against other models")
+        if fmt in ("tsv", "csv", "markdown", "table", None):
+            summary["protocol"] = ",".join(f"{k}={v}" for k, v in summary["protocol"].items())
+        write_record(summary, fmt, title=f"{result.model} on {result.file}")
+
+
+# -- export -----------------------------------------------------------------------------------------
+@app.command("export-arpa", rich_help_panel="Models")
+def export_arpa(
+    run: Path = typer.Argument(..., help="Run folder of an n-gram model (kn, kn-basic, wb, jm, katz)."),
+    output: Path = typer.Option(..., "-o", "--output", help="ARPA file to write (.gz compresses)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write an n-gram model as an ARPA file that KenLM and SRILM read.
+
+    [dim]Example:[/] lmkit export-arpa runs/kn5 -o kn5.arpa
+    """
+    from . import api
+
+    path = api.export_arpa(run, output)
+    Messages(quiet).info(f"wrote {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if os.environ.get("NO_COLOR"):
+        os.environ.setdefault("TERM", "dumb")
+    app(prog_name="lmkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Vocabulary: token <-> id with reserved ids, built from the training split only.
+
+Ids 0..3 are <pad> <unk> <s> </s> (DESIGN.md §5); a parallel corpus adds <sep> as id 4.
+The JSON file records level, options, counts and a content hash (`vocab_id`) that runs carry, so a
+model is never scored with a vocabulary it was not trained with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..atomic import write_json
+from ..errors import DataError, ModelError, UsageError
+
+PAD, UNK, BOS, EOS, SEP = 0, 1, 2, 3, 4
+SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+SEP_TOKEN = "<sep>"
+SCHEMA = 1
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]  # id -> token; tokens[:4] are SPECIALS
+    counts: list[int]  # training count per id (0 for specials other than <unk>)
+    level: str = "word"
+    lowercase: bool = False
+    normalize: str | None = None
+    min_count: int = 1
+    max_size: int | None = None
+    index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if tuple(self.tokens[:4]) != SPECIALS:
+            raise ModelError("vocabulary does not start with the reserved tokens <pad> <unk> <s> </s>")
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise ModelError("vocabulary lists a token twice")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def has_sep(self) -> bool:
+        return len(self.tokens) > SEP and self.tokens[SEP] == SEP_TOKEN
+
+    @property
+    def vocab_id(self) -> str:
+        """Content hash: same tokens in the same order under the same options -> same id."""
+        blob = json.dumps(
+            [self.level, self.lowercase, self.normalize, self.tokens], ensure_ascii=False
+        ).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def predictable_mask(self) -> np.ndarray:
+        """Boolean (V,) mask of tokens a model may predict: all but <pad> and <s>."""
+        mask = np.ones(len(self), dtype=bool)
+        mask[PAD] = False
+        mask[BOS] = False
+        return mask
+
+    @property
+    def num_predictable(self) -> int:
+        return len(self) - 2
+
+    def encode(self, tokens: Iterable[str]) -> tuple[np.ndarray, int]:
+        """Ids of `tokens` (unknown -> <unk>) and how many were literal reserved tokens.
+
+        A literal <unk> is the <unk> id; literal <s>, </s>, <pad> cannot be text and become <unk>."""
+        get = self.index.get
+        ids = [get(t, UNK) for t in tokens]
+        arr = np.fromiter(ids, dtype=np.int32, count=len(ids))
+        reserved = 0
+        if arr.size and (arr == PAD).any() | (arr == BOS).any() | (arr == EOS).any():
+            bad = (arr == PAD) | (arr == BOS) | (arr == EOS)
+            reserved = int(bad.sum())
+            arr[bad] = UNK
+        return arr, reserved
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.tokens[i] for i in ids]
+
+    # -- building ---------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        counts: Counter,
+        *,
+        level: str = "word",
+        lowercase: bool = False,
+        normalize: str | None = None,
+        min_count: int = 1,
+        max_size: int | None = None,
+        with_sep: bool = False,
+    ) -> "Vocab":
+        """Most frequent first (ties by token), keeping tokens seen >= min_count, at most max_size ids."""
+        if min_count < 1:
+            raise UsageError(f"--min-count must be at least 1, got {min_count}")
+        if max_size is not None and max_size < len(SPECIALS) + 1:
+            raise UsageError(f"--max-size must be at least {len(SPECIALS) + 1}, got {max_size}")
+        specials = list(SPECIALS) + ([SEP_TOKEN] if with_sep else [])
+        unk_count = counts.get("<unk>", 0)
+        items = [(t, c) for t, c in counts.items() if t not in specials and t != SEP_TOKEN and c >= min_count]
+        items.sort(key=lambda tc: (-tc[1], tc[0]))
+        if max_size is not None:
+            items = items[: max(0, max_size - len(specials))]
+        kept = {t for t, _ in items}
+        unk_count += sum(c for t, c in counts.items() if t not in kept and t not in specials)
+        tokens = specials + [t for t, _ in items]
+        tok_counts = [0, unk_count, 0, 0] + ([0] if with_sep else []) + [c for _, c in items]
+        if len(tokens) == len(specials):
+            raise DataError("the training text yields an empty vocabulary (no token reaches --min-count)")
+        return cls(tokens, tok_counts, level, lowercase, normalize, min_count, max_size)
+
+    # -- files ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "kind": "lmkit-vocab",
+            "vocab_id": self.vocab_id,
+            "level": self.level,
+            "lowercase": self.lowercase,
+            "normalize": self.normalize,
+            "min_count": self.min_count,
+            "max_size": self.max_size,
+            "size": len(self),
+            "tokens": self.tokens,
+            "counts": self.counts,
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"{path}: vocabulary file not found") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path}: not a readable vocabulary file ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict) or data.get("kind") != "lmkit-vocab":
+            raise ModelError(f"{path}: not an lmkit vocabulary file")
+        try:
+            vocab = cls(
+                list(data["tokens"]),
+                [int(c) for c in data["counts"]],
+                data["level"],
+                bool(data["lowercase"]),
+                data.get("normalize"),
+                int(data["min_count"]),
+                data.get("max_size"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: vocabulary file is incomplete or edited ({exc})") from None
+        if len(vocab.counts) != len(vocab.tokens):
+            raise ModelError(f"{path}: vocabulary file is inconsistent (tokens and counts differ in length)")
+        if data.get("vocab_id") != vocab.vocab_id:
+            raise ModelError(f"{path}: vocabulary content does not match its vocab_id (file was edited?)")
+        return vocab

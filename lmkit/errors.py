@@ -1,0 +1,36 @@
+"""One exception family so the CLI can turn every expected failure into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class LmkitError(Exception):
+    """An expected failure with a message meant for the user (no traceback)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(LmkitError):
+    """Bad options or option combinations (exit code 2, like argument parsing errors)."""
+
+    exit_code = 2
+
+
+class DataError(LmkitError):
+    """Input text that cannot be read: missing, empty, binary, badly encoded."""
+
+
+class ModelError(LmkitError):
+    """A run folder, checkpoint or ARPA file that is missing, truncated or inconsistent."""
+
+
+class IncomparableError(LmkitError):
+    """Numbers that were not measured the same way and must not be put side by side."""

@@ -1,0 +1,1 @@
+"""Metrics (perplexity), generation and BLEU: the only code that turns model outputs into numbers."""

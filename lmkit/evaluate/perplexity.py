@@ -1,0 +1,137 @@
+"""The ONLY code that turns model log-probabilities into metrics (DESIGN.md §1, §5).
+
+Perplexity is exp(total NLL / total scored tokens) over the whole file -- never a mean of batch
+means -- with </s> scored, <s> not, OOV (<unk>) positions counted, and the excl.-OOV variant dropping
+OOV positions from both the sum and the count, as KenLM does."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.corpus import Encoded
+from ..data.vocab import EOS, UNK
+
+LN2 = math.log(2.0)
+LN10 = math.log(10.0)
+
+
+@dataclass
+class Score:
+    """Everything a scoring run measured; `summary()` gives the DESIGN.md §5 keys."""
+
+    tokens: int
+    oov: int
+    sequences: int
+    skipped_blank_lines: int
+    nll_nats: float
+    nll_nats_excl_oov: float
+    characters: int
+    level: str
+    normalised: bool = True
+    logprobs: list[np.ndarray] = field(default_factory=list, repr=False)
+    targets: list[np.ndarray] = field(default_factory=list, repr=False)
+    line_numbers: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def cross_entropy_nats(self) -> float:
+        return self.nll_nats / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return _exp(self.cross_entropy_nats)
+
+    @property
+    def perplexity_excl_oov(self) -> float | None:
+        n = self.tokens - self.oov
+        return _exp(self.nll_nats_excl_oov / n) if n > 0 else None
+
+    def summary(self) -> dict:
+        out = {
+            "tokens": self.tokens,
+            "oov": self.oov,
+            "sequences": self.sequences,
+            "skipped_blank_lines": self.skipped_blank_lines,
+            "nll_nats": self.nll_nats,
+            "cross_entropy_nats": self.cross_entropy_nats,
+            "cross_entropy_bits": self.cross_entropy_nats / LN2,
+            "perplexity": self.perplexity,
+            "perplexity_excl_oov": self.perplexity_excl_oov,
+        }
+        if self.level == "char":
+            # the line break counts as a character: chars + one per sequence (DESIGN.md §5)
+            denom = self.characters + self.sequences
+            out["bits_per_char"] = self.nll_nats / LN2 / denom if denom else None
+        out["normalised"] = self.normalised
+        return out
+
+    def per_line(self) -> list[dict]:
+        rows = []
+        for ln, lp, tg in zip(self.line_numbers, self.logprobs, self.targets):
+            total = float(lp.sum())
+            rows.append({
+                "line": ln,
+                "tokens": int(len(tg)),
+                "oov": int((tg == UNK).sum()),
+                "logprob": total,
+                "log10prob": total / LN10,
+                "perplexity": _exp(-total / len(tg)),
+            })
+        return rows
+
+    def per_token(self, words: list[list[str]] | None = None) -> list[dict]:
+        """One record per scored token; `words` are the original tokens per sequence, if known."""
+        rows = []
+        for si, (ln, lp, tg) in enumerate(zip(self.line_numbers, self.logprobs, self.targets)):
+            for pos, (p, t) in enumerate(zip(lp.tolist(), tg.tolist())):
+                if t == EOS:
+                    tok = "</s>"
+                elif words is not None:
+                    tok = words[si][pos]
+                else:
+                    tok = None
+                rows.append({"line": ln, "position": pos + 1, "token": tok, "logprob": p, "oov": t == UNK})
+        return rows
+
+
+def _exp(x: float) -> float:
+    if math.isnan(x):
+        return math.nan
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
+    """Score every sequence of `encoded` with `model` under the model's protocol."""
+    logprobs = model.sequence_logprobs(encoded.sequences)
+    targets = [np.append(np.asarray(s, dtype=np.int64), EOS) for s in encoded.sequences]
+    if len(logprobs) != len(targets) or any(len(a) != len(b) for a, b in zip(logprobs, targets)):
+        raise AssertionError(f"{model.label}: sequence_logprobs returned the wrong shape")
+    if targets:
+        lp_all = np.concatenate(logprobs).astype(np.float64)
+        tg_all = np.concatenate(targets)
+    else:
+        lp_all = np.zeros(0)
+        tg_all = np.zeros(0, dtype=np.int64)
+    oov_mask = tg_all == UNK
+    with np.errstate(invalid="ignore"):
+        nll = float(-lp_all.sum())
+        nll_excl = float(-lp_all[~oov_mask].sum())
+    return Score(
+        tokens=int(tg_all.size),
+        oov=int(oov_mask.sum()),
+        sequences=len(encoded.sequences),
+        skipped_blank_lines=encoded.skipped_blank_lines,
+        nll_nats=nll,
+        nll_nats_excl_oov=nll_excl,
+        characters=encoded.characters,
+        level=model.protocol.level,
+        normalised=model.normalised,
+        logprobs=logprobs if keep else [],
+        targets=targets if keep else [],
+        line_numbers=encoded.line_numbers if keep else [],
+    )

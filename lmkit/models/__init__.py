@@ -1,0 +1,43 @@
+"""Model registry: spec strings such as 'ngram:kn5' -> (family class, config).
+
+Families are imported lazily so n-gram commands never import torch."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from ..errors import UsageError
+
+# kind -> "module:Class"; adding a family is one file plus one line here.
+REGISTRY: dict[str, str] = {
+    "ngram": "lmkit.models.ngram.model:NgramModel",
+}
+
+NGRAM_SMOOTHINGS = ("mle", "laplace", "addk", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
+_NGRAM_SPEC = re.compile(r"^(?P<smoothing>[a-z]+(?:-basic)?)(?P<order>\d+)$")
+
+
+def family(kind: str):
+    """The class registered for `kind` (imported on first use)."""
+    if kind not in REGISTRY:
+        raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    module, _, name = REGISTRY[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'ngram:kn5' -> ('ngram', {'smoothing': 'kn', 'order': 5}); 'lstm' -> ('lstm', {})."""
+    kind, _, variant = spec.strip().partition(":")
+    if kind not in REGISTRY:
+        raise UsageError(f"unknown model {spec!r}; choose one of {', '.join(sorted(REGISTRY))} "
+                         "(n-grams as ngram:<smoothing><order>, e.g. ngram:kn5)")
+    if not variant:
+        return kind, {}
+    if kind != "ngram":
+        raise UsageError(f"model {kind!r} takes no ':variant' (got {spec!r})")
+    m = _NGRAM_SPEC.match(variant)
+    if not m or m.group("smoothing") not in NGRAM_SMOOTHINGS:
+        raise UsageError(f"bad n-gram spec {spec!r}; expected ngram:<smoothing><order> with smoothing one of "
+                         f"{', '.join(NGRAM_SMOOTHINGS)}, e.g. ngram:kn5")
+    return kind, {"smoothing": m.group("smoothing"), "order": int(m.group("order"))}

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny corpora written into tmp folders, and the optional ../shared reference data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LMKIT_SHARED", REPO.parent / "shared"))
+
+TINY_TRAIN = """the cat sat on the mat
+the dog sat on the log
+a cat saw a dog
+
+the cat ate
+"""
+TINY_VALID = "the dog sat on the mat\na cat sat\n"
+TINY_TEST = "the cat sat on the log\nthe bird sat\n"
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "train.txt").write_text(TINY_TRAIN)
+    (d / "valid.txt").write_text(TINY_VALID)
+    (d / "test.txt").write_text(TINY_TEST)
+    return d
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test when the reference data is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference data not present: {p}")
+    return p
