@@ -15,7 +15,7 @@ from .atomic import atomic_dir
 from .config import build_config, parse_sets
 from .data.corpus import Encoded, Text, count_tokens, encode, locate, read_text
 from .data.vocab import Vocab
-from .errors import DataError, ModelError, UsageError
+from .errors import DataError, UsageError
 from .evaluate.perplexity import Score, score_encoded
 from .models import family, parse_spec
 from .protocol import Protocol
@@ -267,9 +267,3 @@ def export_arpa(run_path: str | Path, output: str | Path) -> Path:
     write_arpa(model, output)
     return Path(output)
 
-
-def check_loadable(path: str | Path) -> None:
-    """Raise ModelError if `path` is neither a run folder nor an ARPA file."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p}: no such run folder or model file")

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .errors import LmkitError
-from .render import FORMATS, Messages, write_record, write_rows
+from .render import FORMATS, Messages, default_format, write_record, write_rows
 
 
 class LmkitGroup(TyperGroup):
@@ -122,7 +122,7 @@ def vocab_show(
     """
     from . import api
 
-    fmt = _check_format(fmt)
+    fmt = default_format(_check_format(fmt))
     report = api.vocab_report(vocab, coverage, top)
     if fmt in ("json", "jsonl"):
         write_record(report, fmt)
@@ -132,7 +132,7 @@ def vocab_show(
     if cov:
         report.update({f"coverage_{k}": v for k, v in cov.items()})
     write_record(report, fmt, title="vocabulary")
-    if fmt in (None, "table"):
+    if fmt == "table":
         write_rows(top_rows, fmt, title=f"top {len(top_rows)} tokens")
 
 

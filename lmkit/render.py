@@ -8,7 +8,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any
 
 FORMATS = ("table", "tsv", "csv", "json", "jsonl", "markdown")
 
@@ -146,6 +146,3 @@ class Messages:
     def warn(self, text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
-
-def iter_nonempty(items: Iterable) -> list:
-    return [i for i in items if i]

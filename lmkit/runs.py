@@ -55,7 +55,8 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "RunRecord":
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ModelError(f"{where}: not an lmkit run record (schema {data.get('schema') if isinstance(data, dict) else '?'})")
+            found = data.get("schema") if isinstance(data, dict) else "?"
+            raise ModelError(f"{where}: not an lmkit run record of schema {SCHEMA} (found {found})")
         names = set(cls.__dataclass_fields__)
         try:
             rec = cls(**{k: v for k, v in data.items() if k in names})
