@@ -1,0 +1,351 @@
+"""ARPA back-off files: export for KenLM/SRILM interop, import as a scorable model.
+
+An ARPA file stores, per order, `log10 P(w | c)  c w  log10 bo(c w)`; unseen events back off:
+P(w | h) = bo(h) P(w | h[1:]). Models with a back-off or interpolated form export exactly (kn,
+kn-basic, wb, jm, katz). mle/laplace/addk/stupid do not: add-k's unseen mass is uniform rather than
+proportional to a lower order, MLE has zero back-off mass, and stupid backoff is not normalised.
+
+Conventions (DESIGN.md §5): `<s>` is written with KenLM's dummy log10 probability 0 (SRILM writes -99;
+both are read) and is never predicted, only its back-off weight matters; log10 0 is written -99 and
+values <= -99 are read as log 0. Word level only: a token containing whitespace cannot be written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...atomic import atomic_open
+from ...data.vocab import BOS, PAD, SPECIALS, Vocab
+from ...errors import ModelError, UsageError
+from ...protocol import Protocol
+from . import smoothing as sm
+from .counts import NgramIndex, find
+from .model import TableModel
+
+LN10 = math.log(10.0)
+LOG10_ZERO = -99.0
+
+
+def is_arpa_path(path: str | Path) -> bool:
+    """True for names ending in .arpa / .arpa.gz, or a file whose text starts with \\data\\."""
+    p = Path(path)
+    if p.name.endswith((".arpa", ".arpa.gz")):
+        return True
+    if not p.is_file():
+        return False
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(p, "rb") as fh:
+            return fh.read(64).lstrip().startswith(b"\\data\\")
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+def _fmt(values: np.ndarray) -> list[str]:
+    v = values / LN10
+    v = np.where(np.isfinite(v), v, LOG10_ZERO)
+    return ["%.7g" % x for x in v.tolist()]
+
+
+def write_arpa(model: TableModel, path: str | Path) -> None:
+    """Write `model` as an ARPA file (gzip if the name ends in .gz), atomically."""
+    smoothing = getattr(model.config, "smoothing", "arpa")
+    if not isinstance(model, TableModel) or not isinstance(model.est, sm.Estimate) or (
+            smoothing not in sm.ARPA_EXPORTABLE + ("arpa",)):
+        raise UsageError(f"{model.label}: {smoothing} has no back-off form, so it cannot be written as ARPA "
+                         f"(exportable: {', '.join(sm.ARPA_EXPORTABLE)})")
+    vocab = model.vocab
+    bad = next((t for t in vocab.tokens[len(SPECIALS):] if not t or any(ch.isspace() for ch in t)), None)
+    if bad is not None:
+        raise UsageError(f"{model.label}: token {bad!r} contains whitespace (e.g. a char-level vocabulary); "
+                         "ARPA separates words by whitespace, so this vocabulary cannot be written")
+    N, est, index = model.order, model.est, model.index
+    toks = np.array(vocab.tokens, dtype=object)
+    uni = np.array([i for i in range(len(vocab)) if i != PAD], dtype=np.int64)
+    with atomic_open(path, "w") as fh:
+        fh.write("\\data\\\n")
+        fh.write(f"ngram 1={uni.size}\n")
+        for n in range(2, N + 1):
+            fh.write(f"ngram {n}={index.size(n)}\n")
+        for n in range(1, N + 1):
+            fh.write(f"\n\\{n}-grams:\n")
+            if n == 1:
+                ids = uni
+                names = toks[uni].tolist()
+                probs = _fmt(est.logp[0][uni])
+                probs[int(np.flatnonzero(uni == BOS)[0])] = "0"  # KenLM's dummy: <s> is never predicted
+            else:
+                ids = np.arange(index.size(n))
+                words = index.words(n)
+                names = [" ".join(row) for row in toks[words].tolist()]
+                probs = _fmt(est.logp[n - 1])
+            if n < N:
+                bos = _fmt(est.logbo[n - 1][ids])
+                fh.writelines(f"{p}\t{w}\t{b}\n" for p, w, b in zip(probs, names, bos))
+            else:
+                fh.writelines(f"{p}\t{w}\n" for p, w in zip(probs, names))
+        fh.write("\n\\end\\\n")
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+@dataclass
+class ArpaConfig:
+    path: str = ""  # the ARPA file this model was read from
+    order: int = 0  # highest order in the file
+
+
+class ArpaModel(TableModel):
+    """A back-off model read from an ARPA file (KenLM, SRILM, or lmkit's export), scored vectorised."""
+
+    kind = "arpa"
+    Config = ArpaConfig
+
+    @property
+    def label(self) -> str:
+        return f"arpa:{Path(self.config.path).name}"
+
+    def fit(self, train, valid, log=None) -> dict:
+        raise UsageError(f"{self.label}: an ARPA model is already estimated and cannot be trained")
+
+    def fit_info(self) -> dict:
+        return {"source": self.config.path, "ngrams": [self.index.vocab_size - 1] +
+                [self.index.size(n) for n in range(2, self.order + 1)]}
+
+    def save(self, run_dir: Path) -> None:
+        self._save_tables(Path(run_dir) / "model.npz", {"smoothing": "arpa", "source": self.config.path})
+
+    @classmethod
+    def load(cls, run_dir: Path, config: ArpaConfig, vocab: Vocab, protocol: Protocol, device: str = "cpu"):
+        index, est, _ = cls._load_tables(Path(run_dir) / "model.npz", len(vocab))
+        model = cls(config, vocab, protocol)
+        model._set_tables(index, est)
+        return model
+
+
+class _Reader:
+    """Line-numbered access to an ARPA file's text for one-line errors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            raw = path.read_bytes()
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+            text = raw.decode("utf-8")
+        except FileNotFoundError:
+            raise ModelError(f"{path}: ARPA file not found") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ModelError(f"{path}: cannot read ARPA file ({exc.__class__.__name__}: {exc})") from None
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ModelError(f"{path}: line {line}: invalid UTF-8 in ARPA file") from None
+        self.lines = text.split("\n")
+
+    def fail(self, lineno: int, msg: str) -> ModelError:
+        return ModelError(f"{self.path}: line {lineno}: {msg}")
+
+
+def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
+    """Read an ARPA file (plain or gzip) into an ArpaModel with a vocabulary built from its unigrams.
+
+    Specials map to lmkit's reserved ids, other words keep the file's order. Damage (truncation,
+    wrong \\data\\ counts, non-numeric fields, missing \\end\\) -> ModelError naming file and line."""
+    path = Path(path)
+    rd = _Reader(path)
+    lines = rd.lines
+    heads = [i for i, ln in enumerate(lines) if ln[:1] == "\\"]
+    if not heads or lines[heads[0]].strip() != "\\data\\":
+        raise rd.fail(1, "not an ARPA file (no \\data\\ header)")
+    declared: dict[int, tuple[int, int]] = {}  # order -> (count, line number)
+    for i in range(heads[0] + 1, heads[1] if len(heads) > 1 else len(lines)):
+        ln = lines[i].strip()
+        if not ln:
+            continue
+        key, _, val = ln.partition("=")
+        parts = key.split()
+        try:
+            if len(parts) != 2 or parts[0] != "ngram":
+                raise ValueError
+            n, count = int(parts[1]), int(val)
+        except ValueError:
+            raise rd.fail(i + 1, f"expected 'ngram N=count' in \\data\\, got {ln[:60]!r}") from None
+        declared[n] = (count, i + 1)
+    N = len(declared)
+    if N == 0 or sorted(declared) != list(range(1, N + 1)):
+        raise rd.fail(heads[0] + 1, "\\data\\ must list ngram 1=..., 2=..., ... without gaps")
+    if lines[heads[-1]].strip() != "\\end\\":
+        raise rd.fail(len(lines), "file ends before \\end\\ (truncated?)")
+    if len(heads) != N + 2:
+        raise rd.fail(heads[-1] + 1, f"expected {N} n-gram sections between \\data\\ and \\end\\, "
+                                     f"found {len(heads) - 2}")
+    sections = []
+    for n in range(1, N + 1):
+        h = heads[n]
+        if lines[h].strip() != f"\\{n}-grams:":
+            raise rd.fail(h + 1, f"expected \\{n}-grams:, got {lines[h].strip()[:40]!r}")
+        linenos = [i for i in range(h + 1, heads[n + 1]) if lines[i] and not lines[i].isspace()]
+        if len(linenos) != declared[n][0]:
+            raise rd.fail(declared[n][1], f"\\data\\ says ngram {n}={declared[n][0]} but the {n}-grams "
+                                          f"section has {len(linenos)} entries")
+        sections.append(_parse_section(rd, n, N, linenos))
+    return _build(path, sections, protocol or Protocol())
+
+
+def _floats(rd: _Reader, values: list[str], linenos: list[int], what: str) -> np.ndarray:
+    try:
+        out = np.array(values, dtype=np.float64)
+        if np.isnan(out).any():
+            raise ValueError
+    except ValueError:
+        for v, i in zip(values, linenos):
+            try:
+                if math.isnan(float(v)):
+                    raise ValueError
+            except ValueError:
+                raise rd.fail(i + 1, f"{what} {v[:30]!r} is not a number") from None
+        raise rd.fail(linenos[0] + 1, f"unreadable {what}s in this section") from None
+    return np.where(out <= LOG10_ZERO, -np.inf, out * LN10)
+
+
+def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
+    """Fields of one n-gram section: (line indices, flat word list, ln prob, ln backoff)."""
+    parts = [rd.lines[i].split() for i in linenos]
+    lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    allowed = (n + 1,) if n == N else (n + 1, n + 2)
+    bad = np.flatnonzero(~np.isin(lens, allowed))
+    if bad.size:
+        k = int(bad[0])
+        raise rd.fail(linenos[k] + 1, f"a {n}-gram entry needs {' or '.join(map(str, allowed))} fields, "
+                                      f"got {lens[k]}")
+    logp = _floats(rd, [p[0] for p in parts], linenos, "probability")
+    words = [w for p in parts for w in p[1:n + 1]]
+    bo_idx = np.flatnonzero(lens == n + 2)
+    logbo = np.zeros(len(parts))
+    if bo_idx.size:
+        logbo[bo_idx] = _floats(rd, [parts[k][n + 1] for k in bo_idx.tolist()],
+                                [linenos[k] for k in bo_idx.tolist()], "back-off weight")
+    return rd, linenos, words, logp, logbo
+
+
+def _build(path: Path, sections: list, protocol: Protocol) -> ArpaModel:
+    rd, lines1, words1, logp1, logbo1 = sections[0]
+    tokens = list(SPECIALS)
+    ids: dict[str, int] = {t: i for i, t in enumerate(SPECIALS)}
+    uni_rows = []
+    for ln, w in zip(lines1, words1):
+        if w == "<pad>":
+            raise rd.fail(ln + 1, "<pad> is reserved and cannot be an ARPA word")
+        if w not in ids:
+            ids[w] = len(tokens)
+            tokens.append(w)
+        uni_rows.append(ids[w])
+    V = len(tokens)
+    uni = np.array(uni_rows, dtype=np.int64)
+    if np.unique(uni).size != uni.size:
+        dup = int(np.flatnonzero(np.bincount(uni) > 1)[0])
+        raise rd.fail(lines1[[k for k, u in enumerate(uni_rows) if u == dup][1]] + 1,
+                      f"unigram {tokens[dup]!r} is listed twice")
+    lp1 = np.full(V, -np.inf)
+    lb1 = np.zeros(V)
+    lp1[uni], lb1[uni] = logp1, logbo1
+    lp1[BOS] = -np.inf  # <s> is context only (KenLM writes 0, SRILM -99)
+    logp, logbo = [lp1], [lb1]
+    word_mats = [None]
+    for n in range(2, len(sections) + 1):
+        rd, lns, words, lp, lb = sections[n - 1]
+        try:
+            W = np.fromiter(map(ids.__getitem__, words), dtype=np.int64, count=len(words)).reshape(-1, n)
+        except KeyError as exc:
+            k = next(k for k, w in enumerate(words) if w not in ids) // n
+            raise rd.fail(lns[k] + 1, f"word {exc.args[0]!r} is not among the unigrams") from None
+        word_mats.append((W, lp, lb, lns))
+    index, logp, logbo = _assemble(rd, V, word_mats, logp, logbo)
+    vocab = Vocab(tokens, [0] * V, level=protocol.level, lowercase=protocol.lowercase,
+                  normalize=protocol.normalize)
+    model = ArpaModel(ArpaConfig(str(path), index.order), vocab, protocol)
+    model._set_tables(index, sm.Estimate(logp, logbo[: index.order - 1], 0.0, {}))
+    return model
+
+
+def _keys_for(keys: list[np.ndarray], V: int, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Key of each row of W (M, n) and the id of its suffix (-1 if the suffix is not stored)."""
+    n = W.shape[1]
+    sid = W[:, n - 1].copy()
+    for L in range(2, n):
+        ok = sid >= 0
+        nxt = np.full(sid.shape, -1, dtype=np.int64)
+        nxt[ok] = find(keys[L - 1], sid[ok] * V + W[ok, n - L])
+        sid = nxt
+    return np.where(sid >= 0, sid * V + W[:, 0], -1), sid
+
+
+def _assemble(rd: _Reader, V: int, word_mats: list, logp: list, logbo: list):
+    """Sort each order into keys; a file that is not closed under suffixes/prefixes (pruned models)
+    gets blank entries for the missing ones, whose probability is what back-off gives them anyway."""
+    N = len(word_mats)
+    mats = {n: word_mats[n - 1][:3] for n in range(2, N + 1)}  # order -> (W, ln p, ln bo)
+    if N > 1 and not _closed(V, mats):
+        mats = _close(V, mats)
+    keys = [np.arange(V, dtype=np.int64)]
+    blank = [np.zeros(V, dtype=bool)]
+    for n in range(2, N + 1):
+        W, lp, lb = mats[n]
+        key, _ = _keys_for(keys, V, W)
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        if key.size > 1 and (np.diff(key) == 0).any():
+            dup = int(order[int(np.flatnonzero(np.diff(key) == 0)[0]) + 1])
+            lns = word_mats[n - 1][3]
+            raise rd.fail(lns[dup] + 1 if dup < len(lns) else 0, f"{n}-gram listed twice")
+        keys.append(key)
+        logp.append(lp[order])
+        if n < N:
+            logbo.append(lb[order])
+        blank.append(np.isnan(lp[order]))
+    index = NgramIndex(V, keys)
+    for n in range(2, N + 1):  # blanks: P(w | c) = bo(c) P(w | c[1:]), bottom-up
+        b = np.flatnonzero(blank[n - 1])
+        if b.size:
+            logp[n - 1][b] = logbo[n - 2][index.prefix(n)[b]] + logp[n - 2][index.suffix(n)[b]]
+    return index, logp, logbo
+
+
+def _closed(V: int, mats: dict) -> bool:
+    """Is every stored n-gram's suffix and prefix stored too (always so for KenLM and lmkit files)?"""
+    keys = [np.arange(V, dtype=np.int64)]
+    for n in range(2, len(mats) + 2):
+        W = mats[n][0]
+        key, sid = _keys_for(keys, V, W)
+        if (sid < 0).any():
+            return False
+        if n > 2:
+            pkey, psid = _keys_for(keys, V, W[:, :-1])
+            if (psid < 0).any() or (find(keys[n - 2], pkey) < 0).any():
+                return False
+        keys.append(np.sort(key))
+    return True
+
+
+def _close(V: int, mats: dict) -> dict:
+    """Add blank (NaN probability, log bo 0) entries for missing suffixes and prefixes, top-down."""
+    out = dict(mats)
+    for n in range(len(mats) + 1, 2, -1):
+        W = out[n][0]
+        lower = out[n - 1]
+        have = set(map(tuple, lower[0].tolist()))
+        need = set(map(tuple, W[:, 1:].tolist())) | set(map(tuple, W[:, :-1].tolist()))
+        miss = sorted(need - have)
+        if miss:
+            M = np.array(miss, dtype=np.int64).reshape(len(miss), n - 1)
+            out[n - 1] = (np.vstack([lower[0], M]), np.concatenate([lower[1], np.full(len(miss), np.nan)]),
+                          np.concatenate([lower[2], np.zeros(len(miss))]))
+    return out

@@ -1,0 +1,198 @@
+"""n-gram counting and lookup with numpy: no Python loop per n-gram.
+
+Layout (a reverse trie in sorted arrays, as KenLM's trie lays out contexts): unigram ids are word ids;
+an n-gram w1..wn (n >= 2) is the int64 key `id(w2..wn) * V + w1`, where id(w2..wn) is the index of its
+suffix in the sorted keys of order n-1. Keys never overflow int64 whatever the order (an id is below the
+number of n-grams, so a key is below T * V), counting is one `np.unique` per order, and looking up
+"h[-k:] w" for many targets walks right to left: one `searchsorted` per order for all targets at once.
+
+Counted text (DESIGN.md §1, §5): `sentence` context makes every sequence a unit `<s> w1 .. wn </s>`
+(no padding with n-1 `<s>`: contexts at the start are just `<s>` plus what is available, as KenLM);
+`stream` context makes the whole text one unit `<s> w1 .. </s> w1' .. </s>`, counted across `</s>`.
+Every n-gram inside a unit is counted, so the stored n-grams are closed under prefix and suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...data.vocab import BOS, EOS
+
+
+def flatten(sequences: list[np.ndarray], context: str) -> tuple[np.ndarray, np.ndarray]:
+    """The whole text as one int64 token array plus `depth`: how many tokens of its unit precede
+    each position (0 at `<s>`). An n-gram ending at j lies inside one unit iff depth[j] >= n-1.
+
+        sentence:  <s> a b </s> <s> c </s>      stream:  <s> a b </s> c </s>
+        depth:      0  1 2  3    0  1  2                  0  1 2  3   4  5
+    """
+    lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    words = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if len(sequences) else \
+        np.zeros(0, np.int64)
+    if context == "stream":
+        toks = np.empty(int(lens.sum() + len(lens)) + 1, dtype=np.int64)
+        toks[0] = BOS
+        ends = np.cumsum(lens + 1)  # position of each </s>
+        body = np.ones(toks.size, dtype=bool)
+        body[0] = False
+        body[ends] = False
+        toks[ends] = EOS
+        toks[body] = words
+        return toks, np.arange(toks.size, dtype=np.int64)
+    unit = lens + 2
+    starts = np.concatenate([[0], np.cumsum(unit)[:-1]]).astype(np.int64)
+    total = int(unit.sum())
+    toks = np.empty(total, dtype=np.int64)
+    body = np.ones(total, dtype=bool)
+    body[starts] = False
+    body[starts + lens + 1] = False
+    toks[starts] = BOS
+    toks[starts + lens + 1] = EOS
+    toks[body] = words
+    depth = np.arange(total, dtype=np.int64) - np.repeat(starts, unit)
+    return toks, depth
+
+
+def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of each query in the sorted `keys`, -1 where absent (vectorised binary search)."""
+    if keys.size == 0 or query.size == 0:
+        return np.full(query.shape, -1, dtype=np.int64)
+    pos = np.searchsorted(keys, query)
+    pos[pos == keys.size] = 0
+    return np.where(keys[pos] == query, pos, -1)
+
+
+@dataclass
+class NgramIndex:
+    """The stored n-grams of orders 1..N as sorted keys; order-1 ids are word ids (all V of them)."""
+
+    vocab_size: int
+    keys: list[np.ndarray]  # keys[n-1]: sorted int64 keys of order n (keys[0] = arange(V))
+    _prefix: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def order(self) -> int:
+        return len(self.keys)
+
+    def size(self, n: int) -> int:
+        return int(self.keys[n - 1].size)
+
+    def suffix(self, n: int) -> np.ndarray:
+        """Id (order n-1) of w2..wn for every n-gram of order n >= 2."""
+        return self.keys[n - 1] // self.vocab_size
+
+    def first(self, n: int) -> np.ndarray:
+        return self.keys[n - 1] % self.vocab_size
+
+    def prefix(self, n: int) -> np.ndarray:
+        """Id (order n-1) of the context w1..w(n-1) of every n-gram of order n >= 2, -1 if not stored.
+
+        prefix(w1..wn) = (w1, prefix(w2..wn)): one lookup per order, reusing the order below."""
+        if n not in self._prefix:
+            first = self.first(n)
+            if n == 2:
+                out = first
+            else:
+                inner = self.prefix(n - 1)[self.suffix(n)]  # id of w2..w(n-1), order n-2
+                ok = inner >= 0
+                out = np.full(first.shape, -1, dtype=np.int64)
+                out[ok] = find(self.keys[n - 2], inner[ok] * self.vocab_size + first[ok])
+            self._prefix[n] = out
+        return self._prefix[n]
+
+    def words(self, n: int) -> np.ndarray:
+        """(size_n, n) word ids of every n-gram of order n, in key order."""
+        if n == 1:
+            return self.keys[0][:, None]
+        return np.column_stack([self.first(n), self.words(n - 1)[self.suffix(n)]])
+
+    def chains(self, toks: np.ndarray, depth: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of everything backoff scoring needs for the targets toks[pos] (vectorised over targets).
+
+        With h = the (at most N-1) tokens before a target w inside its unit:
+          tgt[:, k] = id of "h[-k:] w" at order k+1   (k = 0..N-1; -1 if absent or k > len(h))
+          ctx[:, j-1] = id of h[-j:] at order j        (j = 1..N-1; -1 if absent or j > len(h))
+        Absent n-grams make every longer one absent too (suffix closure), so one walk suffices."""
+        N, V = self.order, self.vocab_size
+        P = pos.size
+        hist = np.minimum(depth[pos], N - 1)  # (P,) usable history length
+        tgt = np.full((P, N), -1, dtype=np.int64)
+        ctx = np.full((P, max(N - 1, 1)), -1, dtype=np.int64)
+        cur = toks[pos].copy()
+        tgt[:, 0] = cur
+        for k in range(1, N):
+            ok = (hist >= k) & (cur >= 0)
+            nxt = np.full(P, -1, dtype=np.int64)
+            nxt[ok] = find(self.keys[k], cur[ok] * V + toks[pos[ok] - k])
+            tgt[:, k] = cur = nxt
+        if N > 1:
+            cur = np.where(hist >= 1, toks[np.maximum(pos - 1, 0)], -1)
+            ctx[:, 0] = cur
+            for j in range(2, N):
+                ok = (hist >= j) & (cur >= 0)
+                nxt = np.full(P, -1, dtype=np.int64)
+                nxt[ok] = find(self.keys[j - 1], cur[ok] * V + toks[pos[ok] - j])
+                ctx[:, j - 1] = cur = nxt
+        return tgt, ctx
+
+
+@dataclass
+class NgramCounts:
+    """Raw counts of every n-gram of orders 1..N in a text, on an NgramIndex.
+
+    counts[0] is the (V,) unigram count including `<s>` (one per unit; context only, never a target).
+    ctx[n-1] is the prefix id of each n-gram (order n-1), found during counting at no extra cost."""
+
+    index: NgramIndex
+    counts: list[np.ndarray]
+    ctx: list[np.ndarray]
+    tokens: int  # scored tokens in the counted text (everything but <s>)
+    units: int  # sequences (sentence context) or 1 (stream)
+
+    @property
+    def order(self) -> int:
+        return self.index.order
+
+    @property
+    def vocab_size(self) -> int:
+        return self.index.vocab_size
+
+    def continuation(self, n: int) -> np.ndarray:
+        """N1+(. g): how many distinct words precede each n-gram g of order n < N (Kneser & Ney 1995)."""
+        return np.bincount(self.index.suffix(n + 1), minlength=self.index.size(n)).astype(np.int64)
+
+    def starts_with_bos(self, n: int) -> np.ndarray:
+        return (self.index.keys[0] == BOS) if n == 1 else (self.index.first(n) == BOS)
+
+
+def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, context: str) -> NgramCounts:
+    """Count every n-gram of orders 1..order with one np.unique per order.
+
+    Works on n-gram *end* positions: the n-gram ending at j has suffix = the (n-1)-gram ending at j
+    and prefix = the (n-1)-gram ending at j-1, so both ids come from the previous order's array."""
+    V = int(vocab_size)
+    toks, depth = flatten(sequences, context)
+    if toks.size and (toks.min() < 0 or toks.max() >= V):
+        raise ValueError("token id outside the vocabulary")
+    keys = [np.arange(V, dtype=np.int64)]
+    counts = [np.bincount(toks, minlength=V).astype(np.int64)]
+    ctx = [np.zeros(V, dtype=np.int64)]
+    rid = toks  # id of the (n-1)-gram ending at each position (order 1: the word)
+    for n in range(2, order + 1):
+        ends = np.flatnonzero(depth >= n - 1)
+        key = rid[ends] * V + toks[ends - (n - 1)]
+        uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        inv = inv.reshape(-1)
+        prefix = np.empty(uniq.size, dtype=np.int64)
+        prefix[inv] = rid[ends - 1]  # every occurrence of a type writes the same prefix id
+        nxt = np.full(toks.size, -1, dtype=np.int64)
+        nxt[ends] = inv
+        keys.append(uniq.astype(np.int64))
+        counts.append(cnt.astype(np.int64))
+        ctx.append(prefix)
+        rid = nxt
+    index = NgramIndex(V, keys)
+    units = int((depth == 0).sum())
+    return NgramCounts(index, counts, ctx, int(toks.size - units), units)

@@ -1,0 +1,404 @@
+"""The n-gram family: count once with numpy, smooth per order, score targets by vectorised lookup.
+
+Smoothings (DESIGN.md §5 names): mle, laplace, addk (Lidstone), katz (Katz 1987), stupid (Brants et
+al. 2007), jm (Jelinek & Mercer 1980), wb (Witten & Bell 1991), kn-basic and kn (interpolated
+Kneser-Ney, one or three discounts per order; Chen & Goodman 1998; `kn` reproduces KenLM's lmplz).
+The math lives in smoothing.py, the counting and lookup layout in counts.py; this file holds the
+config, fit, scoring and the model.npz format. `ArpaModel` (arpa.py) reuses the scoring half.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ...atomic import atomic_open
+from ...data.corpus import Encoded
+from ...data.vocab import BOS, PAD, Vocab
+from ...errors import DataError, ModelError, UsageError
+from ...protocol import Protocol
+from ..base import LanguageModel, Log, _quiet
+from . import smoothing as sm
+from .counts import NgramIndex, count_ngrams, flatten
+
+MAX_ORDER = 10
+FORMAT = "lmkit-ngram"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class NgramConfig:
+    order: int = 3  # n: condition on the previous n-1 tokens (1..10); `ngram:kn5` sets 5
+    smoothing: str = "kn"  # mle laplace addk katz stupid jm wb kn kn-basic; kn = modified KN, as KenLM
+    k: float | str = 1.0  # addk's k (>= 0) or "auto": tuned on the valid split (golden section on log k)
+    alpha: float = 0.4  # stupid backoff's back-off factor (Brants et al. 2007 use 0.4)
+    katz_k: int = 5  # Katz: counts <= katz_k get Good-Turing discounts, larger counts are trusted
+    jm_lambdas: tuple[float, ...] | None = None  # JM lambda per order 1..n; None: EM on the valid split
+    discount_fallback: tuple[float, float, float] = (0.5, 1.0, 1.5)  # KN D1 D2 D3+ when counts-of-counts
+    # make them undefined (tiny corpora), as KenLM's --discount_fallback
+
+    def __post_init__(self) -> None:
+        try:
+            self.order = int(self.order)
+        except (TypeError, ValueError):
+            raise UsageError(f"n-gram order must be an integer, got {self.order!r}") from None
+        if not 1 <= self.order <= MAX_ORDER:
+            raise UsageError(f"n-gram order must be between 1 and {MAX_ORDER}, got {self.order}")
+        if self.smoothing not in sm.SMOOTHINGS:
+            raise UsageError(f"unknown smoothing {self.smoothing!r}; "
+                             f"choose one of {', '.join(sm.SMOOTHINGS)}")
+        if isinstance(self.k, str) and self.k.strip().lower() == "auto":
+            self.k = "auto"
+        else:
+            try:
+                self.k = float(self.k)
+            except (TypeError, ValueError):
+                raise UsageError(f"k must be a number >= 0 or 'auto', got {self.k!r}") from None
+            if not self.k >= 0 or math.isinf(self.k):
+                raise UsageError(f"k must be a finite number >= 0 or 'auto', got {self.k}")
+        self.alpha = float(self.alpha)
+        if not 0 < self.alpha <= 1:
+            raise UsageError(f"stupid backoff alpha must be in (0, 1], got {self.alpha}")
+        self.katz_k = int(self.katz_k)
+        if self.katz_k < 1:
+            raise UsageError(f"katz_k must be at least 1, got {self.katz_k}")
+        if self.jm_lambdas is not None:
+            lams = _floats(self.jm_lambdas, "jm_lambdas")
+            if len(lams) != self.order or not all(0 <= x <= 1 for x in lams):
+                raise UsageError(f"jm_lambdas needs {self.order} values in [0, 1] (one per order), "
+                                 f"got {lams}")
+            self.jm_lambdas = tuple(lams)
+        fb = _floats(self.discount_fallback, "discount_fallback")
+        if len(fb) != 3 or not all(0 <= d <= j for j, d in zip((1, 2, 3), fb)):
+            raise UsageError(f"discount_fallback needs D1 D2 D3 with 0 <= Dj <= j, got {fb}")
+        self.discount_fallback = tuple(fb)
+
+
+def _floats(value, name: str) -> list[float]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    try:
+        return [float(x) for x in value]
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a list of numbers, got {value!r}") from None
+
+
+def _take(values: np.ndarray, ids: np.ndarray, default: float) -> np.ndarray:
+    """values[ids] where ids >= 0, else `default` (an absent context)."""
+    out = np.full(ids.shape, default, dtype=np.float64)
+    ok = ids >= 0
+    out[ok] = values[ids[ok]]
+    return out
+
+
+class TableModel(LanguageModel):
+    """Scoring over an NgramIndex: back-off form (logp/logbo) or add-k counts. Shared by NgramModel
+    and ArpaModel; subclasses set `index` and `est`."""
+
+    index: NgramIndex | None = None
+    est: sm.Estimate | sm.Additive | None = None
+
+    @property
+    def order(self) -> int:
+        return self.index.order if self.index is not None else int(getattr(self.config, "order", 1))
+
+    @property
+    def history(self) -> int | None:
+        return self.order - 1
+
+    def _set_tables(self, index: NgramIndex, est) -> None:
+        self.index, self.est = index, est
+        self.__dict__.pop("_ext_cache", None)  # row-building caches belong to the old tables
+        self.__dict__.pop("_last_cache", None)
+
+    def _ready(self) -> None:
+        if self.index is None or self.est is None:
+            raise UsageError(f"{self.label}: the model is not fitted yet")
+
+    def num_parameters(self) -> int:
+        if self.index is None:
+            return 0
+        return (self.index.vocab_size - 1) + sum(self.index.size(n) for n in range(2, self.order + 1))
+
+    # -- scoring ----------------------------------------------------------------------------------------
+    def _score(self, toks: np.ndarray, depth: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """ln P of toks[pos] given the tokens before it in its unit; only the targets are looked up."""
+        N = self.order
+        tgt, ctx = self.index.chains(toks, depth, pos)
+        hist = np.minimum(depth[pos], N - 1)
+        est = self.est
+        if isinstance(est, sm.Additive):
+            num = np.zeros(pos.size)
+            den = np.zeros(pos.size)
+            for m in range(N):
+                at = hist == m
+                hit = at & (tgt[:, m] >= 0)
+                num[hit] = est.counts[m][tgt[hit, m]]
+                if m == 0:
+                    den[at] = est.total
+                else:
+                    have = at & (ctx[:, m - 1] >= 0)
+                    den[have] = est.den[m - 1][ctx[have, m - 1]]
+            return sm.additive_logprob(num, den, est.k, self.index.vocab_size - 2)
+        matched = (tgt >= 0).sum(axis=1)  # longest stored "h[-k:] w" has order `matched`
+        out = np.empty(pos.size)
+        for n in range(1, N + 1):
+            sel = matched == n
+            out[sel] = est.logp[n - 1][tgt[sel, n - 1]]
+        for j in range(1, N):  # back-off weights of the contexts longer than the match
+            use = (hist >= j) & (matched <= j)
+            cid = ctx[:, j - 1]
+            bo = _take(est.logbo[j - 1], cid, est.missing_bo)
+            out[use] += bo[use]
+        return out
+
+    def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+        """Vectorised over every target of every sequence (batch_size is irrelevant here)."""
+        self._ready()
+        if not len(sequences):
+            return []
+        toks, depth = flatten(sequences, self.protocol.context)
+        pos = np.flatnonzero(depth > 0)
+        lp = self._score(toks, depth, pos)
+        lens = np.fromiter((len(s) + 1 for s in sequences), dtype=np.int64, count=len(sequences))
+        return np.split(lp, np.cumsum(lens)[:-1])
+
+    def _extensions(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR view of order n >= 2 grouped by context: (entry order, start offsets, last word)."""
+        cache = self.__dict__.setdefault("_ext_cache", {})
+        if n not in cache:
+            prefix = self.index.prefix(n)
+            order = np.argsort(prefix, kind="stable")
+            starts = np.searchsorted(prefix[order], np.arange(self.index.size(n - 1) + 1))
+            last = self._last(n)
+            cache[n] = (order, starts, last)
+        return cache[n]
+
+    def _last(self, n: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_last_cache", {})
+        if n not in cache:
+            cache[n] = self.index.keys[0] if n == 1 else self._last(n - 1)[self.index.suffix(n)]
+        return cache[n]
+
+    def next_logprobs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """(B, V) full rows: start from the unigram row and walk up the context, adding the back-off
+        weight and overwriting the stored extensions at each order (the back-off recursion)."""
+        self._ready()
+        N, V = self.order, self.index.vocab_size
+        hs = [list(c)[max(len(c) - (N - 1), 0):] if N > 1 else [] for c in contexts]
+        B = len(hs)
+        if B == 0:
+            return np.zeros((0, V))
+        units = [np.asarray(h + [PAD], dtype=np.int64) for h in hs]
+        toks = np.concatenate(units)
+        depth = np.concatenate([np.arange(u.size) for u in units]).astype(np.int64)
+        pos = np.cumsum([u.size for u in units]) - 1
+        _, ctx = self.index.chains(toks, depth, pos)
+        hist = np.array([len(h) for h in hs])
+        est = self.est
+        if isinstance(est, sm.Additive):
+            rows = np.empty((B, V))
+            P = V - 2
+            for b in range(B):
+                m = int(hist[b])
+                cid = -1 if m == 0 else int(ctx[b, m - 1])
+                cnt = np.zeros(V)
+                if m == 0:
+                    cnt, den = est.counts[0], est.total
+                elif cid >= 0:
+                    order, starts, last = self._extensions(m + 1)
+                    ext = order[starts[cid]:starts[cid + 1]]
+                    cnt[last[ext]] = est.counts[m][ext]
+                    den = est.den[m - 1][cid]
+                else:
+                    den = 0.0
+                rows[b] = sm.additive_logprob(cnt, np.full(V, den), est.k, P)
+        else:
+            rows = np.tile(est.logp[0], (B, 1))
+            for j in range(1, N):
+                active = hist >= j
+                cid = ctx[:, j - 1]
+                bo = _take(est.logbo[j - 1], cid, est.missing_bo)
+                rows[active] += bo[active][:, None]
+                order, starts, last = self._extensions(j + 1)
+                for b in np.flatnonzero(active & (cid >= 0)):
+                    ext = order[starts[cid[b]]:starts[cid[b] + 1]]
+                    rows[b, last[ext]] = est.logp[j][ext]
+        rows[:, PAD] = -np.inf
+        rows[:, BOS] = -np.inf
+        return rows
+
+    # -- model.npz ------------------------------------------------------------------------------------
+    def _save_tables(self, path: Path, meta: dict) -> None:
+        self._ready()
+        arrays = {}
+        for n in range(2, self.order + 1):
+            arrays[f"keys_{n}"] = self.index.keys[n - 1]
+        est = self.est
+        if isinstance(est, sm.Additive):
+            meta = {**meta, "form": "additive", "k": est.k, "total": est.total}
+            for n in range(1, self.order + 1):
+                arrays[f"count_{n}"] = est.counts[n - 1]
+            for n in range(1, self.order):
+                arrays[f"den_{n}"] = est.den[n - 1]
+        else:
+            meta = {**meta, "form": "backoff", "missing_bo": est.missing_bo}
+            for n in range(1, self.order + 1):
+                arrays[f"logp_{n}"] = est.logp[n - 1]
+            for n in range(1, self.order):
+                arrays[f"logbo_{n}"] = est.logbo[n - 1]
+        meta = {**meta, "format": FORMAT, "version": FORMAT_VERSION, "order": self.order,
+                "vocab_size": self.index.vocab_size}
+        arrays["meta"] = np.array(json.dumps(meta))
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @staticmethod
+    def _load_tables(path: Path, vocab_size: int) -> tuple[NgramIndex, sm.Estimate | sm.Additive, dict]:
+        """Read model.npz (no pickles); any damage -> one-line ModelError naming the file."""
+        if not path.exists():
+            raise ModelError(f"{path}: model file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {name: z[name] for name in z.files}
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != FORMAT:
+                raise ValueError("not an lmkit n-gram model")
+            N, V = int(meta["order"]), int(meta["vocab_size"])
+            if V != vocab_size:
+                raise ValueError(f"model has {V} vocabulary ids, the vocabulary has {vocab_size}")
+            keys = [np.arange(V, dtype=np.int64)]
+            for n in range(2, N + 1):
+                k = np.asarray(data[f"keys_{n}"])
+                if k.dtype != np.int64 or k.ndim != 1 or (k.size and (k[0] < 0 or (np.diff(k) <= 0).any())):
+                    raise ValueError(f"keys_{n} are not sorted int64 keys")
+                if k.size and k[-1] // V >= keys[-1].size:
+                    raise ValueError(f"keys_{n} refer to missing {n - 1}-grams")
+                keys.append(k)
+            sizes = [k.size for k in keys]
+
+            def arr(name: str, size: int) -> np.ndarray:
+                a = np.asarray(data[name], dtype=np.float64)
+                if a.shape != (size,) or np.isnan(a).any():
+                    raise ValueError(f"{name} has the wrong shape or NaNs")
+                return a
+
+            if meta["form"] == "additive":
+                est = sm.Additive([arr(f"count_{n}", sizes[n - 1]) for n in range(1, N + 1)],
+                                  [arr(f"den_{n}", sizes[n - 1]) for n in range(1, N)],
+                                  float(meta["total"]), float(meta["k"]))
+            elif meta["form"] == "backoff":
+                est = sm.Estimate([arr(f"logp_{n}", sizes[n - 1]) for n in range(1, N + 1)],
+                                  [arr(f"logbo_{n}", sizes[n - 1]) for n in range(1, N)],
+                                  float(meta["missing_bo"]))
+            else:
+                raise ValueError(f"unknown table form {meta['form']!r}")
+        except ModelError:
+            raise
+        except Exception as exc:  # zip/CRC/EOF/JSON/key errors all mean the same thing to the user
+            detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise ModelError(f"{path}: damaged or incompatible n-gram model file ({detail})") from None
+        return NgramIndex(V, keys), est, meta
+
+
+class NgramModel(TableModel):
+    """n-gram language model with the smoothing named in its config (see module docstring)."""
+
+    kind = "ngram"
+    Config = NgramConfig
+
+    def __init__(self, config: NgramConfig, vocab: Vocab, protocol: Protocol):
+        super().__init__(config, vocab, protocol)
+        self.normalised = config.smoothing != "stupid"  # stupid backoff scores are not probabilities
+        self.index = None
+        self.est = None
+        self.facts: dict = {}
+
+    @property
+    def label(self) -> str:
+        return f"ngram:{self.config.smoothing}{self.config.order}"
+
+    def fit(self, train: Encoded, valid: Encoded | None, log: Log = _quiet) -> dict:
+        cfg, V = self.config, len(self.vocab)
+        if not train.sequences:
+            raise DataError(f"{train.name}: no sequences to train on")
+        log(f"counting 1..{cfg.order}-grams of {train.name} ({self.protocol.context} context)")
+        c = count_ngrams(train.sequences, V, cfg.order, self.protocol.context)
+        s = cfg.smoothing
+        facts: dict = {"smoothing": s, "order": cfg.order}
+        if s in ("kn", "kn-basic"):
+            est = sm.estimate_kn(c, s == "kn", cfg.discount_fallback)
+        elif s == "wb":
+            est = sm.estimate_wb(c)
+        elif s == "katz":
+            est = sm.estimate_katz(c, cfg.katz_k)
+        elif s == "stupid":
+            est = sm.estimate_stupid(c, cfg.alpha)
+        elif s == "mle":
+            est = sm.estimate_mle(c)
+        elif s == "jm":
+            est = sm.estimate_jm(c, self._jm_lambdas(c, valid, log, facts))
+        else:  # laplace, addk
+            k = 1.0 if s == "laplace" else cfg.k
+            if k == "auto":
+                if valid is None or not valid.sequences:
+                    raise UsageError("addk with k=auto tunes k on the valid split, but none was given")
+                k = self._tune_k(c, valid)
+                facts["k_tuned_on"] = valid.name
+                log(f"addk: tuned k = {k:.4g} on {valid.name}")
+            est = sm.estimate_additive(c, float(k))
+            facts["k"] = float(k)
+        self._set_tables(c.index, est)
+        facts.update({key: val for key, val in est.facts.items() if key != "warnings"})
+        warnings = facts.setdefault("warnings", []) + list(est.facts.get("warnings", []))
+        facts["warnings"] = warnings
+        for w in warnings:
+            log(f"warning: {w}")
+        facts["ngrams"] = [V - 1] + [c.index.size(n) for n in range(2, cfg.order + 1)]
+        facts["train_tokens"] = c.tokens
+        self.facts = facts
+        return facts
+
+    def _tune_k(self, c, valid: Encoded) -> float:
+        toks, depth = flatten(valid.sequences, self.protocol.context)
+        num, den = sm.heldout_levels(c, toks, depth)
+        hist = np.minimum(depth[depth > 0], c.order - 1)
+        rows = np.arange(hist.size)
+        return sm.tune_k(num[rows, hist], den[rows, hist], len(self.vocab) - 2)
+
+    def _jm_lambdas(self, c, valid: Encoded | None, log: Log, facts: dict) -> list[float]:
+        if self.config.jm_lambdas is not None:
+            return list(self.config.jm_lambdas)
+        if valid is None or not valid.sequences:
+            facts.setdefault("warnings", []).append(
+                "jm: no valid split to fit lambdas by EM; using 0.5 per order")
+            return [0.5] * c.order
+        num, den = sm.heldout_levels(c, *flatten(valid.sequences, self.protocol.context))
+        lambdas = sm.fit_jm_lambdas(num, den, len(self.vocab) - 2)
+        facts["lambdas_fitted_on"] = valid.name
+        log(f"jm: EM lambdas {' '.join(f'{x:.3f}' for x in lambdas)} on {valid.name}")
+        return lambdas
+
+    def fit_info(self) -> dict:
+        return dict(self.facts)
+
+    def save(self, run_dir: Path) -> None:
+        self._save_tables(Path(run_dir) / "model.npz", {"smoothing": self.config.smoothing,
+                                                         "facts": self.facts})
+
+    @classmethod
+    def load(cls, run_dir: Path, config: NgramConfig, vocab: Vocab, protocol: Protocol, device: str = "cpu"):
+        path = Path(run_dir) / "model.npz"
+        index, est, meta = cls._load_tables(path, len(vocab))
+        if meta.get("smoothing") != config.smoothing or index.order != config.order:
+            raise ModelError(f"{path}: holds an ngram:{meta.get('smoothing')}{index.order} model, "
+                             f"the run config says {config.smoothing}{config.order}")
+        model = cls(config, vocab, protocol)
+        model._set_tables(index, est)
+        model.facts = dict(meta.get("facts") or {})
+        return model

@@ -1,0 +1,394 @@
+"""Smoothing estimators: counts -> log-probabilities, vectorised per order with bincount.
+
+Every estimator except add-k produces the *back-off form* an ARPA file stores: for each stored n-gram
+"c w" a log-probability log P(w | c), and for each stored context c a log back-off weight, so that
+
+    P(w | h) = P(h w)                     if "h w" is stored
+             = bo(h) * P(w | h[1:])       otherwise (bo = 1 for a context that is not stored)
+
+Interpolated models (JM, WB, KN) fit this form exactly: bo(c) is the interpolation weight of the lower
+order and the stored probability already includes the interpolated lower-order term. Add-k cannot be
+written this way (its unseen mass is uniform, not proportional to a lower order), so it keeps counts.
+
+Conventions shared by all (DESIGN.md §2): the predictable set P is the vocabulary minus <pad> and <s>;
+<s> is context only (its unigram count is never a target count); the unigram level backs off to (or is
+interpolated with) the uniform distribution 1/|P|, so <unk> gets mass even if it was never seen --
+except MLE, whose unseen events are log 0 by design.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...data.vocab import BOS, PAD
+from .counts import NgramCounts
+
+SMOOTHINGS = ("mle", "laplace", "addk", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
+BACKOFF_FORM = ("mle", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
+ARPA_EXPORTABLE = ("kn", "kn-basic", "wb", "jm", "katz")
+
+
+@dataclass
+class Estimate:
+    """Back-off form of a fitted model (natural logs)."""
+
+    logp: list[np.ndarray]  # logp[n-1]: log P(last | prefix) per stored n-gram of order n; order 1 is (V,)
+    logbo: list[np.ndarray]  # logbo[n-1]: log back-off weight of each n-gram of order n < N as a context
+    missing_bo: float = 0.0  # log back-off weight of a context that is not stored (stupid: log alpha)
+    facts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Additive:
+    """Add-k needs counts, not a back-off form: P(w | h) = (c(h w) + k) / (c(h) + k |P|)."""
+
+    counts: list[np.ndarray]  # counts[n-1]: raw count of each stored n-gram (order 1: <s> zeroed)
+    den: list[np.ndarray]  # den[n-1]: sum of extension counts of each order-n n-gram as a context
+    total: float  # unigram denominator: scored training tokens
+    k: float
+    facts: dict = field(default_factory=dict)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(x)
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b with 0 where b == 0 (contexts without extensions never use the value)."""
+    out = np.zeros(np.broadcast(a, b).shape)
+    np.divide(a, b, out=out, where=b != 0)
+    return out
+
+
+def predictable_mask(V: int) -> np.ndarray:
+    mask = np.ones(V, dtype=bool)
+    mask[[PAD, BOS]] = False
+    return mask
+
+
+def target_counts(c: NgramCounts, n: int) -> np.ndarray:
+    """Raw counts as targets: at order 1 <s> is context only, so its count is not a target count."""
+    r = c.counts[n - 1].astype(np.float64)
+    if n == 1:
+        r = r.copy()
+        r[[PAD, BOS]] = 0.0
+    return r
+
+
+def context_sum(c: NgramCounts, n: int, values: np.ndarray) -> np.ndarray:
+    """Sum `values` (one per n-gram of order n) over n-grams sharing a context -> one per (n-1)-gram."""
+    if n == 1:
+        return np.array([values.sum()])
+    return np.bincount(c.ctx[n - 1], weights=values, minlength=c.index.size(n - 1))
+
+
+def _context_of(c: NgramCounts, n: int) -> np.ndarray:
+    return np.zeros(c.index.size(1), dtype=np.int64) if n == 1 else c.ctx[n - 1]
+
+
+def _lower(c: NgramCounts, n: int, logp: list[np.ndarray], P: int) -> np.ndarray:
+    """P(w | c[1:]) for every n-gram "c w" of order n: the stored probability of its suffix (order 1:
+    the uniform distribution over the predictable set)."""
+    if n == 1:
+        return np.where(predictable_mask(c.vocab_size), 1.0 / P, 0.0)
+    return np.exp(logp[n - 2][c.index.suffix(n)])
+
+
+def _bo_for_contexts(c: NgramCounts, n: int, den: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """log back-off weights of the (n-1)-grams: `weight` where the context has extensions, else log 1."""
+    with np.errstate(divide="ignore"):
+        return np.where(den > 0, _log(np.where(den > 0, weight, 1.0)), 0.0)
+
+
+# -- discounts -------------------------------------------------------------------------------------------
+def counts_of_counts(a: np.ndarray, upto: int) -> np.ndarray:
+    """n[j] = how many entries have count exactly j, for j = 0..upto."""
+    a = np.asarray(a, dtype=np.int64)
+    return np.bincount(np.minimum(a[a > 0], upto + 1), minlength=upto + 2)[: upto + 1]
+
+
+def mkn_discounts(a: np.ndarray, fallback: tuple[float, float, float]) -> tuple[np.ndarray, str | None]:
+    """Modified-KN discounts D1, D2, D3+ (Chen & Goodman 1998, eq. 26), as KenLM's lmplz computes them:
+    Y = n1 / (n1 + 2 n2),  D_j = j - (j+1) Y n_{j+1} / n_j.  Undefined (some n_j = 0 for j <= 3) or out of
+    range (D_j not in [0, j]) -> the fallback, as `lmplz --discount_fallback`. Returns [0, D1, D2, D3]."""
+    n = counts_of_counts(a, 4).astype(np.float64)
+    if (n[1:4] == 0).any():
+        return np.array([0.0, *fallback]), "counts-of-counts n1..n3 include a zero"
+    y = n[1] / (n[1] + 2 * n[2])
+    d = np.array([0.0] + [j - (j + 1) * y * n[j + 1] / n[j] for j in (1, 2, 3)])
+    if any(d[j] < 0 or d[j] > j for j in (1, 2, 3)):
+        return np.array([0.0, *fallback]), f"discounts out of range ({', '.join(f'{x:.3g}' for x in d[1:])})"
+    return d, None
+
+
+def kn_discount(a: np.ndarray, fallback: float) -> tuple[float, str | None]:
+    """One absolute discount per order (Ney, Essen & Kneser 1994): D = n1 / (n1 + 2 n2)."""
+    n = counts_of_counts(a, 2)
+    if n[1] == 0 or n[2] == 0:
+        return float(fallback), "counts-of-counts n1 or n2 is zero"
+    return float(n[1] / (n[1] + 2 * n[2])), None
+
+
+def gt_ratios(r: np.ndarray, K: int) -> tuple[np.ndarray, float, str | None]:
+    """Katz's (1987) Good-Turing discount ratios d_c for counts c = 0..K (d_c = 1 above K):
+    c* = (c+1) n_{c+1} / n_c,  d_c = (c*/c - (K+1) n_{K+1}/n_1) / (1 - (K+1) n_{K+1}/n_1).
+    When counts-of-counts make them undefined or not in (0, 1], fall back to absolute discounting
+    d_c = (c - D)/c. Also returns that D = n1/(n1 + 2 n2) (0.5 if undefined)."""
+    n = counts_of_counts(r, K + 1).astype(np.float64)
+    c = np.arange(1, K + 1, dtype=np.float64)
+    D = n[1] / (n[1] + 2 * n[2]) if n[1] > 0 and n[2] > 0 else 0.5
+    if (n[1:] == 0).any():
+        reason = f"counts-of-counts n1..n{K + 1} include a zero"
+    else:
+        common = (K + 1) * n[K + 1] / n[1]
+        d = ((c + 1) * n[2:] / (c * n[1:K + 1]) - common) / (1 - common) if common < 1 else np.zeros(K)
+        if common < 1 and ((d > 0) & (d <= 1)).all():
+            return np.concatenate([[1.0], d]), D, None
+        reason = "Good-Turing ratios out of (0, 1]"
+    return np.concatenate([[1.0], (c - D) / c]), D, reason
+
+
+# -- estimators ------------------------------------------------------------------------------------------
+def estimate_mle(c: NgramCounts) -> Estimate:
+    """P(w | c) = c(c w) / c(c .); unseen events get log 0 (infinite perplexity by design). A context
+    never seen in training backs off with weight 1 (its MLE is undefined)."""
+    logp, logbo = [], []
+    for n in range(1, c.order + 1):
+        r = target_counts(c, n)
+        den = context_sum(c, n, r)
+        logp.append(_log(_div(r, den[_context_of(c, n)])))
+        if n > 1:
+            logbo.append(np.where(den > 0, -np.inf, 0.0))
+    return Estimate(logp, logbo, 0.0, {})
+
+
+def estimate_stupid(c: NgramCounts, alpha: float) -> Estimate:
+    """Stupid backoff (Brants et al. 2007): S(w | c) = c(c w)/c(c) if seen, else alpha * S(w | c[1:]);
+    S(w) = c(w)/N, and alpha/|P| for a word never seen. Scores, not probabilities: rows do not sum to 1."""
+    P = c.vocab_size - 2
+    logp, logbo = [], []
+    la = math.log(alpha)
+    for n in range(1, c.order + 1):
+        r = target_counts(c, n)
+        den = context_sum(c, n, r)
+        p = _div(r, den[_context_of(c, n)])
+        if n == 1:
+            p = np.where((r == 0) & predictable_mask(c.vocab_size), alpha / P, p)
+        logp.append(_log(p))
+        if n > 1:
+            logbo.append(np.full(den.size, la))
+    return Estimate(logp, logbo, la, {"alpha": alpha})
+
+
+def estimate_katz(c: NgramCounts, K: int) -> Estimate:
+    """Katz (1987) back-off with Good-Turing discounts for counts <= K:
+    P(w | c) = d_r r / c(c)  if r = c(c w) > 0,  else alpha(c) P(w | c[1:]),
+    alpha(c) = (1 - sum_seen P(w | c)) / (1 - sum_seen P(w | c[1:])). Unigrams back off to uniform.
+    Two corner cases Katz leaves open, handled so that no row loses mass or gives <unk> zero: a context
+    followed by every predictable word has nowhere to put the freed mass (its discounted probabilities
+    are renormalised); a context whose extensions all have counts > K frees no mass at all (its counts
+    are discounted absolutely by D = n1/(n1 + 2 n2) of the order instead)."""
+    P = c.vocab_size - 2
+    logp, logbo, facts, warnings = [], [], {"katz_ratios": []}, []
+    for n in range(1, c.order + 1):
+        r = target_counts(c, n)
+        d, D, why = gt_ratios(r, K)
+        if why:
+            warnings.append(f"katz order {n}: {why}; used absolute discounting instead")
+        facts["katz_ratios"].append([float(x) for x in d[1:]])
+        ctx = _context_of(c, n)
+        den = context_sum(c, n, r)
+        ratio = np.where(r > K, 1.0, d[np.minimum(r, K).astype(np.int64)])
+        p = _div(ratio * r, den[ctx])
+        lower = _lower(c, n, logp, P)
+        seen = r > 0
+        types = context_sum(c, n, seen.astype(np.float64))
+        S = context_sum(c, n, np.where(seen, p, 0.0))
+        stuck = (S >= 1.0 - 1e-12) & (types < P)  # nothing discounted in this context
+        p = np.where(stuck[ctx] & seen, _div(np.maximum(r - D, 0.0), den[ctx]), p)
+        S = context_sum(c, n, np.where(seen, p, 0.0))
+        L = context_sum(c, n, np.where(seen, lower, 0.0))
+        full = (types >= P) | (1.0 - L <= 1e-12)
+        alpha = np.where(full, 0.0, _div(np.maximum(1.0 - S, 0.0), np.where(full, 1.0, 1.0 - L)))
+        p = np.where(full[ctx], _div(p, S[ctx]), p)
+        if n == 1:  # unseen predictable words get the uniform share of the freed mass
+            p = np.where(seen, p, alpha[0] * lower)
+        logp.append(_log(p))
+        if n > 1:
+            logbo.append(_bo_for_contexts(c, n, den, alpha))
+    facts["warnings"] = warnings
+    return Estimate(logp, logbo, 0.0, facts)
+
+
+def estimate_jm(c: NgramCounts, lambdas: list[float]) -> Estimate:
+    """Jelinek-Mercer (1980) interpolation, one lambda per order:
+    P(w | c) = l_n c(c w)/c(c) + (1 - l_n) P(w | c[1:]), bottoming out at the uniform distribution.
+    A context without extensions passes straight to the lower order."""
+    P = c.vocab_size - 2
+    logp, logbo = [], []
+    for n in range(1, c.order + 1):
+        lam = lambdas[n - 1]
+        r = target_counts(c, n)
+        den = context_sum(c, n, r)
+        ml = _div(r, den[_context_of(c, n)])
+        p = lam * ml + (1 - lam) * _lower(c, n, logp, P)
+        logp.append(_log(p))
+        if n > 1:
+            logbo.append(_bo_for_contexts(c, n, den, np.full(den.size, 1 - lam)))
+    return Estimate(logp, logbo, 0.0, {"lambdas": [float(x) for x in lambdas]})
+
+
+def estimate_wb(c: NgramCounts) -> Estimate:
+    """Witten-Bell (1991) interpolation: with t(c) = N1+(c .) distinct followers of c,
+    P(w | c) = (c(c w) + t(c) P(w | c[1:])) / (c(c) + t(c)); unigrams interpolate with uniform."""
+    P = c.vocab_size - 2
+    logp, logbo = [], []
+    for n in range(1, c.order + 1):
+        r = target_counts(c, n)
+        ctx = _context_of(c, n)
+        den = context_sum(c, n, r)
+        t = context_sum(c, n, (r > 0).astype(np.float64))
+        p = _div(r + t[ctx] * _lower(c, n, logp, P), den[ctx] + t[ctx])
+        logp.append(_log(p))
+        if n > 1:
+            logbo.append(_bo_for_contexts(c, n, den, _div(t, den + t)))
+    return Estimate(logp, logbo, 0.0, {})
+
+
+def kn_counts(c: NgramCounts, n: int) -> np.ndarray:
+    """The counts Kneser-Ney discounts at order n, as KenLM's adjust_counts: raw counts at the highest
+    order and for n-grams starting with <s> (nothing can precede <s>), continuation counts N1+(. g)
+    for other lower-order n-grams; the unigram <s> gets 0 (it is never predicted)."""
+    if n == c.order:
+        a = c.counts[n - 1].copy()
+    else:
+        a = c.continuation(n)
+        bos = c.starts_with_bos(n)
+        a[bos] = c.counts[n - 1][bos]
+    if n == 1:
+        a[[PAD, BOS]] = 0
+    return a
+
+
+def estimate_kn(c: NgramCounts, modified: bool, fallback: tuple[float, float, float]) -> Estimate:
+    """Interpolated Kneser-Ney (Chen & Goodman 1998 §3.5; KenLM lmplz for the modified variant):
+    P(w | c) = (a(c w) - D(a)) / sum_w a(c w) + gamma(c) P(w | c[1:]),
+    gamma(c) = sum_j D_j N_j(c .) / sum_w a(c w),  a = kn_counts,  the unigram level interpolated with
+    the uniform distribution over the predictable set. `modified`: D1, D2, D3+ per order (KenLM's
+    default); otherwise one D per order."""
+    P = c.vocab_size - 2
+    logp, logbo, warnings, discounts = [], [], [], []
+    for n in range(1, c.order + 1):
+        a = kn_counts(c, n)
+        if modified:
+            D, why = mkn_discounts(a, fallback)
+        else:
+            d1, why = kn_discount(a, fallback[0])
+            D = np.array([0.0, d1, d1, d1])
+        if why:
+            warnings.append(f"order {n}: {why}; using discount fallback {' '.join(f'{x:g}' for x in D[1:])}")
+        discounts.append([float(x) for x in D[1:]] if modified else float(D[1]))
+        ctx = _context_of(c, n)
+        da = D[np.minimum(a, 3)]
+        af = a.astype(np.float64)
+        den = context_sum(c, n, af)
+        gamma = _div(context_sum(c, n, da), den)
+        p = _div(af - da, den[ctx]) + gamma[ctx] * _lower(c, n, logp, P)
+        logp.append(_log(p))
+        if n > 1:
+            logbo.append(_bo_for_contexts(c, n, den, gamma))
+    return Estimate(logp, logbo, 0.0, {"discounts": discounts, "warnings": warnings})
+
+
+def estimate_additive(c: NgramCounts, k: float) -> Additive:
+    """Lidstone / add-k (Laplace: k = 1): P(w | h) = (c(h w) + k) / (c(h) + k |P|), with h the full
+    available context; an unseen context gives the uniform distribution."""
+    counts = [target_counts(c, n) for n in range(1, c.order + 1)]
+    den = [context_sum(c, n + 1, counts[n]) for n in range(1, c.order)]
+    return Additive(counts, den, float(counts[0].sum()), float(k), {})
+
+
+# -- held-out statistics for tuning (add-k's k, JM's lambdas) --------------------------------------------
+def heldout_levels(c: NgramCounts, toks: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every target of a held-out text, counts at each level k = 0..N-1 (context h[-k:]):
+    num[:, k] = c(h[-k:] w), den[:, k] = c(h[-k:] .); den is 0 where the context is unseen or longer
+    than the available history."""
+    pos = np.flatnonzero(depth > 0)
+    tgt, ctx = c.index.chains(toks, depth, pos)
+    N = c.order
+    num = np.zeros((pos.size, N))
+    den = np.zeros((pos.size, N))
+    num[:, 0] = target_counts(c, 1)[tgt[:, 0]]
+    den[:, 0] = target_counts(c, 1).sum()
+    for k in range(1, N):
+        hit = tgt[:, k] >= 0
+        num[hit, k] = c.counts[k][tgt[hit, k]]
+        sums = context_sum(c, k + 1, c.counts[k].astype(np.float64))
+        have = ctx[:, k - 1] >= 0
+        den[have, k] = sums[ctx[have, k - 1]]
+    return num, den
+
+
+def additive_logprob(num: np.ndarray, den: np.ndarray, k: float, P: int) -> np.ndarray:
+    d = den + k * P
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(num + k) - np.log(d)
+    return np.where(d > 0, out, -math.log(P))
+
+
+def tune_k(num: np.ndarray, den: np.ndarray, P: int, lo: float = 1e-5, hi: float = 10.0) -> float:
+    """k maximising held-out log-likelihood: golden-section search on log k (the likelihood is
+    unimodal in k for add-k)."""
+    def ll(logk: float) -> float:
+        return float(additive_logprob(num, den, math.exp(logk), P).sum())
+
+    a, b = math.log(lo), math.log(hi)
+    g = (math.sqrt(5) - 1) / 2
+    x1, x2 = b - g * (b - a), a + g * (b - a)
+    f1, f2 = ll(x1), ll(x2)
+    for _ in range(60):
+        if f1 < f2:
+            a, x1, f1 = x1, x2, f2
+            x2 = a + g * (b - a)
+            f2 = ll(x2)
+        else:
+            b, x2, f2 = x2, x1, f1
+            x1 = b - g * (b - a)
+            f1 = ll(x1)
+    return math.exp((a + b) / 2)
+
+
+def fit_jm_lambdas(num: np.ndarray, den: np.ndarray, P: int, iters: int = 200,
+                   tol: float = 1e-7) -> list[float]:
+    """EM for the per-order lambdas of recursive JM interpolation on held-out tokens.
+
+    The model is a stick-breaking mixture: from the highest order with a seen context down, level n
+    takes the token with probability l_n (emitting c(h w)/c(h)), otherwise passes it down; the uniform
+    distribution takes what is left. E-step: responsibilities r_n; M-step: l_n = sum r_n / sum of the
+    responsibility of levels <= n (the tokens that reached level n)."""
+    T, N = num.shape
+    active = den > 0
+    ml = np.where(active, num / np.where(active, den, 1.0), 0.0)
+    lam = np.full(N, 0.5)
+    for _ in range(iters):
+        w = np.zeros((T, N))
+        rest = np.ones(T)
+        for n in range(N - 1, -1, -1):
+            w[:, n] = np.where(active[:, n], rest * lam[n], 0.0)
+            rest = np.where(active[:, n], rest * (1 - lam[n]), rest)
+        joint = w * ml
+        total = joint.sum(axis=1) + rest / P
+        resp = joint / total[:, None]
+        below = np.cumsum(resp, axis=1) + (rest / P / total)[:, None]  # responsibility of levels <= n
+        reached = np.where(active, below, 0.0).sum(axis=0)
+        new = np.where(reached > 0, resp.sum(axis=0) / np.where(reached > 0, reached, 1.0), lam)
+        new = np.clip(new, 0.0, 1 - 1e-6)
+        done = np.abs(new - lam).max() < tol
+        lam = new
+        if done:
+            break
+    return [float(x) for x in lam]
