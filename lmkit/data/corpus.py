@@ -9,6 +9,7 @@ import hashlib
 import re
 import sys
 from collections import Counter
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
-from .tokenize import is_blank, tokenize
+from .tokenize import is_blank, tokenize_lines
 from .vocab import Vocab
 
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
@@ -41,7 +42,7 @@ class Encoded:
     line_numbers: list[int]  # 1-based line of each sequence in the input
     skipped_blank_lines: int = 0
     reserved_tokens: int = 0  # literal <s>, </s>, <pad> mapped to <unk>
-    characters: int = 0  # code points in scored sequences (char level: bits per char)
+    characters: int = 0  # char level: code points in scored sequences (for bits per char)
 
     @property
     def num_tokens(self) -> int:
@@ -85,31 +86,30 @@ def read_text(path: str | Path) -> Text:
 
 
 def count_tokens(text: Text, protocol: Protocol) -> Counter:
-    counts: Counter = Counter()
-    for line in text.lines:
-        if not is_blank(line):
-            counts.update(tokenize(line, protocol))
-    return counts
+    lines = [ln for ln in text.lines if not is_blank(ln)]
+    return Counter(chain.from_iterable(tokenize_lines(lines, protocol)))
 
 
 def encode(text: Text, vocab: Vocab, protocol: Protocol) -> Encoded:
-    """Map every non-blank line to ids; blank lines are skipped and counted (unless kept)."""
-    sequences: list[np.ndarray] = []
+    """Map every non-blank line to ids; blank lines are skipped and counted (unless kept).
+
+    Tokens of the whole text are mapped in one pass and split back into lines (no per-line numpy)."""
+    kept: list[str] = []
     line_numbers: list[int] = []
-    skipped = reserved = chars = 0
+    skipped = 0
     for i, line in enumerate(text.lines, start=1):
         if is_blank(line):
             if not protocol.keep_blank_lines:
                 skipped += 1
                 continue
-            tokens: list[str] = []
-        else:
-            tokens = tokenize(line, protocol)
-        ids, r = vocab.encode(tokens)
-        reserved += r
-        chars += len(tokens) if protocol.level == "char" else sum(map(len, tokens))
-        sequences.append(ids)
+            line = ""
+        kept.append(line)
         line_numbers.append(i)
+    token_lists = tokenize_lines(kept, protocol)
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+    flat, reserved = vocab.encode(list(chain.from_iterable(token_lists)))
+    chars = int(lengths.sum()) if protocol.level == "char" else 0  # only bits-per-char needs it
+    sequences = np.split(flat, np.cumsum(lengths)[:-1]) if len(token_lists) else []
     return Encoded(text.name, text.sha256, sequences, line_numbers, skipped, reserved, chars)
 
 

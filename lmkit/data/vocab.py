@@ -74,11 +74,10 @@ class Vocab:
         A literal <unk> is the <unk> id; literal <s>, </s>, <pad> cannot be text and become <unk>."""
         get = self.index.get
         ids = [get(t, UNK) for t in tokens]
-        arr = np.fromiter(ids, dtype=np.int32, count=len(ids))
-        reserved = 0
-        if arr.size and (arr == PAD).any() | (arr == BOS).any() | (arr == EOS).any():
-            bad = (arr == PAD) | (arr == BOS) | (arr == EOS)
-            reserved = int(bad.sum())
+        arr = np.array(ids, dtype=np.int32)
+        bad = (arr == PAD) | (arr == BOS) | (arr == EOS)
+        reserved = int(bad.sum())
+        if reserved:
             arr[bad] = UNK
         return arr, reserved
 
