@@ -15,11 +15,11 @@ from .atomic import atomic_dir
 from .config import build_config, parse_sets
 from .data.corpus import Encoded, Text, count_tokens, encode, locate, read_text
 from .data.vocab import Vocab
-from .errors import DataError, UsageError
+from .errors import DataError, ModelError, UsageError
 from .evaluate.perplexity import Score, score_encoded
 from .models import family, parse_spec
 from .protocol import Protocol
-from .runs import RunRecord, append_metrics, check_output_dir, load_run, versions, write_record
+from .runs import RunRecord, append_metrics, check_output_dir, load_run, read_record, versions, write_record
 
 Log = Callable[[str], None]
 
@@ -105,13 +105,14 @@ class TrainRequest:
     max_size: int | None = None
     context: str = "sentence"
     keep_blank_lines: bool = False
-    options: dict = field(default_factory=dict)  # family options from flags (order, smoothing, k, ...)
-    sets: list[str] = field(default_factory=list)  # --set key=value
+    options: dict = field(default_factory=dict)  # family options from flags (order, layers, ...)
+    train_options: dict = field(default_factory=dict)  # TrainConfig fields from flags (lr, epochs, ...)
+    sets: list[str] = field(default_factory=list)  # --set key=value (model or training field)
     output: str | Path | None = None
     runs_dir: str | Path = "runs"
     force: bool = False
-    device: str = "cpu"
     seed: int = 0
+    progress: bool = True
 
 
 def _parse_k(value: Any) -> Any:
@@ -123,6 +124,32 @@ def _parse_k(value: Any) -> Any:
         return float(value)
     except ValueError:
         raise UsageError(f"--k expects a number or 'auto', got {value!r}") from None
+
+
+def _is_torch_family(cls) -> bool:
+    return bool(getattr(cls, "checkpoints", False))
+
+
+def _split_sets(cls, sets: list[str]) -> tuple[list[str], list[str]]:
+    """--set pairs for the model's Config vs the TrainConfig (torch families only)."""
+    if not _is_torch_family(cls):
+        return list(sets), []
+    import dataclasses
+
+    from .train import TrainConfig
+
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_keys = {f.name for f in dataclasses.fields(cls.Config)}
+    model_sets, train_sets = [], []
+    for pair in sets:
+        key = pair.partition("=")[0].strip().replace("-", "_")
+        if key in train_keys and key not in model_keys:
+            train_sets.append(pair)
+        elif key in model_keys:
+            model_sets.append(pair)
+        else:
+            raise UsageError(f"unknown setting {key!r}; valid keys: {', '.join(sorted(model_keys | train_keys))}")
+    return model_sets, train_sets
 
 
 def resolve_model(spec: str, options: dict, sets: list[str]):
@@ -138,8 +165,24 @@ def resolve_model(spec: str, options: dict, sets: list[str]):
         values[key] = val
     if "k" in values:
         values["k"] = _parse_k(values["k"])
-    values.update(parse_sets(cls.Config, sets))
-    return cls, build_config(cls.Config, values)
+    values.update(parse_sets(cls.Config, _split_sets(cls, sets)[0]))
+    try:
+        return cls, build_config(cls.Config, values)
+    except ValueError as exc:  # a module's own validation (e.g. d_model % heads)
+        raise UsageError(f"{spec}: {exc}") from None
+
+
+def _train_config(cls, req: TrainRequest):
+    from .train import TrainConfig, parse_duration
+
+    values = {k: v for k, v in req.train_options.items() if v is not None}
+    if "time_budget" in values:
+        values["time_budget"] = parse_duration(values["time_budget"])
+    values.update(parse_sets(TrainConfig, _split_sets(cls, req.sets)[1]))
+    values.setdefault("seed", req.seed)
+    cfg = build_config(TrainConfig, values)
+    cfg.validate()
+    return cfg
 
 
 def _protocol_for(req: TrainRequest, vocab: Vocab | None) -> Protocol:
@@ -165,9 +208,32 @@ def _default_run_dir(runs_dir: str | Path, label: str) -> Path:
     return Path(runs_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _encode_splits(texts: dict[str, Text], vocab: Vocab, protocol: Protocol, log: Log) -> dict[str, Encoded]:
+    encoded = {s: encode(t, vocab, protocol) for s, t in texts.items()}
+    for s, enc in encoded.items():
+        if not enc.sequences:
+            raise DataError(f"{texts[s].name}: has no non-blank lines to {'train on' if s == 'train' else 'score'}")
+        if enc.reserved_tokens:
+            log(f"warning: {texts[s].name}: {enc.reserved_tokens} literal <s>/</s>/<pad> tokens read as <unk>")
+    return encoded
+
+
+def _final_metrics(model, encoded: dict[str, Encoded], log: Log) -> dict[str, dict]:
+    metrics: dict[str, dict] = {}
+    for split in ("valid", "test"):
+        if split in encoded:
+            metrics[split] = score_encoded(model, encoded[split], keep=False).summary()
+            log(f"{split} perplexity: {metrics[split]['perplexity']:.3f}")
+    return metrics
+
+
 def train(req: TrainRequest, log: Log = _quiet) -> Path:
     """Fit a model on a corpus, score valid/test under the one scoring path, write a run folder."""
     cls, config = resolve_model(req.model, req.options, req.sets)
+    tcfg = _train_config(cls, req) if _is_torch_family(cls) else None
+    if tcfg is None and any(v is not None for v in req.train_options.values()):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None)
+        raise UsageError(f"{given} only apply to neural models (mlp, lstm, transformer)")
     files = locate(req.corpus, req.train, req.valid, req.test, need=("train", "valid"))
     out = Path(req.output) if req.output else None
     if out is not None:
@@ -181,30 +247,24 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
                             lowercase=protocol.lowercase, normalize=protocol.normalize,
                             min_count=req.min_count, max_size=req.max_size)
         log(f"vocabulary: {len(vocab):,} ids from {texts['train'].name}")
-    encoded = {s: encode(t, vocab, protocol) for s, t in texts.items()}
-    for s, enc in encoded.items():
-        if not enc.sequences:
-            raise DataError(f"{texts[s].name}: has no non-blank lines to {'train on' if s == 'train' else 'score'}")
-        if enc.reserved_tokens:
-            log(f"warning: {texts[s].name}: {enc.reserved_tokens} literal <s>/</s>/<pad> tokens read as <unk>")
+    encoded = _encode_splits(texts, vocab, protocol, log)
+    data = {s: _split_info(texts[s], encoded[s]) for s in texts}
+
+    if tcfg is not None:
+        out = out or _default_run_dir(req.runs_dir, cls.kind)
+        return _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, req.force, log,
+                            progress=req.progress)
 
     model = cls(config, vocab, protocol)
     log(f"training {model.label} on {encoded['train'].num_tokens:,} tokens ({protocol.context} context)")
     start = time.perf_counter()
     info = model.fit(encoded["train"], encoded["valid"], log) or {}
     seconds = time.perf_counter() - start
-
-    metrics: dict[str, dict] = {}
-    for split in ("valid", "test"):
-        if split in encoded:
-            metrics[split] = score_encoded(model, encoded[split], keep=False).summary()
-            log(f"{split} perplexity: {metrics[split]['perplexity']:.3f}")
-
+    metrics = _final_metrics(model, encoded, log)
     record = RunRecord(
         kind=cls.kind, label=model.label, config=asdict(config), protocol=protocol.to_dict(),
-        vocab_id=vocab.vocab_id, data={s: _split_info(texts[s], encoded[s]) for s in texts},
-        metrics=metrics, parameters=int(model.num_parameters()), train_seconds=seconds,
-        tokens_seen=encoded["train"].num_tokens, seed=req.seed, device=req.device,
+        vocab_id=vocab.vocab_id, data=data, metrics=metrics, parameters=int(model.num_parameters()),
+        train_seconds=seconds, tokens_seen=encoded["train"].num_tokens, seed=req.seed, device="cpu",
         fit_info=info, versions=versions(),
     )
     out = out or _default_run_dir(req.runs_dir, model.label)
@@ -215,6 +275,104 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
                               "valid_ppl": metrics.get("valid", {}).get("perplexity")}])
         write_record(tmp, record)
     return out
+
+
+def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol):
+    """Seeded construction on the chosen device (weights identical for the same seed)."""
+    import torch
+
+    from .device import place
+
+    placement = place(tcfg.device, tcfg.precision, tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    model = cls(config, vocab, protocol, device=placement.device)
+    model.placement = placement
+    model.train_config = tcfg
+    if tcfg.compile:
+        model.net = torch.compile(model.net)
+    return model
+
+
+def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, force: bool, log: Log,
+                 *, progress: bool, resume_record: RunRecord | None = None) -> Path:
+    """Neural runs write their folder as they go (checkpoints), each file atomically."""
+    import shutil
+
+    from .train import Interrupted, fit
+
+    model = _build_torch_model(cls, config, tcfg, vocab, protocol)
+    if resume_record is None:
+        if out.exists() and force:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        vocab.save(out / "vocab.json")
+        record = RunRecord(kind=cls.kind, label=model.label, config=asdict(config),
+                           protocol=protocol.to_dict(), vocab_id=vocab.vocab_id, data=data,
+                           parameters=model.num_parameters(), seed=tcfg.seed,
+                           device=model.placement.name, train_config=asdict(tcfg), versions=versions())
+    else:
+        record = resume_record
+        record.train_config = asdict(tcfg)
+        record.device = model.placement.name
+    record.status = "training"
+    write_record(out, record)
+    model.run_dir = out
+    log(f"training {model.label} ({model.num_parameters():,} parameters) on {model.placement.name}, "
+        f"{model.placement.precision}, {protocol.context} context")
+    try:
+        info = fit(model, encoded["train"], encoded.get("valid"), tcfg, log=log, run_dir=out,
+                   progress=progress, resume=resume_record is not None)
+    except Interrupted:
+        record.status = "interrupted"
+        record.fit_info = dict(model.train_state)
+        write_record(out, record)
+        raise
+    record.status = "complete"
+    record.fit_info = info
+    record.train_seconds = info.get("train_seconds", 0.0)
+    record.tokens_seen = info.get("tokens_seen", 0)
+    record.train_config = info.get("train_config", asdict(tcfg))
+    record.metrics = _final_metrics(model, encoded, log)
+    record.versions = versions()
+    write_record(out, record)
+    return out
+
+
+def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = _quiet,
+           progress: bool = True) -> Path:
+    """Continue an interrupted (or finished) neural run from its last checkpoint.
+
+    Budgets given again replace the stored ones (e.g. more epochs); everything else is as stored."""
+    import dataclasses
+
+    from .config import config_from_dict
+    from .train import TrainConfig, parse_duration
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    cls = family(record.kind)
+    if not _is_torch_family(cls):
+        raise UsageError(f"{run_dir}: only neural runs can be resumed (this is a {record.kind} run)")
+    vocab = Vocab.load(run_dir / "vocab.json")
+    if vocab.vocab_id != record.vocab_id:
+        raise ModelError(f"{run_dir}: vocab.json does not match run.json")
+    config = config_from_dict(cls.Config, record.config)
+    protocol = Protocol.from_dict(record.protocol)
+    stored = {k: v for k, v in record.train_config.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    for key, val in (train_options or {}).items():
+        if val is not None:
+            stored[key] = parse_duration(val) if key == "time_budget" else val
+    tcfg = TrainConfig(**stored)
+    tcfg.validate()
+    texts = {}
+    for split, info in record.data.items():
+        text = read_text(info["path"])
+        if text.sha256 != info["sha256"]:
+            raise DataError(f"{info['path']}: changed since the run started (sha256 differs); cannot resume")
+        texts[split] = text
+    encoded = _encode_splits(texts, vocab, protocol, log)
+    return _train_torch(cls, config, tcfg, vocab, protocol, encoded, record.data, run_dir, False, log,
+                        progress=progress, resume_record=record)
 
 
 # -- scoring ----------------------------------------------------------------------------------------
@@ -267,3 +425,22 @@ def export_arpa(run_path: str | Path, output: str | Path) -> Path:
     write_arpa(model, output)
     return Path(output)
 
+
+
+def list_models() -> list[dict]:
+    """Every registered family, its description and its Config fields with defaults."""
+    from .config import describe
+    from .models import REGISTRY
+
+    rows = []
+    for kind in REGISTRY:
+        cls = family(kind)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        options = describe(cls.Config)
+        if _is_torch_family(cls):
+            from .train import TrainConfig
+
+            defaults = getattr(cls.module, "train_defaults", {})
+            options += [{**o, "default": defaults.get(o["name"], o["default"])} for o in describe(TrainConfig)]
+        rows.append({"family": kind, "description": doc, "options": options})
+    return rows

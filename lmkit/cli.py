@@ -137,10 +137,14 @@ def vocab_show(
 
 
 # -- train ------------------------------------------------------------------------------------------
+NEURAL = "Neural models (mlp, lstm, transformer)"
+BUDGET = "Training (neural models)"
+
+
 @app.command(rich_help_panel="Models")
 def train(
     model: str = typer.Option("ngram", "--model", "-m", help="Model spec: ngram:kn5, ngram:laplace3, "
-                              "ngram (= ngram:kn3) ..."),
+                              "ngram (= ngram:kn3), mlp, lstm, transformer."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and (optionally) test files."),
     train_file: Optional[str] = typer.Option(None, "--train", help="Training file (overrides --corpus)."),
     valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
@@ -153,15 +157,59 @@ def train(
     max_size: Optional[int] = typer.Option(None, help="Vocabulary: at most this many ids."),
     context: str = typer.Option("sentence", help="Protocol context: sentence or stream."),
     keep_blank_lines: bool = typer.Option(False, help="Score blank lines as empty sequences."),
-    order: Optional[int] = typer.Option(None, help="n-gram order (1-10)."),
+    order: Optional[int] = typer.Option(None, help="n-gram order (1-10).", rich_help_panel="n-gram models"),
     smoothing: Optional[str] = typer.Option(None, help="n-gram smoothing: mle laplace addk katz stupid "
-                                            "jm wb kn kn-basic."),
-    k: Optional[str] = typer.Option(None, help="add-k constant, or 'auto' to tune it on valid."),
+                                            "jm wb kn kn-basic.", rich_help_panel="n-gram models"),
+    k: Optional[str] = typer.Option(None, help="add-k constant, or 'auto' to tune it on valid.",
+                                    rich_help_panel="n-gram models"),
+    layers: Optional[int] = typer.Option(None, help="Layers (lstm, transformer).", rich_help_panel=NEURAL),
+    hidden: Optional[int] = typer.Option(None, help="Hidden size (mlp, lstm).", rich_help_panel=NEURAL),
+    embed: Optional[int] = typer.Option(None, help="Embedding size (mlp, lstm).", rich_help_panel=NEURAL),
+    d_model: Optional[int] = typer.Option(None, help="Transformer width.", rich_help_panel=NEURAL),
+    heads: Optional[int] = typer.Option(None, help="Attention heads.", rich_help_panel=NEURAL),
+    dropout: Optional[float] = typer.Option(None, help="Dropout probability.", rich_help_panel=NEURAL),
+    tie_weights: Optional[bool] = typer.Option(None, "--tie-weights/--no-tie-weights",
+                                               help="Share input and output embeddings.", rich_help_panel=NEURAL),
+    window: Optional[int] = typer.Option(None, help="MLP history length (previous tokens).",
+                                         rich_help_panel=NEURAL),
+    block_size: Optional[int] = typer.Option(None, help="Transformer history length.", rich_help_panel=NEURAL),
+    cell: Optional[str] = typer.Option(None, help="Recurrent cell: lstm, gru or rnn.", rich_help_panel=NEURAL),
+    positions: Optional[str] = typer.Option(None, help="Transformer positions: learned or sinusoidal.",
+                                            rich_help_panel=NEURAL),
+    epochs: Optional[float] = typer.Option(None, help="Budget: passes over the training data.",
+                                           rich_help_panel=BUDGET),
+    max_tokens: Optional[int] = typer.Option(None, help="Budget: training tokens.", rich_help_panel=BUDGET),
+    time_budget: Optional[str] = typer.Option(None, help="Budget: training wall time, e.g. 90s, 10m, 1h.",
+                                              rich_help_panel=BUDGET),
+    optimizer: Optional[str] = typer.Option(None, help="adamw or sgd.", rich_help_panel=BUDGET),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate.", rich_help_panel=BUDGET),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences (sentence) or rows (stream) per batch.",
+                                             rich_help_panel=BUDGET),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", "--bptt", help="Stream context: tokens per window.",
+                                          rich_help_panel=BUDGET),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps.",
+                                               rich_help_panel=BUDGET),
+    schedule: Optional[str] = typer.Option(None, help="LR decay: cosine, linear or constant.",
+                                           rich_help_panel=BUDGET),
+    clip: Optional[float] = typer.Option(None, help="Gradient-norm clip (0: off).", rich_help_panel=BUDGET),
+    weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay.", rich_help_panel=BUDGET),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between validations.", rich_help_panel=BUDGET),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: validations without improvement.",
+                                           rich_help_panel=BUDGET),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=BUDGET),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (autocast).",
+                                            rich_help_panel=BUDGET),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.",
+                                            rich_help_panel=BUDGET),
+    threads: Optional[int] = typer.Option(None, help="CPU threads.", rich_help_panel=BUDGET),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last "
+                                          "checkpoint (budgets given again replace the stored ones).",
+                                          rich_help_panel=BUDGET),
     sets: List[str] = typer.Option([], "--set", help="Any config field: --set key=value (repeatable)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run folder to write."),
     runs_dir: Path = typer.Option(Path("runs"), envvar="LMKIT_RUNS", help="Where runs go without -o."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty -o folder."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, help="Random seed (same seed on CPU -> same numbers)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Train a model and write a run folder; prints only the run folder's path on stdout.
@@ -170,19 +218,55 @@ def train(
       lmkit train --model ngram:kn5 --corpus corpora/shakespeare -o runs/kn5
 
       lmkit train --model ngram --order 3 --smoothing addk --k auto --corpus ../shared/corpora/ptb
+
+      lmkit train --model lstm --layers 2 --hidden 650 --dropout 0.5 --tie-weights --context stream --epochs 10
+
+      lmkit train --model transformer --layers 4 --d-model 256 --heads 4 --time-budget 10m -o runs/tf
+
+      lmkit train --resume runs/tf
     """
     from . import api
 
     msgs = Messages(quiet)
-    req = api.TrainRequest(
-        model=model, corpus=corpus, train=train_file, valid=valid_file, test=test_file, vocab=vocab,
-        level=level, lowercase=lowercase, normalize=normalize, min_count=min_count, max_size=max_size,
-        context=context, keep_blank_lines=keep_blank_lines,
-        options={"order": order, "smoothing": smoothing, "k": k}, sets=sets, output=output,
-        runs_dir=runs_dir, force=force, seed=seed,
-    )
-    run_dir = api.train(req, log=msgs.info)
+    train_options = {"epochs": epochs, "max_tokens": max_tokens, "time_budget": time_budget,
+                     "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
+                     "warmup_steps": warmup_steps, "schedule": schedule, "clip": clip,
+                     "weight_decay": weight_decay, "eval_every": eval_every, "patience": patience,
+                     "device": device, "precision": precision, "compile": compile_, "threads": threads}
+    if resume is not None:
+        run_dir = api.resume(resume, train_options, log=msgs.info, progress=not quiet)
+    else:
+        req = api.TrainRequest(
+            model=model, corpus=corpus, train=train_file, valid=valid_file, test=test_file, vocab=vocab,
+            level=level, lowercase=lowercase, normalize=normalize, min_count=min_count, max_size=max_size,
+            context=context, keep_blank_lines=keep_blank_lines,
+            options={"order": order, "smoothing": smoothing, "k": k, "layers": layers, "hidden": hidden,
+                     "embed": embed, "d_model": d_model, "heads": heads, "dropout": dropout,
+                     "tie_weights": tie_weights, "window": window, "block_size": block_size, "cell": cell,
+                     "positions": positions},
+            train_options=train_options, sets=sets, output=output, runs_dir=runs_dir, force=force,
+            seed=seed, progress=not quiet,
+        )
+        run_dir = api.train(req, log=msgs.info)
     typer.echo(str(run_dir))
+
+
+@app.command(rich_help_panel="Models")
+def models(fmt: Optional[str] = FormatOpt) -> None:
+    """Every model family with its options and defaults.
+
+    [dim]Example:[/] lmkit models --format json
+    """
+    from . import api
+
+    fmt = default_format(_check_format(fmt))
+    rows = api.list_models()
+    if fmt in ("json", "jsonl"):
+        write_rows(rows, fmt)
+        return
+    flat = [{"family": r["family"], "option": o["name"], "type": o["type"], "default": o["default"],
+             "description": r["description"] if i == 0 else ""} for r in rows for i, o in enumerate(r["options"])]
+    write_rows(flat, fmt, title="model families")
 
 
 # -- score ------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ from ..errors import UsageError
 # kind -> "module:Class"; adding a family is one file plus one line here.
 REGISTRY: dict[str, str] = {
     "ngram": "lmkit.models.ngram.model:NgramModel",
+    "mlp": "lmkit.models.torchlm:MLPModel",
+    "lstm": "lmkit.models.torchlm:RNNModel",
+    "transformer": "lmkit.models.torchlm:TransformerModel",
 }
 
 NGRAM_SMOOTHINGS = ("mle", "laplace", "addk", "katz", "stupid", "jm", "wb", "kn", "kn-basic")

@@ -1,0 +1,111 @@
+"""Batches for the torch families: sentence context (bucketed, padded, masked) and stream context
+(contiguous BPTT windows). Pure numpy; the training loop moves batches to the device.
+
+Stream layout, for B=2 rows over the token stream  <s> a b </s> c d e </s> ...:
+
+    row 0:  <s> a  b  </s> c  d  | e  ...      window k takes columns [k*T, (k+1)*T) as inputs
+    row 1:  f   g  </s> h  i  j  | k  ...      and the same columns shifted by one as targets
+
+so row r of window k+1 continues exactly where row r of window k stopped (the RNN state carries over)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .vocab import BOS, EOS, PAD
+
+
+@dataclass
+class Batch:
+    x: np.ndarray  # (B, T) input ids
+    y: np.ndarray  # (B, T) target ids; PAD where there is nothing to predict (masked out of the loss)
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.y != PAD).sum())
+
+
+def stream_ids(sequences: list[np.ndarray]) -> np.ndarray:
+    """One <s> at the very start, then every sequence followed by </s> (stream context)."""
+    parts = [np.array([BOS], dtype=np.int64)]
+    for s in sequences:
+        parts.append(np.asarray(s, dtype=np.int64))
+        parts.append(np.array([EOS], dtype=np.int64))
+    return np.concatenate(parts)
+
+
+def sentence_examples(sequences: list[np.ndarray], max_len: int | None) -> list[np.ndarray]:
+    """<s> w1..wn </s> per sequence; longer than max_len+1 is cut into pieces that overlap by one
+    token so every target is trained once (each piece restarts its context: a training shortcut
+    only -- scoring uses sliding windows)."""
+    out = []
+    for s in sequences:
+        full = np.concatenate(([BOS], np.asarray(s, dtype=np.int64), [EOS]))
+        if max_len is None or len(full) <= max_len + 1:
+            out.append(full)
+        else:
+            for start in range(0, len(full) - 1, max_len):
+                out.append(full[start:start + max_len + 1])
+    return out
+
+
+def sentence_batches(examples: list[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> list[Batch]:
+    """Bucket by length (sorted, then cut into batches) so padding stays low; shuffle batch order."""
+    order = np.argsort([len(e) for e in examples], kind="stable")
+    if rng is not None:
+        # shuffle within equal lengths too, so batch composition varies between epochs
+        lengths = np.array([len(e) for e in examples])
+        order = np.lexsort((rng.random(len(examples)), lengths))
+    batches = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        width = max(len(examples[j]) for j in idx) - 1
+        x = np.full((len(idx), width), PAD, dtype=np.int64)
+        y = np.full((len(idx), width), PAD, dtype=np.int64)
+        for row, j in enumerate(idx):
+            e = examples[j]
+            x[row, :len(e) - 1] = e[:-1]
+            y[row, :len(e) - 1] = e[1:]
+        batches.append(Batch(x, y))
+    if rng is not None:
+        perm = rng.permutation(len(batches))
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+def stream_batches(stream: np.ndarray, batch_size: int, seq_len: int,
+                   rng: np.random.Generator | None = None) -> list[Batch]:
+    """Contiguous BPTT windows over `batch_size` parallel rows of the stream (see module docstring).
+
+    With `rng` (stateless models only) the window order is shuffled; stateful models need order."""
+    n = (len(stream) - 1) // batch_size
+    if n < 1:
+        raise ValueError("the training stream is shorter than one batch")
+    xs = stream[: n * batch_size].reshape(batch_size, n)  # (B, n): row r is stream[r*n:(r+1)*n]
+    ys = stream[1: n * batch_size + 1].reshape(batch_size, n)  # the same, one token later
+    batches = [Batch(xs[:, i:i + seq_len], ys[:, i:i + seq_len]) for i in range(0, n, seq_len)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def windows(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Sliding windows over `length` positions: (start, first_scored) pairs.
+
+    Each window covers [start, start+size); positions before `first_scored` were scored by an
+    earlier window and only give context. Every position is scored exactly once and, after the
+    first window, with at least `overlap` tokens of left context."""
+    if length <= size:
+        return [(0, 0)]
+    stride = size - overlap
+    if stride < 1:
+        raise ValueError("window overlap must be smaller than the window")
+    out = [(0, 0)]
+    end = size
+    while end < length:
+        start = min(end - overlap, length - size)
+        out.append((start, end))
+        end = start + size
+    return out

@@ -1,0 +1,278 @@
+"""Adapter that gives any torch family (MLP, RNN, Transformer) the LanguageModel interface.
+
+The nn.Module contract (see mlp.py): forward(idx (B, T), state) -> (raw logits (B, T, V), state),
+`history` (tokens of context a prediction can see; None = unbounded), `stateful`, init_state,
+detach_state. Everything protocol-related lives here, once for all families: masking <pad>/<s> out
+of the softmax, sentence vs stream context, sliding windows for bounded-context models, and the
+safetensors weight files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.batching import stream_ids, windows
+from ..data.corpus import Encoded
+from ..data.vocab import BOS, EOS, PAD, Vocab
+from ..errors import ModelError
+from ..protocol import Protocol
+from .base import LanguageModel, Log, _quiet
+from .mlp import MLPLM
+from .rnn import RNNLM
+from .transformer import TransformerLM
+
+WEIGHTS = "model.safetensors"
+SCORE_TOKENS = 16384  # tokens per scoring forward pass (memory bound, not a protocol choice)
+
+
+def masked_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """ln P over the predictable set: <pad> and <s> get -inf, computed in float32."""
+    blocked = torch.zeros(logits.size(-1), dtype=torch.bool, device=logits.device)
+    blocked[PAD] = True
+    blocked[BOS] = True
+    return F.log_softmax(logits.float().masked_fill(blocked, float("-inf")), dim=-1)
+
+
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind torch.compile (so weight names never carry `_orig_mod.`)."""
+    return getattr(net, "_orig_mod", net)
+
+
+class TorchLM(LanguageModel):
+    """A LanguageModel backed by an nn.Module; subclasses name the module class."""
+
+    module: ClassVar[type]  # the nn.Module class, e.g. MLPLM
+    checkpoints: ClassVar[bool] = True  # trained by lmkit.train, which writes checkpoints as it goes
+
+    def __init__(self, config, vocab: Vocab, protocol: Protocol, device: str = "cpu"):
+        super().__init__(config, vocab, protocol)
+        self.device = device
+        self.net = self.module(config, len(vocab)).to(device)
+        self.train_config = None  # set by api.train before fit
+        self.run_dir: Path | None = None
+        self.train_state: dict = {}
+        self.placement = None  # lmkit.device.Placement, set by api.train / api.score
+        self.stride: int | None = None  # sliding-window stride for bounded-context scoring (None: half)
+
+    @property
+    def history(self) -> int | None:
+        return unwrap(self.net).history
+
+    @property
+    def max_len(self) -> int | None:
+        """Longest input the module accepts (Transformer: block_size); None = any length."""
+        return getattr(unwrap(self.net).config, "block_size", None)
+
+    def num_parameters(self) -> int:
+        return int(unwrap(self.net).num_parameters())
+
+    # -- training (the one loop lives in lmkit.train) -----------------------------------------------
+    def fit(self, train: Encoded, valid: Encoded | None, log: Log = _quiet) -> dict:
+        from ..train import fit
+
+        return fit(self, train, valid, self.train_config, log=log, run_dir=self.run_dir)
+
+    # -- scoring ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _logprobs_of(self, x: np.ndarray, y: np.ndarray, state=None):
+        """ln P(y | x) for (B, T) arrays; returns ((B, T) float64 numpy, new state)."""
+        net = self.net
+        xt = torch.as_tensor(x, device=self.device)
+        yt = torch.as_tensor(y, device=self.device)
+        logits, state = net(xt, state)
+        lp = masked_log_softmax(logits).gather(-1, yt.unsqueeze(-1)).squeeze(-1)
+        return lp.double().cpu().numpy(), state  # one device->host copy per scoring pass
+
+    def _score_stream_stateless(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Bounded-context scoring of one long input with sliding windows (batched)."""
+        max_len, hist = self.max_len, self.history
+        if max_len is not None:  # Transformer: windows of block_size moving by `stride`
+            size = max_len
+            stride = self.stride or max(1, size // 2)
+            overlap = size - min(stride, size)
+        else:  # MLP: any length works; chunks only bound memory, overlap gives the window
+            size = max(SCORE_TOKENS, 2 * (hist or 1))
+            overlap = hist or 0
+        spans = windows(len(x), size, overlap)
+        out = np.empty(len(x), dtype=np.float64)
+        per_batch = max(1, SCORE_TOKENS // size)
+        for i in range(0, len(spans), per_batch):
+            group = spans[i:i + per_batch]
+            width = min(size, len(x))
+            xb = np.full((len(group), width), PAD, dtype=np.int64)
+            yb = np.full((len(group), width), PAD, dtype=np.int64)
+            for r, (start, _) in enumerate(group):
+                seg = slice(start, start + width)
+                xb[r, :len(x[seg])] = x[seg]
+                yb[r, :len(y[seg])] = y[seg]
+            lp, _ = self._logprobs_of(xb, yb)
+            for r, (start, first) in enumerate(group):
+                end = min(start + width, len(x))
+                out[first:end] = lp[r, first - start:end - start]
+        return out
+
+    def _score_stream(self, sequences: list[np.ndarray]) -> np.ndarray:
+        stream = stream_ids(sequences)
+        x, y = stream[:-1], stream[1:]
+        if unwrap(self.net).stateful:
+            out = np.empty(len(x), dtype=np.float64)
+            state = unwrap(self.net).init_state(1, self.device)
+            step = 2048
+            for i in range(0, len(x), step):
+                lp, state = self._logprobs_of(x[None, i:i + step], y[None, i:i + step], state)
+                out[i:i + step] = lp[0]
+            return out
+        return self._score_stream_stateless(x, y)
+
+    def _score_sentences(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray] = [np.empty(0)] * len(sequences)
+        fulls = [np.concatenate(([BOS], np.asarray(s, dtype=np.int64), [EOS])) for s in sequences]
+        max_len = self.max_len
+        short = [i for i, f in enumerate(fulls) if max_len is None or len(f) - 1 <= max_len]
+        for i in (i for i, f in enumerate(fulls) if max_len is not None and len(f) - 1 > max_len):
+            out[i] = self._score_stream_stateless(fulls[i][:-1], fulls[i][1:])
+        short.sort(key=lambda i: len(fulls[i]))
+        start = 0
+        while start < len(short):
+            width = len(fulls[short[start]]) - 1
+            end = start
+            while end < len(short) and (end - start + 1) * (len(fulls[short[end]]) - 1) <= SCORE_TOKENS:
+                end += 1
+            end = max(end, start + 1)
+            group = short[start:end]
+            width = len(fulls[group[-1]]) - 1
+            xb = np.full((len(group), width), PAD, dtype=np.int64)
+            yb = np.full((len(group), width), PAD, dtype=np.int64)
+            for r, i in enumerate(group):
+                f = fulls[i]
+                xb[r, :len(f) - 1] = f[:-1]
+                yb[r, :len(f) - 1] = f[1:]
+            state = unwrap(self.net).init_state(len(group), self.device)
+            lp, _ = self._logprobs_of(xb, yb, state)
+            for r, i in enumerate(group):
+                out[i] = lp[r, :len(fulls[i]) - 1]
+            start = end
+        return out
+
+    def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+        """One batched pass: padded sentence batches, or the whole stream (state carried / windows)."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            if self.protocol.context == "stream":
+                flat = self._score_stream(sequences)
+                bounds = np.cumsum([len(s) + 1 for s in sequences])[:-1]
+                return list(np.split(flat, bounds))
+            return self._score_sentences(sequences)
+        finally:
+            self.net.train(was_training)
+
+    @torch.no_grad()
+    def next_logprobs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """(B, V) rows for arbitrary contexts (generation and the contract tests)."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            rows = []
+            for ctx in contexts:
+                ids = list(ctx)
+                if self.max_len is not None:
+                    ids = ids[-self.max_len:]
+                x = torch.as_tensor([ids], dtype=torch.long, device=self.device)
+                state = unwrap(self.net).init_state(1, self.device)
+                logits, _ = self.net(x, state)
+                rows.append(masked_log_softmax(logits[:, -1]))
+            return torch.cat(rows).double().cpu().numpy()
+        finally:
+            self.net.train(was_training)
+
+    # -- files --------------------------------------------------------------------------------------
+    def save(self, run_dir: Path) -> None:
+        save_weights(unwrap(self.net), Path(run_dir) / WEIGHTS)
+
+    @classmethod
+    def load(cls, run_dir: Path, config, vocab: Vocab, protocol: Protocol, device: str = "cpu"):
+        from ..device import place
+
+        placement = place(device, "fp32")
+        device = placement.device
+        try:
+            model = cls(config, vocab, protocol, device="cpu")
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
+        load_weights(unwrap(model.net), Path(run_dir) / WEIGHTS)
+        model.net.to(device)
+        model.device = device
+        model.placement = placement
+        model.net.eval()
+        return model
+
+    def fit_info(self) -> dict:
+        return dict(self.train_state)
+
+
+def save_weights(net: torch.nn.Module, path: Path) -> None:
+    """safetensors (no pickle); tied weights are stored once. Written to a temp name, then renamed."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_model(net, tmp, metadata={"format": "lmkit-torch", "class": type(net).__name__})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(net: torch.nn.Module, path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    if not path.exists():
+        raise ModelError(f"{path}: weights file is missing")
+    try:
+        missing, unexpected = load_model(net, str(path), strict=False, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ModelError(f"{path}: damaged or truncated weights file ({first})") from None
+    if missing or unexpected:
+        raise ModelError(f"{path}: weights do not match the model in run.json "
+                         f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+
+
+class MLPModel(TorchLM):
+    """Bengio et al. (2003) feed-forward LM; see mlp.py."""
+
+    kind = "mlp"
+    module = MLPLM
+    Config = MLPLM.Config
+
+
+class RNNModel(TorchLM):
+    """LSTM (default), GRU or tanh RNN; see rnn.py."""
+
+    kind = "lstm"
+    module = RNNLM
+    Config = RNNLM.Config
+
+    @property
+    def label(self) -> str:
+        cell = getattr(self.config, "cell", "lstm")
+        return "lstm" if cell == "lstm" else f"lstm:{cell}"
+
+
+class TransformerModel(TorchLM):
+    """GPT-style decoder-only Transformer; see transformer.py."""
+
+    kind = "transformer"
+    module = TransformerLM
+    Config = TransformerLM.Config

@@ -1,0 +1,427 @@
+"""The one training loop for every torch family (MLP, RNN, Transformer).
+
+AdamW or SGD, warmup then cosine/linear decay, gradient clipping, budgets (epochs, tokens, wall
+time; whichever ends first), exact validation perplexity through the one scoring path, early
+stopping with best-checkpoint keeping, checkpoints that resume bit-for-bit for step-based budgets,
+SIGINT -> checkpoint and a clean exit. Nothing here knows which family it trains."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .atomic import write_json
+from .data.batching import Batch, sentence_batches, sentence_examples, stream_batches, stream_ids
+from .data.corpus import Encoded
+from .data.vocab import PAD
+from .errors import LmkitError, ModelError, UsageError
+from .evaluate.perplexity import score_encoded
+from .models.torchlm import WEIGHTS, load_weights, masked_log_softmax, save_weights, unwrap
+
+CHECKPOINT_DIR = "checkpoint"
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings shared by every torch family (None: the family's `train_defaults`)."""
+
+    optimizer: str | None = None  # adamw | sgd (plain SGD is the classic LSTM recipe)
+    lr: float | None = None  # peak learning rate
+    weight_decay: float | None = None  # decoupled weight decay (AdamW) on matrices, not biases/norms
+    batch_size: int | None = None  # sequences (sentence context) or parallel rows (stream context)
+    seq_len: int | None = None  # stream context: tokens per BPTT/training window
+    epochs: float | None = None  # budget: passes over the training data (fractions allowed)
+    max_tokens: int | None = None  # budget: training target tokens
+    time_budget: float | None = None  # budget: seconds of training wall time (evaluation excluded)
+    warmup_steps: int | None = None  # linear warmup steps
+    schedule: str = "cosine"  # cosine | linear | constant decay after warmup
+    min_lr_ratio: float = 0.1  # decay ends at lr * min_lr_ratio
+    clip: float | None = None  # max global gradient norm (None: family default; 0 disables)
+    eval_every: int | None = None  # steps between validations (None: ~10 per run, by step or time)
+    patience: int | None = None  # validations without improvement before stopping (None: never)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 uses a gradient scaler)
+    compile: bool = False  # torch.compile the module
+    threads: int | None = None  # CPU threads (torch.set_num_threads)
+
+    def validate(self) -> None:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown --optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown --schedule {self.schedule!r}; use {', '.join(SCHEDULES)}")
+        for name in ("lr", "epochs", "time_budget"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        for name in ("batch_size", "seq_len", "max_tokens", "eval_every", "patience"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """'90' / '90s' / '10m' / '1.5h' -> seconds."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    s = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(s[-1:], None)
+    try:
+        value = float(s[:-1]) * scale if scale else float(s)
+    except ValueError:
+        raise UsageError(f"--time-budget expects a duration such as 90s, 10m or 1.5h, got {text!r}") from None
+    if value <= 0:
+        raise UsageError(f"--time-budget must be positive, got {text!r}")
+    return value
+
+
+class Interrupted(LmkitError):
+    exit_code = 130
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _resolved(cfg: TrainConfig, defaults: dict) -> TrainConfig:
+    """Fill None fields from the family's defaults (and generic fallbacks)."""
+    generic = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 32, "seq_len": 64,
+               "warmup_steps": 100, "clip": 1.0}
+    out = TrainConfig(**asdict(cfg))
+    for key, fallback in generic.items():
+        if getattr(out, key) is None:
+            setattr(out, key, defaults.get(key, fallback))
+    if out.epochs is None and out.max_tokens is None and out.time_budget is None:
+        out.epochs = float(defaults.get("epochs", 1))
+    out.validate()
+    return out
+
+
+def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig, is_cuda: bool) -> torch.optim.Optimizer:
+    params = [p for p in net.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    extra = {"fused": True} if is_cuda else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), **extra)
+
+
+def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Warmup over `warmup_steps`, then decay from 1 to min_lr_ratio as `progress` goes 0 -> 1."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "linear":
+        return 1.0 - (1.0 - cfg.min_lr_ratio) * p
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _epoch_batches(model, train: Encoded, cfg: TrainConfig, epoch: int) -> list[Batch]:
+    """The batches of one epoch; a function of (seed, epoch) only, so a resume rebuilds them exactly."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    net = unwrap(model.net)
+    if model.protocol.context == "stream":
+        seq_len = cfg.seq_len if model.max_len is None else min(cfg.seq_len, model.max_len)
+        return stream_batches(stream_ids(train.sequences), cfg.batch_size, seq_len,
+                              None if net.stateful else rng)
+    return sentence_batches(sentence_examples(train.sequences, model.max_len), cfg.batch_size, rng)
+
+
+class _Progress:
+    """A rich progress bar on stderr (loss, valid ppl, tokens/s, ETA); silent when quiet."""
+
+    def __init__(self, enabled: bool, total: float, label: str):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task(label, total=total, info="")
+            self.bar.start()
+
+    def update(self, completed: float, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=completed, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_state) -> None:
+    ck = run_dir / CHECKPOINT_DIR
+    ck.mkdir(parents=True, exist_ok=True)
+    save_weights(unwrap(net), ck / WEIGHTS)
+    tensors = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+               "scaler": scaler.state_dict() if scaler is not None else {}}
+    if rnn_state is not None:
+        tensors["rnn_state"] = [t.detach().cpu() for t in (rnn_state if isinstance(rnn_state, tuple)
+                                                             else (rnn_state,))]
+    if torch.cuda.is_available():
+        tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
+    tmp = ck / ".trainer.pt.tmp"
+    torch.save(tensors, tmp)
+    tmp.replace(ck / "trainer.pt")
+    write_json(ck / "state.json", {"schema": 1, **state})  # written last: marks the checkpoint complete
+
+
+def load_checkpoint(run_dir: Path, net, device: str):
+    """(state dict, tensors) of the last checkpoint; ModelError when it is missing or damaged."""
+    ck = run_dir / CHECKPOINT_DIR
+    try:
+        state = json.loads((ck / "state.json").read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/state.json missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{ck / 'state.json'}: damaged checkpoint state") from None
+    load_weights(unwrap(net), ck / WEIGHTS)
+    try:
+        tensors = torch.load(ck / "trainer.pt", map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ModelError(f"{ck / 'trainer.pt'}: damaged checkpoint ({exc.__class__.__name__})") from None
+    return state, tensors
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=print,
+        run_dir: Path | None = None, progress: bool = True, resume: bool = False,
+        on_eval=None) -> dict:
+    """Train `model` (a TorchLM) in place; returns facts for run.json. Writes checkpoints to run_dir."""
+    cfg = _resolved(cfg, getattr(unwrap(model.net), "train_defaults", {}))
+    device = model.device
+    is_cuda = device.startswith("cuda")
+    placement = model.placement
+    precision = placement.precision if placement is not None else "fp32"
+    net = model.net
+    optimizer = _make_optimizer(net, cfg, is_cuda)
+    scaler = torch.amp.GradScaler("cuda") if (is_cuda and precision == "fp16") else None
+
+    stateful_stream = unwrap(net).stateful and model.protocol.context == "stream"
+    steps_per_epoch = len(_epoch_batches(model, train, cfg, 0))
+    tokens_per_epoch = train.num_tokens
+    total_steps = None
+    if cfg.epochs is not None:
+        total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_tokens is not None:
+        by_tokens = math.ceil(cfg.max_tokens / max(1, tokens_per_epoch) * steps_per_epoch)
+        total_steps = by_tokens if total_steps is None else min(total_steps, by_tokens)
+    eval_every = cfg.eval_every or (max(1, total_steps // 10) if total_steps else None)
+    eval_seconds = (cfg.time_budget / 10) if (cfg.time_budget and not eval_every) else None
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "tokens_seen": 0, "train_seconds": 0.0,
+             "best_valid_ppl": None, "best_step": None, "evals_since_best": 0, "last_eval_seconds": 0.0,
+             "stopped": None}
+    rnn_state = None
+    if resume and run_dir is not None:
+        saved, tensors = load_checkpoint(run_dir, net, device)
+        state.update({k: v for k, v in saved.items() if k in state})
+        optimizer.load_state_dict(tensors["optimizer"])
+        torch.set_rng_state(tensors["torch_rng"].cpu())
+        if scaler is not None and tensors.get("scaler"):
+            scaler.load_state_dict(tensors["scaler"])
+        if "rnn_state" in tensors and stateful_stream:
+            parts = tuple(t.to(device) for t in tensors["rnn_state"])
+            rnn_state = parts if len(parts) > 1 else parts[0]
+        log(f"resuming at step {state['step']} (epoch {state['epoch'] + 1}, "
+            f"{state['tokens_seen']:,} tokens seen)")
+    else:
+        torch.manual_seed(cfg.seed)
+
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    bar = _Progress(progress, float(total_steps or cfg.time_budget or 1), model.label)
+    metrics_rows: list[dict] = _read_metrics(run_dir, state["step"]) if (resume and run_dir) else []
+
+    def budget_left() -> bool:
+        if total_steps is not None and state["step"] >= total_steps:
+            state["stopped"] = "steps"
+            return False
+        if cfg.max_tokens is not None and state["tokens_seen"] >= cfg.max_tokens:
+            state["stopped"] = "tokens"
+            return False
+        if cfg.time_budget is not None and state["train_seconds"] >= cfg.time_budget:
+            state["stopped"] = "time"
+            return False
+        return True
+
+    def progress_fraction() -> float:
+        fr = 0.0
+        if total_steps:
+            fr = max(fr, state["step"] / total_steps)
+        if cfg.time_budget:
+            fr = max(fr, state["train_seconds"] / cfg.time_budget)
+        return fr
+
+    def evaluate(train_loss: float | None) -> bool:
+        """Exact valid perplexity; keeps the best weights; returns False when patience ran out."""
+        row = {"step": state["step"], "epoch": state["step"] / max(1, steps_per_epoch),
+               "tokens_seen": state["tokens_seen"], "seconds": state["train_seconds"],
+               "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
+        if valid is not None:
+            ppl = score_encoded(model, valid, keep=False).perplexity
+            row["valid_ppl"] = ppl
+            best = state["best_valid_ppl"]
+            if best is None or ppl < best:
+                state.update(best_valid_ppl=ppl, best_step=state["step"], evals_since_best=0)
+                if run_dir is not None:
+                    save_weights(unwrap(net), run_dir / WEIGHTS)
+            else:
+                state["evals_since_best"] += 1
+        elif run_dir is not None:
+            save_weights(unwrap(net), run_dir / WEIGHTS)
+        metrics_rows.append(row)
+        state["last_eval_seconds"] = state["train_seconds"]
+        if run_dir is not None:
+            from .runs import append_metrics
+
+            append_metrics(run_dir, metrics_rows)
+            _save_checkpoint(run_dir, net, optimizer, scaler, state, rnn_state)
+        if on_eval is not None:
+            on_eval(row)
+        if cfg.patience is not None and state["evals_since_best"] >= cfg.patience:
+            state["stopped"] = "early-stopping"
+            return False
+        return True
+
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    last_loss: float | None = None
+    net.train()
+    try:
+        while budget_left():
+            batches = _epoch_batches(model, train, cfg, state["epoch"])
+            if state["batch"] == 0 and stateful_stream:
+                rnn_state = unwrap(net).init_state(cfg.batch_size, device)
+            while state["batch"] < len(batches) and budget_left():
+                t0 = time.perf_counter()
+                b = batches[state["batch"]]
+                x, y = _to_device(b.x, device), _to_device(b.y, device)
+                if stateful_stream:
+                    in_state = rnn_state
+                elif unwrap(net).stateful:
+                    in_state = unwrap(net).init_state(b.x.shape[0], device)
+                else:
+                    in_state = None
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(state["step"], progress_fraction(), cfg)
+                with placement.autocast() if placement is not None else _null():
+                    logits, out_state = net(x, in_state)
+                logp = masked_log_softmax(logits)
+                n_targets = b.num_targets
+                loss = F.nll_loss(logp.view(-1, logp.size(-1)), y.view(-1), ignore_index=PAD,
+                                  reduction="sum") / n_targets
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if cfg.clip:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if stateful_stream:
+                    rnn_state = unwrap(net).detach_state(out_state)
+                loss_sum += loss.detach()  # stays on the device: no host sync per step
+                loss_count += 1
+                state["step"] += 1
+                state["batch"] += 1
+                state["tokens_seen"] += n_targets
+                state["train_seconds"] += time.perf_counter() - t0
+                if state["step"] % 20 == 0 or state["step"] == 1:
+                    last_loss = float(loss_sum) / loss_count  # host sync, every 20 steps only
+                    loss_sum.zero_()
+                    loss_count = 0
+                    tps = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
+                    best = state["best_valid_ppl"]
+                    bar.update(state["step"] if total_steps else state["train_seconds"],
+                               f"loss {last_loss:.3f}  valid ppl {best if best is None else f'{best:.2f}'}"
+                               f"  {tps:,.0f} tok/s")
+                due = (eval_every and state["step"] % eval_every == 0) or (
+                    eval_seconds and state["train_seconds"] - state["last_eval_seconds"] >= eval_seconds)
+                if due and not evaluate(last_loss):
+                    break
+                if interrupted["flag"]:
+                    raise KeyboardInterrupt
+            if state["stopped"] == "early-stopping":
+                break
+            if state["batch"] >= len(batches):
+                state["epoch"] += 1
+                state["batch"] = 0
+        if not metrics_rows or metrics_rows[-1]["step"] != state["step"]:
+            evaluate(last_loss)
+    except KeyboardInterrupt:
+        if run_dir is not None:
+            _save_checkpoint(run_dir, net, optimizer, scaler, {**state, "stopped": "interrupted"}, rnn_state)
+        raise Interrupted(f"interrupted at step {state['step']}; checkpoint written"
+                          + (f" — resume with: lmkit train --resume {run_dir}" if run_dir else "")) from None
+    finally:
+        bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    if run_dir is not None and (run_dir / WEIGHTS).exists():
+        load_weights(unwrap(net), run_dir / WEIGHTS)  # final numbers come from the best checkpoint
+    net.eval()
+    model.train_state = {k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds",
+                                               "best_valid_ppl", "best_step", "stopped")}
+    model.train_state["train_config"] = asdict(cfg)
+    return dict(model.train_state)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _to_device(a: np.ndarray, device: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)  # async host->device copy
+    return t.to(device)
+
+
+def _read_metrics(run_dir: Path, upto_step: int) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= upto_step:
+            row.pop("schema", None)
+            rows.append(row)
+    return rows
