@@ -38,6 +38,7 @@ class TrainConfig:
     optimizer: str | None = None  # adamw | sgd (plain SGD is the classic LSTM recipe)
     lr: float | None = None  # peak learning rate
     weight_decay: float | None = None  # decoupled weight decay (AdamW) on matrices, not biases/norms
+    betas: tuple[float, float] | None = None  # AdamW (beta1, beta2)
     batch_size: int | None = None  # sequences (sentence context) or parallel rows (stream context)
     seq_len: int | None = None  # stream context: tokens per BPTT/training window
     epochs: float | None = None  # budget: passes over the training data (fractions allowed)
@@ -92,8 +93,8 @@ class Interrupted(LmkitError):
 # -- helpers ----------------------------------------------------------------------------------------
 def _resolved(cfg: TrainConfig, defaults: dict) -> TrainConfig:
     """Fill None fields from the family's defaults (and generic fallbacks)."""
-    generic = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 32, "seq_len": 64,
-               "warmup_steps": 100, "clip": 1.0}
+    generic = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "betas": (0.9, 0.95), "batch_size": 32,
+               "seq_len": 64, "warmup_steps": 100, "clip": 1.0}
     out = TrainConfig(**asdict(cfg))
     for key, fallback in generic.items():
         if getattr(out, key) is None:
@@ -112,7 +113,7 @@ def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig, is_cuda: bool) -> to
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr)
     extra = {"fused": True} if is_cuda else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), **extra)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **extra)
 
 
 def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
