@@ -234,6 +234,10 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
     if tcfg is None and any(v is not None for v in req.train_options.values()):
         given = ", ".join(f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None)
         raise UsageError(f"{given} only apply to neural models (mlp, lstm, transformer)")
+    if tcfg is not None:  # fail on an unusable device before reading any data
+        from .device import resolve_device, resolve_precision
+
+        resolve_precision(tcfg.precision, resolve_device(tcfg.device))
     files = locate(req.corpus, req.train, req.valid, req.test, need=("train", "valid"))
     out = Path(req.output) if req.output else None
     if out is not None:
