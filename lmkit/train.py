@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .atomic import write_json
 from .data.batching import Batch, sentence_batches, sentence_examples, stream_batches, stream_ids
@@ -24,7 +23,7 @@ from .data.corpus import Encoded
 from .data.vocab import PAD
 from .errors import LmkitError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
-from .models.torchlm import WEIGHTS, load_weights, masked_log_softmax, save_weights, unwrap
+from .models.torchlm import WEIGHTS, load_weights, save_weights, target_logprobs, unwrap
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZERS = ("adamw", "sgd")
@@ -222,7 +221,9 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         by_tokens = math.ceil(cfg.max_tokens / max(1, tokens_per_epoch) * steps_per_epoch)
         total_steps = by_tokens if total_steps is None else min(total_steps, by_tokens)
     eval_every = cfg.eval_every or (max(1, total_steps // 10) if total_steps else None)
-    eval_seconds = (cfg.time_budget / 10) if (cfg.time_budget and not eval_every) else None
+    # time budgets alone: ~10 validations per run, but never more often than every 30 s of training
+    eval_seconds = max(cfg.time_budget / 10, min(30.0, cfg.time_budget / 2)) if (
+        cfg.time_budget and not eval_every) else None
 
     state = {"step": 0, "epoch": 0, "batch": 0, "tokens_seen": 0, "train_seconds": 0.0,
              "best_valid_ppl": None, "best_step": None, "evals_since_best": 0, "last_eval_seconds": 0.0,
@@ -328,10 +329,9 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                     g["lr"] = cfg.lr * lr_factor(state["step"], progress_fraction(), cfg)
                 with placement.autocast() if placement is not None else _null():
                     logits, out_state = net(x, in_state)
-                logp = masked_log_softmax(logits)
                 n_targets = b.num_targets
-                loss = F.nll_loss(logp.view(-1, logp.size(-1)), y.view(-1), ignore_index=PAD,
-                                  reduction="sum") / n_targets
+                # (B, T) ln P over the predictable set; padded positions give 0 and never count
+                loss = -target_logprobs(logits, y).sum() / n_targets
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

@@ -8,6 +8,7 @@ safetensors weight files."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from ..data.batching import stream_ids, windows
 from ..data.corpus import Encoded
-from ..data.vocab import BOS, EOS, PAD, Vocab
+from ..data.vocab import BOS, EOS, PAD, UNK, Vocab
 from ..errors import ModelError
 from ..protocol import Protocol
 from .base import LanguageModel, Log, _quiet
@@ -35,6 +36,20 @@ def masked_log_softmax(logits: torch.Tensor) -> torch.Tensor:
     blocked[PAD] = True
     blocked[BOS] = True
     return F.log_softmax(logits.float().masked_fill(blocked, float("-inf")), dim=-1)
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """ln P(target) over the predictable set, (B, T, V) logits -> (B, T); <pad> targets give 0.
+
+    <pad> and <s> logits are set to -inf in place (only B*T elements; the linear layer that made the
+    logits does not need them for its backward pass), then torch's fused cross-entropy does the rest
+    without materialising a (B, T, V) log-softmax."""
+    logits = logits.float()
+    logits[..., PAD] = float("-inf")
+    logits[..., BOS] = float("-inf")
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD,
+                          reduction="none")
+    return -nll.view(targets.shape)
 
 
 def unwrap(net: torch.nn.Module) -> torch.nn.Module:
@@ -83,8 +98,9 @@ class TorchLM(LanguageModel):
         net = self.net
         xt = torch.as_tensor(x, device=self.device)
         yt = torch.as_tensor(y, device=self.device)
-        logits, state = net(xt, state)
-        lp = masked_log_softmax(logits).gather(-1, yt.unsqueeze(-1)).squeeze(-1)
+        with self.placement.autocast() if self.placement is not None else contextlib.nullcontext():
+            logits, state = net(xt, state)
+        lp = target_logprobs(logits, yt)
         return lp.double().cpu().numpy(), state  # one device->host copy per scoring pass
 
     def _score_stream_stateless(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
