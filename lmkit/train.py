@@ -20,7 +20,6 @@ import torch
 from .atomic import write_json
 from .data.batching import Batch, sentence_batches, sentence_examples, stream_batches, stream_ids
 from .data.corpus import Encoded
-from .data.vocab import PAD
 from .errors import LmkitError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
 from .models.torchlm import WEIGHTS, load_weights, save_weights, target_logprobs, unwrap

@@ -15,7 +15,6 @@ from lmkit import api
 from lmkit.cli import app
 from lmkit.data.corpus import count_tokens, encode, read_text
 from lmkit.data.vocab import BOS, PAD, Vocab
-from lmkit.evaluate.perplexity import score_encoded
 from lmkit.models.base import LanguageModel
 from lmkit.models.torchlm import MLPModel, RNNModel, TransformerModel
 from lmkit.protocol import Protocol

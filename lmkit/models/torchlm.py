@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..data.batching import stream_ids, windows
 from ..data.corpus import Encoded
-from ..data.vocab import BOS, EOS, PAD, UNK, Vocab
+from ..data.vocab import BOS, EOS, PAD, Vocab
 from ..errors import ModelError
 from ..protocol import Protocol
 from .base import LanguageModel, Log, _quiet
