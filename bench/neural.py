@@ -1,0 +1,125 @@
+"""Neural training throughput on this machine: matmul peak, tokens/s and FLOP rate per family.
+
+    python bench/neural.py                 # all configs, fp32 and bf16 (~6 minutes on 2 cores)
+    python bench/neural.py --seconds 20    # longer timed windows per config
+    python bench/neural.py --only lstm-ref
+
+What is measured, in one process, one config at a time (run it on an otherwise idle machine):
+  * matmul peak: GFLOP/s of a 2048x2048 fp32 and bf16 matrix multiply (torch.mm), best of 5;
+  * each config: the real training loop (lmkit.train.fit) on real data with evaluation switched off,
+    for a fixed number of target tokens after a warm-up; tokens/s = target tokens / training seconds;
+    FLOP rate = tokens/s * the module's flops_per_token() (forward + backward, 6N + attention), and
+    that as a fraction of the matmul peak of the same precision.
+Reference configs are the peers' published CPU setups: the PyTorch word_language_model example's
+LSTM 2x200 (batch 20, bptt 35) on PTB, and nanoGPT's README CPU config (4 layers, 4 heads, d 128,
+block 64, batch 12) on tiny-shakespeare characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("LMKIT_SHARED", REPO.parent / "shared"))
+
+import torch  # noqa: E402
+
+from lmkit.data.corpus import count_tokens, encode, read_text  # noqa: E402
+from lmkit.data.vocab import Vocab  # noqa: E402
+from lmkit.device import place  # noqa: E402
+from lmkit.models import family  # noqa: E402
+from lmkit.protocol import Protocol  # noqa: E402
+from lmkit.train import TrainConfig, fit  # noqa: E402
+
+PEERS = {"lstm-ref": ("PyTorch word_language_model LSTM 2x200", 6685.0),
+         "transformer-ref": ("nanoGPT README CPU config", 17600.0)}
+
+CONFIGS = {
+    # name: (corpus, level, family, model config, train overrides)
+    "mlp-default": ("ptb", "word", "mlp", {}, {}),
+    "lstm-default": ("ptb", "word", "lstm", {}, {}),
+    "transformer-default": ("ptb", "word", "transformer", {}, {}),
+    "lstm-ref": ("ptb", "word", "lstm", {"layers": 2, "hidden": 200, "dropout": 0.2, "embed_dropout": 0.2},
+                 {"batch_size": 20, "seq_len": 35, "optimizer": "sgd", "lr": 20.0, "clip": 0.25}),
+    "transformer-ref": ("tinyshakespeare", "char", "transformer",
+                        {"layers": 4, "heads": 4, "d_model": 128, "block_size": 64, "dropout": 0.0},
+                        {"batch_size": 12, "seq_len": 64}),
+}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def measure(name: str, precision: str, seconds: float) -> dict:
+    corpus, level, kind, model_cfg, overrides = CONFIGS[name]
+    d = SHARED / "corpora" / corpus
+    protocol = Protocol(level=level, context="stream")
+    train_text = read_text(d / "train.txt")
+    vocab = Vocab.build(count_tokens(train_text, protocol), level=level)
+    train = encode(train_text, vocab, protocol)
+    cls = family(kind)
+    placement = place("cpu", precision)
+    torch.manual_seed(0)
+    model = cls(cls.Config(**model_cfg), vocab, protocol, device=placement.device)
+    model.placement = placement
+    net = model.net
+
+    def run(tokens: int) -> tuple[int, float]:
+        cfg = TrainConfig(max_tokens=tokens, eval_every=10**9, warmup_steps=1, seed=0, **overrides)
+        info = fit(model, train, None, cfg, log=lambda _: None, progress=False)
+        return info["tokens_seen"], info["train_seconds"]
+
+    # calibrate: a short warm-up run, then one run sized to take about `seconds`
+    tok, sec = run(4096)
+    rate = tok / max(sec, 1e-9)
+    tok, sec = run(int(rate * seconds))
+    tps = tok / sec
+    seq_len = overrides.get("seq_len") or getattr(net, "train_defaults", {}).get("seq_len")
+    flops = net.flops_per_token(seq_len) * tps
+    return {"config": name, "precision": precision, "params": net.num_parameters(), "tokens_per_s": tps,
+            "gflops": flops / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=12.0, help="timed window per config")
+    ap.add_argument("--only", nargs="*", help="config names", choices=list(CONFIGS))
+    ap.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
+    args = ap.parse_args()
+    if not (SHARED / "corpora" / "ptb").exists():
+        sys.exit(f"reference corpora not found under {SHARED}/corpora")
+    print(f"# torch {torch.__version__}; {torch.get_num_threads()} threads; load {os.getloadavg()[0]:.2f}")
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak 2048^3: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
+    print("config\tprecision\tparams\ttokens/s\tGFLOP/s\tof matmul peak\tpeer tokens/s\tlmkit/peer")
+    results = {}
+    for name in args.only or CONFIGS:
+        for prec in args.precisions:
+            r = measure(name, prec, args.seconds)
+            results[(name, prec)] = r
+            peer = PEERS.get(name)
+            ratio = f"{r['tokens_per_s'] / peer[1]:.2f}x" if peer else "-"
+            print(f"{name}\t{prec}\t{r['params']:,}\t{r['tokens_per_s']:,.0f}\t{r['gflops']:.1f}\t"
+                  f"{r['gflops'] / peak[prec]:.0%}\t{f'{peer[1]:,.0f}' if peer else '-'}\t{ratio}", flush=True)
+    for name in args.only or CONFIGS:
+        if (name, "fp32") in results and (name, "bf16") in results:
+            speedup = results[(name, "bf16")]["tokens_per_s"] / results[(name, "fp32")]["tokens_per_s"]
+            print(f"bf16/fp32 {name}: {speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
