@@ -5,6 +5,9 @@
     python bench/neural.py --only lstm-ref
 
 What is measured, in one process, one config at a time (run it on an otherwise idle machine):
+  * the peers' own training steps, re-created minimally in this file (the word_language_model
+    example's LSTM loop; nanoGPT's GPT and AdamW step) on the same shapes, so each lmkit figure has a
+    same-process reference (the published peer figures were measured on another day);
   * matmul peak: GFLOP/s of a 2048x2048 fp32 and bf16 matrix multiply (torch.mm), best of 5;
   * each config: the real training loop (lmkit.train.fit) on real data with evaluation switched off,
     for a fixed number of target tokens after a warm-up; tokens/s = target tokens / training seconds;
@@ -52,16 +55,103 @@ CONFIGS = {
 }
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(reps):
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+class _WlmLSTM(torch.nn.Module):
+    """The PyTorch word_language_model example's RNNModel (LSTM, untied), time-major as there."""
+
+    def __init__(self, ntoken: int, nhid: int = 200, nlayers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        self.drop = torch.nn.Dropout(dropout)
+        self.encoder = torch.nn.Embedding(ntoken, nhid)
+        self.rnn = torch.nn.LSTM(nhid, nhid, nlayers, dropout=dropout)
+        self.decoder = torch.nn.Linear(nhid, ntoken)
+
+    def forward(self, x, hidden):
+        out, hidden = self.rnn(self.drop(self.encoder(x)), hidden)
+        decoded = self.decoder(self.drop(out)).view(-1, self.decoder.out_features)
+        return torch.nn.functional.log_softmax(decoded, dim=1), hidden
+
+
+class _NanoBlock(torch.nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.attn, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc, self.out = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+        self.heads = heads
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.attn(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.out(torch.nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+class _NanoGPT(torch.nn.Module):
+    """nanoGPT's GPT at its README CPU config (4 layers, 4 heads, d 128, block 64), no dropout."""
+
+    def __init__(self, vocab: int, d: int = 128, layers: int = 4, heads: int = 4, block: int = 64):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(block, d)
+        self.blocks = torch.nn.ModuleList(_NanoBlock(d, heads) for _ in range(layers))
+        self.ln = torch.nn.LayerNorm(d)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))
+        for b in self.blocks:
+            x = b(x)
+        logits = torch.nn.functional.linear(self.ln(x), self.wte.weight)
+        return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def peer_rate(name: str, seconds: float) -> float:
+    """Tokens/s of the peer's own training step on random data of the same shapes."""
+    torch.manual_seed(0)
+    if name == "lstm-ref":
+        V, B, T = 10002, 20, 35
+        net = _WlmLSTM(V)
+        x, y = torch.randint(0, V, (T, B)), torch.randint(0, V, (T * B,))
+
+        def step():
+            hidden = tuple(h.detach() for h in (torch.zeros(2, B, 200), torch.zeros(2, B, 200)))
+            net.zero_grad()
+            out, hidden = net(x, hidden)
+            torch.nn.functional.nll_loss(out, y).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.25)
+            for p in net.parameters():
+                p.data.add_(p.grad, alpha=-20.0)
+    else:
+        V, B, T = 65, 12, 64
+        net = _NanoGPT(V)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.99))
+        x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+
+        def step():
+            loss = net(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+    for _ in range(3):
+        step()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    return n * B * T / (time.perf_counter() - start)
 
 
 def measure(name: str, precision: str, seconds: float) -> dict:
@@ -103,18 +193,29 @@ def main() -> None:
     if not (SHARED / "corpora" / "ptb").exists():
         sys.exit(f"reference corpora not found under {SHARED}/corpora")
     print(f"# torch {torch.__version__}; {torch.get_num_threads()} threads; load {os.getloadavg()[0]:.2f}")
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak 2048^3: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
-    print("config\tprecision\tparams\ttokens/s\tGFLOP/s\tof matmul peak\tpeer tokens/s\tlmkit/peer")
+    from lmkit.device import cpu_has_bf16
+
+    # emulated bf16 runs ~500x slower: measure it on a small matrix so the bench still finishes
+    peak = {"fp32": matmul_peak(torch.float32),
+            "bf16": matmul_peak(torch.bfloat16, *((2048, 10) if cpu_has_bf16() else (256, 3)))}
+    print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s (2048^3), bf16 {peak['bf16']:.1f} GFLOP/s"
+          f"{'' if cpu_has_bf16() else ' (256^3, no native bf16)'}")
+    if "bf16" in args.precisions and not cpu_has_bf16():
+        print("# this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 matmul is emulated; skipping bf16 runs")
+        args.precisions = [p for p in args.precisions if p != "bf16"]
+    print("config\tprecision\tparams\ttokens/s\tGFLOP/s\tof matmul peak\tpeer same-process tokens/s"
+          "\tlmkit/peer\tpeer published tokens/s")
     results = {}
     for name in args.only or CONFIGS:
         for prec in args.precisions:
             r = measure(name, prec, args.seconds)
             results[(name, prec)] = r
             peer = PEERS.get(name)
-            ratio = f"{r['tokens_per_s'] / peer[1]:.2f}x" if peer else "-"
+            same = peer_rate(name, args.seconds) if peer and prec == "fp32" else None
+            ratio = f"{r['tokens_per_s'] / same:.2f}x" if same else "-"
             print(f"{name}\t{prec}\t{r['params']:,}\t{r['tokens_per_s']:,.0f}\t{r['gflops']:.1f}\t"
-                  f"{r['gflops'] / peak[prec]:.0%}\t{f'{peer[1]:,.0f}' if peer else '-'}\t{ratio}", flush=True)
+                  f"{r['gflops'] / peak[prec]:.0%}\t{f'{same:,.0f}' if same else '-'}\t{ratio}\t"
+                  f"{f'{peer[1]:,.0f}' if peer else '-'}", flush=True)
     for name in args.only or CONFIGS:
         if (name, "fp32") in results and (name, "bf16") in results:
             speedup = results[(name, "bf16")]["tokens_per_s"] / results[(name, "fp32")]["tokens_per_s"]

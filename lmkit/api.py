@@ -405,9 +405,17 @@ class ScoreResult:
 
 
 def score(model_path: str | Path, text_path: str | Path, *, device: str = "cpu",
-          keep_words: bool = False) -> ScoreResult:
-    """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol."""
+          keep_words: bool = False, stride: int | None = None) -> ScoreResult:
+    """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol.
+
+    `stride` (bounded-context neural models) moves the sliding window; it is reported with the score."""
     model, _record = load_model(model_path, device=device)
+    if stride is not None:
+        if stride < 1:
+            raise UsageError(f"--stride must be at least 1, got {stride}")
+        if getattr(model, "max_len", None) is None:
+            raise UsageError(f"--stride applies to models with a bounded context (transformer), not {model.label}")
+        model.stride = stride
     text = read_text(text_path)
     enc = encode(text, model.vocab, model.protocol)
     words = None
@@ -416,7 +424,8 @@ def score(model_path: str | Path, text_path: str | Path, *, device: str = "cpu",
 
         words = [tokenize(text.lines[ln - 1], model.protocol) for ln in enc.line_numbers]
     result = score_encoded(model, enc)
-    return ScoreResult(result, model.label, model.protocol.to_dict(), text.name, text.sha256, words)
+    label = model.label if stride is None else f"{model.label} (stride {stride})"
+    return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words)
 
 
 def export_arpa(run_path: str | Path, output: str | Path) -> Path:

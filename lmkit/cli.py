@@ -278,6 +278,8 @@ def score(
     per_token: bool = typer.Option(False, "--per-token", help="One record per scored token."),
     fmt: Optional[str] = FormatOpt,
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+    stride: Optional[int] = typer.Option(None, help="Transformer: sliding-window stride for inputs longer "
+                                         "than --block-size (default: half the block; 1 = full context)."),
 ) -> None:
     """Perplexity of a text under a model, measured by the protocol the model was trained with.
 
@@ -293,7 +295,7 @@ def score(
     fmt = _check_format(fmt)
     if per_line and per_token:
         raise typer.BadParameter("choose one of --per-line and --per-token")
-    result = api.score(model, file, device=device, keep_words=per_token)
+    result = api.score(model, file, device=device, keep_words=per_token, stride=stride)
     if per_line:
         write_rows(result.score.per_line(), fmt)
     elif per_token:

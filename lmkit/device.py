@@ -86,7 +86,22 @@ def resolve_precision(precision: str, device: str) -> str:
         return "fp32"
     if precision == "fp16":
         raise UsageError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
+        raise UsageError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); torch "
+                         "emulates it far slower than fp32 (see docs/benchmarks.md); use fp32")
     return precision
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 natively (x86 AVX512-BF16/AMX-BF16, or Arm with BF16)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return platform.machine() in ("arm64",)  # Apple silicon has BF16
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", " bf16"))
 
 
 def place(device: str = "auto", precision: str = "auto", threads: int | None = None) -> Placement:

@@ -202,3 +202,28 @@ def test_models_command_lists_every_family():
     assert set(rows) >= {"ngram", "mlp", "lstm", "transformer"}
     names = {o["name"] for o in rows["transformer"]["options"]}
     assert {"block_size", "d_model", "heads", "lr", "epochs", "time_budget"} <= names
+
+
+def test_score_stride_option(grammar, tmp_path):
+    _train(grammar, tmp_path / "tf", "transformer", "--epochs", "1", "--context", "stream", "--block-size", "8")
+    outs = {}
+    for stride in ("1", "4", "8"):
+        r = CliRunner().invoke(app, ["score", str(tmp_path / "tf"), str(grammar / "test.txt"), "--stride", stride,
+                                     "--format", "json"])
+        assert r.exit_code == 0, r.stderr
+        outs[stride] = json.loads(r.stdout)
+    assert outs["1"]["tokens"] == outs["8"]["tokens"]
+    assert outs["1"]["nll_nats"] != outs["8"]["nll_nats"]  # more left context changes the numbers
+    assert "stride 1" in outs["1"]["model"]
+    r = CliRunner().invoke(app, ["score", str(tmp_path / "tf"), str(grammar / "test.txt"), "--stride", "0"])
+    assert r.exit_code == 2 and "stride" in r.stderr
+
+
+def test_bf16_on_cpu_without_native_support_is_refused(grammar, tmp_path):
+    from lmkit.device import cpu_has_bf16
+
+    if cpu_has_bf16():
+        pytest.skip("this CPU has native bf16")
+    r = CliRunner().invoke(app, ["train", "--model", "mlp", "--corpus", str(grammar), "--precision", "bf16",
+                                 "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "bfloat16" in r.stderr and r.stderr.count("\n") == 1
