@@ -51,6 +51,18 @@ def sentence_examples(sequences: list[np.ndarray], max_len: int | None) -> list[
     return out
 
 
+def pad_examples(examples: list[np.ndarray]) -> Batch:
+    """Right-pad `<s> w1..wn </s>` examples into inputs (all but the last id) and targets (all but the
+    first); PAD fills the rest of each row and is masked out of loss and scores."""
+    width = max(len(e) for e in examples) - 1
+    x = np.full((len(examples), width), PAD, dtype=np.int64)
+    y = np.full((len(examples), width), PAD, dtype=np.int64)
+    for row, e in enumerate(examples):
+        x[row, :len(e) - 1] = e[:-1]
+        y[row, :len(e) - 1] = e[1:]
+    return Batch(x, y)
+
+
 def sentence_batches(examples: list[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> list[Batch]:
     """Bucket by length (sorted, then cut into batches) so padding stays low; shuffle batch order."""
     order = np.argsort([len(e) for e in examples], kind="stable")
@@ -58,17 +70,8 @@ def sentence_batches(examples: list[np.ndarray], batch_size: int, rng: np.random
         # shuffle within equal lengths too, so batch composition varies between epochs
         lengths = np.array([len(e) for e in examples])
         order = np.lexsort((rng.random(len(examples)), lengths))
-    batches = []
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        width = max(len(examples[j]) for j in idx) - 1
-        x = np.full((len(idx), width), PAD, dtype=np.int64)
-        y = np.full((len(idx), width), PAD, dtype=np.int64)
-        for row, j in enumerate(idx):
-            e = examples[j]
-            x[row, :len(e) - 1] = e[:-1]
-            y[row, :len(e) - 1] = e[1:]
-        batches.append(Batch(x, y))
+    batches = [pad_examples([examples[j] for j in order[i:i + batch_size]])
+               for i in range(0, len(order), batch_size)]
     if rng is not None:
         perm = rng.permutation(len(batches))
         batches = [batches[i] for i in perm]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.batching import stream_ids, windows
+from ..data.batching import pad_examples, stream_ids, windows
 from ..data.corpus import Encoded
 from ..data.vocab import BOS, EOS, PAD, Vocab
 from ..errors import ModelError
@@ -154,21 +154,14 @@ class TorchLM(LanguageModel):
         short.sort(key=lambda i: len(fulls[i]))
         start = 0
         while start < len(short):
-            width = len(fulls[short[start]]) - 1
             end = start
             while end < len(short) and (end - start + 1) * (len(fulls[short[end]]) - 1) <= SCORE_TOKENS:
                 end += 1
             end = max(end, start + 1)
             group = short[start:end]
-            width = len(fulls[group[-1]]) - 1
-            xb = np.full((len(group), width), PAD, dtype=np.int64)
-            yb = np.full((len(group), width), PAD, dtype=np.int64)
-            for r, i in enumerate(group):
-                f = fulls[i]
-                xb[r, :len(f) - 1] = f[:-1]
-                yb[r, :len(f) - 1] = f[1:]
+            batch = pad_examples([fulls[i] for i in group])
             state = unwrap(self.net).init_state(len(group), self.device)
-            lp, _ = self._logprobs_of(xb, yb, state)
+            lp, _ = self._logprobs_of(batch.x, batch.y, state)
             for r, i in enumerate(group):
                 out[i] = lp[r, :len(fulls[i]) - 1]
             start = end
