@@ -104,10 +104,7 @@ def _resolved(cfg: TrainConfig, defaults: dict) -> TrainConfig:
 
 
 def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig, is_cuda: bool) -> torch.optim.Optimizer:
-    params = [p for p in net.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = unwrap(net).optim_groups(cfg.weight_decay)  # each family says what is decayed
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr)
     extra = {"fused": True} if is_cuda else {}
