@@ -439,6 +439,86 @@ def export_arpa(run_path: str | Path, output: str | Path) -> Path:
     return Path(output)
 
 
+# -- generation and BLEU ----------------------------------------------------------------------------
+@dataclass
+class GenerateResult:
+    model: str
+    protocol: dict
+    decoding: dict
+    outputs: list[dict]  # one per (prompt, sample): prompt, sample, continuation, text, tokens, logprob, finished
+
+
+def _join_prompt(prompt: str, continuation: str, level: str) -> str:
+    if level == "char" or not prompt.strip() or not continuation:
+        return prompt + continuation
+    return f"{prompt.rstrip()} {continuation}"
+
+
+def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
+             prompt_file: str | Path | None = None, max_tokens: int = 40, strategy: str | None = None,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, beam: int = 4,
+             length_penalty: float = 0.0, seed: int | None = None, ban_unk: bool = False, num: int = 1,
+             device: str = "cpu", log: Log = _quiet) -> GenerateResult:
+    """Continue prompts (strings, and/or one per line of `prompt_file`, '-' = stdin) with a model.
+
+    Prompts are tokenised under the model's protocol; no prompt at all means one unconditional
+    generation from <s>. Without a strategy, a sampling option (temperature, top_k, top_p) means
+    `sample`, else `greedy`. Options are checked before the model is loaded (see evaluate.generate)."""
+    from .data.tokenize import detokenize, tokenize
+    from .evaluate.generate import Decoding
+    from .evaluate.generate import generate as decode
+
+    if strategy is None:
+        strategy = "sample" if any(v is not None for v in (temperature, top_k, top_p)) else "greedy"
+    temperature = 1.0 if temperature is None else temperature
+    decoding = Decoding(strategy=strategy, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, beam=beam, length_penalty=length_penalty, ban_unk=ban_unk, num=num,
+                        seed=seed)
+    texts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+    if prompt_file is not None:
+        texts += read_text(prompt_file).lines
+    texts = texts or [""]
+    model, _record = load_model(model_path, device=device)
+    ids, reserved = [], 0
+    for text in texts:
+        encoded, n = model.vocab.encode(tokenize(text, model.protocol))
+        ids.append(encoded)
+        reserved += n
+    if reserved:
+        log(f"warning: {reserved} literal <s>/</s>/<pad> tokens in the prompts read as <unk>")
+    outputs = []
+    for text, outs in zip(texts, decode(model, ids, decoding)):
+        for j, out in enumerate(outs):
+            continuation = detokenize(model.vocab.decode(out.ids), model.protocol.level)
+            outputs.append({"prompt": text, "sample": j, "continuation": continuation,
+                            "text": _join_prompt(text, continuation, model.protocol.level),
+                            "tokens": len(out.ids), "logprob": out.logprob, "finished": out.finished})
+    return GenerateResult(model.label, model.protocol.to_dict(), asdict(decoding), outputs)
+
+
+@dataclass
+class BleuReport:
+    result: Any  # evaluate.bleu.BleuResult (hypotheses, references, prompts kept there)
+    model: str
+    protocol: dict
+    file: str
+    sha256: str
+
+    def summary(self) -> dict:
+        return {**self.result.summary(), "model": self.model, "protocol": self.protocol,
+                "file": self.file, "sha256": self.sha256}
+
+
+def bleu(model_path: str | Path, text_path: str | Path, *, device: str = "cpu") -> BleuReport:
+    """Continuation BLEU of a model on a monolingual text file or '-' (DESIGN.md §1, evaluate.bleu)."""
+    from .evaluate.bleu import continuation_bleu
+
+    text = read_text(text_path)
+    model, _record = load_model(model_path, device=device)
+    result = continuation_bleu(model, text)
+    return BleuReport(result, model.label, model.protocol.to_dict(), text.name, text.sha256)
+
+
 
 def list_models() -> list[dict]:
     """Every registered family, its description and its Config fields with defaults."""
@@ -457,3 +537,46 @@ def list_models() -> list[dict]:
             options += [{**o, "default": defaults.get(o["name"], o["default"])} for o in describe(TrainConfig)]
         rows.append({"family": kind, "description": doc, "options": options})
     return rows
+
+
+# -- comparing and plotting -------------------------------------------------------------------------
+def compare(
+    runs: list[str | Path] | None = None,
+    *,
+    corpus: str | Path | None = None,
+    models: list[str] | None = None,
+    time_budget: str | float | None = None,
+    max_tokens: int | None = None,
+    context: str | None = None,
+    min_count: int | None = None,
+    sort: str | None = None,
+    runs_dir: str | Path | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    log: Log = _quiet,
+    progress: bool = False,
+) -> list[dict]:
+    """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus.
+
+    No runs and no corpus means the default lineup on the bundled corpus (see lmkit.compare)."""
+    from .compare import compare_lineup, compare_runs
+
+    if runs:
+        lineup_only = {"--corpus": corpus, "--models": models, "--time-budget": time_budget,
+                       "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
+                       "-o": runs_dir, "--device": device}
+        given = [flag for flag, value in lineup_only.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} train a lineup; they do not apply to existing run folders "
+                             "(give either RUNS or a lineup)")
+        return compare_runs(runs, sort=sort)
+    return compare_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
+                          min_count=min_count, device=device, seed=seed, sort=sort, runs_dir=runs_dir,
+                          log=log, progress=progress)
+
+
+def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:
+    """Learning curves (valid perplexity vs tokens seen and vs time) of comparable runs as an image."""
+    from .plot import plot_runs
+
+    return plot_runs(runs, output, log=log)

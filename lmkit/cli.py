@@ -310,6 +310,99 @@ def score(
         write_record(summary, fmt, title=f"{result.model} on {result.file}")
 
 
+# -- generate and bleu ------------------------------------------------------------------------------
+DECODING = "Decoding"
+TEXT_FORMATS = ("text",) + FORMATS
+
+
+def _text_format(fmt: Optional[str]) -> str:
+    """`text` (the default) or one of the data formats; a bad name is a one-line usage error."""
+    from .errors import UsageError
+
+    fmt = (fmt or "text").lower()
+    if fmt not in TEXT_FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(TEXT_FORMATS)}")
+    return fmt
+
+
+@app.command(rich_help_panel="Models")
+def generate(
+    model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz)."),
+    prompt: List[str] = typer.Option([], "--prompt", "-p", help="Text to continue (repeatable; none and no "
+                                     "--prompt-file: generate from <s>)."),
+    prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="One prompt per line; '-' reads stdin."),
+    max_tokens: int = typer.Option(40, help="Most tokens per output (</s> counts as one).", rich_help_panel=DECODING),
+    strategy: Optional[str] = typer.Option(None, help="greedy, sample or beam (default: sample when "
+                                           "--temperature/--top-k/--top-p is given, else greedy).",
+                                           rich_help_panel=DECODING),
+    temperature: Optional[float] = typer.Option(None, help="sample: < 1 sharpens, > 1 flattens (default 1).",
+                                                rich_help_panel=DECODING),
+    top_k: Optional[int] = typer.Option(None, help="sample: only the k most probable tokens.",
+                                        rich_help_panel=DECODING),
+    top_p: Optional[float] = typer.Option(None, help="sample: only the most probable tokens holding this much "
+                                          "probability, in (0, 1].", rich_help_panel=DECODING),
+    beam: int = typer.Option(4, help="beam: hypotheses kept per prompt.", rich_help_panel=DECODING),
+    length_penalty: float = typer.Option(0.0, help="beam: rank outputs by logprob / length**penalty "
+                                         "(0: by sequence log-probability).", rich_help_panel=DECODING),
+    seed: Optional[int] = typer.Option(None, help="sample: random seed; the same seed gives the same text "
+                                       "(default: fresh randomness).", rich_help_panel=DECODING),
+    ban_unk: bool = typer.Option(False, "--ban-unk", help="Never generate <unk>.", rich_help_panel=DECODING),
+    num: int = typer.Option(1, "--num", "-n", help="Outputs per prompt (sample: independent draws; beam: the "
+                            "n best).", rich_help_panel=DECODING),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="text (default: one output per line) or "
+                                      f"{', '.join(FORMATS)}.", case_sensitive=False),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+) -> None:
+    """Continue prompts with a model: greedy, sampling (temperature, top-k, top-p) or beam search.
+
+    [dim]Examples:[/]
+      lmkit generate runs/lstm --prompt "to be or" --max-tokens 30 --top-k 40 --seed 1
+
+      lmkit generate runs/kn5 --prompt-file prompts.txt --strategy beam --beam 8 --format jsonl
+    """
+    from . import api
+
+    fmt = _text_format(fmt)
+    result = api.generate(model, prompt, prompt_file=prompt_file, max_tokens=max_tokens, strategy=strategy,
+                          temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
+                          length_penalty=length_penalty, seed=seed, ban_unk=ban_unk, num=num, device=device,
+                          log=Messages().warn)
+    if fmt == "text":
+        for out in result.outputs:
+            typer.echo(out["text"])
+    else:
+        write_rows(result.outputs, fmt, title=f"{result.model}, {result.decoding['strategy']}")
+
+
+@app.command(rich_help_panel="Models")
+def bleu(
+    model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz)."),
+    file: str = typer.Argument(..., help="Monolingual test text; '-' reads stdin."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="text (default: score and sacrebleu "
+                                      f"signature) or {', '.join(FORMATS)}.", case_sensitive=False),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+) -> None:
+    """Continuation BLEU: each line of >= 4 tokens is cut in half, the model greedily continues the first
+    half (until </s> or twice the reference length) and sacrebleu scores it against the second half.
+
+    [dim]Example:[/] lmkit bleu runs/kn5 corpora/shakespeare/test.txt
+    """
+    from . import api
+
+    fmt = _text_format(fmt)
+    report = api.bleu(model, file, device=device)
+    summary = report.summary()
+    if fmt == "text":
+        lines = f"{summary['lines']} line{'s' if summary['lines'] != 1 else ''}"
+        typer.echo(f"BLEU = {summary['bleu']:.2f} ({lines}; {report.model} on {report.file})")
+        typer.echo(summary["signature"])
+        return
+    if fmt not in ("json", "jsonl"):
+        summary["protocol"] = ",".join(f"{k}={v}" for k, v in summary["protocol"].items())
+        summary["precisions"] = "/".join(f"{p:.1f}" for p in summary["precisions"])
+    write_record(summary, fmt, title=f"{report.model} on {report.file}")
+
+
 # -- export -----------------------------------------------------------------------------------------
 @app.command("export-arpa", rich_help_panel="Models")
 def export_arpa(
@@ -325,6 +418,79 @@ def export_arpa(
 
     path = api.export_arpa(run, output)
     Messages(quiet).info(f"wrote {path}")
+
+
+# -- compare and plot -------------------------------------------------------------------------------
+LINEUP = "Lineup (no RUNS: train these models here)"
+
+
+@app.command(rich_help_panel="Experiments")
+def compare(
+    runs: Optional[List[Path]] = typer.Argument(None, help="Run folders to compare. None: train a lineup."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder for the lineup (default: the bundled "
+                                          "Shakespeare corpus).", rich_help_panel=LINEUP),
+    models: Optional[str] = typer.Option(None, help="Comma-separated lineup (default: ngram:laplace3,ngram:kn5,"
+                                         "mlp,lstm,transformer).", rich_help_panel=LINEUP),
+    time_budget: Optional[str] = typer.Option(None, help="Total neural training time, split evenly between the "
+                                              "neural models (default 3m).", rich_help_panel=LINEUP),
+    max_tokens: Optional[int] = typer.Option(None, help="Budget: training tokens per neural model.",
+                                             rich_help_panel=LINEUP),
+    context: Optional[str] = typer.Option(None, help="Protocol context for every model: stream (default) or "
+                                          "sentence.", rich_help_panel=LINEUP),
+    min_count: Optional[int] = typer.Option(None, help="Shared vocabulary: keep tokens seen at least this "
+                                            "often (default 2).", rich_help_panel=LINEUP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder for the lineup's run folders "
+                                          "(default: runs/compare-<time>; $LMKIT_RUNS replaces runs).",
+                                          rich_help_panel=LINEUP),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (neural models).",
+                                         rich_help_panel=LINEUP),
+    seed: int = typer.Option(0, help="Random seed for every model.", rich_help_panel=LINEUP),
+    sort: Optional[str] = typer.Option(None, help="Sort by this column (-COL: descending). "
+                                       "Default: test perplexity, models that are not normalised last."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Compare runs side by side; refused unless they share protocol, vocabulary and test file.
+
+    [dim]Examples:[/]
+      lmkit compare runs/kn5 runs/lstm runs/tf
+
+      lmkit compare                      # the default lineup on the bundled corpus (about 5 minutes)
+
+      lmkit compare --corpus ../shared/corpora/ptb --models ngram:kn5,lstm --time-budget 20m -o runs/ptb
+
+      lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
+    """
+    from . import api
+    from .compare import table_view
+
+    fmt = default_format(_check_format(fmt))
+    lineup = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    rows = api.compare(runs or None, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
+                       context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
+                       log=Messages(quiet).info, progress=not quiet)
+    if fmt == "table":
+        display, columns, highlight = table_view(rows)
+        write_rows(display, fmt, columns=columns, highlight=highlight, title="comparison")
+    else:
+        write_rows(rows, fmt)
+
+
+@app.command(rich_help_panel="Experiments")
+def plot(
+    runs: List[Path] = typer.Argument(..., help="Run folders whose learning curves to draw."),
+    output: Path = typer.Option(..., "-o", "--output", help="Image to write (.png, .svg or .pdf)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Valid perplexity against tokens seen and against training time (needs matplotlib).
+
+    [dim]Example:[/] lmkit plot runs/compare-*/* -o curves.png
+    """
+    from . import api
+
+    msgs = Messages(quiet)
+    path = api.plot(runs, output, log=msgs.warn)
+    msgs.info(f"wrote {path}")
 
 
 def main() -> None:

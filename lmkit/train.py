@@ -22,7 +22,7 @@ from .data.batching import Batch, sentence_batches, sentence_examples, stream_ba
 from .data.corpus import Encoded
 from .errors import LmkitError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
-from .models.torchlm import WEIGHTS, load_weights, save_weights, target_logprobs, unwrap
+from .models.torchlm import WEIGHTS, forward_target_logprobs, load_weights, save_weights, unwrap
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZERS = ("adamw", "sgd")
@@ -324,10 +324,9 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(state["step"], progress_fraction(), cfg)
                 with placement.autocast() if placement is not None else _null():
-                    logits, out_state = net(x, in_state)
-                n_targets = b.num_targets
-                # (B, T) ln P over the predictable set; padded positions give 0 and never count
-                loss = -target_logprobs(logits, y).sum() / n_targets
+                    # (B, T) ln P over the predictable set; padded positions give 0 and never count
+                    logprobs, out_state = forward_target_logprobs(net, x, y, in_state)
+                loss = -logprobs.sum() / b.num_targets
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -347,7 +346,7 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                 loss_count += 1
                 state["step"] += 1
                 state["batch"] += 1
-                state["tokens_seen"] += n_targets
+                state["tokens_seen"] += b.num_targets
                 state["train_seconds"] += time.perf_counter() - t0
                 if state["step"] % 20 == 0 or state["step"] == 1:
                     last_loss = float(loss_sum) / loss_count  # host sync, every 20 steps only

@@ -328,3 +328,43 @@ def test_compiles_without_graph_breaks(name):
     x = ids(2, 8)
     compiled = torch.compile(model, fullgraph=True)
     assert torch.allclose(compiled(x)[0], model(x)[0], atol=1e-5)
+
+
+# -- adaptive softmax (rnn adaptive_cutoffs) ---------------------------------------------------------
+@pytest.mark.parametrize("tie", [False, True])
+def test_adaptive_softmax_is_a_normalised_distribution_and_scores_targets_exactly(tie):
+    torch.manual_seed(0)
+    V = 60
+    net = RNNLM(RNNConfig(hidden=16, adaptive_cutoffs=(12, 30), tie_weights=tie), V).eval()
+    x = torch.randint(0, V, (3, 9))
+    y = torch.randint(3, V, (3, 9))
+    y[1, -2:] = 0  # <pad> targets give 0
+    with torch.no_grad():
+        full, _ = net(x)
+        lp, _ = net(x, targets=y)
+    assert full.shape == (3, 9, V)
+    assert torch.allclose(full.exp().sum(-1), torch.ones(3, 9), atol=1e-5)
+    assert torch.isneginf(full[..., 0]).all() and torch.isneginf(full[..., 2]).all()  # <pad>, <s>
+    expected = full.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(y == 0, 0.0)
+    assert torch.allclose(lp, expected, atol=1e-5)
+    # every tail cluster and the head were actually used by these targets
+    assert ((y > 0) & (y < 12)).any() and ((y >= 12) & (y < 30)).any() and (y >= 30).any()
+
+
+def test_adaptive_softmax_tied_shares_the_embedding_rows():
+    net = RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(10,), tie_weights=True), 40)
+    untied = RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(10,)), 40)
+    assert untied.num_parameters() - net.num_parameters() == 10 * 8  # the shortlist matrix is not stored
+    with torch.no_grad():
+        net.embed.weight[5].fill_(0.0)
+        before = net(torch.tensor([[4]]))[0][0, 0].clone()
+        net.embed.weight[5].fill_(3.0)
+        after = net(torch.tensor([[4]]))[0][0, 0]
+    assert before[5] != after[5]  # the embedding row is the head's output row for id 5
+
+
+def test_adaptive_cutoffs_are_checked():
+    with pytest.raises(ValueError, match="cutoffs"):
+        RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(30, 20)), 50)
+    with pytest.raises(ValueError, match="cutoffs"):
+        RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(10, 50)), 50)

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .adaptive import AdaptiveHead
 
 CELLS = ("lstm", "gru", "rnn")
 
@@ -55,6 +56,10 @@ class RNNConfig:
     dropout: float = 0.2  # between layers and on the top layer's output (Zaremba: 0 small, 0.5 medium)
     embed_dropout: float = 0.1  # on the embeddings fed to the first layer
     tie_weights: bool = False  # output matrix = embedding matrix (Press & Wolf 2017); needs embed == hidden
+    # Adaptive softmax (Grave et al. 2017, see adaptive.py): vocabulary cutoffs such as (2000, 6000) split the
+    # output layer into a frequent-word head and cheaper tail clusters; () = the plain full softmax.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0  # each tail cluster's projection is this many times narrower than the last
 
     def __post_init__(self) -> None:
         self.cell = str(self.cell).lower()
@@ -70,6 +75,8 @@ class RNNConfig:
                 raise ConfigError(f"rnn {name} must be in [0, 1), got {getattr(self, name)}")
         # Tying needs the output layer's input (the top hidden state) to have the embedding's width.
         # We refuse rather than silently add a projection layer: the user asked for a specific shape.
+        if float(self.adaptive_div) < 1.0:
+            raise ConfigError(f"rnn adaptive_div must be at least 1, got {self.adaptive_div}")
         if self.tie_weights and self.embed_size != self.hidden:
             raise ConfigError(f"tie_weights needs embed == hidden, got embed={self.embed} and hidden={self.hidden}; "
                               "set embed to None (= hidden) or to the hidden size, or turn tie_weights off")
@@ -118,17 +125,24 @@ class RNNLM(nn.Module):
         else:
             self.rnn = nn.RNN(E, H, L, nonlinearity="tanh", dropout=between, batch_first=True)
         self.out_drop = nn.Dropout(config.dropout)
-        # Tied: the logits use self.embed.weight directly (F.linear below), so the state dict holds
-        # the matrix once and safetensors never sees two names for one tensor.
-        self.head = None if config.tie_weights else nn.Linear(H, vocab_size, bias=False)  # U
-        self.head_bias = nn.Parameter(torch.zeros(vocab_size))  # b, kept when tied (as the PyTorch example)
+        self.adaptive = None
+        self.head = None
+        if config.adaptive_cutoffs:  # tied: the head's shortlist rows are the embedding's first rows
+            shortlist = self.embed.weight if config.tie_weights else None
+            self.adaptive = AdaptiveHead(H, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div),
+                                         shortlist_weight=shortlist)
+        else:
+            # Tied: the logits use self.embed.weight directly (F.linear below), so the state dict holds
+            # the matrix once and safetensors never sees two names for one tensor.
+            self.head = None if config.tie_weights else nn.Linear(H, vocab_size, bias=False)  # U
+            self.head_bias = nn.Parameter(torch.zeros(vocab_size))  # b, kept when tied (as the PyTorch example)
         self._init_weights()
 
     def _init_weights(self) -> None:
         # Zaremba et al. (small model): every weight uniform(-0.1, 0.1), recurrent ones included;
         # the output bias starts at 0 so the first predictions are close to uniform.
         for name, p in self.named_parameters():
-            if name == "head_bias":
+            if name.endswith("head_bias"):
                 nn.init.zeros_(p)
             else:
                 nn.init.uniform_(p, -0.1, 0.1)
@@ -153,11 +167,18 @@ class RNNLM(nn.Module):
             return tuple(s.detach() for s in state)
         return state.detach()
 
-    def forward(self, idx: torch.Tensor, state=None):
+    @property
+    def scores_targets(self) -> bool:
+        """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
+        return self.adaptive is not None
+
+    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None):
         """idx (B, T) token ids, state from init_state / a previous call (None = zeros).
 
         Returns raw logits (B, T, V), logits[:, t] predicting the token after idx[:, t], and the
-        state after reading idx[:, T-1]."""
+        state after reading idx[:, T-1]. With the adaptive softmax the "logits" are already ln P
+        (normalised), and with `targets` (B, T) it returns ln P(targets) (B, T) instead, computing
+        each tail cluster only where a target falls in it."""
         x = self.embed_drop(self.embed(idx))  # (B, T, E)
         dtype = _autocast_dtype(idx.device.type)
         if dtype is not None:
@@ -169,6 +190,10 @@ class RNNLM(nn.Module):
                 state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
         y, state = self.rnn(x, state)  # y (B, T, H); state (L, B, H) or a tuple of two
         y = self.out_drop(y)
+        if self.adaptive is not None:
+            if targets is not None:
+                return self.adaptive.target_logprobs(y, targets), state
+            return self.adaptive(y), state
         weight = self.embed.weight if self.head is None else self.head.weight  # (V, H)
         logits = F.linear(y, weight, self.head_bias)  # (B, T, V)
         return logits, state
@@ -185,8 +210,11 @@ class RNNLM(nn.Module):
         input and hidden weights (g*(E+H)*H for the first layer, g*2H*H after, g = 4 LSTM, 3 GRU,
         1 RNN), the output matrix H*V and the biases. The embedding lookup costs nothing unless the
         matrix is tied, in which case it is the output matrix and counted once. Gate non-linearities
-        are ignored. `seq_len` is accepted for a uniform signature and ignored."""
-        lookup_only = 0 if self.head is None else self.embed.weight.numel()
+        are ignored. With the adaptive softmax every tail is counted as if used at every position (an
+        upper bound). `seq_len` is accepted for a uniform signature and ignored."""
+        lookup_only = 0 if self.head is None and self.adaptive is None else self.embed.weight.numel()
+        if self.adaptive is not None and self.adaptive.tied:  # the shortlist rows are used, the rest looked up
+            lookup_only -= self.adaptive.shortlist * self.config.hidden
         return 6 * (self.num_parameters() - lookup_only)
 
     def optim_groups(self, weight_decay: float) -> list[dict]:

@@ -52,6 +52,17 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return -nll.view(targets.shape)
 
 
+def forward_target_logprobs(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, state=None):
+    """(ln P(y | x) (B, T), new state): the one forward used by training and scoring.
+
+    Modules whose output layer can score just the targets (the adaptive softmax) do so; the others
+    give full logits and target_logprobs picks the targets."""
+    if getattr(unwrap(net), "scores_targets", False):
+        return net(x, state, targets=y)
+    logits, state = net(x, state)
+    return target_logprobs(logits, y), state
+
+
 def unwrap(net: torch.nn.Module) -> torch.nn.Module:
     """The plain module behind torch.compile (so weight names never carry `_orig_mod.`)."""
     return getattr(net, "_orig_mod", net)
@@ -99,8 +110,7 @@ class TorchLM(LanguageModel):
         xt = torch.as_tensor(x, device=self.device)
         yt = torch.as_tensor(y, device=self.device)
         with self.placement.autocast() if self.placement is not None else contextlib.nullcontext():
-            logits, state = net(xt, state)
-        lp = target_logprobs(logits, yt)
+            lp, state = forward_target_logprobs(net, xt, yt, state)
         return lp.double().cpu().numpy(), state  # one device->host copy per scoring pass
 
     def _score_stream_stateless(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -182,20 +192,32 @@ class TorchLM(LanguageModel):
 
     @torch.no_grad()
     def next_logprobs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
-        """(B, V) rows for arbitrary contexts (generation and the contract tests)."""
+        """(B, V) rows for arbitrary contexts (generation and the contract tests).
+
+        Contexts of equal length share one forward pass (generation asks for many at once), in
+        groups of at most SCORE_TOKENS input tokens. A stateless module only sees its last `history`
+        ids (Transformer: block_size, MLP: window), so longer contexts are cut to that: the result is
+        the same and equal-length groups get larger."""
         was_training = self.net.training
         self.net.eval()
         try:
-            rows = []
-            for ctx in contexts:
-                ids = list(ctx)
-                if self.max_len is not None:
-                    ids = ids[-self.max_len:]
-                x = torch.as_tensor([ids], dtype=torch.long, device=self.device)
-                state = unwrap(self.net).init_state(1, self.device)
-                logits, _ = self.net(x, state)
-                rows.append(masked_log_softmax(logits[:, -1]))
-            return torch.cat(rows).double().cpu().numpy()
+            keep = self.max_len
+            if not unwrap(self.net).stateful and self.history is not None:
+                keep = min(keep or self.history, self.history)
+            ids = [list(ctx)[-keep:] if keep else list(ctx) for ctx in contexts]
+            by_len: dict[int, list[int]] = {}
+            for i, ctx in enumerate(ids):
+                by_len.setdefault(len(ctx), []).append(i)
+            out = torch.empty(len(ids), len(self.vocab), dtype=torch.float64)
+            for length, members in by_len.items():
+                per_pass = max(1, SCORE_TOKENS // max(1, length))
+                for start in range(0, len(members), per_pass):
+                    rows = members[start:start + per_pass]
+                    x = torch.as_tensor([ids[i] for i in rows], dtype=torch.long, device=self.device)  # (b, T)
+                    state = unwrap(self.net).init_state(len(rows), self.device)
+                    logits, _ = self.net(x, state)  # (b, T, V)
+                    out[rows] = masked_log_softmax(logits[:, -1]).double().cpu()
+            return out.numpy()
         finally:
             self.net.train(was_training)
 

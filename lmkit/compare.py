@@ -1,0 +1,347 @@
+"""Side-by-side tables of runs, refused unless every number in them was measured the same way.
+
+`compare_runs` reads run.json files only (no weights, no torch) and checks DESIGN.md §2's contract --
+same protocol hash, vocabulary id and evaluated files -- before it builds a single row.
+`compare_lineup` trains a lineup itself under one protocol and one shared vocabulary, then compares it."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import IncomparableError, ModelError, UsageError
+from .protocol import Protocol
+from .runs import RunRecord, read_record
+
+Log = Callable[[str], None]
+
+COLUMNS = ("rank", "model", "kind", "status", "normalised", "parameters", "train_seconds", "tokens_seen",
+           "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char", "bleu",
+           "bleu_signature", "tokens_per_second", "note", "run")
+LOWER_IS_BETTER = ("valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
+HIGHER_IS_BETTER = ("bleu",)
+
+# The default lineup (`lmkit compare` without arguments): five families on the bundled corpus.
+DEFAULT_LINEUP = ("ngram:laplace3", "ngram:kn5", "mlp", "lstm", "transformer")
+DEFAULT_NEURAL_BUDGET = 180.0  # seconds of neural training in total: 60 s each for mlp, lstm, transformer
+DEFAULT_CONTEXT = "stream"  # verse lines are short; every family may use the lines before (docs/guide.md)
+DEFAULT_MIN_COUNT = 2  # singletons become <unk>: a 14.7k-id output layer is affordable on a CPU
+# Small models sized for ~70 s on two CPU cores; the output layer over the vocabulary dominates the cost.
+LINEUP_OPTIONS: dict[str, dict] = {
+    "mlp": {"window": 5, "embed": 64, "hidden": 128},
+    "lstm": {"layers": 1, "hidden": 128, "tie_weights": True},
+    "transformer": {"layers": 2, "d_model": 128, "heads": 4, "block_size": 64},
+}
+# The same recipe for every neural model: ~1k tokens per step so a minute holds a few hundred updates,
+# and a warm-up short enough to end early in the budget (each family keeps its own learning rate).
+LINEUP_TRAIN: dict = {"batch_size": 16, "warmup_steps": 20}
+
+
+# -- reading and checking ---------------------------------------------------------------------------
+def read_runs(paths: Sequence[str | Path]) -> list[tuple[str, RunRecord]]:
+    """(path as given, record) per run folder; a run still being written is refused."""
+    if not paths:
+        raise UsageError("give at least one run folder to compare")
+    runs = []
+    for p in paths:
+        record = read_record(p)
+        if record.status == "training":
+            raise ModelError(f"{p}: this run is still training or never finished writing (status 'training'); "
+                             "wait for it, or resume it with lmkit train --resume")
+        runs.append((str(p), record))
+    return runs
+
+
+def _file(record: RunRecord, split: str) -> dict | None:
+    info = record.data.get(split)
+    return info if isinstance(info, dict) else None
+
+
+def _sha(record: RunRecord, split: str) -> str | None:
+    info = _file(record, split)
+    return info.get("sha256") if info else None
+
+
+def _protocol(record: RunRecord) -> Protocol:
+    return Protocol.from_dict(record.protocol)
+
+
+def _describe_protocol(a: RunRecord, b: RunRecord) -> str:
+    pa, pb = _protocol(a).to_dict(), _protocol(b).to_dict()
+    fields = [f"{k} {pa[k]} vs {pb[k]}" for k in pa if pa[k] != pb[k]]
+    return f"protocol differs ({', '.join(fields)})"
+
+
+def _describe_file(split: str) -> Callable[[RunRecord, RunRecord], str]:
+    def describe(a: RunRecord, b: RunRecord) -> str:
+        def name(r: RunRecord) -> str:
+            info = _file(r, split)
+            return f"{info.get('path')} sha256 {str(info.get('sha256'))[:12]}" if info else "none"
+
+        return f"{split} file differs ({name(a)} vs {name(b)})"
+
+    return describe
+
+
+# aspect -> (value that must be equal, how to say that it is not)
+ASPECTS: dict[str, tuple[Callable[[RunRecord], Any], Callable[[RunRecord, RunRecord], str]]] = {
+    "protocol": (lambda r: _protocol(r).hash, _describe_protocol),
+    "vocabulary": (lambda r: r.vocab_id, lambda a, b: f"vocabulary differs (vocab_id {a.vocab_id} vs {b.vocab_id})"),
+    "test": (lambda r: _sha(r, "test"), _describe_file("test")),
+    "valid": (lambda r: _sha(r, "valid"), _describe_file("valid")),
+}
+
+
+def check_comparable(runs: list[tuple[str, RunRecord]], aspects: Iterable[str] = tuple(ASPECTS)) -> None:
+    """Raise one IncomparableError naming what differs, unless every run matches the first one."""
+    aspects = list(aspects)
+    first_path, first = runs[0]
+    offenders = []
+    for path, record in runs[1:]:
+        diffs = [ASPECTS[a][1](first, record) for a in aspects if ASPECTS[a][0](first) != ASPECTS[a][0](record)]
+        if diffs:
+            offenders.append((path, diffs))
+    if not offenders:
+        return
+    path, diffs = offenders[0]
+    more = f" ({len(offenders) - 1} more run(s) differ from {first_path} too)" if len(offenders) > 1 else ""
+    raise IncomparableError(f"{first_path} and {path} were not measured the same way: {'; '.join(diffs)}{more}; "
+                            "only runs with the same protocol, vocabulary and evaluation files can be compared")
+
+
+# -- rows -------------------------------------------------------------------------------------------
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _row(path: str, record: RunRecord, char_level: bool) -> dict:
+    valid = record.metrics.get("valid") or {}
+    test = record.metrics.get("test") or {}
+    bleu = record.metrics.get("bleu") or {}
+    fit = record.fit_info or {}
+    normalised = bool((test or valid).get("normalised", True))
+    valid_ppl = _finite(valid.get("perplexity"))
+    if valid_ppl is None and record.status != "complete":  # an interrupted run's best checkpoint so far
+        valid_ppl = _finite(fit.get("best_valid_ppl"))
+    notes = []
+    if not normalised:
+        notes.append("not normalised, not ranked")
+    if record.status != "complete":
+        notes.append("partly trained")
+    if test and test.get("perplexity") is None:
+        notes.append("infinite test perplexity")
+    row = {
+        "rank": None,
+        "model": record.label,
+        "kind": record.kind,
+        "status": record.status,
+        "normalised": normalised,
+        "parameters": record.parameters,
+        "train_seconds": _finite(record.train_seconds or fit.get("train_seconds")),
+        "tokens_seen": int(record.tokens_seen or fit.get("tokens_seen") or 0),
+        "valid_ppl": valid_ppl,
+        "test_ppl": _finite(test.get("perplexity")),
+        "test_ppl_excl_oov": _finite(test.get("perplexity_excl_oov")),
+        "test_bits_per_token": _finite(test.get("cross_entropy_bits")),
+        "bits_per_char": _finite(test.get("bits_per_char")) if char_level else None,
+        "bleu": _finite(bleu.get("score")),
+        "bleu_signature": bleu.get("signature"),
+        "tokens_per_second": _finite(test.get("tokens_per_second")),
+        "note": "; ".join(notes) or None,
+        "run": path,
+    }
+    return row
+
+
+def _rank(rows: list[dict], key: str) -> None:
+    """Rank normalised models by `key` (ascending); the rest keep rank None."""
+    ranked = sorted((r for r in rows if r["normalised"] and r[key] is not None), key=lambda r: r[key])
+    for i, r in enumerate(ranked, 1):
+        r["rank"] = i
+
+
+def _default_order(row: dict, key: str) -> tuple:
+    value = row[key]
+    return (not row["normalised"], value is None, value if value is not None else 0.0)
+
+
+def _sort_column(column: str, columns: Iterable[str] = COLUMNS) -> str:
+    name = column.lstrip("-").replace("-", "_")
+    if name not in columns:
+        raise UsageError(f"cannot sort by {column!r}; choose one of: {', '.join(columns)} (prefix - for descending)")
+    return name
+
+
+def sort_rows(rows: list[dict], column: str) -> list[dict]:
+    """Sort by one column ('-col' for descending); empty cells always go last."""
+    descending = column.startswith("-")
+    name = _sort_column(column, list(rows[0]) if rows else COLUMNS)
+    present = [r for r in rows if r[name] is not None]
+    empty = [r for r in rows if r[name] is None]
+    return sorted(present, key=lambda r: r[name], reverse=descending) + empty
+
+
+def compare_runs(paths: Sequence[str | Path], sort: str | None = None) -> list[dict]:
+    """One row per run folder, refused (IncomparableError) unless all were measured the same way."""
+    runs = read_runs(paths)
+    check_comparable(runs)
+    char_level = _protocol(runs[0][1]).level == "char"
+    rows = [_row(path, record, char_level) for path, record in runs]
+    key = "test_ppl" if _sha(runs[0][1], "test") is not None else "valid_ppl"
+    _rank(rows, key)
+    rows.sort(key=lambda r: _default_order(r, key))
+    if sort:
+        rows = sort_rows(rows, sort)
+    keep = [c for c in COLUMNS
+            if not (c == "bits_per_char" and not char_level)
+            and not (c == "bleu_signature" and all(r[c] is None for r in rows))]
+    return [{c: r[c] for c in keep} for r in rows]
+
+
+def best_cells(rows: list[dict]) -> dict[str, int]:
+    """Column -> index of the row holding the best quality value (perplexities: normalised models only)."""
+    best: dict[str, int] = {}
+    for col in LOWER_IS_BETTER + HIGHER_IS_BETTER:
+        candidates = [(r[col], i) for i, r in enumerate(rows) if r.get(col) is not None
+                      and (col in HIGHER_IS_BETTER or r.get("normalised", True))]
+        if candidates:
+            pick = min(candidates) if col in LOWER_IS_BETTER else max(candidates, key=lambda c: (c[0], -c[1]))
+            best[col] = pick[1]
+    return best
+
+
+def _fixed(digits: int) -> Callable[[Any], str]:
+    return lambda v: f"{v:,.{digits}f}"
+
+
+# column -> (header, cell text) for the rich table: what a person reads in a terminal, rounded
+TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "rank": ("#", str),
+    "model": ("model", str),
+    "status": ("status", str),
+    "parameters": ("params", _fixed(0)),
+    "train_seconds": ("train s", _fixed(1)),
+    "tokens_seen": ("tokens seen", _fixed(0)),
+    "valid_ppl": ("valid ppl", _fixed(2)),
+    "test_ppl": ("test ppl", _fixed(2)),
+    "test_ppl_excl_oov": ("excl. OOV", _fixed(2)),
+    "test_bits_per_token": ("bits/token", _fixed(3)),
+    "bits_per_char": ("bits/char", _fixed(3)),
+    "bleu": ("BLEU", _fixed(2)),
+    "tokens_per_second": ("score tok/s", _fixed(0)),
+    "note": ("note", str),
+}
+
+
+def table_view(rows: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]:
+    """(display rows, headers, highlight) for the rich table: rounded cells, empty columns and the
+    always-complete status left out, the best quality value per column marked."""
+    def shown(col: str) -> bool:
+        if col == "status":
+            return any(r["status"] != "complete" for r in rows)
+        return any(r.get(col) is not None for r in rows)
+
+    cols = [c for c in TABLE_VIEW if rows and c in rows[0] and shown(c)]
+    display = [{TABLE_VIEW[c][0]: None if r[c] is None else TABLE_VIEW[c][1](r[c]) for c in cols} for r in rows]
+    highlight = {TABLE_VIEW[c][0]: i for c, i in best_cells(rows).items() if c in cols}
+    return display, [TABLE_VIEW[c][0] for c in cols], highlight
+
+
+# -- training a lineup ------------------------------------------------------------------------------
+def _folder_name(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-")
+
+
+def _lineup_dir(runs_dir: str | Path | None) -> Path:
+    if runs_dir is not None:
+        return Path(runs_dir)
+    return Path(os.environ.get("LMKIT_RUNS", "runs")) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
+    """(spec, kind, is_neural) per model; every spec is checked before anything is trained."""
+    from .models import family, parse_spec
+
+    out, seen = [], set()
+    for spec in models:
+        kind, _ = parse_spec(spec)
+        if spec in seen:
+            raise UsageError(f"model {spec!r} is listed twice in the lineup")
+        seen.add(spec)
+        out.append((spec, kind, bool(getattr(family(kind), "checkpoints", False))))
+    return out
+
+
+def compare_lineup(
+    corpus: str | Path | None = None,
+    models: Sequence[str] | None = None,
+    time_budget: str | float | None = None,
+    *,
+    max_tokens: int | None = None,
+    context: str | None = None,
+    level: str = "word",
+    min_count: int | None = None,
+    options: dict[str, dict] | None = None,
+    train_options: dict | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    sort: str | None = None,
+    runs_dir: str | Path | None = None,
+    log: Log = lambda _: None,
+    progress: bool = False,
+) -> list[dict]:
+    """Train every model on one corpus under ONE protocol and ONE vocabulary, then compare the runs.
+
+    `time_budget` is the total neural training time, split evenly between the neural models (n-grams
+    need none); `options` maps a family to model options replacing LINEUP_OPTIONS for it;
+    `train_options` (batch_size, lr, ...) replace LINEUP_TRAIN's and apply to every neural model alike."""
+    from .api import TrainRequest, build_vocab, train
+    from .data.corpus import bundled_corpus, locate
+    from .runs import check_output_dir
+
+    if sort:
+        _sort_column(sort)  # a typo must not cost a training run
+    corpus = Path(corpus) if corpus is not None else bundled_corpus()
+    lineup = _classify(list(models) if models else DEFAULT_LINEUP)
+    context = context or DEFAULT_CONTEXT
+    min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
+    Protocol(level=level, context=context)  # a bad --context fails here, before any work
+    out = _lineup_dir(runs_dir)
+    check_output_dir(out, force=False)
+    files = locate(corpus, need=("train", "valid"))
+
+    neural = [spec for spec, _, is_neural in lineup if is_neural]
+    per_model = None
+    if neural:
+        from .train import parse_duration
+
+        total = parse_duration(time_budget) if time_budget is not None else DEFAULT_NEURAL_BUDGET
+        per_model = total / len(neural)
+    elif time_budget is not None:
+        log("note: --time-budget ignored: n-gram models train on the whole corpus and need no budget")
+
+    with tempfile.TemporaryDirectory(prefix="lmkit-lineup-") as tmp:
+        vocab_path = Path(tmp) / "vocab.json"
+        vocab = build_vocab(files.train, level=level, min_count=min_count, output=vocab_path)
+        log(f"lineup on {corpus}: {len(vocab):,} ids (min-count {min_count}), {level} level, {context} context, "
+            f"{f'{per_model:.0f} s per neural model' if per_model else 'n-grams only'}; runs in {out}")
+        paths = []
+        for i, (spec, kind, is_neural) in enumerate(lineup, 1):
+            budget = f", {per_model:.0f} s budget" if is_neural else ""
+            log(f"[{i}/{len(lineup)}] training {spec}{budget}")
+            start = time.perf_counter()
+            neural_opts = {**LINEUP_TRAIN, **(train_options or {}), "time_budget": per_model,
+                           "max_tokens": max_tokens, "device": device} if is_neural else {}
+            model_opts = (options or {}).get(kind, LINEUP_OPTIONS.get(kind, {})) if is_neural else {}
+            req = TrainRequest(model=spec, train=files.train, valid=files.valid, test=files.test,
+                               vocab=vocab_path, context=context, options=dict(model_opts),
+                               train_options=neural_opts, output=out / _folder_name(spec), seed=seed,
+                               progress=progress)
+            paths.append(train(req, log=lambda msg: log(f"  {msg}")))
+            log(f"[{i}/{len(lineup)}] {spec} done in {time.perf_counter() - start:.0f} s")
+    return compare_runs(paths, sort=sort)

@@ -1,0 +1,84 @@
+"""Continuation BLEU for a monolingual test file (DESIGN.md §1).
+
+Every line with at least MIN_TOKENS tokens (under the model's protocol) is cut in half: the first
+floor(n/2) tokens are the prompt, the rest is the reference. The model continues the prompt greedily
+until `</s>` or twice the reference length, and sacrebleu scores all continuations against all
+references in one corpus BLEU. References are the line's own tokens (not their vocabulary ids), so a
+generated `<unk>` never matches anything. Tokens are joined with spaces (char level: without), as
+the text they came from. sacrebleu is imported here, lazily: n-gram commands never load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.corpus import Text, encode
+from ..data.tokenize import detokenize, tokenize
+from ..errors import DataError
+from .generate import Decoding, generate
+
+MIN_TOKENS = 4
+
+
+@dataclass
+class BleuResult:
+    """Corpus BLEU plus what it was computed on (kept for inspection and tests)."""
+
+    score: float
+    signature: str
+    lines: int  # lines scored (>= MIN_TOKENS tokens)
+    short_lines: int  # non-blank lines left out for having fewer tokens
+    precisions: list[float]
+    brevity_penalty: float
+    hyp_len: int
+    ref_len: int
+    hypotheses: list[str] = field(repr=False)
+    references: list[str] = field(repr=False)
+    prompts: list[str] = field(repr=False)
+    line_numbers: list[int] = field(repr=False)
+
+    def summary(self) -> dict:
+        return {"bleu": self.score, "signature": self.signature, "lines": self.lines,
+                "short_lines": self.short_lines, "precisions": self.precisions,
+                "brevity_penalty": self.brevity_penalty, "hyp_len": self.hyp_len, "ref_len": self.ref_len}
+
+
+def continuation_bleu(model, text: Text) -> BleuResult:
+    """Greedy continuation BLEU of `model` on `text`, under the model's protocol and vocabulary."""
+    protocol, vocab = model.protocol, model.vocab
+    enc = encode(text, vocab, protocol)
+    prompts, prompt_texts, references, line_numbers = [], [], [], []
+    for ids, ln in zip(enc.sequences, enc.line_numbers):
+        n = len(ids)
+        if n < MIN_TOKENS:
+            continue
+        tokens = tokenize(text.lines[ln - 1], protocol)  # the same split encode() made
+        half = n // 2
+        prompts.append(ids[:half])
+        prompt_texts.append(detokenize(tokens[:half], protocol.level))
+        references.append(tokens[half:])
+        line_numbers.append(ln)
+    if not prompts:
+        raise DataError(f"{text.name}: no line has at least {MIN_TOKENS} tokens to cut in half for continuation BLEU")
+    limits = [2 * len(ref) for ref in references]  # until </s> or twice the reference length
+    outputs = generate(model, prompts, Decoding(strategy="greedy", max_tokens=max(limits)), limits=limits)
+    hypotheses = [detokenize(vocab.decode(out[0].ids), protocol.level) for out in outputs]
+    refs = [detokenize(ref, protocol.level) for ref in references]
+    score, signature = corpus_bleu(hypotheses, refs)
+    return BleuResult(
+        score=float(score.score), signature=signature, lines=len(prompts),
+        short_lines=len(enc.sequences) - len(prompts), precisions=[float(p) for p in score.precisions],
+        brevity_penalty=float(score.bp), hyp_len=int(score.sys_len), ref_len=int(score.ref_len),
+        hypotheses=hypotheses, references=refs, prompts=prompt_texts, line_numbers=line_numbers,
+    )
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]):
+    """sacrebleu's corpus BLEU with its default settings (as `sacrebleu.corpus_bleu`) and signature.
+
+    force=True only silences sacrebleu's "looks tokenized" warning (our text is space-joined tokens by
+    the protocol's definition); it changes neither the score nor the signature."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(force=True)
+    score = metric.corpus_score(hypotheses, [references])
+    return score, str(metric.get_signature())

@@ -1,0 +1,114 @@
+"""Adaptive softmax output layer (Grave et al. 2017), exact and normalised.
+
+    E. Grave, A. Joulin, M. Cissé, D. Grangier, H. Jégou. "Efficient softmax approximation for GPUs".
+    ICML 2017.
+
+Why: with a 10k-word vocabulary the output layer costs more than a small LSTM itself. The vocabulary
+(ids sorted by training frequency, as lmkit's vocabularies are) is split at `cutoffs` c_1 < c_2 < ...:
+the head scores the c_1 most frequent ids plus one entry per tail cluster; cluster k scores ids
+[c_k, c_{k+1}) from a projection of width in_features / div**k. Then
+
+    ln P(w) = head(w)                                  for w < c_1
+    ln P(w) = head(cluster k) + tail_k(w)              for c_k <= w < c_{k+1}
+
+so P sums to exactly one over the vocabulary (it is a real distribution, scored like any other
+model), while training pays for a tail only at the positions whose target lies in it. <pad> and <s>
+(ids 0 and 2, always in the head) get probability 0, as the protocol requires of every model.
+Optional tying: the head's shortlist rows can be the first c_1 rows of the embedding matrix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.vocab import BOS, PAD
+from ..errors import UsageError
+
+
+class AdaptiveConfigError(UsageError, ValueError):
+    """Unusable cutoffs: a ValueError for library callers, a one-line usage error for the CLI."""
+
+
+def check_cutoffs(cutoffs: tuple[int, ...], vocab_size: int) -> list[int]:
+    """Strictly increasing cutoffs inside (4, vocab_size); returns them with vocab_size appended."""
+    cuts = [int(c) for c in cutoffs]
+    if not cuts:
+        raise AdaptiveConfigError("adaptive softmax needs at least one cutoff")
+    if cuts != sorted(set(cuts)) or cuts[0] <= BOS + 1 or cuts[-1] >= vocab_size:
+        raise AdaptiveConfigError(f"adaptive cutoffs must increase strictly and lie between 4 and the vocabulary "
+                                  f"size {vocab_size}, got {','.join(map(str, cuts))}")
+    return cuts + [vocab_size]
+
+
+class AdaptiveHead(nn.Module):
+    """hidden (..., H) -> ln P over the vocabulary, or ln P of given targets only (the fast path)."""
+
+    def __init__(self, in_features: int, vocab_size: int, cutoffs: tuple[int, ...], div: float = 4.0,
+                 shortlist_weight: nn.Parameter | None = None):
+        super().__init__()
+        self.bounds = check_cutoffs(cutoffs, vocab_size)
+        self.shortlist = self.bounds[0]
+        self.n_clusters = len(self.bounds) - 1
+        self.vocab_size = vocab_size
+        # Tied: the shortlist rows come from the embedding (a view taken at every call, so the
+        # embedding stays the only owner of those weights and safetensors sees them once).
+        self.tied = shortlist_weight is not None
+        self._embedding = [shortlist_weight] if self.tied else []  # not registered twice
+        if not self.tied:
+            self.shortlist_weight = nn.Parameter(torch.empty(self.shortlist, in_features))
+        self.cluster_weight = nn.Parameter(torch.empty(self.n_clusters, in_features))
+        self.head_bias = nn.Parameter(torch.zeros(self.shortlist + self.n_clusters))
+        self.tails = nn.ModuleList()
+        for k in range(self.n_clusters):
+            width = max(1, int(in_features // (div ** (k + 1))))
+            size = self.bounds[k + 1] - self.bounds[k]
+            self.tails.append(nn.Sequential(nn.Linear(in_features, width, bias=False),
+                                            nn.Linear(width, size, bias=True)))
+        self.reset_parameters()
+
+    def reset_parameters(self, bound: float = 0.1) -> None:
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.uniform_(p, -bound, bound)
+            else:
+                nn.init.zeros_(p)
+
+    def _head_weight(self) -> torch.Tensor:
+        short = self._embedding[0][:self.shortlist] if self.tied else self.shortlist_weight
+        return torch.cat([short, self.cluster_weight], dim=0)  # (c_1 + clusters, H)
+
+    def _head_logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(h, self._head_weight(), self.head_bias).float()
+        logits[..., PAD] = float("-inf")
+        logits[..., BOS] = float("-inf")
+        return F.log_softmax(logits, dim=-1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Full ln P (..., V): used for generation and per-row distributions."""
+        head = self._head_logprobs(h)
+        parts = [head[..., :self.shortlist]]
+        for k, tail in enumerate(self.tails):
+            parts.append(head[..., self.shortlist + k:self.shortlist + k + 1]
+                         + F.log_softmax(tail(h).float(), dim=-1))
+        return torch.cat(parts, dim=-1)
+
+    def target_logprobs(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """ln P(target) (...,) computing each tail only where a target falls in it; <pad> targets give 0."""
+        shape = targets.shape
+        h = h.reshape(-1, h.size(-1))
+        t = targets.reshape(-1)
+        head = self._head_logprobs(h)  # (N, c_1 + clusters)
+        in_head = t < self.shortlist
+        out = head.gather(1, torch.where(in_head, t, torch.zeros_like(t)).unsqueeze(1)).squeeze(1)
+        out = torch.where(in_head, out, torch.zeros_like(out))
+        for k, tail in enumerate(self.tails):
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            rows = ((t >= lo) & (t < hi)).nonzero().squeeze(1)
+            if rows.numel() == 0:  # a data-dependent branch; on CUDA the nonzero above is one sync per tail
+                continue
+            tail_lp = F.log_softmax(tail(h.index_select(0, rows)).float(), dim=-1)
+            within = tail_lp.gather(1, (t.index_select(0, rows) - lo).unsqueeze(1)).squeeze(1)
+            out = out.index_add(0, rows, within + head[rows, self.shortlist + k])
+        out = torch.where(t == PAD, torch.zeros_like(out), out)
+        return out.view(shape)
