@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from .atomic import atomic_dir
 from .config import build_config, parse_sets
-from .data.corpus import Encoded, Text, count_tokens, encode, locate, read_text
-from .data.vocab import Vocab
+from .data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate, locate_pairs,
+                          read_pair, read_text)
+from .data.vocab import SEP, Vocab
 from .errors import DataError, ModelError, UsageError
 from .evaluate.perplexity import Score, score_encoded
 from .models import family, parse_spec
@@ -38,15 +39,18 @@ def build_vocab(
     min_count: int = 1,
     max_size: int | None = None,
     output: str | Path | None = None,
+    with_sep: bool = False,
 ) -> Vocab:
-    """Count tokens of the given training text(s) and keep the frequent ones; optionally save."""
+    """Count tokens of the given training text(s) and keep the frequent ones; optionally save.
+
+    `with_sep`: a joint vocabulary for a parallel corpus (both sides' files given), <sep> as id 4."""
     protocol = Protocol(level=level, lowercase=lowercase, normalize=normalize)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     counts: Counter = Counter()
     for p in paths:
         counts.update(count_tokens(read_text(p), protocol))
     vocab = Vocab.build(counts, level=level, lowercase=lowercase, normalize=normalize,
-                        min_count=min_count, max_size=max_size)
+                        min_count=min_count, max_size=max_size, with_sep=with_sep)
     if output is not None:
         vocab.save(output)
     return vocab
@@ -55,7 +59,8 @@ def build_vocab(
 def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top: int = 20) -> dict:
     """Size, options, most frequent tokens and (optionally) OOV rate on a text."""
     vocab = Vocab.load(vocab_path)
-    order = sorted(range(4, len(vocab)), key=lambda i: -vocab.counts[i])[:top]
+    first = 5 if vocab.has_sep else 4  # after the reserved ids
+    order = sorted(range(first, len(vocab)), key=lambda i: -vocab.counts[i])[:top]
     total = sum(vocab.counts)
     report: dict[str, Any] = {
         "vocab_id": vocab.vocab_id,
@@ -105,6 +110,9 @@ class TrainRequest:
     max_size: int | None = None
     context: str = "sentence"
     keep_blank_lines: bool = False
+    task: str | None = None  # lm | translate; None: translate when src/tgt are given or the corpus is a pair
+    src: str | None = None  # parallel corpus: suffix of the source files (de for train.de)
+    tgt: str | None = None  # parallel corpus: suffix of the target files
     options: dict = field(default_factory=dict)  # family options from flags (order, layers, ...)
     train_options: dict = field(default_factory=dict)  # TrainConfig fields from flags (lr, epochs, ...)
     sets: list[str] = field(default_factory=list)  # --set key=value (model or training field)
@@ -185,22 +193,62 @@ def _train_config(cls, req: TrainRequest):
     return cfg
 
 
-def _protocol_for(req: TrainRequest, vocab: Vocab | None) -> Protocol:
+def _protocol_for(req: TrainRequest, vocab: Vocab | None, task: str = "lm") -> Protocol:
     if vocab is None:
         return Protocol(level=req.level or "word", lowercase=bool(req.lowercase), normalize=req.normalize,
-                        context=req.context, keep_blank_lines=req.keep_blank_lines)
+                        context=req.context, keep_blank_lines=req.keep_blank_lines, task=task)
     for name, asked, have in (("level", req.level, vocab.level), ("lowercase", req.lowercase, vocab.lowercase),
                               ("normalize", req.normalize, vocab.normalize)):
         if asked is not None and asked != have:
             raise UsageError(f"--vocab was built with {name}={have} but this run asks for {name}={asked}; "
                              "use a matching vocabulary or drop the option")
-    return Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize,
-                    context=req.context, keep_blank_lines=req.keep_blank_lines)
+    protocol = Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize,
+                        context=req.context, keep_blank_lines=req.keep_blank_lines, task=task)
+    if task == "translate" and not vocab.has_sep:
+        raise UsageError(f"--vocab {req.vocab} has no <sep> (id 4): --task translate needs a joint vocabulary "
+                         "built for a parallel corpus")
+    return protocol
 
 
-def _split_info(text: Text, enc: Encoded) -> dict:
-    return {"path": text.name, "sha256": text.sha256, "sequences": len(enc.sequences),
+def _task_for(req: TrainRequest) -> str:
+    """The task asked for, or inferred: translate when --src/--tgt are given or --corpus is a pair."""
+    if req.task is not None:
+        return req.task
+    if req.src is not None or req.tgt is not None:
+        return "translate"
+    if req.corpus is not None and req.train is None and is_parallel(req.corpus):
+        return "translate"
+    return "lm"
+
+
+def _locate_splits(req: TrainRequest, task: str):
+    """CorpusFiles (one path per split) or, for translate, ParallelFiles ((source, target) per split)."""
+    if task != "translate":
+        if req.src is not None or req.tgt is not None:
+            raise UsageError("--src/--tgt choose the two sides of a parallel corpus; they apply to --task translate")
+        return locate(req.corpus, req.train, req.valid, req.test, need=("train", "valid"))
+    given = [flag for flag, v in (("--train", req.train), ("--valid", req.valid), ("--test", req.test)) if v]
+    if given:
+        raise UsageError(f"{', '.join(given)} name single files; --task translate reads pairs from --corpus "
+                         "(train.src + train.tgt, or train.de + train.en with --src de --tgt en)")
+    if req.corpus is None:
+        raise UsageError("--task translate needs --corpus: a folder with train and valid pairs "
+                         "(train.src + train.tgt, or train.de + train.en with --src de --tgt en)")
+    Protocol(context=req.context, task=task)  # translate in stream context fails before any file is read
+    return locate_pairs(req.corpus, req.src, req.tgt, need=("train", "valid"))
+
+
+def _read_split(path) -> Text | ParallelText:
+    return read_pair(*path) if isinstance(path, tuple) else read_text(path)
+
+
+def _split_info(text: Text | ParallelText, enc: Encoded) -> dict:
+    info = {"path": text.name, "sha256": text.sha256, "sequences": len(enc.sequences),
             "tokens": enc.num_tokens, "skipped_blank_lines": enc.skipped_blank_lines}
+    if isinstance(text, ParallelText):  # both files, each with its own hash; sha256 covers the pair
+        info.update(source=text.source.name, target=text.target.name, source_sha256=text.source.sha256,
+                    target_sha256=text.target.sha256)
+    return info
 
 
 def _default_run_dir(runs_dir: str | Path, label: str) -> Path:
@@ -218,13 +266,26 @@ def _encode_splits(texts: dict[str, Text], vocab: Vocab, protocol: Protocol, log
     return encoded
 
 
-def _final_metrics(model, encoded: dict[str, Encoded], log: Log) -> dict[str, dict]:
+def _final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | None = None) -> dict[str, dict]:
     metrics: dict[str, dict] = {}
     for split in ("valid", "test"):
         if split in encoded:
             metrics[split] = score_encoded(model, encoded[split], keep=False).summary()
             log(f"{split} perplexity: {metrics[split]['perplexity']:.3f}")
+    test = (data or {}).get("test")
+    if model.protocol.task == "translate" and test and "source" in test:
+        metrics["bleu"] = _test_bleu(model, test, log)
     return metrics
+
+
+def _test_bleu(model, test: dict, log: Log) -> dict:
+    """Greedy translation BLEU on the run's test pair, the number `compare` shows."""
+    from .evaluate.bleu import translation_bleu
+
+    start = time.perf_counter()
+    result = translation_bleu(model, read_pair(test["source"], test["target"]))
+    log(f"test BLEU: {result.score:.2f} (greedy, {result.lines} pairs, {time.perf_counter() - start:.0f} s)")
+    return {"score": result.score, "signature": result.signature, "decoding": "greedy", "lines": result.lines}
 
 
 def train(req: TrainRequest, log: Log = _quiet) -> Path:
@@ -238,18 +299,19 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
         from .device import resolve_device, resolve_precision
 
         resolve_precision(tcfg.precision, resolve_device(tcfg.device))
-    files = locate(req.corpus, req.train, req.valid, req.test, need=("train", "valid"))
+    task = _task_for(req)
+    files = _locate_splits(req, task)
     out = Path(req.output) if req.output else None
     if out is not None:
         check_output_dir(out, req.force)
 
     vocab = Vocab.load(req.vocab) if req.vocab else None
-    protocol = _protocol_for(req, vocab)
-    texts = {s: read_text(files.get(s)) for s in ("train", "valid", "test") if files.get(s) is not None}
+    protocol = _protocol_for(req, vocab, task)
+    texts = {s: _read_split(files.get(s)) for s in ("train", "valid", "test") if files.get(s) is not None}
     if vocab is None:
         vocab = Vocab.build(count_tokens(texts["train"], protocol), level=protocol.level,
                             lowercase=protocol.lowercase, normalize=protocol.normalize,
-                            min_count=req.min_count, max_size=req.max_size)
+                            min_count=req.min_count, max_size=req.max_size, with_sep=task == "translate")
         log(f"vocabulary: {len(vocab):,} ids from {texts['train'].name}")
     encoded = _encode_splits(texts, vocab, protocol, log)
     data = {s: _split_info(texts[s], encoded[s]) for s in texts}
@@ -264,7 +326,7 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
     start = time.perf_counter()
     info = model.fit(encoded["train"], encoded["valid"], log) or {}
     seconds = time.perf_counter() - start
-    metrics = _final_metrics(model, encoded, log)
+    metrics = _final_metrics(model, encoded, log, data)
     record = RunRecord(
         kind=cls.kind, label=model.label, config=asdict(config), protocol=protocol.to_dict(),
         vocab_id=vocab.vocab_id, data=data, metrics=metrics, parameters=int(model.num_parameters()),
@@ -336,7 +398,7 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
     record.train_seconds = info.get("train_seconds", 0.0)
     record.tokens_seen = info.get("tokens_seen", 0)
     record.train_config = info.get("train_config", asdict(tcfg))
-    record.metrics = _final_metrics(model, encoded, log)
+    record.metrics = _final_metrics(model, encoded, log, record.data)
     record.versions = versions()
     write_record(out, record)
     return out
@@ -370,7 +432,7 @@ def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = _q
     tcfg.validate()
     texts = {}
     for split, info in record.data.items():
-        text = read_text(info["path"])
+        text = read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
         if text.sha256 != info["sha256"]:
             raise DataError(f"{info['path']}: changed since the run started (sha256 differs); cannot resume")
         texts[split] = text
@@ -404,25 +466,51 @@ class ScoreResult:
                 "file": self.file, "sha256": self.sha256}
 
 
-def score(model_path: str | Path, text_path: str | Path, *, device: str = "cpu",
-          keep_words: bool = False, stride: int | None = None) -> ScoreResult:
+def _eval_text(model, record: RunRecord | None, text_path, src, tgt) -> Text | ParallelText:
+    """The text a model is evaluated on: a file for an LM; for a translation model a pair given as
+    src/tgt files, by default the run's own test pair."""
+    if model.protocol.task != "translate":
+        if src is not None or tgt is not None:
+            raise UsageError(f"--src/--tgt give a translation pair, but {model.label} is a language model (task lm); "
+                             "give one FILE")
+        if text_path is None:
+            raise UsageError("give the FILE to evaluate ('-' reads stdin)")
+        return read_text(text_path)
+    if text_path is not None:
+        raise UsageError(f"{model.label} translates (task translate): give a pair with --src FILE --tgt FILE, "
+                         "or nothing for the run's test pair")
+    if src is None and tgt is None:
+        test = (record.data if record is not None else {}).get("test") or {}
+        if "source" not in test:
+            raise UsageError("this run has no test pair; give one with --src FILE --tgt FILE")
+        src, tgt = test["source"], test["target"]
+    elif src is None or tgt is None:
+        raise UsageError("give both --src FILE and --tgt FILE")
+    return read_pair(src, tgt)
+
+
+def score(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
+          tgt: str | Path | None = None, device: str = "cpu", keep_words: bool = False,
+          stride: int | None = None) -> ScoreResult:
     """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol.
 
+    A translation run scores a pair (src/tgt files, default: its test pair), target side only.
     `stride` (bounded-context neural models) moves the sliding window; it is reported with the score."""
-    model, _record = load_model(model_path, device=device)
+    model, record = load_model(model_path, device=device)
     if stride is not None:
         if stride < 1:
             raise UsageError(f"--stride must be at least 1, got {stride}")
         if getattr(model, "max_len", None) is None:
             raise UsageError(f"--stride applies to models with a bounded context (transformer), not {model.label}")
         model.stride = stride
-    text = read_text(text_path)
+    text = _eval_text(model, record, text_path, src, tgt)
     enc = encode(text, model.vocab, model.protocol)
     words = None
     if keep_words:
         from .data.tokenize import tokenize
 
-        words = [tokenize(text.lines[ln - 1], model.protocol) for ln in enc.line_numbers]
+        lines = text.target.lines if isinstance(text, ParallelText) else text.lines  # the scored side
+        words = [tokenize(lines[ln - 1], model.protocol) for ln in enc.line_numbers]
     result = score_encoded(model, enc)
     label = model.label if stride is None else f"{model.label} (stride {stride})"
     return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words)
@@ -479,10 +567,11 @@ def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
         texts += read_text(prompt_file).lines
     texts = texts or [""]
     model, _record = load_model(model_path, device=device)
+    translate = model.protocol.task == "translate"  # a prompt is a source sentence: <sep> follows it
     ids, reserved = [], 0
     for text in texts:
         encoded, n = model.vocab.encode(tokenize(text, model.protocol))
-        ids.append(encoded)
+        ids.append([*encoded.tolist(), SEP] if translate else encoded)
         reserved += n
     if reserved:
         log(f"warning: {reserved} literal <s>/</s>/<pad> tokens in the prompts read as <unk>")
@@ -491,7 +580,8 @@ def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
         for j, out in enumerate(outs):
             continuation = detokenize(model.vocab.decode(out.ids), model.protocol.level)
             outputs.append({"prompt": text, "sample": j, "continuation": continuation,
-                            "text": _join_prompt(text, continuation, model.protocol.level),
+                            "text": continuation if translate else _join_prompt(text, continuation,
+                                                                                 model.protocol.level),
                             "tokens": len(out.ids), "logprob": out.logprob, "finished": out.finished})
     return GenerateResult(model.label, model.protocol.to_dict(), asdict(decoding), outputs)
 
@@ -509,13 +599,25 @@ class BleuReport:
                 "file": self.file, "sha256": self.sha256}
 
 
-def bleu(model_path: str | Path, text_path: str | Path, *, device: str = "cpu") -> BleuReport:
-    """Continuation BLEU of a model on a monolingual text file or '-' (DESIGN.md §1, evaluate.bleu)."""
-    from .evaluate.bleu import continuation_bleu
+def bleu(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
+         tgt: str | Path | None = None, beam: int | None = None, length_penalty: float = 0.0,
+         device: str = "cpu") -> BleuReport:
+    """BLEU of a model (DESIGN.md §1, evaluate.bleu): continuation BLEU on a monolingual text file or '-';
+    for a translation run, translation BLEU on a pair (src/tgt files; default: the run's test pair),
+    greedy unless `beam` gives a beam width."""
+    from .evaluate.bleu import continuation_bleu, translation_bleu
+    from .evaluate.generate import Decoding
 
-    text = read_text(text_path)
-    model, _record = load_model(model_path, device=device)
-    result = continuation_bleu(model, text)
+    decoding = Decoding(strategy="greedy") if beam is None else Decoding(strategy="beam", beam=beam,
+                                                                         length_penalty=length_penalty)
+    model, record = load_model(model_path, device=device)
+    text = _eval_text(model, record, text_path, src, tgt)
+    if isinstance(text, ParallelText):
+        result = translation_bleu(model, text, decoding)
+    else:
+        if beam is not None:
+            raise UsageError("--beam applies to translation BLEU; continuation BLEU is greedy by definition")
+        result = continuation_bleu(model, text)
     return BleuReport(result, model.label, model.protocol.to_dict(), text.name, text.sha256)
 
 
@@ -553,6 +655,9 @@ def compare(
     runs_dir: str | Path | None = None,
     device: str | None = None,
     seed: int = 0,
+    task: str | None = None,
+    src: str | None = None,
+    tgt: str | None = None,
     log: Log = _quiet,
     progress: bool = False,
 ) -> list[dict]:
@@ -564,7 +669,7 @@ def compare(
     if runs:
         lineup_only = {"--corpus": corpus, "--models": models, "--time-budget": time_budget,
                        "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
-                       "-o": runs_dir, "--device": device}
+                       "-o": runs_dir, "--device": device, "--task": task, "--src": src, "--tgt": tgt}
         given = [flag for flag, value in lineup_only.items() if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} train a lineup; they do not apply to existing run folders "
@@ -572,7 +677,7 @@ def compare(
         return compare_runs(runs, sort=sort)
     return compare_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
                           min_count=min_count, device=device, seed=seed, sort=sort, runs_dir=runs_dir,
-                          log=log, progress=progress)
+                          task=task, src=src, tgt=tgt, log=log, progress=progress)
 
 
 def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:

@@ -91,6 +91,8 @@ def vocab_build(
     normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
     min_count: int = typer.Option(1, help="Keep tokens seen at least this often."),
     max_size: Optional[int] = typer.Option(None, help="Keep at most this many ids (incl. reserved)."),
+    parallel: bool = typer.Option(False, "--parallel", help="Joint vocabulary for --task translate (give both "
+                                  "sides' train files): adds <sep> as id 4."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Build a vocabulary from training text (ids 0-3 are <pad> <unk> <s> </s>).
@@ -100,7 +102,7 @@ def vocab_build(
     from . import api
 
     vocab = api.build_vocab(files, level=level, lowercase=lowercase, normalize=normalize,
-                            min_count=min_count, max_size=max_size, output=output)
+                            min_count=min_count, max_size=max_size, output=output, with_sep=parallel)
     if output is None:
         import json
 
@@ -157,6 +159,13 @@ def train(
     max_size: Optional[int] = typer.Option(None, help="Vocabulary: at most this many ids."),
     context: str = typer.Option("sentence", help="Protocol context: sentence or stream."),
     keep_blank_lines: bool = typer.Option(False, help="Score blank lines as empty sequences."),
+    task: Optional[str] = typer.Option(None, help="lm, or translate: a prefix LM over 'source <sep> target' "
+                                       "of a parallel --corpus, scored on the target side (default: translate "
+                                       "when --src/--tgt are given or the folder holds train.src + train.tgt)."),
+    src: Optional[str] = typer.Option(None, "--src", help="Parallel corpus: suffix of the source files "
+                                      "(de for train.de)."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Parallel corpus: suffix of the target files "
+                                      "(en for train.en)."),
     order: Optional[int] = typer.Option(None, help="n-gram order (1-10).", rich_help_panel="n-gram models"),
     smoothing: Optional[str] = typer.Option(None, help="n-gram smoothing: mle laplace addk katz stupid "
                                             "jm wb kn kn-basic.", rich_help_panel="n-gram models"),
@@ -223,6 +232,8 @@ def train(
 
       lmkit train --model transformer --layers 4 --d-model 256 --heads 4 --time-budget 10m -o runs/tf
 
+      lmkit train --model transformer --corpus ../shared/corpora/multi30k --src de --tgt en -o runs/de-en
+
       lmkit train --resume runs/tf
     """
     from . import api
@@ -239,7 +250,7 @@ def train(
         req = api.TrainRequest(
             model=model, corpus=corpus, train=train_file, valid=valid_file, test=test_file, vocab=vocab,
             level=level, lowercase=lowercase, normalize=normalize, min_count=min_count, max_size=max_size,
-            context=context, keep_blank_lines=keep_blank_lines,
+            context=context, keep_blank_lines=keep_blank_lines, task=task, src=src, tgt=tgt,
             options={"order": order, "smoothing": smoothing, "k": k, "layers": layers, "hidden": hidden,
                      "embed": embed, "d_model": d_model, "heads": heads, "dropout": dropout,
                      "tie_weights": tie_weights, "window": window, "block_size": block_size, "cell": cell,
@@ -273,7 +284,11 @@ def models(fmt: Optional[str] = FormatOpt) -> None:
 @app.command(rich_help_panel="Models")
 def score(
     model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz) from any tool."),
-    file: str = typer.Argument(..., help="Text to score; '-' reads stdin."),
+    file: Optional[str] = typer.Argument(None, help="Text to score; '-' reads stdin (translation runs: "
+                                         "--src/--tgt instead)."),
+    src: Optional[str] = typer.Option(None, "--src", help="Translation run: source side of the pair to score "
+                                      "(default: the run's test pair)."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Translation run: target side (the scored side)."),
     per_line: bool = typer.Option(False, "--per-line", help="One record per scored line."),
     per_token: bool = typer.Option(False, "--per-token", help="One record per scored token."),
     fmt: Optional[str] = FormatOpt,
@@ -295,7 +310,7 @@ def score(
     fmt = _check_format(fmt)
     if per_line and per_token:
         raise typer.BadParameter("choose one of --per-line and --per-token")
-    result = api.score(model, file, device=device, keep_words=per_token, stride=stride)
+    result = api.score(model, file, src=src, tgt=tgt, device=device, keep_words=per_token, stride=stride)
     if per_line:
         write_rows(result.score.per_line(), fmt)
     elif per_token:
@@ -377,20 +392,30 @@ def generate(
 @app.command(rich_help_panel="Models")
 def bleu(
     model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz)."),
-    file: str = typer.Argument(..., help="Monolingual test text; '-' reads stdin."),
+    file: Optional[str] = typer.Argument(None, help="Monolingual test text; '-' reads stdin (translation runs: "
+                                         "--src/--tgt instead)."),
+    src: Optional[str] = typer.Option(None, "--src", help="Translation run: source file to translate "
+                                      "(default: the run's test pair)."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Translation run: reference translations, line by line."),
+    beam: Optional[int] = typer.Option(None, help="Translation run: beam search of this width (default: greedy)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="text (default: score and sacrebleu "
                                       f"signature) or {', '.join(FORMATS)}.", case_sensitive=False),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
 ) -> None:
     """Continuation BLEU: each line of >= 4 tokens is cut in half, the model greedily continues the first
     half (until </s> or twice the reference length) and sacrebleu scores it against the second half.
+    Translation runs (--task translate): each source line is translated (until </s> or 2 x its length + 10)
+    and sacrebleu scores the outputs against the raw reference lines.
 
-    [dim]Example:[/] lmkit bleu runs/kn5 corpora/shakespeare/test.txt
+    [dim]Examples:[/]
+      lmkit bleu runs/kn5 corpora/shakespeare/test.txt
+
+      lmkit bleu runs/de-en --beam 4
     """
     from . import api
 
     fmt = _text_format(fmt)
-    report = api.bleu(model, file, device=device)
+    report = api.bleu(model, file, src=src, tgt=tgt, beam=beam, device=device)
     summary = report.summary()
     if fmt == "text":
         lines = f"{summary['lines']} line{'s' if summary['lines'] != 1 else ''}"
@@ -439,6 +464,13 @@ def compare(
                                           "sentence.", rich_help_panel=LINEUP),
     min_count: Optional[int] = typer.Option(None, help="Shared vocabulary: keep tokens seen at least this "
                                             "often (default 2).", rich_help_panel=LINEUP),
+    task: Optional[str] = typer.Option(None, help="lm or translate (parallel corpus; default: translate when "
+                                       "--src/--tgt are given or the folder holds train.src + train.tgt).",
+                                       rich_help_panel=LINEUP),
+    src: Optional[str] = typer.Option(None, "--src", help="Parallel corpus: suffix of the source files (de).",
+                                      rich_help_panel=LINEUP),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Parallel corpus: suffix of the target files (en).",
+                                      rich_help_panel=LINEUP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder for the lineup's run folders "
                                           "(default: runs/compare-<time>; $LMKIT_RUNS replaces runs).",
                                           rich_help_panel=LINEUP),
@@ -459,6 +491,8 @@ def compare(
 
       lmkit compare --corpus ../shared/corpora/ptb --models ngram:kn5,lstm --time-budget 20m -o runs/ptb
 
+      lmkit compare --corpus ../shared/corpora/multi30k --src de --tgt en --models ngram:kn5,lstm,transformer
+
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
@@ -468,7 +502,7 @@ def compare(
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models else None
     rows = api.compare(runs or None, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
-                       log=Messages(quiet).info, progress=not quiet)
+                       task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
         write_rows(display, fmt, columns=columns, highlight=highlight, title="comparison")

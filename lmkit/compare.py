@@ -292,28 +292,43 @@ def compare_lineup(
     seed: int = 0,
     sort: str | None = None,
     runs_dir: str | Path | None = None,
+    task: str | None = None,
+    src: str | None = None,
+    tgt: str | None = None,
     log: Log = lambda _: None,
     progress: bool = False,
 ) -> list[dict]:
     """Train every model on one corpus under ONE protocol and ONE vocabulary, then compare the runs.
 
+    A parallel corpus (`task` translate, inferred from --src/--tgt or a train.src/train.tgt pair) gets a
+    joint vocabulary with <sep>, sentence context by default, and every run records its test BLEU.
+
     `time_budget` is the total neural training time, split evenly between the neural models (n-grams
     need none); `options` maps a family to model options replacing LINEUP_OPTIONS for it;
     `train_options` (batch_size, lr, ...) replace LINEUP_TRAIN's and apply to every neural model alike."""
     from .api import TrainRequest, build_vocab, train
-    from .data.corpus import bundled_corpus, locate
+    from .data.corpus import bundled_corpus, is_parallel, locate, locate_pairs
     from .runs import check_output_dir
 
     if sort:
         _sort_column(sort)  # a typo must not cost a training run
     corpus = Path(corpus) if corpus is not None else bundled_corpus()
     lineup = _classify(list(models) if models else DEFAULT_LINEUP)
-    context = context or DEFAULT_CONTEXT
+    if task is None:
+        task = "translate" if src is not None or tgt is not None or is_parallel(corpus) else "lm"
+    context = context or ("sentence" if task == "translate" else DEFAULT_CONTEXT)  # pairs are scored one by one
     min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
-    Protocol(level=level, context=context)  # a bad --context fails here, before any work
+    Protocol(level=level, context=context, task=task)  # a bad --context or --task fails here, before any work
     out = _lineup_dir(runs_dir)
     check_output_dir(out, force=False)
-    files = locate(corpus, need=("train", "valid"))
+    if task == "translate":
+        pairs = locate_pairs(corpus, src, tgt, need=("train", "valid"))
+        vocab_files, splits = list(pairs.train), {"corpus": corpus, "task": task, "src": pairs.src, "tgt": pairs.tgt}
+    else:
+        if src is not None or tgt is not None:
+            raise UsageError("--src/--tgt choose the two sides of a parallel corpus; they apply to --task translate")
+        files = locate(corpus, need=("train", "valid"))
+        vocab_files, splits = [files.train], {"train": files.train, "valid": files.valid, "test": files.test}
 
     neural = [spec for spec, _, is_neural in lineup if is_neural]
     per_model = None
@@ -327,7 +342,8 @@ def compare_lineup(
 
     with tempfile.TemporaryDirectory(prefix="lmkit-lineup-") as tmp:
         vocab_path = Path(tmp) / "vocab.json"
-        vocab = build_vocab(files.train, level=level, min_count=min_count, output=vocab_path)
+        vocab = build_vocab(vocab_files, level=level, min_count=min_count, output=vocab_path,
+                            with_sep=task == "translate")
         log(f"lineup on {corpus}: {len(vocab):,} ids (min-count {min_count}), {level} level, {context} context, "
             f"{f'{per_model:.0f} s per neural model' if per_model else 'n-grams only'}; runs in {out}")
         paths = []
@@ -338,8 +354,7 @@ def compare_lineup(
             neural_opts = {**LINEUP_TRAIN, **(train_options or {}), "time_budget": per_model,
                            "max_tokens": max_tokens, "device": device} if is_neural else {}
             model_opts = (options or {}).get(kind, LINEUP_OPTIONS.get(kind, {})) if is_neural else {}
-            req = TrainRequest(model=spec, train=files.train, valid=files.valid, test=files.test,
-                               vocab=vocab_path, context=context, options=dict(model_opts),
+            req = TrainRequest(model=spec, **splits, vocab=vocab_path, context=context, options=dict(model_opts),
                                train_options=neural_opts, output=out / _folder_name(spec), seed=seed,
                                progress=progress)
             paths.append(train(req, log=lambda msg: log(f"  {msg}")))

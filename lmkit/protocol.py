@@ -13,6 +13,7 @@ from .errors import UsageError
 LEVELS = ("word", "char")
 CONTEXTS = ("sentence", "stream")
 NORMALIZATIONS = (None, "NFC", "NFD", "NFKC", "NFKD")
+TASKS = ("lm", "translate")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Protocol:
     keep_blank_lines: bool = False  # True: blank lines are empty sequences whose </s> is scored
     normalize: str | None = None  # optional Unicode normalisation form
     tokenizer: str = "whitespace"
+    task: str = "lm"  # lm: every token scored; translate: `source <sep> target`, target side scored
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -31,6 +33,11 @@ class Protocol:
             raise UsageError(f"unknown context {self.context!r}; choose one of {', '.join(CONTEXTS)}")
         if self.normalize not in NORMALIZATIONS:
             raise UsageError(f"unknown normalisation {self.normalize!r}; choose NFC, NFD, NFKC or NFKD")
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.task == "translate" and self.context != "sentence":
+            raise UsageError("--task translate needs --context sentence: each pair is scored on its own, "
+                             "from <s> through its source and <sep>")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +49,12 @@ class Protocol:
 
     @property
     def hash(self) -> str:
-        """Stable short hash of the protocol (key order independent)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable short hash of the protocol (key order independent).
+
+        `task` joined the protocol later: at its default ("lm") it is left out, so runs recorded
+        before it existed keep their hash; a translate protocol never hashes like an LM one."""
+        data = self.to_dict()
+        if data["task"] == "lm":
+            del data["task"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .atomic import write_json
-from .data.batching import Batch, sentence_batches, sentence_examples, stream_batches, stream_ids
+from .data.batching import (Batch, prefix_examples, sentence_batches, sentence_examples, stream_batches,
+                            stream_ids)
 from .data.corpus import Encoded
 from .errors import LmkitError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
@@ -131,6 +132,9 @@ def _epoch_batches(model, train: Encoded, cfg: TrainConfig, epoch: int) -> list[
         seq_len = cfg.seq_len if model.max_len is None else min(cfg.seq_len, model.max_len)
         return stream_batches(stream_ids(train.sequences), cfg.batch_size, seq_len,
                               None if net.stateful else rng)
+    if train.score_from is not None:  # source <sep> target: the loss is on the target side only
+        examples, ignore = prefix_examples(train.sequences, train.score_from, model.max_len)
+        return sentence_batches(examples, cfg.batch_size, rng, ignore)
     return sentence_batches(sentence_examples(train.sequences, model.max_len), cfg.batch_size, rng)
 
 

@@ -331,11 +331,18 @@ def test_compiles_without_graph_breaks(name):
 
 
 # -- adaptive softmax (rnn adaptive_cutoffs) ---------------------------------------------------------
+def adaptive_net(family: str, V: int, **kw):
+    if family == "rnn":
+        return RNNLM(RNNConfig(hidden=16, **kw), V)
+    return TransformerLM(TransformerConfig(layers=1, d_model=16, heads=2, block_size=16, **kw), V)
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
 @pytest.mark.parametrize("tie", [False, True])
-def test_adaptive_softmax_is_a_normalised_distribution_and_scores_targets_exactly(tie):
+def test_adaptive_softmax_is_a_normalised_distribution_and_scores_targets_exactly(family, tie):
     torch.manual_seed(0)
     V = 60
-    net = RNNLM(RNNConfig(hidden=16, adaptive_cutoffs=(12, 30), tie_weights=tie), V).eval()
+    net = adaptive_net(family, V, adaptive_cutoffs=(12, 30), tie_weights=tie).eval()
     x = torch.randint(0, V, (3, 9))
     y = torch.randint(3, V, (3, 9))
     y[1, -2:] = 0  # <pad> targets give 0
@@ -351,14 +358,16 @@ def test_adaptive_softmax_is_a_normalised_distribution_and_scores_targets_exactl
     assert ((y > 0) & (y < 12)).any() and ((y >= 12) & (y < 30)).any() and (y >= 30).any()
 
 
-def test_adaptive_softmax_tied_shares_the_embedding_rows():
-    net = RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(10,), tie_weights=True), 40)
-    untied = RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(10,)), 40)
-    assert untied.num_parameters() - net.num_parameters() == 10 * 8  # the shortlist matrix is not stored
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_adaptive_softmax_tied_shares_the_embedding_rows(family):
+    net = adaptive_net(family, 40, adaptive_cutoffs=(10,), tie_weights=True).eval()
+    untied = adaptive_net(family, 40, adaptive_cutoffs=(10,), tie_weights=False)
+    assert untied.num_parameters() - net.num_parameters() == 10 * 16  # the shortlist matrix is not stored
+    emb = net.embed.weight if family == "rnn" else net.tok_emb.weight
     with torch.no_grad():
-        net.embed.weight[5].fill_(0.0)
+        emb[5].fill_(0.0)
         before = net(torch.tensor([[4]]))[0][0, 0].clone()
-        net.embed.weight[5].fill_(3.0)
+        emb[5].fill_(3.0)
         after = net(torch.tensor([[4]]))[0][0, 0]
     assert before[5] != after[5]  # the embedding row is the head's output row for id 5
 

@@ -40,37 +40,63 @@ def sentence_examples(sequences: list[np.ndarray], max_len: int | None) -> list[
     """<s> w1..wn </s> per sequence; longer than max_len+1 is cut into pieces that overlap by one
     token so every target is trained once (each piece restarts its context: a training shortcut
     only -- scoring uses sliding windows)."""
-    out = []
-    for s in sequences:
-        full = np.concatenate(([BOS], np.asarray(s, dtype=np.int64), [EOS]))
-        if max_len is None or len(full) <= max_len + 1:
-            out.append(full)
-        else:
-            for start in range(0, len(full) - 1, max_len):
-                out.append(full[start:start + max_len + 1])
-    return out
+    return [piece for s in sequences for _, piece in _pieces(s, max_len)]
 
 
-def pad_examples(examples: list[np.ndarray]) -> Batch:
+def _pieces(seq: np.ndarray, max_len: int | None):
+    """(start, ids) pieces of `<s> seq </s>`, cut as sentence_examples describes."""
+    full = np.concatenate(([BOS], np.asarray(seq, dtype=np.int64), [EOS]))
+    if max_len is None or len(full) <= max_len + 1:
+        yield 0, full
+    else:
+        for start in range(0, len(full) - 1, max_len):
+            yield start, full[start:start + max_len + 1]
+
+
+def prefix_examples(sequences: list[np.ndarray], score_from: list[int],
+                    max_len: int | None) -> tuple[list[np.ndarray], list[int]]:
+    """sentence_examples for `source <sep> target` sequences, plus per example how many leading targets
+    are not trained (the source tokens and <sep>: the loss is on the target side only, as scored).
+
+    Target k of a piece starting at `start` predicts token start+k of the sequence, so the first
+    score_from - start targets are ignored; pieces holding no target-side prediction are dropped."""
+    examples, ignore = [], []
+    for s, first in zip(sequences, score_from):
+        for start, piece in _pieces(s, max_len):
+            skip = max(0, first - start)
+            if skip < len(piece) - 1:
+                examples.append(piece)
+                ignore.append(skip)
+    return examples, ignore
+
+
+def pad_examples(examples: list[np.ndarray], ignore: list[int] | None = None) -> Batch:
     """Right-pad `<s> w1..wn </s>` examples into inputs (all but the last id) and targets (all but the
-    first); PAD fills the rest of each row and is masked out of loss and scores."""
+    first); PAD fills the rest of each row and is masked out of loss and scores. `ignore[row]` leading
+    targets of a row become PAD too (context only, as the source side of a translation pair)."""
     width = max(len(e) for e in examples) - 1
     x = np.full((len(examples), width), PAD, dtype=np.int64)
     y = np.full((len(examples), width), PAD, dtype=np.int64)
     for row, e in enumerate(examples):
         x[row, :len(e) - 1] = e[:-1]
         y[row, :len(e) - 1] = e[1:]
+        if ignore is not None:
+            y[row, :ignore[row]] = PAD
     return Batch(x, y)
 
 
-def sentence_batches(examples: list[np.ndarray], batch_size: int, rng: np.random.Generator | None) -> list[Batch]:
-    """Bucket by length (sorted, then cut into batches) so padding stays low; shuffle batch order."""
+def sentence_batches(examples: list[np.ndarray], batch_size: int, rng: np.random.Generator | None,
+                     ignore: list[int] | None = None) -> list[Batch]:
+    """Bucket by length (sorted, then cut into batches) so padding stays low; shuffle batch order.
+
+    `ignore` (parallel data): leading targets per example left out of the loss, see prefix_examples."""
     order = np.argsort([len(e) for e in examples], kind="stable")
     if rng is not None:
         # shuffle within equal lengths too, so batch composition varies between epochs
         lengths = np.array([len(e) for e in examples])
         order = np.lexsort((rng.random(len(examples)), lengths))
-    batches = [pad_examples([examples[j] for j in order[i:i + batch_size]])
+    batches = [pad_examples([examples[j] for j in order[i:i + batch_size]],
+                            None if ignore is None else [ignore[j] for j in order[i:i + batch_size]])
                for i in range(0, len(order), batch_size)]
     if rng is not None:
         perm = rng.permutation(len(batches))

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
 from .tokenize import is_blank, tokenize_lines
-from .vocab import Vocab
+from .vocab import SEP, Vocab
 
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
@@ -43,11 +43,15 @@ class Encoded:
     skipped_blank_lines: int = 0
     reserved_tokens: int = 0  # literal <s>, </s>, <pad> mapped to <unk>
     characters: int = 0  # char level: code points in scored sequences (for bits per char)
+    # Parallel data (`source <sep> target` per sequence): index of the first target token of each
+    # sequence; only positions from there on (and </s>) are scored and trained. None: plain LM data.
+    score_from: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:
-        """Scored tokens: every token plus one </s> per sequence."""
-        return int(sum(len(s) for s in self.sequences)) + len(self.sequences)
+        """Scored tokens: every token (target tokens only for parallel data) plus one </s> per sequence."""
+        total = int(sum(len(s) for s in self.sequences)) + len(self.sequences)
+        return total - (int(sum(self.score_from)) if self.score_from is not None else 0)
 
 
 def read_text(path: str | Path) -> Text:
@@ -85,15 +89,86 @@ def read_text(path: str | Path) -> Text:
     return Text(name, lines, hashlib.sha256(data).hexdigest())
 
 
-def count_tokens(text: Text, protocol: Protocol) -> Counter:
+@dataclass
+class ParallelText:
+    """A source and a target file whose line i is one translation pair (DESIGN.md §1)."""
+
+    source: Text
+    target: Text
+
+    def __post_init__(self) -> None:
+        ns, nt = len(self.source.lines), len(self.target.lines)
+        if ns != nt:
+            raise DataError(f"{self.source.name} has {ns} lines but {self.target.name} has {nt}: "
+                            "line i of the source must pair with line i of the target")
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.name} + {self.target.name}"
+
+    @property
+    def sha256(self) -> str:
+        """One hash for the pair: sha256 over both files' sha256 (source first), so either file
+        changing changes it and swapping the direction does too."""
+        return hashlib.sha256(f"{self.source.sha256}\n{self.target.sha256}".encode()).hexdigest()
+
+
+def read_pair(source: str | Path, target: str | Path) -> ParallelText:
+    """Read a source and a target file as one parallel text (same number of lines, else DataError)."""
+    return ParallelText(read_text(source), read_text(target))
+
+
+def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
+    """Token counts of a text; of both sides for a parallel text (one joint vocabulary)."""
+    if isinstance(text, ParallelText):
+        return count_tokens(text.source, protocol) + count_tokens(text.target, protocol)
     lines = [ln for ln in text.lines if not is_blank(ln)]
     return Counter(chain.from_iterable(tokenize_lines(lines, protocol)))
 
 
-def encode(text: Text, vocab: Vocab, protocol: Protocol) -> Encoded:
+def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> tuple[list[np.ndarray], int, int]:
+    """(ids per line, literal reserved tokens, tokens) with the whole text mapped in one pass."""
+    token_lists = tokenize_lines(lines, protocol)
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+    flat, reserved = vocab.encode(list(chain.from_iterable(token_lists)))
+    sequences = np.split(flat, np.cumsum(lengths)[:-1]) if len(token_lists) else []
+    return sequences, reserved, int(lengths.sum())
+
+
+def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
+    """`source <sep> target` ids per pair, with `score_from` at the first target token.
+
+    A pair with a blank side is skipped and counted (with keep_blank_lines the blank side is empty)."""
+    if not vocab.has_sep:
+        raise UsageError("a parallel corpus needs a vocabulary with <sep> as id 4 (built for --task translate)")
+    kept: list[tuple[str, str]] = []
+    line_numbers: list[int] = []
+    skipped = 0
+    for i, (src, tgt) in enumerate(zip(text.source.lines, text.target.lines), start=1):
+        if is_blank(src) or is_blank(tgt):
+            if not protocol.keep_blank_lines:
+                skipped += 1
+                continue
+            src, tgt = ("" if is_blank(src) else src), ("" if is_blank(tgt) else tgt)
+        kept.append((src, tgt))
+        line_numbers.append(i)
+    src_ids, src_reserved, _ = _ids_per_line([s for s, _ in kept], vocab, protocol)
+    tgt_ids, tgt_reserved, tgt_tokens = _ids_per_line([t for _, t in kept], vocab, protocol)
+    sep = np.array([SEP], dtype=np.int32)
+    sequences = [np.concatenate((s, sep, t)) for s, t in zip(src_ids, tgt_ids)]
+    score_from = [len(s) + 1 for s in src_ids]
+    chars = tgt_tokens if protocol.level == "char" else 0  # bits per char counts the scored side only
+    return Encoded(text.name, text.sha256, sequences, line_numbers, skipped, src_reserved + tgt_reserved, chars,
+                   score_from)
+
+
+def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
     """Map every non-blank line to ids; blank lines are skipped and counted (unless kept).
 
-    Tokens of the whole text are mapped in one pass and split back into lines (no per-line numpy)."""
+    Tokens of the whole text are mapped in one pass and split back into lines (no per-line numpy).
+    A parallel text gives `source <sep> target` sequences (encode_pair)."""
+    if isinstance(text, ParallelText):
+        return encode_pair(text, vocab, protocol)
     kept: list[str] = []
     line_numbers: list[int] = []
     skipped = 0
@@ -105,11 +180,8 @@ def encode(text: Text, vocab: Vocab, protocol: Protocol) -> Encoded:
             line = ""
         kept.append(line)
         line_numbers.append(i)
-    token_lists = tokenize_lines(kept, protocol)
-    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
-    flat, reserved = vocab.encode(list(chain.from_iterable(token_lists)))
-    chars = int(lengths.sum()) if protocol.level == "char" else 0  # only bits-per-char needs it
-    sequences = np.split(flat, np.cumsum(lengths)[:-1]) if len(token_lists) else []
+    sequences, reserved, tokens = _ids_per_line(kept, vocab, protocol)
+    chars = tokens if protocol.level == "char" else 0  # only bits-per-char needs it
     return Encoded(text.name, text.sha256, sequences, line_numbers, skipped, reserved, chars)
 
 
@@ -146,15 +218,20 @@ def find_split(directory: Path, split: str) -> Path | None:
     return candidates[0] if candidates else None
 
 
+def _corpus_dir(corpus: str | Path) -> Path:
+    d = Path(corpus)
+    if not d.exists():
+        raise DataError(f"{d}: corpus directory not found")
+    if not d.is_dir():
+        raise DataError(f"{d}: --corpus expects a directory with train/valid/test files")
+    return d
+
+
 def locate(corpus: str | Path | None, train=None, valid=None, test=None, *, need=("train",)) -> CorpusFiles:
     """Resolve a corpus directory and/or explicit split files; check that the needed splits exist."""
     files = CorpusFiles()
     if corpus is not None:
-        d = Path(corpus)
-        if not d.exists():
-            raise DataError(f"{d}: corpus directory not found")
-        if not d.is_dir():
-            raise DataError(f"{d}: --corpus expects a directory with train/valid/test files")
+        d = _corpus_dir(corpus)
         for split in ("train", "valid", "test"):
             setattr(files, split, find_split(d, split))
     for split, value in (("train", train), ("valid", valid), ("test", test)):
@@ -165,6 +242,84 @@ def locate(corpus: str | Path | None, train=None, valid=None, test=None, *, need
         where = f"{corpus}" if corpus is not None else "the given files"
         raise DataError(f"{where}: no {' or '.join(missing)} split found "
                         f"(expected files such as {missing[0]}.txt; or pass --{missing[0]} FILE)")
+    return files
+
+
+# -- parallel corpora: two suffixes of one stem (train.de + train.en, train.src + train.tgt) --------------
+@dataclass
+class ParallelFiles:
+    """(source, target) paths per split and the suffixes that chose the direction."""
+
+    src: str
+    tgt: str
+    train: tuple[Path, Path] | None = None
+    valid: tuple[Path, Path] | None = None
+    test: tuple[Path, Path] | None = None
+
+    def get(self, split: str) -> tuple[Path, Path] | None:
+        return getattr(self, split)
+
+
+def split_sides(directory: Path, split: str) -> dict[str, Path]:
+    """suffix -> file for the files of `split` named `<split>.<suffix>` or `<stem>.<split>.<suffix>`."""
+    for alias in SPLIT_ALIASES[split]:
+        pat = re.compile(rf"^(?:.*\.)?{alias}\.([^.]+)$")
+        found: dict[str, list[Path]] = {}
+        for p in sorted(directory.iterdir()):
+            m = pat.match(p.name)
+            if m and p.is_file() and not p.name.startswith("."):
+                found.setdefault(m.group(1), []).append(p)
+        for suffix, paths in found.items():
+            if len(paths) > 1:
+                names = ", ".join(p.name for p in paths)
+                raise UsageError(f"{directory}: several files could be the {split}.{suffix} side ({names})")
+        if found:
+            return {suffix: paths[0] for suffix, paths in found.items()}
+    return {}
+
+
+def is_parallel(corpus: str | Path) -> bool:
+    """True when the folder's train split is a pair: train.src + train.tgt, or exactly two suffixes of
+    one stem other than .txt (train.de + train.en). Used to infer --task translate."""
+    d = Path(corpus)
+    if not d.is_dir():
+        return False
+    sides = split_sides(d, "train")
+    return {"src", "tgt"} <= set(sides) or (len(sides) == 2 and "txt" not in sides)
+
+
+def locate_pairs(corpus: str | Path, src: str | None = None, tgt: str | None = None, *,
+                 need=("train",)) -> ParallelFiles:
+    """The (source, target) files of every split of a parallel corpus folder, direction src -> tgt.
+
+    Without src/tgt the direction is .src -> .tgt; a folder with two other suffixes is ambiguous."""
+    d = _corpus_dir(corpus)
+    train = split_sides(d, "train")
+    if (src is None) != (tgt is None):
+        raise UsageError("give both --src and --tgt: the file suffixes of the two sides, e.g. --src de --tgt en")
+    if src is None:
+        if {"src", "tgt"} <= set(train):
+            src, tgt = "src", "tgt"
+        elif len(train) == 2 and "txt" not in train:
+            a, b = sorted(train)
+            raise UsageError(f"{d} is a parallel corpus ({train[a].name}, {train[b].name}): choose the direction "
+                             f"with --src {a} --tgt {b} or --src {b} --tgt {a}")
+        else:
+            raise DataError(f"{d}: no parallel train split found (expected train.src + train.tgt, or two files "
+                            "such as train.de + train.en chosen with --src de --tgt en)")
+    if src == tgt:
+        raise UsageError(f"--src and --tgt are both {src!r}; a pair needs two different files")
+    files = ParallelFiles(src, tgt)
+    for split in ("train", "valid", "test"):
+        sides = train if split == "train" else split_sides(d, split)
+        if src in sides and tgt in sides:
+            setattr(files, split, (sides[src], sides[tgt]))
+        elif src in sides or tgt in sides:
+            have, lack = (src, tgt) if src in sides else (tgt, src)
+            raise DataError(f"{d}: {sides[have].name} has no partner file ending in .{lack}")
+    missing = [s for s in need if files.get(s) is None]
+    if missing:
+        raise DataError(f"{d}: no {missing[0]} pair found (expected {missing[0]}.{src} and {missing[0]}.{tgt})")
     return files
 
 

@@ -71,11 +71,14 @@ class Vocab:
     def encode(self, tokens: Iterable[str]) -> tuple[np.ndarray, int]:
         """Ids of `tokens` (unknown -> <unk>) and how many were literal reserved tokens.
 
-        A literal <unk> is the <unk> id; literal <s>, </s>, <pad> cannot be text and become <unk>."""
+        A literal <unk> is the <unk> id; literal <s>, </s>, <pad> (and <sep> in a vocabulary that has
+        it) cannot be text and become <unk>: only the encoder places the separator."""
         get = self.index.get
         ids = [get(t, UNK) for t in tokens]
         arr = np.array(ids, dtype=np.int32)
         bad = (arr == PAD) | (arr == BOS) | (arr == EOS)
+        if self.has_sep:
+            bad |= arr == SEP
         reserved = int(bad.sum())
         if reserved:
             arr[bad] = UNK

@@ -106,11 +106,17 @@ def _exp(x: float) -> float:
 
 
 def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
-    """Score every sequence of `encoded` with `model` under the model's protocol."""
+    """Score every sequence of `encoded` with `model` under the model's protocol.
+
+    Parallel data (`encoded.score_from`): the model scores the whole `source <sep> target` sequence
+    as usual, and only the target tokens and </s> enter the metrics and per-line/per-token records."""
     logprobs = model.sequence_logprobs(encoded.sequences)
     targets = [np.append(np.asarray(s, dtype=np.int64), EOS) for s in encoded.sequences]
     if len(logprobs) != len(targets) or any(len(a) != len(b) for a, b in zip(logprobs, targets)):
         raise AssertionError(f"{model.label}: sequence_logprobs returned the wrong shape")
+    if encoded.score_from is not None:
+        logprobs = [lp[f:] for lp, f in zip(logprobs, encoded.score_from)]
+        targets = [tg[f:] for tg, f in zip(targets, encoded.score_from)]
     if targets:
         lp_all = np.concatenate(logprobs).astype(np.float64)
         tg_all = np.concatenate(targets)

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .adaptive import AdaptiveHead
 
 POSITIONS = ("learned", "sinusoidal")
 
@@ -49,6 +50,10 @@ class TransformerConfig:
     tie_weights: bool = True  # output matrix = token embedding (Press & Wolf 2017; GPT-2 does it)
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * d_model (4 in both papers)
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them; False is a bit faster)
+    # Adaptive softmax (Grave et al. 2017, see adaptive.py): vocabulary cutoffs such as (2000, 5000) make the
+    # output layer over a large word vocabulary several times cheaper; () = the plain full softmax.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0  # each tail cluster's projection is this many times narrower than the last
 
     def __post_init__(self) -> None:
         for name in ("layers", "d_model", "heads", "block_size", "mlp_ratio"):
@@ -59,6 +64,8 @@ class TransformerConfig:
                               f"each head gets d_model / heads dimensions")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"transformer dropout must be in [0, 1), got {self.dropout}")
+        if float(self.adaptive_div) < 1.0:
+            raise ConfigError(f"transformer adaptive_div must be at least 1, got {self.adaptive_div}")
         self.positions = str(self.positions).lower()
         if self.positions not in POSITIONS:
             raise ConfigError(f"unknown positions {self.positions!r}; choose one of {', '.join(POSITIONS)}")
@@ -160,7 +167,13 @@ class TransformerLM(nn.Module):
         self.ln_f = nn.LayerNorm(C, bias=config.bias)
         # Tied: the logits use self.tok_emb.weight directly (F.linear in forward), so the state dict
         # holds the matrix once and safetensors never sees two names for one tensor.
-        self.lm_head = None if config.tie_weights else nn.Linear(C, vocab_size, bias=False)
+        self.lm_head = None
+        self.adaptive = None
+        if config.adaptive_cutoffs:  # tied: the head's shortlist rows are the token embedding's first rows
+            self.adaptive = AdaptiveHead(C, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div),
+                                         shortlist_weight=self.tok_emb.weight if config.tie_weights else None)
+        elif not config.tie_weights:
+            self.lm_head = nn.Linear(C, vocab_size, bias=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -172,6 +185,10 @@ class TransformerLM(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+        if self.adaptive is not None:  # its own matrices are plain Parameters, not Linear layers
+            for p in self.adaptive.parameters():
+                if p.dim() >= 2:
+                    nn.init.normal_(p, mean=0.0, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.layers))
@@ -192,10 +209,16 @@ class TransformerLM(nn.Module):
         """The (V, C) output matrix: the token embedding itself when tied."""
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
-    def forward(self, idx: torch.Tensor, state=None) -> tuple[torch.Tensor, None]:
+    @property
+    def scores_targets(self) -> bool:
+        """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
+        return self.adaptive is not None
+
+    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None):
         """idx (B, T) token ids with T <= block_size -> raw logits (B, T, V), and None (no state).
 
-        logits[:, t] predict the token after idx[:, t] from idx[:, :t+1] only."""
+        logits[:, t] predict the token after idx[:, t] from idx[:, :t+1] only. With the adaptive
+        softmax the "logits" are already ln P, and with `targets` (B, T) it returns ln P(targets)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}; "
@@ -212,6 +235,8 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x = block(x)  # (B, T, C)
         x = self.ln_f(x)
+        if self.adaptive is not None:
+            return (self.adaptive(x) if targets is None else self.adaptive.target_logprobs(x, targets)), None
         logits = F.linear(x, self.output_weight)  # (B, T, V)
         return logits, None
 
@@ -234,8 +259,10 @@ class TransformerLM(nn.Module):
         what a flash kernel that skips masked blocks actually does."""
         T = self.config.block_size if seq_len is None else int(seq_len)
         lookup_only = 0 if self.pos_emb is None else self.pos_emb.weight.numel()
-        if self.lm_head is not None:
+        if self.lm_head is not None or self.adaptive is not None:
             lookup_only += self.tok_emb.weight.numel()
+        if self.adaptive is not None and self.adaptive.tied:  # its shortlist rows are an output matrix too
+            lookup_only -= self.adaptive.shortlist * self.config.d_model
         n_matmul = self.num_parameters() - lookup_only
         return 6 * n_matmul + 12 * self.config.layers * self.config.d_model * T
 
