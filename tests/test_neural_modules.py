@@ -30,6 +30,9 @@ TINY = {
     "transformer": (TransformerLM, TransformerConfig(layers=2, d_model=16, heads=2, block_size=16)),
     "transformer-sin": (TransformerLM, TransformerConfig(layers=2, d_model=16, heads=2, block_size=16,
                                                          positions="sinusoidal", tie_weights=False, bias=False)),
+    "lstm-adaptive": (RNNLM, RNNConfig(layers=1, hidden=16, tie_weights=True, adaptive_cutoffs=(8, 15))),
+    "transformer-adaptive": (TransformerLM, TransformerConfig(layers=1, d_model=16, heads=2, block_size=16,
+                                                              adaptive_cutoffs=(10,))),
 }
 
 
@@ -377,3 +380,35 @@ def test_adaptive_cutoffs_are_checked():
         RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(30, 20)), 50)
     with pytest.raises(ValueError, match="cutoffs"):
         RNNLM(RNNConfig(hidden=8, adaptive_cutoffs=(10, 50)), 50)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_last_only_equals_the_last_position_of_the_full_output(name):
+    net = make(name).eval()
+    x = ids(3, 9)
+    with torch.no_grad():
+        full, _ = net(x, net.init_state(3, "cpu"))
+        last, _ = net(x, net.init_state(3, "cpu"), last_only=True)
+    assert last.shape == (3, 1, full.size(-1))
+    assert torch.allclose(last, full[:, -1:], atol=1e-6)
+
+
+def test_target_logprobs_values_and_gradients_match_a_plain_masked_softmax():
+    from lmkit.models.torchlm import target_logprobs
+
+    torch.manual_seed(0)
+    base = torch.randn(3, 5, V, requires_grad=True)
+    targets = torch.randint(3, V, (3, 5))
+    targets[0, -1] = 0  # <pad>: contributes nothing
+    got = target_logprobs(base * 1.0, targets)  # a non-leaf, as a module's output is
+    got.sum().backward()
+    grad_fast = base.grad.clone()
+    base.grad = None
+    blocked = torch.zeros(V, dtype=torch.bool)
+    blocked[0] = blocked[2] = True
+    ref_lp = torch.log_softmax((base * 1.0).masked_fill(blocked, float("-inf")), dim=-1)
+    ref = ref_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).masked_fill(targets == 0, 0.0)
+    ref.sum().backward()
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert torch.allclose(grad_fast, base.grad, atol=1e-6)
+    assert (grad_fast[..., 0] == 0).all() and (grad_fast[..., 2] == 0).all()

@@ -105,8 +105,10 @@ class MLPLM(nn.Module):
     def detach_state(self, state) -> None:
         return None
 
-    def forward(self, idx: torch.Tensor, state=None) -> tuple[torch.Tensor, None]:
-        """idx (B, T) token ids -> raw logits (B, T, V); logits[:, t] predict the token after idx[:, t]."""
+    def forward(self, idx: torch.Tensor, state=None, last_only: bool = False) -> tuple[torch.Tensor, None]:
+        """idx (B, T) token ids -> raw logits (B, T, V); logits[:, t] predict the token after idx[:, t].
+
+        `last_only` computes the last position only (B, 1, V): what decoding needs."""
         B, T = idx.shape
         w = self.config.window
         # Left-pad with <pad> (id 0) so every position has a full window, then take the sliding
@@ -117,6 +119,8 @@ class MLPLM(nn.Module):
         #   ctx[0] = 0 0 a   ctx[1] = 0 a b   ctx[2] = a b c   ctx[3] = b c d
         padded = F.pad(idx, (w - 1, 0), value=0)  # (B, T+w-1)
         ctx = padded.unfold(1, w, 1)  # (B, T, w), a view: no copy
+        if last_only:
+            ctx, T = ctx[:, -1:], 1
         x = self.embed(ctx).reshape(B, T, w * self.config.embed)  # (B, T, w*E)
         x = self.drop(x)
         h = self.drop(torch.tanh(self.hidden(x)))  # (B, T, hidden)

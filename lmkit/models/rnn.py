@@ -172,13 +172,14 @@ class RNNLM(nn.Module):
         """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
         return self.adaptive is not None
 
-    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None, last_only: bool = False):
         """idx (B, T) token ids, state from init_state / a previous call (None = zeros).
 
         Returns raw logits (B, T, V), logits[:, t] predicting the token after idx[:, t], and the
         state after reading idx[:, T-1]. With the adaptive softmax the "logits" are already ln P
         (normalised), and with `targets` (B, T) it returns ln P(targets) (B, T) instead, computing
-        each tail cluster only where a target falls in it."""
+        each tail cluster only where a target falls in it. `last_only` gives the last position's
+        output only (B, 1, V): what decoding needs."""
         x = self.embed_drop(self.embed(idx))  # (B, T, E)
         dtype = _autocast_dtype(idx.device.type)
         if dtype is not None:
@@ -190,6 +191,8 @@ class RNNLM(nn.Module):
                 state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
         y, state = self.rnn(x, state)  # y (B, T, H); state (L, B, H) or a tuple of two
         y = self.out_drop(y)
+        if last_only:
+            y = y[:, -1:]
         if self.adaptive is not None:
             if targets is not None:
                 return self.adaptive.target_logprobs(y, targets), state

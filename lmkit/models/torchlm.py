@@ -1,6 +1,7 @@
 """Adapter that gives any torch family (MLP, RNN, Transformer) the LanguageModel interface.
 
-The nn.Module contract (see mlp.py): forward(idx (B, T), state) -> (raw logits (B, T, V), state),
+The nn.Module contract (see mlp.py): forward(idx (B, T), state, last_only=False) -> (raw logits (B, T, V),
+state) (last_only: the last position only, for decoding),
 `history` (tokens of context a prediction can see; None = unbounded), `stateful`, init_state,
 detach_state. Everything protocol-related lives here, once for all families: masking <pad>/<s> out
 of the softmax, sentence vs stream context, sliding windows for bounded-context models, and the
@@ -38,6 +39,26 @@ def masked_log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float().masked_fill(blocked, float("-inf")), dim=-1)
 
 
+class _BlockSpecials(torch.autograd.Function):
+    """Set the <pad> and <s> logits to -inf in place, with an identity backward.
+
+    Plain slice assignment would make autograd clone the whole (B, T, V) gradient once per
+    assignment (CopySlices), ~10 % of a small LSTM's step on a 10k vocabulary. The clone is not
+    needed: the softmax gives a -inf logit exactly zero mass, so the gradient that reaches those
+    entries from the loss is already exactly zero."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(logits)
+        logits[..., PAD] = float("-inf")
+        logits[..., BOS] = float("-inf")
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """ln P(target) over the predictable set, (B, T, V) logits -> (B, T); <pad> targets give 0.
 
@@ -45,8 +66,9 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     logits does not need them for its backward pass), then torch's fused cross-entropy does the rest
     without materialising a (B, T, V) log-softmax."""
     logits = logits.float()
-    logits[..., PAD] = float("-inf")
-    logits[..., BOS] = float("-inf")
+    if logits.requires_grad and logits.is_leaf:  # a leaf cannot be modified in place under autograd
+        logits = logits.clone()
+    logits = _BlockSpecials.apply(logits)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD,
                           reduction="none")
     return -nll.view(targets.shape)
@@ -215,7 +237,7 @@ class TorchLM(LanguageModel):
                     rows = members[start:start + per_pass]
                     x = torch.as_tensor([ids[i] for i in rows], dtype=torch.long, device=self.device)  # (b, T)
                     state = unwrap(self.net).init_state(len(rows), self.device)
-                    logits, _ = self.net(x, state)  # (b, T, V)
+                    logits, _ = self.net(x, state, last_only=True)  # (b, 1, V)
                     out[rows] = masked_log_softmax(logits[:, -1]).double().cpu()
             return out.numpy()
         finally:

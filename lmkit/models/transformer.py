@@ -214,11 +214,12 @@ class TransformerLM(nn.Module):
         """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
         return self.adaptive is not None
 
-    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None, last_only: bool = False):
         """idx (B, T) token ids with T <= block_size -> raw logits (B, T, V), and None (no state).
 
         logits[:, t] predict the token after idx[:, t] from idx[:, :t+1] only. With the adaptive
-        softmax the "logits" are already ln P, and with `targets` (B, T) it returns ln P(targets)."""
+        softmax the "logits" are already ln P, and with `targets` (B, T) it returns ln P(targets).
+        `last_only` gives the last position's output only (B, 1, V): what decoding needs."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}; "
@@ -234,6 +235,8 @@ class TransformerLM(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:]
         x = self.ln_f(x)
         if self.adaptive is not None:
             return (self.adaptive(x) if targets is None else self.adaptive.target_logprobs(x, targets)), None
