@@ -48,7 +48,12 @@ CONFIGS = {
     "lstm-default": ("ptb", "word", "lstm", {}, {}),
     "transformer-default": ("ptb", "word", "transformer", {}, {}),
     "lstm-ref": ("ptb", "word", "lstm", {"layers": 2, "hidden": 200, "dropout": 0.2, "embed_dropout": 0.2},
-                 {"batch_size": 20, "seq_len": 35, "optimizer": "sgd", "lr": 20.0, "clip": 0.25}),
+                 {"batch_size": 20, "seq_len": 35, "optimizer": "sgd", "lr": 20.0, "clip": 0.25, "weight_decay": 0.0}),
+    # the same shape and recipe with lmkit's adaptive softmax (2000, 5000) instead of the full 10k softmax
+    "lstm-ref-adaptive": ("ptb", "word", "lstm", {"layers": 2, "hidden": 200, "dropout": 0.2, "embed_dropout": 0.2,
+                                                   "adaptive_cutoffs": (2000, 5000)},
+                          {"batch_size": 20, "seq_len": 35, "optimizer": "sgd", "lr": 20.0, "clip": 0.25,
+                           "weight_decay": 0.0}),
     "transformer-ref": ("tinyshakespeare", "char", "transformer",
                         {"layers": 4, "heads": 4, "d_model": 128, "block_size": 64, "dropout": 0.0},
                         {"batch_size": 12, "seq_len": 64}),
@@ -210,8 +215,9 @@ def main() -> None:
         for prec in args.precisions:
             r = measure(name, prec, args.seconds)
             results[(name, prec)] = r
-            peer = PEERS.get(name)
-            same = peer_rate(name, args.seconds) if peer and prec == "fp32" else None
+            peer_name = name.removesuffix("-adaptive")  # an adaptive variant is measured against the same peer
+            peer = PEERS.get(peer_name)
+            same = peer_rate(peer_name, args.seconds) if peer and prec == "fp32" else None
             ratio = f"{r['tokens_per_s'] / same:.2f}x" if same else "-"
             print(f"{name}\t{prec}\t{r['params']:,}\t{r['tokens_per_s']:,.0f}\t{r['gflops']:.1f}\t"
                   f"{r['gflops'] / peak[prec]:.0%}\t{f'{same:,.0f}' if same else '-'}\t{ratio}\t"

@@ -270,7 +270,11 @@ def _final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | No
     metrics: dict[str, dict] = {}
     for split in ("valid", "test"):
         if split in encoded:
+            start = time.perf_counter()
             metrics[split] = score_encoded(model, encoded[split], keep=False).summary()
+            seconds = time.perf_counter() - start  # scoring speed: a column of `lmkit compare`
+            metrics[split]["score_seconds"] = seconds
+            metrics[split]["tokens_per_second"] = metrics[split]["tokens"] / seconds if seconds > 0 else None
             log(f"{split} perplexity: {metrics[split]['perplexity']:.3f}")
     test = (data or {}).get("test")
     if model.protocol.task == "translate" and test and "source" in test:

@@ -71,7 +71,10 @@ def test_rows_columns_and_ranking(ngram_runs):
         assert row["test_bits_per_token"] == pytest.approx(rec["metrics"]["test"]["cross_entropy_bits"])
         assert row["tokens_seen"] == rec["tokens_seen"] and row["run"] == str(run)
     assert "bits_per_char" not in rows[0]  # word level
-    assert all(r["bleu"] is None and r["tokens_per_second"] is None for r in rows)
+    assert all(r["bleu"] is None for r in rows)  # BLEU is recorded for translation runs only
+    for r in rows:  # scoring speed, measured when the run scored its test file
+        speed = json.loads((Path(r["run"]) / "run.json").read_text())["metrics"]["test"]["tokens_per_second"]
+        assert r["tokens_per_second"] == pytest.approx(speed) and speed > 0
     assert "bleu_signature" not in rows[0]
     # stupid backoff is shown, never ranked, and comes last even though its "perplexity" may be lower
     stupid = by_model["ngram:stupid3"]

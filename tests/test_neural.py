@@ -24,10 +24,14 @@ FAMILIES = {
     "lstm": (RNNModel, {"layers": 2, "hidden": 16}),
     "gru": (RNNModel, {"cell": "gru", "layers": 1, "hidden": 16}),
     "transformer": (TransformerModel, {"layers": 2, "d_model": 16, "heads": 2, "block_size": 8}),
+    "lstm-adaptive": (RNNModel, {"layers": 1, "hidden": 16, "tie_weights": True, "adaptive_cutoffs": (10, 20)}),
+    "transformer-adaptive": (TransformerModel, {"layers": 1, "d_model": 16, "heads": 2, "block_size": 8,
+                                                "adaptive_cutoffs": (12,)}),
 }
 TINY = {"mlp": ["--window", "3", "--embed", "16", "--hidden", "64"],
         "lstm": ["--layers", "1", "--hidden", "48"],
-        "transformer": ["--layers", "2", "--d-model", "48", "--heads", "2", "--block-size", "16"]}
+        "transformer": ["--layers", "2", "--d-model", "48", "--heads", "2", "--block-size", "16"],
+        "lstm-adaptive": ["--layers", "1", "--hidden", "48", "--tie-weights", "--set", "adaptive_cutoffs=10,20"]}
 
 
 def grammar_corpus(path: Path, lines: int, seed: int) -> None:
@@ -106,14 +110,14 @@ def test_transformer_sliding_window_gives_every_token_left_context(grammar):
 
 
 def _train(grammar: Path, out: Path, name: str, *extra: str) -> dict:
-    r = CliRunner().invoke(app, ["train", "--model", name, "--corpus", str(grammar), "-o", str(out), "-q",
+    r = CliRunner().invoke(app, ["train", "--model", name.removesuffix("-adaptive"), "--corpus", str(grammar), "-o", str(out), "-q",
                                  "--device", "cpu", *TINY[name], *extra])
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(out)
     return json.loads((out / "run.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["mlp", "lstm", "transformer"])
+@pytest.mark.parametrize("name", ["mlp", "lstm", "transformer", "lstm-adaptive"])
 def test_tiny_model_learns_and_cli_equals_library(name, grammar, tmp_path):
     uni = tmp_path / "uni"
     CliRunner().invoke(app, ["train", "--model", "ngram:laplace1", "--corpus", str(grammar), "-o", str(uni), "-q"])
