@@ -664,12 +664,23 @@ def compare(
     tgt: str | None = None,
     log: Log = _quiet,
     progress: bool = False,
+    bleu: bool = False,
 ) -> list[dict]:
     """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus.
 
-    No runs and no corpus means the default lineup on the bundled corpus (see lmkit.compare)."""
+    No runs and no corpus means the default lineup on the bundled corpus (see lmkit.compare).
+    `bleu` adds continuation BLEU on each run's own test file (translation runs already have BLEU),
+    stored in the run records so that it is computed once."""
     from .compare import compare_lineup, compare_runs
 
+    if bleu:
+        rows = compare(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
+                       context=context, min_count=min_count, runs_dir=runs_dir, device=None if runs else device,
+                       seed=seed, task=task, src=src, tgt=tgt, log=log, progress=progress)
+        paths = [row["run"] for row in rows]
+        for path in paths:
+            record_bleu(path, device=device or "cpu", log=log)
+        return compare_runs(paths, sort=sort)
     if runs:
         lineup_only = {"--corpus": corpus, "--models": models, "--time-budget": time_budget,
                        "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
@@ -682,6 +693,31 @@ def compare(
     return compare_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
                           min_count=min_count, device=device, seed=seed, sort=sort, runs_dir=runs_dir,
                           task=task, src=src, tgt=tgt, log=log, progress=progress)
+
+
+def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = _quiet) -> dict:
+    """BLEU of a run on the test file it was scored on, stored in its run.json (metrics['bleu']).
+
+    Greedy continuation BLEU for a monolingual corpus (translation runs store theirs at training).
+    Refused when the test file is gone or no longer the file the run was measured on."""
+    run = Path(run)
+    record = read_record(run)
+    if record.metrics.get("bleu"):
+        return record.metrics["bleu"]
+    test = record.data.get("test") or {}
+    path = test.get("path")
+    if not path or not Path(path).is_file():
+        raise DataError(f"{run}: its test file {path or '(none recorded)'} is not available, so BLEU cannot be added")
+    start = time.perf_counter()
+    report = bleu(run, path, device=device)
+    if report.sha256 != test.get("sha256"):
+        raise DataError(f"{run}: {path} changed since the run was scored on it (sha256 differs); BLEU not added")
+    result = report.result
+    record.metrics["bleu"] = {"score": result.score, "signature": result.signature, "decoding": "greedy",
+                              "lines": result.lines}
+    write_record(run, record)
+    log(f"{run}: continuation BLEU {result.score:.2f} ({result.lines} lines, {time.perf_counter() - start:.0f} s)")
+    return record.metrics["bleu"]
 
 
 def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:

@@ -479,6 +479,8 @@ def compare(
     seed: int = typer.Option(0, help="Random seed for every model.", rich_help_panel=LINEUP),
     sort: Optional[str] = typer.Option(None, help="Sort by this column (-COL: descending). "
                                        "Default: test perplexity, models that are not normalised last."),
+    bleu: bool = typer.Option(False, "--bleu", help="Add continuation BLEU on each run's test file (greedy; "
+                              "stored in run.json, so computed once). Translation runs always have BLEU."),
     fmt: Optional[str] = FormatOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -493,6 +495,8 @@ def compare(
 
       lmkit compare --corpus ../shared/corpora/multi30k --src de --tgt en --models ngram:kn5,lstm,transformer
 
+      lmkit compare runs/* --bleu        # add continuation BLEU to every run
+
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
@@ -502,7 +506,7 @@ def compare(
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models else None
     rows = api.compare(runs or None, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
-                       task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet)
+                       task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
         write_rows(display, fmt, columns=columns, highlight=highlight, title="comparison")

@@ -263,3 +263,26 @@ def test_lineup_cli_ngrams_only_and_refusals(tiny_corpus, tmp_path):
     one_error_line(cli("compare", "--corpus", tiny_corpus, "--models", "ngram:kn3", "--sort", "x", "-o", fresh),
                    code=2)
     assert not fresh.exists()
+
+
+# -- BLEU column ------------------------------------------------------------------------------------
+def test_compare_bleu_adds_continuation_bleu_once_and_refuses_changed_test_files(ngram_runs, tiny_corpus):
+    run = ngram_runs[0]
+    expected = api.bleu(run, tiny_corpus / "test.txt").result.score
+    out = cli("compare", *ngram_runs, "--bleu", "--format", "json", "-q")
+    assert out.exit_code == 0, out.stderr
+    rows = {r["run"]: r for r in json.loads(out.stdout)}
+    assert rows[str(run)]["bleu"] == pytest.approx(expected)
+    assert rows[str(run)]["bleu_signature"].startswith("nrefs:1")
+    stored = json.loads((run / "run.json").read_text())["metrics"]["bleu"]
+    assert stored["score"] == pytest.approx(expected)
+    # the second time it is read from run.json, not recomputed: even with the test file gone
+    (tiny_corpus / "test.txt").write_text("a changed test file\n")
+    again = compare_runs(ngram_runs)
+    assert {r["run"]: r["bleu"] for r in again}[str(run)] == pytest.approx(expected)
+    # a run without BLEU whose test file changed is refused with one line
+    fresh = ngram_runs[1]
+    data = json.loads((fresh / "run.json").read_text())
+    data["metrics"].pop("bleu", None)
+    (fresh / "run.json").write_text(json.dumps(data))
+    assert "sha256 differs" in one_error_line(cli("compare", fresh, "--bleu", "-q"))

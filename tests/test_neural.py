@@ -110,8 +110,8 @@ def test_transformer_sliding_window_gives_every_token_left_context(grammar):
 
 
 def _train(grammar: Path, out: Path, name: str, *extra: str) -> dict:
-    r = CliRunner().invoke(app, ["train", "--model", name.removesuffix("-adaptive"), "--corpus", str(grammar), "-o", str(out), "-q",
-                                 "--device", "cpu", *TINY[name], *extra])
+    r = CliRunner().invoke(app, ["train", "--model", name.removesuffix("-adaptive"), "--corpus", str(grammar),
+                                 "-o", str(out), "-q", "--device", "cpu", *TINY[name], *extra])
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(out)
     return json.loads((out / "run.json").read_text())
