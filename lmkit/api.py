@@ -266,12 +266,17 @@ def _encode_splits(texts: dict[str, Text], vocab: Vocab, protocol: Protocol, log
     return encoded
 
 
-def _final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | None = None) -> dict[str, dict]:
+def _final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | None = None,
+                   scores: dict[str, Score] | None = None) -> dict[str, dict]:
+    """Summaries per split; `scores` (if given) receives the Score objects, e.g. for test_scores.npz."""
     metrics: dict[str, dict] = {}
     for split in ("valid", "test"):
         if split in encoded:
             start = time.perf_counter()
-            metrics[split] = score_encoded(model, encoded[split], keep=False).summary()
+            result = score_encoded(model, encoded[split], keep=False)
+            metrics[split] = result.summary()
+            if scores is not None:
+                scores[split] = result
             seconds = time.perf_counter() - start  # scoring speed: a column of `lmkit compare`
             metrics[split]["score_seconds"] = seconds
             metrics[split]["tokens_per_second"] = metrics[split]["tokens"] / seconds if seconds > 0 else None
@@ -282,6 +287,14 @@ def _final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | No
     return metrics
 
 
+def _save_test_scores(run_dir: Path, scores: dict[str, Score], data: dict) -> None:
+    """Per-sequence test NLLs next to run.json: compare --bootstrap resamples them without rescoring."""
+    from .evaluate.per_sequence import SequenceScores, save_test_scores
+
+    if "test" in scores and (data.get("test") or {}).get("sha256"):
+        save_test_scores(run_dir, SequenceScores.from_score(scores["test"], data["test"]["sha256"]))
+
+
 def _test_bleu(model, test: dict, log: Log) -> dict:
     """Greedy translation BLEU on the run's test pair, the number `compare` shows."""
     from .evaluate.bleu import translation_bleu
@@ -290,6 +303,24 @@ def _test_bleu(model, test: dict, log: Log) -> dict:
     result = translation_bleu(model, read_pair(test["source"], test["target"]))
     log(f"test BLEU: {result.score:.2f} (greedy, {result.lines} pairs, {time.perf_counter() - start:.0f} s)")
     return {"score": result.score, "signature": result.signature, "decoding": "greedy", "lines": result.lines}
+
+
+def _quick_checks(model, encoded: dict[str, Encoded], log: Log) -> dict:
+    """`lmkit check --quick` on the test split (else valid) for run.json. Never fatal: a failed or crashed
+    check is recorded and shown by `compare`, and the trained model is kept."""
+    from .check import check_model
+
+    split = "test" if "test" in encoded else "valid"
+    try:
+        report = check_model(model, encoded[split], quick=True)
+    except Exception as exc:  # a bug in a check must not throw away a finished training run
+        log(f"warning: checks could not run ({exc.__class__.__name__}: {exc})")
+        return {"ok": False, "quick": True, "error": f"{exc.__class__.__name__}: {exc}"}
+    for r in report.failed:
+        log(f"warning: check failed: {r.name}: {r.evidence}")
+    if report.ok:
+        log(f"checks passed ({len(report.results)} quick checks, {report.seconds:.1f} s)")
+    return report.to_dict()
 
 
 def train(req: TrainRequest, log: Log = _quiet) -> Path:
@@ -330,12 +361,13 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
     start = time.perf_counter()
     info = model.fit(encoded["train"], encoded["valid"], log) or {}
     seconds = time.perf_counter() - start
-    metrics = _final_metrics(model, encoded, log, data)
+    scores: dict[str, Score] = {}
+    metrics = _final_metrics(model, encoded, log, data, scores)
     record = RunRecord(
         kind=cls.kind, label=model.label, config=asdict(config), protocol=protocol.to_dict(),
         vocab_id=vocab.vocab_id, data=data, metrics=metrics, parameters=int(model.num_parameters()),
         train_seconds=seconds, tokens_seen=encoded["train"].num_tokens, seed=req.seed, device="cpu",
-        fit_info=info, versions=versions(),
+        fit_info=info, versions=versions(), checks=_quick_checks(model, encoded, log),
     )
     out = out or _default_run_dir(req.runs_dir, model.label)
     with atomic_dir(out, replace=req.force) as tmp:
@@ -343,6 +375,7 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
         model.save(tmp)
         append_metrics(tmp, [{"step": 0, "tokens_seen": record.tokens_seen, "seconds": seconds,
                               "valid_ppl": metrics.get("valid", {}).get("perplexity")}])
+        _save_test_scores(tmp, scores, data)
         write_record(tmp, record)
     return out
 
@@ -402,7 +435,10 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
     record.train_seconds = info.get("train_seconds", 0.0)
     record.tokens_seen = info.get("tokens_seen", 0)
     record.train_config = info.get("train_config", asdict(tcfg))
-    record.metrics = _final_metrics(model, encoded, log, record.data)
+    scores: dict[str, Score] = {}
+    record.metrics = _final_metrics(model, encoded, log, record.data, scores)
+    _save_test_scores(out, scores, record.data)
+    record.checks = _quick_checks(model, encoded, log)
     record.versions = versions()
     write_record(out, record)
     return out
@@ -464,6 +500,7 @@ class ScoreResult:
     file: str
     sha256: str
     words: list[list[str]] | None = None
+    saved: Path | None = None  # test_scores.npz written by score(..., save=True)
 
     def summary(self) -> dict:
         return {**self.score.summary(), "model": self.model, "protocol": self.protocol,
@@ -495,12 +532,18 @@ def _eval_text(model, record: RunRecord | None, text_path, src, tgt) -> Text | P
 
 def score(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
           tgt: str | Path | None = None, device: str = "cpu", keep_words: bool = False,
-          stride: int | None = None) -> ScoreResult:
+          stride: int | None = None, save: bool = False) -> ScoreResult:
     """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol.
 
     A translation run scores a pair (src/tgt files, default: its test pair), target side only.
-    `stride` (bounded-context neural models) moves the sliding window; it is reported with the score."""
+    `stride` (bounded-context neural models) moves the sliding window; it is reported with the score.
+    `save`: the text is the run's own test file; store its per-sequence scores in the run folder for
+    compare --bootstrap (runs trained before lmkit stored them), if they reproduce run.json's test score."""
     model, record = load_model(model_path, device=device)
+    if save and record is None:
+        raise UsageError(f"--save stores per-sequence scores in a run folder; {model_path} is an ARPA file")
+    if save and stride is not None:
+        raise UsageError("--save stores the run's own test score; --stride would change it")
     if stride is not None:
         if stride < 1:
             raise UsageError(f"--stride must be at least 1, got {stride}")
@@ -508,6 +551,10 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
             raise UsageError(f"--stride applies to models with a bounded context (transformer), not {model.label}")
         model.stride = stride
     text = _eval_text(model, record, text_path, src, tgt)
+    if save and (record.data.get("test") or {}).get("sha256") != text.sha256:
+        recorded = (record.data.get("test") or {}).get("path") or "none recorded"
+        raise UsageError(f"--save needs the test file this run was measured on ({recorded}); {text.name} "
+                         "is not that file (sha256 differs)")
     enc = encode(text, model.vocab, model.protocol)
     words = None
     if keep_words:
@@ -517,7 +564,29 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
         words = [tokenize(lines[ln - 1], model.protocol) for ln in enc.line_numbers]
     result = score_encoded(model, enc)
     label = model.label if stride is None else f"{model.label} (stride {stride})"
-    return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words)
+    saved = _save_rescored(Path(model_path), record, result, text.sha256) if save else None
+    return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words, saved)
+
+
+def _save_rescored(run_dir: Path, record: RunRecord, result: Score, sha256: str) -> Path:
+    """test_scores.npz for an older run, written only when the rescore reproduces its recorded test score."""
+    from .evaluate.per_sequence import SequenceScores, check_against_record, save_test_scores
+
+    scores = SequenceScores.from_score(result, sha256)
+    try:
+        check_against_record(scores, record)
+    except ModelError as exc:
+        raise ModelError(f"{run_dir}: this score does not reproduce the run's recorded test score "
+                         f"({exc.message}); nothing saved") from None
+    return save_test_scores(run_dir, scores)
+
+
+def check(run: str | Path, text: str | Path | None = None, *, quick: bool = False, device: str = "cpu"):
+    """lmkit.check.CheckReport for a run folder (or ARPA file): normalisation, causality, batch invariance,
+    save -> load, measured on `text` (default: the run's test file), so its numbers can be trusted."""
+    from .check import check_run
+
+    return check_run(run, text, quick=quick, device=device)
 
 
 def export_arpa(run_path: str | Path, output: str | Path) -> Path:
@@ -529,6 +598,15 @@ def export_arpa(run_path: str | Path, output: str | Path) -> Path:
         raise UsageError(f"{run_path}: only n-gram models export to ARPA (this is a {model.kind} model)")
     write_arpa(model, output)
     return Path(output)
+
+
+def mix(runs: list[str | Path], output: str | Path, *, device: str = "cpu", force: bool = False,
+        log: Log = _quiet) -> Path:
+    """Linear interpolation of comparable runs (any families), weights fitted by EM on their valid file;
+    writes a run folder that score, generate and compare read like any other (see lmkit.mixing)."""
+    from .mixing import build_mixture
+
+    return build_mixture(runs, output, device=device, force=force, log=log)
 
 
 # -- generation and BLEU ----------------------------------------------------------------------------
@@ -665,14 +743,29 @@ def compare(
     log: Log = _quiet,
     progress: bool = False,
     bleu: bool = False,
+    bootstrap: int | None = None,
+    confidence: float = 0.95,
 ) -> list[dict]:
     """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus.
 
     No runs and no corpus means the default lineup on the bundled corpus (see lmkit.compare).
     `bleu` adds continuation BLEU on each run's own test file (translation runs already have BLEU),
-    stored in the run records so that it is computed once."""
+    stored in the run records so that it is computed once.
+    `bootstrap` N adds paired-bootstrap intervals at `confidence` from each run's stored per-sequence
+    test scores (resampling seeded by `seed`; no model is rescored)."""
     from .compare import compare_lineup, compare_runs
 
+    if bootstrap is not None:
+        from .compare import BOOTSTRAP_COLUMNS, COLUMNS, _sort_column, check_bootstrap
+
+        check_bootstrap(bootstrap, confidence)  # bad values must not cost a lineup's training
+        if sort:
+            _sort_column(sort, COLUMNS + BOOTSTRAP_COLUMNS)
+        rows = compare(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
+                       context=context, min_count=min_count, runs_dir=runs_dir, device=device, seed=seed,
+                       task=task, src=src, tgt=tgt, log=log, progress=progress, bleu=bleu)
+        return compare_runs([row["run"] for row in rows], sort=sort, bootstrap=bootstrap, seed=seed,
+                            confidence=confidence)
     if bleu:
         rows = compare(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, runs_dir=runs_dir, device=None if runs else device,

@@ -266,6 +266,8 @@ def train(
 def models(fmt: Optional[str] = FormatOpt) -> None:
     """Every model family with its options and defaults.
 
+    Mixtures are not listed: they are built from trained runs with `lmkit mix`, and have no options.
+
     [dim]Example:[/] lmkit models --format json
     """
     from . import api
@@ -295,11 +297,16 @@ def score(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
     stride: Optional[int] = typer.Option(None, help="Transformer: sliding-window stride for inputs longer "
                                          "than --block-size (default: half the block; 1 = full context)."),
+    save: bool = typer.Option(False, "--save", help="FILE is the run's own test file: store its per-sequence "
+                              "scores in the run folder (test_scores.npz) for compare --bootstrap. For runs "
+                              "trained before lmkit stored them; refused unless they reproduce run.json."),
 ) -> None:
     """Perplexity of a text under a model, measured by the protocol the model was trained with.
 
     [dim]Examples:[/]
       lmkit score runs/kn5 corpora/shakespeare/test.txt
+
+      lmkit score runs/old-kn5 corpora/shakespeare/test.txt --save   # per-sequence scores for --bootstrap
 
       cat test.txt | lmkit score runs/kn5 - --per-line --format jsonl
 
@@ -310,7 +317,10 @@ def score(
     fmt = _check_format(fmt)
     if per_line and per_token:
         raise typer.BadParameter("choose one of --per-line and --per-token")
-    result = api.score(model, file, src=src, tgt=tgt, device=device, keep_words=per_token, stride=stride)
+    result = api.score(model, file, src=src, tgt=tgt, device=device, keep_words=per_token, stride=stride,
+                       save=save)
+    if result.saved is not None:
+        Messages().info(f"wrote {result.saved}")
     if per_line:
         write_rows(result.score.per_line(), fmt)
     elif per_token:
@@ -428,6 +438,33 @@ def bleu(
     write_record(summary, fmt, title=f"{report.model} on {report.file}")
 
 
+# -- mix --------------------------------------------------------------------------------------------
+@app.command(rich_help_panel="Models")
+def mix(
+    runs: List[Path] = typer.Argument(..., help="Two or more run folders with the same protocol, vocabulary "
+                                      "and valid/test files (any families)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder to write."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural components)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty -o folder."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Interpolate runs of any families; weights fitted by EM on the valid file. Prints only the new run
+    folder's path on stdout (the weights go to stderr); score, generate and compare read it like any run.
+
+    [dim]Example:[/] lmkit mix runs/kn5 runs/lstm -o runs/kn5+lstm
+    """
+    from . import api
+    from .runs import read_record
+
+    run_dir = api.mix(runs, output, device=device, force=force, log=Messages(quiet).info)
+    record = read_record(run_dir)
+    weights = ", ".join(f"{c['label']} {w:.4f}" for c, w in zip(record.config["components"],
+                                                                  record.fit_info["weights"]))
+    n = record.fit_info["em_iterations"]
+    typer.echo(f"weights: {weights} ({n} EM iteration{'' if n == 1 else 's'})", err=True)
+    typer.echo(str(run_dir))
+
+
 # -- export -----------------------------------------------------------------------------------------
 @app.command("export-arpa", rich_help_panel="Models")
 def export_arpa(
@@ -443,6 +480,45 @@ def export_arpa(
 
     path = api.export_arpa(run, output)
     Messages(quiet).info(f"wrote {path}")
+
+
+# -- check ------------------------------------------------------------------------------------------
+@app.command(rich_help_panel="Experiments")
+def check(
+    run: Path = typer.Argument(..., help="Run folder, or an ARPA file (then give TEXTFILE)."),
+    file: Optional[str] = typer.Argument(None, help="Text to check on; '-' reads stdin (default: the run's "
+                                         "test file)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller sample: the version `lmkit train` runs and "
+                               "records in run.json."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Verify that a run's numbers can be trusted: normalisation, causality, batch invariance, save -> load.
+
+    Exit code 1, with the failing check named on stderr, when any check fails.
+
+    [dim]Examples:[/]
+      lmkit check runs/lstm
+
+      lmkit check runs/kn5 corpora/shakespeare/test.txt --format json
+    """
+    from . import api
+    from .errors import LmkitError
+
+    fmt = default_format(_check_format(fmt))
+    report = api.check(run, file, quick=quick, device=device)
+    rows = report.rows()
+    if fmt in ("json", "jsonl"):
+        rows = [{**row, "values": r.values} for row, r in zip(rows, report.results)]
+    write_rows(rows, fmt, title=f"checks of {report.model} ({'quick' if quick else 'full'})")
+    sample = report.sample
+    Messages(quiet).info(f"{sample['sequences']} sequences ({sample['tokens']} tokens) of {sample['file']}, "
+                         f"{report.seconds:.1f} s")
+    if report.failed:
+        first = report.failed[0]
+        names = ", ".join(r.name for r in report.failed)
+        raise LmkitError(f"{run}: check failed: {names} ({first.name}: {first.evidence})")
 
 
 # -- compare and plot -------------------------------------------------------------------------------
@@ -476,11 +552,16 @@ def compare(
                                           rich_help_panel=LINEUP),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (neural models).",
                                          rich_help_panel=LINEUP),
-    seed: int = typer.Option(0, help="Random seed for every model.", rich_help_panel=LINEUP),
+    seed: int = typer.Option(0, help="Random seed for every model of a lineup, and for --bootstrap resampling."),
     sort: Optional[str] = typer.Option(None, help="Sort by this column (-COL: descending). "
                                        "Default: test perplexity, models that are not normalised last."),
     bleu: bool = typer.Option(False, "--bleu", help="Add continuation BLEU on each run's test file (greedy; "
                               "stored in run.json, so computed once). Translation runs always have BLEU."),
+    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", metavar="N", help="Paired bootstrap over test "
+                                            "sequences, N resamples (e.g. 1000): interval of each test perplexity "
+                                            "and of its difference to the best model's, from stored per-sequence "
+                                            "scores (no rescoring)."),
+    confidence: float = typer.Option(0.95, help="--bootstrap: confidence level of the percentile intervals."),
     fmt: Optional[str] = FormatOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -497,6 +578,8 @@ def compare(
 
       lmkit compare runs/* --bleu        # add continuation BLEU to every run
 
+      lmkit compare runs/* --bootstrap 1000 --seed 1   # 95% paired-bootstrap intervals
+
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
@@ -506,10 +589,13 @@ def compare(
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models else None
     rows = api.compare(runs or None, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
-                       task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu)
+                       task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu,
+                       bootstrap=bootstrap, confidence=confidence)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
-        write_rows(display, fmt, columns=columns, highlight=highlight, title="comparison")
+        title = "comparison" if bootstrap is None else (f"comparison ({confidence:.0%} paired bootstrap intervals, "
+                                                        f"{bootstrap} resamples, seed {seed})")
+        write_rows(display, fmt, columns=columns, highlight=highlight, title=title)
     else:
         write_rows(rows, fmt)
 

@@ -25,6 +25,9 @@ COLUMNS = ("rank", "model", "kind", "status", "normalised", "parameters", "train
            "bleu_signature", "tokens_per_second", "note", "run")
 LOWER_IS_BETTER = ("valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
 HIGHER_IS_BETTER = ("bleu",)
+# With --bootstrap N, placed after test_ppl: paired-bootstrap percentile intervals (evaluate/bootstrap.py)
+BOOTSTRAP_COLUMNS = ("test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi", "p_worse_than_best")
+NO_SCORES_NOTE = "no per-sequence scores (retrain or rescore: lmkit score RUN TEST --save)"
 
 # The default lineup (`lmkit compare` without arguments): five families on the bundled corpus.
 DEFAULT_LINEUP = ("ngram:laplace3", "ngram:kn5", "mlp", "lstm", "transformer")
@@ -138,6 +141,10 @@ def _row(path: str, record: RunRecord, char_level: bool) -> dict:
         notes.append("partly trained")
     if test and test.get("perplexity") is None:
         notes.append("infinite test perplexity")
+    if not record.checks:  # `lmkit check` never ran on it (older runs): its numbers are unverified
+        notes.append("unchecked")
+    elif not record.checks.get("ok", False):
+        notes.append("check failed")
     row = {
         "rank": None,
         "model": record.label,
@@ -189,20 +196,98 @@ def sort_rows(rows: list[dict], column: str) -> list[dict]:
     return sorted(present, key=lambda r: r[name], reverse=descending) + empty
 
 
-def compare_runs(paths: Sequence[str | Path], sort: str | None = None) -> list[dict]:
-    """One row per run folder, refused (IncomparableError) unless all were measured the same way."""
+# -- confidence intervals ---------------------------------------------------------------------------
+def check_bootstrap(n: int, confidence: float) -> None:
+    """Refuse bad --bootstrap/--confidence values before anything is read or trained."""
+    if n < 1:
+        raise UsageError(f"--bootstrap needs at least 1 resample, got {n} (1000 is a good choice)")
+    if not 0.0 < confidence < 1.0:
+        raise UsageError(f"--confidence must be between 0 and 1, e.g. 0.95; got {confidence}")
+
+
+def _add_note(row: dict, text: str) -> None:
+    row["note"] = f"{row['note']}; {text}" if row.get("note") else text
+
+
+def _bootstrap_input(row: dict, path: str, record: RunRecord):
+    """(per-sequence scores, None) when this run can be resampled, else (None, why not)."""
+    from .evaluate.per_sequence import load_test_scores
+
+    if not row["normalised"]:
+        return None, "no confidence interval"
+    if _sha(record, "test") is None or not record.metrics.get("test"):
+        return None, "no test score, no confidence interval"
+    try:
+        scores = load_test_scores(path, record)
+    except ModelError as exc:
+        return None, f"per-sequence scores unusable: {exc.message} (retrain or rescore)"
+    if scores is None:
+        return None, NO_SCORES_NOTE
+    if not scores.finite or row["test_ppl"] is None:
+        return None, "no confidence interval"
+    return scores, None
+
+
+def add_intervals(rows: list[dict], runs: list[tuple[str, RunRecord]], n: int, seed: int = 0,
+                  confidence: float = 0.95) -> None:
+    """Fill BOOTSTRAP_COLUMNS of `rows` (one per run, same order) from each run's stored per-sequence
+    test scores, with one set of resampled sequences for every model (paired).
+
+    A run that cannot be resampled keeps None there and its note says why. The reference for the
+    differences is the best-ranked model with per-sequence scores (rank 1 whenever it has them)."""
+    import numpy as np
+
+    from .evaluate.bootstrap import paired_bootstrap
+
+    check_bootstrap(n, confidence)
+    usable = []
+    for row, (path, record) in zip(rows, runs):
+        row.update(dict.fromkeys(BOOTSTRAP_COLUMNS))
+        scores, why_not = _bootstrap_input(row, path, record)
+        if why_not:
+            _add_note(row, why_not)
+        else:
+            usable.append((row, scores))
+    if not usable:
+        return
+    first, tokens = usable[0][0], usable[0][1].tokens
+    for row, scores in usable[1:]:
+        if not np.array_equal(scores.tokens, tokens):
+            raise IncomparableError(f"{first['run']} and {row['run']} stored per-sequence scores of different "
+                                    "sequences (token counts differ); they cannot be resampled together")
+    best = min(range(len(usable)), key=lambda i: usable[i][0]["rank"])
+    result = paired_bootstrap(np.stack([s.nll for _, s in usable]), tokens, n, seed, confidence, best=best)
+    for i, (row, _) in enumerate(usable):
+        row.update(test_ppl_lo=float(result.ppl_lo[i]), test_ppl_hi=float(result.ppl_hi[i]),
+                   diff_to_best_lo=float(result.diff_lo[i]), diff_to_best_hi=float(result.diff_hi[i]),
+                   p_worse_than_best=float(result.p_worse[i]))
+    if usable[best][0]["rank"] != 1:
+        _add_note(usable[best][0], "bootstrap reference: the best model with per-sequence scores")
+
+
+def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootstrap: int | None = None,
+                 seed: int = 0, confidence: float = 0.95) -> list[dict]:
+    """One row per run folder, refused (IncomparableError) unless all were measured the same way.
+
+    `bootstrap` N adds paired-bootstrap intervals (BOOTSTRAP_COLUMNS, see add_intervals), seeded by `seed`."""
+    if bootstrap is not None:
+        check_bootstrap(bootstrap, confidence)
     runs = read_runs(paths)
     check_comparable(runs)
     char_level = _protocol(runs[0][1]).level == "char"
     rows = [_row(path, record, char_level) for path, record in runs]
     key = "test_ppl" if _sha(runs[0][1], "test") is not None else "valid_ppl"
     _rank(rows, key)
+    if bootstrap is not None:
+        add_intervals(rows, runs, bootstrap, seed, confidence)
     rows.sort(key=lambda r: _default_order(r, key))
     if sort:
         rows = sort_rows(rows, sort)
     keep = [c for c in COLUMNS
             if not (c == "bits_per_char" and not char_level)
             and not (c == "bleu_signature" and all(r[c] is None for r in rows))]
+    if bootstrap is not None:
+        keep[keep.index("test_ppl") + 1:keep.index("test_ppl") + 1] = BOOTSTRAP_COLUMNS
     return [{c: r[c] for c in keep} for r in rows]
 
 
@@ -232,6 +317,11 @@ TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
     "tokens_seen": ("tokens seen", _fixed(0)),
     "valid_ppl": ("valid ppl", _fixed(2)),
     "test_ppl": ("test ppl", _fixed(2)),
+    "test_ppl_lo": ("ppl lo", _fixed(2)),
+    "test_ppl_hi": ("ppl hi", _fixed(2)),
+    "diff_to_best_lo": ("diff lo", _fixed(2)),
+    "diff_to_best_hi": ("diff hi", _fixed(2)),
+    "p_worse_than_best": ("p worse", _fixed(3)),
     "test_ppl_excl_oov": ("excl. OOV", _fixed(2)),
     "test_bits_per_token": ("bits/token", _fixed(3)),
     "bits_per_char": ("bits/char", _fixed(3)),

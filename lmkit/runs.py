@@ -1,6 +1,7 @@
 """Run folders: one directory per trained model, written atomically, read back by every command.
 
-Layout: run.json (the record `compare` reads), vocab.json, the family's weights, metrics.jsonl.
+Layout: run.json (the record `compare` reads), vocab.json, the family's weights, metrics.jsonl, and
+test_scores.npz (per-sequence test scores for `compare --bootstrap`; evaluate/per_sequence.py).
 A run is loaded only when run.json, the vocabulary and the weights agree with each other."""
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class RunRecord:
     device: str = "cpu"
     fit_info: dict = field(default_factory=dict)
     train_config: dict = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)  # `lmkit check` outcome (CheckReport.to_dict); {} = unchecked
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     versions: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))

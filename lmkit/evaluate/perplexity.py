@@ -34,6 +34,11 @@ class Score:
     logprobs: list[np.ndarray] = field(default_factory=list, repr=False)
     targets: list[np.ndarray] = field(default_factory=list, repr=False)
     line_numbers: list[int] = field(default_factory=list, repr=False)
+    # Per scored sequence, kept even when keep=False (three small arrays): what compare --bootstrap
+    # resamples, so intervals need no rescoring. NLL in nats (float64), scored tokens, OOV positions.
+    sequence_nll: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    sequence_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
+    sequence_oov: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
 
     @property
     def cross_entropy_nats(self) -> float:
@@ -127,6 +132,11 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
     with np.errstate(invalid="ignore"):
         nll = float(-lp_all.sum())
         nll_excl = float(-lp_all[~oov_mask].sum())
+    lengths = np.fromiter((len(t) for t in targets), dtype=np.int64, count=len(targets))
+    seq_of = np.repeat(np.arange(len(targets)), lengths)  # sequence index of every scored token
+    with np.errstate(invalid="ignore"):
+        seq_nll = np.bincount(seq_of, weights=-lp_all, minlength=len(targets)).astype(np.float64)
+    seq_oov = np.bincount(seq_of, weights=oov_mask, minlength=len(targets)).astype(np.int64)
     return Score(
         tokens=int(tg_all.size),
         oov=int(oov_mask.sum()),
@@ -140,4 +150,7 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
         logprobs=logprobs if keep else [],
         targets=targets if keep else [],
         line_numbers=encoded.line_numbers if keep else [],
+        sequence_nll=seq_nll,
+        sequence_tokens=lengths,
+        sequence_oov=seq_oov,
     )

@@ -16,6 +16,11 @@ REGISTRY: dict[str, str] = {
     "lstm": "lmkit.models.torchlm:RNNModel",
     "transformer": "lmkit.models.torchlm:TransformerModel",
 }
+# Kinds built from other runs instead of trained (`lmkit mix`): a run folder of this kind loads like any
+# other, but it is no --model spec and has no training options, so `lmkit models` does not list it.
+DERIVED: dict[str, str] = {
+    "mix": "lmkit.models.mix:MixtureModel",
+}
 
 NGRAM_SMOOTHINGS = ("mle", "laplace", "addk", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
 _NGRAM_SPEC = re.compile(r"^(?P<smoothing>[a-z]+(?:-basic)?)(?P<order>\d+)$")
@@ -23,15 +28,18 @@ _NGRAM_SPEC = re.compile(r"^(?P<smoothing>[a-z]+(?:-basic)?)(?P<order>\d+)$")
 
 def family(kind: str):
     """The class registered for `kind` (imported on first use)."""
-    if kind not in REGISTRY:
+    if kind not in REGISTRY and kind not in DERIVED:
         raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(sorted(REGISTRY))}")
-    module, _, name = REGISTRY[kind].partition(":")
+    module, _, name = (REGISTRY.get(kind) or DERIVED[kind]).partition(":")
     return getattr(importlib.import_module(module), name)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
     """'ngram:kn5' -> ('ngram', {'smoothing': 'kn', 'order': 5}); 'lstm' -> ('lstm', {})."""
     kind, _, variant = spec.strip().partition(":")
+    if kind in DERIVED:
+        raise UsageError(f"{kind!r} is not trained: build a mixture from trained runs with "
+                         "lmkit mix RUN RUN... -o OUT")
     if kind not in REGISTRY:
         raise UsageError(f"unknown model {spec!r}; choose one of {', '.join(sorted(REGISTRY))} "
                          "(n-grams as ngram:<smoothing><order>, e.g. ngram:kn5)")

@@ -135,8 +135,8 @@ class TorchLM(LanguageModel):
             lp, state = forward_target_logprobs(net, xt, yt, state)
         return lp.double().cpu().numpy(), state  # one device->host copy per scoring pass
 
-    def _score_stream_stateless(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Bounded-context scoring of one long input with sliding windows (batched)."""
+    def _score_stream_stateless(self, x: np.ndarray, y: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """Bounded-context scoring of one long input with sliding windows (batched, at most `rows` per pass)."""
         max_len, hist = self.max_len, self.history
         if max_len is not None:  # Transformer: windows of block_size moving by `stride`
             size = max_len
@@ -147,7 +147,7 @@ class TorchLM(LanguageModel):
             overlap = hist or 0
         spans = windows(len(x), size, overlap)
         out = np.empty(len(x), dtype=np.float64)
-        per_batch = max(1, SCORE_TOKENS // size)
+        per_batch = max(1, SCORE_TOKENS // size if rows is None else min(rows, SCORE_TOKENS // size))
         for i in range(0, len(spans), per_batch):
             group = spans[i:i + per_batch]
             width = min(size, len(x))
@@ -163,7 +163,7 @@ class TorchLM(LanguageModel):
                 out[first:end] = lp[r, first - start:end - start]
         return out
 
-    def _score_stream(self, sequences: list[np.ndarray]) -> np.ndarray:
+    def _score_stream(self, sequences: list[np.ndarray], rows: int | None = None) -> np.ndarray:
         stream = stream_ids(sequences)
         x, y = stream[:-1], stream[1:]
         if unwrap(self.net).stateful:
@@ -174,20 +174,21 @@ class TorchLM(LanguageModel):
                 lp, state = self._logprobs_of(x[None, i:i + step], y[None, i:i + step], state)
                 out[i:i + step] = lp[0]
             return out
-        return self._score_stream_stateless(x, y)
+        return self._score_stream_stateless(x, y, rows)
 
-    def _score_sentences(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    def _score_sentences(self, sequences: list[np.ndarray], rows: int | None = None) -> list[np.ndarray]:
         out: list[np.ndarray] = [np.empty(0)] * len(sequences)
         fulls = [np.concatenate(([BOS], np.asarray(s, dtype=np.int64), [EOS])) for s in sequences]
         max_len = self.max_len
         short = [i for i, f in enumerate(fulls) if max_len is None or len(f) - 1 <= max_len]
         for i in (i for i, f in enumerate(fulls) if max_len is not None and len(f) - 1 > max_len):
-            out[i] = self._score_stream_stateless(fulls[i][:-1], fulls[i][1:])
+            out[i] = self._score_stream_stateless(fulls[i][:-1], fulls[i][1:], rows)
         short.sort(key=lambda i: len(fulls[i]))
         start = 0
         while start < len(short):
             end = start
-            while end < len(short) and (end - start + 1) * (len(fulls[short[end]]) - 1) <= SCORE_TOKENS:
+            while (end < len(short) and (end - start + 1) * (len(fulls[short[end]]) - 1) <= SCORE_TOKENS
+                   and (rows is None or end - start < rows)):
                 end += 1
             end = max(end, start + 1)
             group = short[start:end]
@@ -199,16 +200,20 @@ class TorchLM(LanguageModel):
             start = end
         return out
 
-    def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
-        """One batched pass: padded sentence batches, or the whole stream (state carried / windows)."""
+    def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """One batched pass: padded sentence batches, or the whole stream (state carried / windows).
+
+        Passes are bounded by SCORE_TOKENS; `batch_size` also caps the rows per pass (sentences or stream
+        windows; a carried-state stream is one row anyway), so `lmkit check` can show that grouping never
+        changes a score. None keeps the token bound alone."""
         was_training = self.net.training
         self.net.eval()
         try:
             if self.protocol.context == "stream":
-                flat = self._score_stream(sequences)
+                flat = self._score_stream(sequences, batch_size)
                 bounds = np.cumsum([len(s) + 1 for s in sequences])[:-1]
                 return list(np.split(flat, bounds))
-            return self._score_sentences(sequences)
+            return self._score_sentences(sequences, batch_size)
         finally:
             self.net.train(was_training)
 

@@ -1,0 +1,109 @@
+"""Per-sequence test scores kept in a run folder (`test_scores.npz`) so `compare --bootstrap` never rescores.
+
+Written when a run scores its test split (and by `lmkit score RUN TEST --save`): for every scored
+sequence its total NLL in nats, its scored tokens and its OOV positions, plus the test file's sha256.
+Plain numeric and string arrays only, read with allow_pickle=False: opening a file cannot run code.
+A file is trusted only when it agrees with run.json (same test file, sequence and token counts, and a
+total NLL equal to the recorded one), so a stale or edited file is refused rather than resampled."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_open
+from ..errors import ModelError
+
+TEST_SCORES_FILE = "test_scores.npz"
+SCHEMA = 1
+# Rescoring on another device or library version moves the total NLL in the last digits, never by more.
+REL_TOL = 1e-6
+
+
+@dataclass
+class SequenceScores:
+    """One entry per scored test sequence, in file order."""
+
+    nll: np.ndarray  # (S,) float64 nats
+    tokens: np.ndarray  # (S,) int64 scored tokens (incl. </s>)
+    oov: np.ndarray  # (S,) int64 <unk> positions among them
+    sha256: str  # of the test file (for a parallel pair: of the pair)
+
+    @classmethod
+    def from_score(cls, score, sha256: str) -> "SequenceScores":
+        """From an evaluate.perplexity.Score (its per-sequence arrays)."""
+        return cls(np.asarray(score.sequence_nll, dtype=np.float64), np.asarray(score.sequence_tokens, np.int64),
+                   np.asarray(score.sequence_oov, np.int64), sha256)
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.nll)))
+
+
+def save_test_scores(run_dir: str | Path, scores: SequenceScores) -> Path:
+    """Write `test_scores.npz` atomically (temp file + rename)."""
+    path = Path(run_dir) / TEST_SCORES_FILE
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, schema=np.int64(SCHEMA), nll=scores.nll, tokens=scores.tokens, oov=scores.oov,
+                 sha256=np.str_(scores.sha256))
+    return path
+
+
+def _read(path: Path) -> SequenceScores:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in ("schema", "nll", "tokens", "oov", "sha256")}
+    except KeyError as exc:
+        raise ModelError(f"{TEST_SCORES_FILE} is incomplete (no {exc.args[0]!r} array)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (not a readable .npz of plain arrays)") from None
+    if arrays["schema"].shape != () or int(arrays["schema"]) != SCHEMA:
+        raise ModelError(f"{TEST_SCORES_FILE} has an unknown schema (expected {SCHEMA})")
+    nll, tokens, oov = arrays["nll"], arrays["tokens"], arrays["oov"]
+    if (nll.ndim != 1 or nll.dtype.kind != "f" or tokens.dtype.kind not in "iu" or oov.dtype.kind not in "iu"
+            or tokens.shape != nll.shape or oov.shape != nll.shape or arrays["sha256"].dtype.kind != "U"):
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (arrays of the wrong type or length)")
+    if np.any(tokens < 1) or np.any(oov < 0) or np.any(oov > tokens):
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (impossible token counts)")
+    return SequenceScores(nll.astype(np.float64), tokens.astype(np.int64), oov.astype(np.int64),
+                          str(arrays["sha256"]))
+
+
+def check_against_record(scores: SequenceScores, record) -> None:
+    """ModelError naming the first disagreement between per-sequence scores and run.json's test entry."""
+    test = record.data.get("test") if isinstance(record.data, dict) else None
+    metrics = record.metrics.get("test") if isinstance(record.metrics, dict) else None
+    if not isinstance(test, dict) or not isinstance(metrics, dict):
+        raise ModelError("run.json records no test score")
+    if scores.sha256 != test.get("sha256"):
+        raise ModelError(f"{TEST_SCORES_FILE} was measured on another test file (sha256 differs)")
+    if len(scores.nll) != test.get("sequences"):
+        raise ModelError(f"{TEST_SCORES_FILE} holds {len(scores.nll)} sequences, run.json's test file "
+                         f"{test.get('sequences')}")
+    if int(scores.tokens.sum()) != metrics.get("tokens") or int(scores.oov.sum()) != metrics.get("oov"):
+        raise ModelError(f"{TEST_SCORES_FILE} counts {int(scores.tokens.sum())} tokens / {int(scores.oov.sum())} "
+                         f"OOV, run.json {metrics.get('tokens')} / {metrics.get('oov')}")
+    total, recorded = float(scores.nll.sum()), metrics.get("nll_nats")
+    if recorded is None:  # run.json stores an infinite NLL as null
+        same = not math.isfinite(total)
+    else:
+        same = math.isfinite(total) and math.isclose(total, recorded, rel_tol=REL_TOL, abs_tol=1e-9)
+    if not same:
+        raise ModelError(f"{TEST_SCORES_FILE} adds up to a test NLL of {total:.6g} nats, run.json records "
+                         f"{recorded if recorded is None else f'{recorded:.6g}'}")
+
+
+def load_test_scores(run_dir: str | Path, record) -> SequenceScores | None:
+    """The run's per-sequence test scores; None when the run has none (trained before they were stored).
+
+    A file that cannot be read or disagrees with run.json is a ModelError with a one-line reason."""
+    path = Path(run_dir) / TEST_SCORES_FILE
+    if not path.is_file():
+        return None
+    scores = _read(path)
+    check_against_record(scores, record)
+    return scores
