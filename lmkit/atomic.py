@@ -12,6 +12,20 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a temp file or folder the permissions a plain open()/mkdir() would have.
+
+    mkstemp/mkdtemp create them private (0600/0700) and a rename keeps that, which would leave run
+    folders unreadable to the group and to others even with a permissive umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temp file next to `path`; rename it over `path` only if the block succeeds.
@@ -21,6 +35,7 @@ def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "ut
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    publish_mode(tmp)
     binary = "b" in mode
     try:
         if path.suffix == ".gz":
@@ -49,6 +64,7 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    publish_mode(tmp, directory=True)
     try:
         yield tmp
         if path.exists():

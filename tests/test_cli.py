@@ -209,3 +209,22 @@ def test_export_arpa_and_score_it(kn_run, tiny_corpus, tmp_path):
     trunc = tmp_path / "trunc.arpa"
     trunc.write_text(arpa.read_text()[: len(arpa.read_text()) // 2])
     fails("score", trunc, tiny_corpus / "test.txt", match="trunc.arpa")
+
+
+def test_run_folders_get_the_permissions_of_a_plain_write(tiny_corpus, tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (private 0600/0700); the result must follow the umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "kn"
+        r = CliRunner().invoke(app, ["train", "--model", "ngram:kn3", "--corpus", str(tiny_corpus), "-o", str(out),
+                                     "-q"])
+        assert r.exit_code == 0, r.stderr
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for f in out.iterdir():
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f

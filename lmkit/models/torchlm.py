@@ -280,9 +280,12 @@ def save_weights(net: torch.nn.Module, path: Path) -> None:
 
     from safetensors.torch import save_model
 
+    from ..atomic import publish_mode
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    publish_mode(tmp)
     try:
         save_model(net, tmp, metadata={"format": "lmkit-torch", "class": type(net).__name__})
         os.replace(tmp, path)
