@@ -753,39 +753,34 @@ def compare(
     stored in the run records so that it is computed once.
     `bootstrap` N adds paired-bootstrap intervals at `confidence` from each run's stored per-sequence
     test scores (resampling seeded by `seed`; no model is rescored)."""
-    from .compare import compare_lineup, compare_runs
+    from .compare import BOOTSTRAP_COLUMNS, COLUMNS, _sort_column, check_bootstrap, compare_lineup, compare_runs
 
+    # every option is checked before a lineup spends minutes training
     if bootstrap is not None:
-        from .compare import BOOTSTRAP_COLUMNS, COLUMNS, _sort_column, check_bootstrap
-
-        check_bootstrap(bootstrap, confidence)  # bad values must not cost a lineup's training
-        if sort:
-            _sort_column(sort, COLUMNS + BOOTSTRAP_COLUMNS)
-        rows = compare(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
-                       context=context, min_count=min_count, runs_dir=runs_dir, device=device, seed=seed,
-                       task=task, src=src, tgt=tgt, log=log, progress=progress, bleu=bleu)
-        return compare_runs([row["run"] for row in rows], sort=sort, bootstrap=bootstrap, seed=seed,
-                            confidence=confidence)
-    if bleu:
-        rows = compare(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
-                       context=context, min_count=min_count, runs_dir=runs_dir, device=None if runs else device,
-                       seed=seed, task=task, src=src, tgt=tgt, log=log, progress=progress)
-        paths = [row["run"] for row in rows]
-        for path in paths:
-            record_bleu(path, device=device or "cpu", log=log)
-        return compare_runs(paths, sort=sort)
+        check_bootstrap(bootstrap, confidence)
+    if sort:
+        _sort_column(sort, COLUMNS + (BOOTSTRAP_COLUMNS if bootstrap is not None else ()))
     if runs:
         lineup_only = {"--corpus": corpus, "--models": models, "--time-budget": time_budget,
                        "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
-                       "-o": runs_dir, "--device": device, "--task": task, "--src": src, "--tgt": tgt}
+                       "-o": runs_dir, "--device": None if bleu else device,  # --bleu decodes on --device
+                       "--task": task, "--src": src, "--tgt": tgt}
         given = [flag for flag, value in lineup_only.items() if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} train a lineup; they do not apply to existing run folders "
                              "(give either RUNS or a lineup)")
-        return compare_runs(runs, sort=sort)
-    return compare_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
-                          min_count=min_count, device=device, seed=seed, sort=sort, runs_dir=runs_dir,
-                          task=task, src=src, tgt=tgt, log=log, progress=progress)
+        paths = list(runs)
+    else:
+        rows = compare_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
+                              min_count=min_count, device=device, seed=seed, runs_dir=runs_dir,
+                              task=task, src=src, tgt=tgt, log=log, progress=progress)
+        paths = [row["run"] for row in rows]
+    if bleu:
+        if runs:
+            compare_runs(paths)  # refuse incomparable runs before spending time on decoding
+        for path in paths:
+            record_bleu(path, device=device or "cpu", log=log)
+    return compare_runs(paths, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
 
 
 def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = _quiet) -> dict:

@@ -60,6 +60,10 @@ app.add_typer(vocab_app, name="vocab", rich_help_panel="Data")
 FormatOpt = typer.Option(None, "--format", "-f", help=f"Output format: {', '.join(FORMATS)} "
                          "(default: table on a terminal, tsv in a pipe).", case_sensitive=False)
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress messages on stderr.")
+# score and bleu on a translation run: which sentence pair to evaluate (train/compare's --src/--tgt are suffixes)
+PairSrcOpt = typer.Option(None, "--src", help="Translation run: source file of the pair to evaluate "
+                          "(default: the run's test pair).")
+PairTgtOpt = typer.Option(None, "--tgt", help="Translation run: target file (scored side / reference translations).")
 
 
 def _check_format(fmt: Optional[str]) -> Optional[str]:
@@ -288,9 +292,8 @@ def score(
     model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz) from any tool."),
     file: Optional[str] = typer.Argument(None, help="Text to score; '-' reads stdin (translation runs: "
                                          "--src/--tgt instead)."),
-    src: Optional[str] = typer.Option(None, "--src", help="Translation run: source side of the pair to score "
-                                      "(default: the run's test pair)."),
-    tgt: Optional[str] = typer.Option(None, "--tgt", help="Translation run: target side (the scored side)."),
+    src: Optional[str] = PairSrcOpt,
+    tgt: Optional[str] = PairTgtOpt,
     per_line: bool = typer.Option(False, "--per-line", help="One record per scored line."),
     per_token: bool = typer.Option(False, "--per-token", help="One record per scored token."),
     fmt: Optional[str] = FormatOpt,
@@ -404,9 +407,8 @@ def bleu(
     model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz)."),
     file: Optional[str] = typer.Argument(None, help="Monolingual test text; '-' reads stdin (translation runs: "
                                          "--src/--tgt instead)."),
-    src: Optional[str] = typer.Option(None, "--src", help="Translation run: source file to translate "
-                                      "(default: the run's test pair)."),
-    tgt: Optional[str] = typer.Option(None, "--tgt", help="Translation run: reference translations, line by line."),
+    src: Optional[str] = PairSrcOpt,
+    tgt: Optional[str] = PairTgtOpt,
     beam: Optional[int] = typer.Option(None, help="Translation run: beam search of this width (default: greedy)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="text (default: score and sacrebleu "
                                       f"signature) or {', '.join(FORMATS)}.", case_sensitive=False),
