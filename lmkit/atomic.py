@@ -1,15 +1,88 @@
-"""Atomic file and directory writes: a reader never sees half of an artifact."""
+"""Atomic file and directory writes: a reader never sees half of an artifact.
+
+Every artifact is written under a temp name beside its target and renamed over it only when complete,
+so a crash, a kill or a full disk leaves the previous version (or nothing) in place. Temp names are
+hidden and recognisable, `.<name>.<pid>.<random>.tmp`: no loader opens them, a shell glob such as
+`runs/*` skips them, and the next write of the same artifact removes those left by a killed writer."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+from .errors import LmkitError
+
+# errno values meaning "no room to write": a full disk, a file-size limit, a quota
+DISK_FULL = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EFBIG", "EDQUOT")) if e is not None)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]*\.tmp$")
+
+
+class DiskFullError(LmkitError):
+    """A write failed for lack of space (ENOSPC, EFBIG from a file-size limit, EDQUOT); nothing was published."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        super().__init__(f"disk full or file too large while writing {path}; nothing was written there "
+                         "(the previous version, if any, is intact)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError for a full disk / file-size limit / quota; also libraries that only say 'os error N'."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return True
+    m = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(exc))
+    return bool(m) and int(m.group(1) or m.group(2)) in DISK_FULL
+
+
+def temp_path(path: Path, directory: bool = False) -> Path:
+    """A fresh hidden temp file (or folder) beside `path`, named after it and this process."""
+    prefix = f".{path.name}.{os.getpid()}."
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove temp files/folders in `folder` (for target `name`, or any) whose writer process is gone.
+
+    A write in progress in another live process is never touched (its pid is in the name)."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if not m or (name is not None and m["name"] != name) or _alive(int(m["pid"])):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def _umask() -> int:
@@ -33,8 +106,8 @@ def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "ut
     A name ending in .gz is gzip-compressed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    clean_stale_temps(path.parent, path.name)
+    tmp = temp_path(path)
     publish_mode(tmp)
     binary = "b" in mode
     try:
@@ -45,8 +118,10 @@ def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "ut
         with fh:
             yield fh
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(path) from None
         raise
 
 
@@ -63,19 +138,43 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     With replace=True an existing directory at `path` is replaced (only after success)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale_temps(path.parent, path.name)
+    tmp = temp_path(path, directory=True)
     publish_mode(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
             if not replace and any(path.iterdir()):
-                raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+                raise LmkitError(f"{path}: folder appeared while this run was being written (another process?); "
+                                 "nothing replaced, use --force to replace it")
+            if _exchange(tmp, path):  # one atomic step: the old folder now sits under the temp name
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = temp_path(path, directory=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, DiskFullError) and tmp in exc.path.parents:
+            raise DiskFullError(path / exc.path.relative_to(tmp)) from None
+        if is_disk_full(exc):
+            raise DiskFullError(path) from None
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

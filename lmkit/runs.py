@@ -56,9 +56,11 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "RunRecord":
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            found = data.get("schema") if isinstance(data, dict) else "?"
-            raise ModelError(f"{where}: not an lmkit run record of schema {SCHEMA} (found {found})")
+        from .artifacts import check_version
+
+        if not isinstance(data, dict) or "schema" not in data:
+            raise ModelError(f"{where}: not an lmkit run record (no schema field)")
+        check_version(where, "run record", data.get("schema"), SCHEMA)
         names = set(cls.__dataclass_fields__)
         try:
             rec = cls(**{k: v for k, v in data.items() if k in names})
@@ -66,7 +68,58 @@ class RunRecord:
             raise ModelError(f"{where}: run record is incomplete ({exc})") from None
         if not isinstance(rec.config, dict) or not isinstance(rec.protocol, dict):
             raise ModelError(f"{where}: run record is damaged (config/protocol are not objects)")
+        try:
+            Protocol.from_dict(rec.protocol)
+        except (TypeError, UsageError) as exc:
+            raise ModelError(f"{where}: run record holds an invalid protocol ({exc})") from None
+        bad = _bad_field(rec)
+        if bad:
+            raise ModelError(f"{where}: run record is damaged ({bad})")
         return rec
+
+
+STATUSES = ("complete", "interrupted", "training")
+# field -> what it must be; a hand-edited run.json that breaks one is refused before any command uses it
+_FIELD_TYPES = {"kind": str, "label": str, "vocab_id": str, "status": str, "data": dict, "metrics": dict,
+                "fit_info": dict, "train_config": dict, "checks": dict, "versions": dict, "device": str}
+
+
+def _number(value: Any, integer: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if integer else value == value
+
+
+def _bad_field(rec: "RunRecord") -> str | None:
+    """The first field of a record whose type or value cannot have been written by lmkit, described."""
+    for name, kind in _FIELD_TYPES.items():
+        value = getattr(rec, name)
+        if not isinstance(value, kind):
+            return f"{name} is {type(value).__name__}, expected {kind.__name__}"
+    if rec.status not in STATUSES:
+        return f"status {rec.status!r} is not one of {', '.join(STATUSES)}"
+    for name, integer in (("parameters", True), ("tokens_seen", True), ("train_seconds", False)):
+        if not _number(getattr(rec, name), integer) or getattr(rec, name) < 0:
+            return f"{name} = {getattr(rec, name)!r}"
+    if rec.seed is not None and not _number(rec.seed, True):
+        return f"seed = {rec.seed!r}"
+    for group in ("data", "metrics"):
+        for split, entry in getattr(rec, group).items():
+            if entry is not None and not isinstance(entry, dict):
+                return f"{group}.{split} is {type(entry).__name__}, expected an object"
+    for split, entry in rec.data.items():
+        if isinstance(entry, dict) and not isinstance(entry.get("sha256"), (str, type(None))):
+            return f"data.{split}.sha256 is not a string"
+    for split, entry in rec.metrics.items():
+        if split == "bleu" or not isinstance(entry, dict):
+            continue
+        for key in ("perplexity", "perplexity_excl_oov", "nll_nats", "cross_entropy_bits"):
+            if entry.get(key) is not None and not _number(entry[key]):
+                return f"metrics.{split}.{key} = {entry[key]!r}"
+        for key in ("tokens", "oov"):
+            if entry.get(key) is not None and not _number(entry[key], True):
+                return f"metrics.{split}.{key} = {entry[key]!r}"
+    return None
 
 
 def versions() -> dict:
@@ -126,6 +179,8 @@ def read_record(run_dir: str | Path) -> RunRecord:
         raise ModelError(f"{run_dir}: not a run folder (no {RUN_FILE})") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ModelError(f"{path}: damaged run record (not valid JSON)") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read run record ({exc.strerror or exc})") from None
     return RunRecord.from_dict(data, str(path))
 
 
@@ -138,7 +193,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     if record.status == "training":
-        raise ModelError(f"{run_dir}: this run never finished writing (status 'training')")
+        raise ModelError(f"{run_dir}: this run is still training or stopped without finishing (status "
+                         f"'training'); continue it with: lmkit train --resume {run_dir}")
     vocab = Vocab.load(run_dir / VOCAB_FILE)
     if vocab.vocab_id != record.vocab_id:
         raise ModelError(f"{run_dir}: vocab.json (id {vocab.vocab_id}) is not the vocabulary this model "
@@ -152,5 +208,15 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         protocol = Protocol.from_dict(record.protocol)
     except (TypeError, ValueError, UsageError) as exc:
         raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
+    check_vocab_matches(run_dir, vocab, protocol)
     model = cls.load(run_dir, config, vocab, protocol, device=device)
     return model, record
+
+
+def check_vocab_matches(run_dir: str | Path, vocab, protocol: Protocol) -> None:
+    """A word vocabulary under a char protocol (or lower-cased vs not) would score garbage: refuse it."""
+    for name in ("level", "lowercase", "normalize"):
+        have, want = getattr(vocab, name), getattr(protocol, name)
+        if have != want:
+            raise ModelError(f"{run_dir}: the vocabulary has {name}={have} but run.json's protocol says "
+                             f"{name}={want}; the run folder was edited or assembled from different runs")

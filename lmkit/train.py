@@ -163,10 +163,43 @@ class _Progress:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_state) -> None:
+# A checkpoint is a folder (weights, trainer.pt, state.json written last) built as checkpoint.new and
+# swapped in whole, so a kill at any moment leaves one complete checkpoint: `checkpoint`, or, inside the
+# swap, checkpoint.new (complete) or checkpoint.old (the previous one). _settle_checkpoint picks it up.
+CHECKPOINT_SCHEMA = 1
+# state.json field -> (type, may be None); older checkpoints may lack the last four (defaults apply)
+STATE_FIELDS = {"step": ("int", False), "epoch": ("int", False), "batch": ("int", False),
+                "tokens_seen": ("int", False), "train_seconds": ("num", False), "best_valid_ppl": ("num", True),
+                "best_step": ("int", True), "evals_since_best": ("int", False), "last_eval_seconds": ("num", False),
+                "stopped": ("str", True)}
+OPTIONAL_STATE = ("best_step", "evals_since_best", "last_eval_seconds", "stopped")
+
+
+def _settle_checkpoint(run_dir: Path) -> Path:
+    """The folder of the last complete checkpoint, finishing a swap that a kill interrupted."""
     ck = run_dir / CHECKPOINT_DIR
-    ck.mkdir(parents=True, exist_ok=True)
-    save_weights(unwrap(net), ck / WEIGHTS)
+    if (ck / "state.json").exists():
+        return ck
+    for side in (run_dir / f"{CHECKPOINT_DIR}.new", run_dir / f"{CHECKPOINT_DIR}.old"):
+        if (side / "state.json").exists():
+            if ck.exists():
+                import shutil
+
+                shutil.rmtree(ck)
+            side.replace(ck)
+            return ck
+    return ck
+
+
+def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_state) -> None:
+    import io
+    import shutil
+
+    from .atomic import DiskFullError, is_disk_full
+
+    _settle_checkpoint(run_dir)
+    ck, new, old = (run_dir / f"{CHECKPOINT_DIR}{s}" for s in ("", ".new", ".old"))
+    shutil.rmtree(new, ignore_errors=True)
     tensors = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                "scaler": scaler.state_dict() if scaler is not None else {}}
     if rnn_state is not None:
@@ -174,27 +207,109 @@ def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_sta
                                                              else (rnn_state,))]
     if torch.cuda.is_available():
         tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
-    tmp = ck / ".trainer.pt.tmp"
-    torch.save(tensors, tmp)
-    tmp.replace(ck / "trainer.pt")
-    write_json(ck / "state.json", {"schema": 1, **state})  # written last: marks the checkpoint complete
+    buf = io.BytesIO()
+    torch.save(tensors, buf)  # into memory: torch's own file errors do not say "disk full"
+    try:
+        new.mkdir(parents=True)
+        save_weights(unwrap(net), new / WEIGHTS)
+        (new / "trainer.pt").write_bytes(buf.getbuffer())
+        write_json(new / "state.json", {"schema": CHECKPOINT_SCHEMA, **state})  # last: marks it complete
+    except BaseException as exc:
+        shutil.rmtree(new, ignore_errors=True)
+        if is_disk_full(exc) or isinstance(exc, DiskFullError):
+            raise DiskFullError(ck) from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if ck.exists():
+        ck.replace(old)
+    new.replace(ck)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checked_state(path: Path, state) -> dict:
+    """state.json as read, refused when it is not what _save_checkpoint writes (hand-edited, damaged)."""
+    from .artifacts import check_version
+
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: damaged checkpoint state (not an object)")
+    check_version(path, "checkpoint", state.get("schema"), CHECKPOINT_SCHEMA)
+    for key, (kind, nullable) in STATE_FIELDS.items():
+        if key not in state and key in OPTIONAL_STATE:
+            continue
+        value = state.get(key)
+        if value is None and nullable and key in state:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = {"int": number and isinstance(value, int), "num": number and math.isfinite(value),
+              "str": isinstance(value, str)}[kind]
+        if not ok or (number and value < 0):
+            raise ModelError(f"{path}: damaged checkpoint state ({key} = {value!r})")
+    return state
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (_settle_checkpoint(run_dir) / "state.json").exists()
+
+
+def _read_state(ck: Path, run_dir: Path) -> dict:
+    try:
+        state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/state.json missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{ck / 'state.json'}: damaged checkpoint state (not valid JSON)") from None
+    return _checked_state(ck / "state.json", state)
+
+
+def _read_trainer(path: Path, device: str, mmap: bool = False) -> dict:
+    """trainer.pt through torch.load(weights_only=True): tensors and plain containers only. A file holding
+    any other pickled object (which could run code) is refused, never executed."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says it all
+            warnings.simplefilter("ignore")
+            tensors = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: checkpoint file is missing") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise ModelError(f"{path}: refused: it holds pickled objects other than tensors, which could run "
+                             "code when loaded (a damaged or tampered file); not loaded") from None
+        raise ModelError(f"{path}: damaged checkpoint (UnpicklingError)") from None
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):  # not torch's zip format (a legacy pickle): read it the plain way
+            return _read_trainer(path, device, mmap=False)
+        raise ModelError(f"{path}: damaged checkpoint (RuntimeError)") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ModelError(f"{path}: damaged checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(tensors, dict) or not isinstance(tensors.get("optimizer"), dict) or not isinstance(
+            tensors.get("torch_rng"), torch.Tensor):
+        raise ModelError(f"{path}: damaged checkpoint (no optimizer state or RNG state)")
+    return tensors
+
+
+def check_checkpoint(run_dir: Path) -> None:
+    """Refuse a damaged, newer or unsafe checkpoint before a resume touches the run folder.
+
+    Cheap: state.json, the weights' header, and trainer.pt memory-mapped (its pickle is still checked)."""
+    from .artifacts import read_safetensors_header
+
+    ck = _settle_checkpoint(run_dir)
+    _read_state(ck, run_dir)
+    if not (ck / WEIGHTS).exists():
+        raise ModelError(f"{ck / WEIGHTS}: weights file is missing")
+    read_safetensors_header(ck / WEIGHTS)
+    _read_trainer(ck / "trainer.pt", "cpu", mmap=True)
 
 
 def load_checkpoint(run_dir: Path, net, device: str):
     """(state dict, tensors) of the last checkpoint; ModelError when it is missing or damaged."""
-    ck = run_dir / CHECKPOINT_DIR
-    try:
-        state = json.loads((ck / "state.json").read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/state.json missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"{ck / 'state.json'}: damaged checkpoint state") from None
+    ck = _settle_checkpoint(run_dir)
+    state = _read_state(ck, run_dir)
     load_weights(unwrap(net), ck / WEIGHTS)
-    try:
-        tensors = torch.load(ck / "trainer.pt", map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise ModelError(f"{ck / 'trainer.pt'}: damaged checkpoint ({exc.__class__.__name__})") from None
-    return state, tensors
+    return state, _read_trainer(ck / "trainer.pt", device)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -229,11 +344,19 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
              "best_valid_ppl": None, "best_step": None, "evals_since_best": 0, "last_eval_seconds": 0.0,
              "stopped": None}
     rnn_state = None
+    if resume and run_dir is not None and not has_checkpoint(run_dir):
+        # killed before its first checkpoint: the same seed replays the same run from the start
+        log("no checkpoint yet (the run stopped before its first evaluation); starting from the beginning")
+        resume = False
     if resume and run_dir is not None:
         saved, tensors = load_checkpoint(run_dir, net, device)
         state.update({k: v for k, v in saved.items() if k in state})
-        optimizer.load_state_dict(tensors["optimizer"])
-        torch.set_rng_state(tensors["torch_rng"].cpu())
+        try:
+            optimizer.load_state_dict(tensors["optimizer"])
+            torch.set_rng_state(tensors["torch_rng"].cpu())
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModelError(f"{run_dir / CHECKPOINT_DIR / 'trainer.pt'}: checkpoint does not match this model "
+                             f"({exc.__class__.__name__})") from None
         if scaler is not None and tensors.get("scaler"):
             scaler.load_state_dict(tensors["scaler"])
         if "rnn_state" in tensors and stateful_stream:
@@ -375,8 +498,11 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         if not metrics_rows or metrics_rows[-1]["step"] != state["step"]:
             evaluate(last_loss)
     except KeyboardInterrupt:
+        state["stopped"] = "interrupted"
+        model.train_state = {k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds",
+                                                   "best_valid_ppl", "best_step", "stopped")}  # for run.json
         if run_dir is not None:
-            _save_checkpoint(run_dir, net, optimizer, scaler, {**state, "stopped": "interrupted"}, rnn_state)
+            _save_checkpoint(run_dir, net, optimizer, scaler, state, rnn_state)
         raise Interrupted(f"interrupted at step {state['step']}; checkpoint written"
                           + (f" — resume with: lmkit train --resume {run_dir}" if run_dir else "")) from None
     finally:
@@ -416,12 +542,12 @@ def _read_metrics(run_dir: Path, upto_step: int) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if row.get("step", 0) <= upto_step:
+            continue  # a damaged line of the curve is dropped; the checkpoint holds what training needs
+        if isinstance(row, dict) and isinstance(row.get("step", 0), int) and row.get("step", 0) <= upto_step:
             row.pop("schema", None)
             rows.append(row)
     return rows

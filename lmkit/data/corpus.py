@@ -1,17 +1,19 @@
 """Find and read corpus files; turn text into id sequences under a protocol.
 
-Every failure to read text (missing, empty, binary, bad UTF-8) is a one-line DataError naming the
-file (and line, for encoding errors)."""
+Every failure to read text (missing, empty, binary, bad UTF-8, a line too long) is a one-line DataError
+naming the file (and the line, for encoding errors and long lines)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from collections import Counter
 from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -54,39 +56,96 @@ class Encoded:
         return total - (int(sum(self.score_from)) if self.score_from is not None else 0)
 
 
+# A line is one scored sequence, held in memory with its tokens; a longer line is almost surely not text
+# (a dump, a minified file, a corpus without newlines) and would cost gigabytes before failing. Refused
+# while reading, so the refusal itself takes bounded memory. LMKIT_MAX_LINE_BYTES raises (or lowers) it.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 1 << 20
+
+
+def max_line_bytes() -> int:
+    """The longest line read_text accepts, in bytes (LMKIT_MAX_LINE_BYTES, else MAX_LINE_BYTES)."""
+    raw = os.environ.get("LMKIT_MAX_LINE_BYTES")
+    if raw is None or not raw.strip():
+        return MAX_LINE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"LMKIT_MAX_LINE_BYTES must be a whole number of bytes, got {raw!r}") from None
+    if value < 1:
+        raise UsageError(f"LMKIT_MAX_LINE_BYTES must be at least 1, got {value}")
+    return value
+
+
+def _read_bounded(stream: BinaryIO, name: str, limit: int) -> bytearray:
+    """All bytes of `stream`, refusing (DataError naming the line) as soon as one line exceeds `limit`.
+
+    Chunks are at most `limit` bytes, so only the line running on from earlier chunks can be too long;
+    a line that starts inside a chunk is shorter than the chunk."""
+    chunk_size = max(1, min(limit, _READ_CHUNK))
+    data = bytearray()
+    lines_before = 0  # newlines before the current (unfinished) line
+    run = 0  # bytes of the current line read so far
+    while True:
+        chunk = stream.read(chunk_size)
+        if not chunk:
+            return data
+        first = chunk.find(b"\n")
+        length = run + (first if first >= 0 else len(chunk))
+        if length > limit:
+            raise DataError(f"{name}: line {lines_before + 1}: longer than {limit:,} bytes; lmkit scores each line "
+                            "as one sequence and keeps it in memory (split the text into lines, or raise the "
+                            "limit with LMKIT_MAX_LINE_BYTES)")
+        if first >= 0:
+            lines_before += chunk.count(b"\n")
+            run = len(chunk) - chunk.rfind(b"\n") - 1
+        else:
+            run = length
+        data += chunk
+
+
 def read_text(path: str | Path) -> Text:
-    """Read a UTF-8 text file, or stdin for '-', into lines (newline and a trailing CR removed)."""
+    """Read a UTF-8 text file, or stdin for '-', into lines.
+
+    Normalised here, for every command alike: a leading UTF-8 BOM is dropped, CRLF and a final CR become
+    LF (a lone CR inside a line stays, and is whitespace between words). Refused with a DataError: a
+    missing, unreadable or empty file (only whitespace and/or a BOM), NUL bytes (binary data, UTF-16),
+    invalid UTF-8 (file and line named) and a line longer than max_line_bytes()."""
+    limit = max_line_bytes()
     if str(path) == "-":
-        data = sys.stdin.buffer.read()
         name = "<stdin>"
+        data = _read_bounded(sys.stdin.buffer, name, limit)
     else:
         p = Path(path)
         name = str(p)
         if p.is_dir():
             raise DataError(f"{name}: is a directory, expected a text file")
         try:
-            data = p.read_bytes()
+            with open(p, "rb") as fh:
+                data = _read_bounded(fh, name, limit)
         except FileNotFoundError:
             raise DataError(f"{name}: file not found") from None
         except OSError as exc:
             raise DataError(f"{name}: cannot read ({exc.strerror})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        del data[:3]
     if not data.strip():
         raise DataError(f"{name}: file is empty")
     if b"\x00" in data:
         raise DataError(f"{name}: looks like a binary file (contains NUL bytes), expected UTF-8 text")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{name}: line {line}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
                         "lmkit reads UTF-8 text only") from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    del data  # the decoded text is all that is kept
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    return Text(name, lines, hashlib.sha256(data).hexdigest())
+    return Text(name, lines, sha256)
 
 
 @dataclass
@@ -234,6 +293,10 @@ def locate(corpus: str | Path | None, train=None, valid=None, test=None, *, need
         d = _corpus_dir(corpus)
         for split in ("train", "valid", "test"):
             setattr(files, split, find_split(d, split))
+    stdin = [f"--{split}" for split, value in (("train", train), ("valid", valid), ("test", test))
+             if value is not None and str(value) == "-"]
+    if len(stdin) > 1:
+        raise UsageError(f"{' and '.join(stdin)} both read stdin ('-'); stdin can be read once, give files")
     for split, value in (("train", train), ("valid", valid), ("test", test)):
         if value is not None:
             setattr(files, split, Path(value) if str(value) != "-" else value)

@@ -88,6 +88,14 @@ class Vocab:
         return [self.tokens[i] for i in ids]
 
     # -- building ---------------------------------------------------------------------------------
+    @staticmethod
+    def check_options(min_count: int, max_size: int | None) -> None:
+        """--min-count and --max-size, checked before any text is read."""
+        if min_count < 1:
+            raise UsageError(f"--min-count must be at least 1, got {min_count}")
+        if max_size is not None and max_size < len(SPECIALS) + 1:
+            raise UsageError(f"--max-size must be at least {len(SPECIALS) + 1}, got {max_size}")
+
     @classmethod
     def build(
         cls,
@@ -101,10 +109,7 @@ class Vocab:
         with_sep: bool = False,
     ) -> "Vocab":
         """Most frequent first (ties by token), keeping tokens seen >= min_count, at most max_size ids."""
-        if min_count < 1:
-            raise UsageError(f"--min-count must be at least 1, got {min_count}")
-        if max_size is not None and max_size < len(SPECIALS) + 1:
-            raise UsageError(f"--max-size must be at least {len(SPECIALS) + 1}, got {max_size}")
+        cls.check_options(min_count, max_size)
         specials = list(SPECIALS) + ([SEP_TOKEN] if with_sep else [])
         unk_count = counts.get("<unk>", 0)
         items = [(t, c) for t, c in counts.items() if t not in specials and t != SEP_TOKEN and c >= min_count]
@@ -149,6 +154,11 @@ class Vocab:
             raise ModelError(f"{path}: not a readable vocabulary file ({exc.__class__.__name__})") from None
         if not isinstance(data, dict) or data.get("kind") != "lmkit-vocab":
             raise ModelError(f"{path}: not an lmkit vocabulary file")
+        from ..artifacts import check_version
+
+        check_version(path, "vocabulary", data.get("schema"), SCHEMA)
+        if not isinstance(data.get("tokens"), list) or not all(isinstance(t, str) for t in data["tokens"]):
+            raise ModelError(f"{path}: vocabulary file is damaged (tokens must be a list of strings)")
         try:
             vocab = cls(
                 list(data["tokens"]),
@@ -161,6 +171,11 @@ class Vocab:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: vocabulary file is incomplete or edited ({exc})") from None
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc.message}") from None
+        if vocab.level not in ("word", "char") or (vocab.normalize is not None
+                                                    and not isinstance(vocab.normalize, str)):
+            raise ModelError(f"{path}: vocabulary file is damaged (level {vocab.level!r})")
         if len(vocab.counts) != len(vocab.tokens):
             raise ModelError(f"{path}: vocabulary file is inconsistent (tokens and counts differ in length)")
         if data.get("vocab_id") != vocab.vocab_id:

@@ -29,8 +29,16 @@ import numpy as np
 
 from ..data.vocab import BOS, EOS, UNK
 from ..errors import UsageError
+from ..validate import check_seed
 
 STRATEGIES = ("greedy", "sample", "beam")
+# Upper bounds: far beyond useful decoding, low enough that a typo fails at once instead of decoding for
+# ever (a beam wider than the hypotheses it can reach never fills, so it never stops early) or overflowing
+# the length normalisation (limit ** length_penalty).
+MAX_DECODE_TOKENS = 1_000_000
+MAX_BEAM = 1000
+MAX_NUM = 10_000
+MAX_LENGTH_PENALTY = 10.0
 ROW_CELLS = 1 << 22  # (rows x V) floats per next_logprobs call: bounds memory, not a protocol choice
 
 
@@ -52,20 +60,22 @@ class Decoding:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.max_tokens < 1:
-            raise UsageError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if not 1 <= self.max_tokens <= MAX_DECODE_TOKENS:
+            raise UsageError(f"--max-tokens must be between 1 and {MAX_DECODE_TOKENS:,}, got {self.max_tokens}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise UsageError(f"--temperature must be a finite number > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.beam < 1:
-            raise UsageError(f"--beam must be at least 1, got {self.beam}")
-        if not (self.length_penalty >= 0 and math.isfinite(self.length_penalty)):
-            raise UsageError(f"--length-penalty must be a finite number >= 0, got {self.length_penalty}")
-        if self.num < 1:
-            raise UsageError(f"--num must be at least 1, got {self.num}")
+        if not 1 <= self.beam <= MAX_BEAM:
+            raise UsageError(f"--beam must be between 1 and {MAX_BEAM:,}, got {self.beam}")
+        if not 0 <= self.length_penalty <= MAX_LENGTH_PENALTY:  # also refuses NaN
+            raise UsageError(f"--length-penalty must be a number from 0 to {MAX_LENGTH_PENALTY:g}, "
+                             f"got {self.length_penalty}")
+        if not 1 <= self.num <= MAX_NUM:
+            raise UsageError(f"--num must be between 1 and {MAX_NUM:,}, got {self.num}")
+        check_seed(self.seed)
         if self.strategy == "greedy" and self.num > 1:
             raise UsageError("greedy decoding has one output per prompt; use --strategy sample or beam for --num > 1")
         if self.strategy == "beam" and self.num > self.beam:

@@ -54,15 +54,31 @@ def save_test_scores(run_dir: str | Path, scores: SequenceScores) -> Path:
 
 
 def _read(path: Path) -> SequenceScores:
+    from ..artifacts import check_npz
+
+    try:
+        check_npz(path)
+    except ModelError as exc:  # named like the other messages here: the caller adds the run folder
+        raise ModelError(f"{TEST_SCORES_FILE}: {exc.message.split(': ', 1)[-1]}") from None
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in ("schema", "nll", "tokens", "oov", "sha256")}
     except KeyError as exc:
         raise ModelError(f"{TEST_SCORES_FILE} is incomplete (no {exc.args[0]!r} array)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):  # numpy refused to unpickle: a pickle is never loaded
+            from ..artifacts import pickle_refusal
+
+            raise ModelError(f"{TEST_SCORES_FILE}: {pickle_refusal(exc, 'per-sequence scores file')}") from None
         raise ModelError(f"{TEST_SCORES_FILE} is damaged (not a readable .npz of plain arrays)") from None
-    if arrays["schema"].shape != () or int(arrays["schema"]) != SCHEMA:
-        raise ModelError(f"{TEST_SCORES_FILE} has an unknown schema (expected {SCHEMA})")
+    except (OSError, EOFError, zipfile.BadZipFile):
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (not a readable .npz of plain arrays)") from None
+    schema = arrays["schema"]
+    if schema.shape != () or schema.dtype.kind not in "iu":
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (schema is not an integer)")
+    from ..artifacts import check_version
+
+    check_version(TEST_SCORES_FILE, "per-sequence scores", int(schema), SCHEMA)
     nll, tokens, oov = arrays["nll"], arrays["tokens"], arrays["oov"]
     if (nll.ndim != 1 or nll.dtype.kind != "f" or tokens.dtype.kind not in "iu" or oov.dtype.kind not in "iu"
             or tokens.shape != nll.shape or oov.shape != nll.shape or arrays["sha256"].dtype.kind != "U"):

@@ -36,7 +36,7 @@ def family(kind: str):
 
 def parse_spec(spec: str) -> tuple[str, dict]:
     """'ngram:kn5' -> ('ngram', {'smoothing': 'kn', 'order': 5}); 'lstm' -> ('lstm', {})."""
-    kind, _, variant = spec.strip().partition(":")
+    kind, colon, variant = spec.strip().partition(":")
     if kind in DERIVED:
         raise UsageError(f"{kind!r} is not trained: build a mixture from trained runs with "
                          "lmkit mix RUN RUN... -o OUT")
@@ -44,6 +44,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         raise UsageError(f"unknown model {spec!r}; choose one of {', '.join(sorted(REGISTRY))} "
                          "(n-grams as ngram:<smoothing><order>, e.g. ngram:kn5)")
     if not variant:
+        if colon:
+            raise UsageError(f"model spec {spec!r} ends in ':'; give a variant (ngram:kn5) or none (ngram)")
         return kind, {}
     if kind != "ngram":
         raise UsageError(f"model {kind!r} takes no ':variant' (got {spec!r})")

@@ -273,36 +273,56 @@ class TorchLM(LanguageModel):
         return dict(self.train_state)
 
 
+WEIGHTS_FORMAT = "lmkit-torch"
+WEIGHTS_VERSION = 1
+
+
 def save_weights(net: torch.nn.Module, path: Path) -> None:
     """safetensors (no pickle); tied weights are stored once. Written to a temp name, then renamed."""
     import os
-    import tempfile
 
     from safetensors.torch import save_model
 
-    from ..atomic import publish_mode
+    from ..atomic import DiskFullError, clean_stale_temps, is_disk_full, publish_mode, temp_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    publish_mode(tmp)
+    clean_stale_temps(path.parent, path.name)
+    tmp = temp_path(path)
     try:
-        save_model(net, tmp, metadata={"format": "lmkit-torch", "class": type(net).__name__})
+        save_model(net, str(tmp), metadata={"format": WEIGHTS_FORMAT, "version": str(WEIGHTS_VERSION),
+                                            "class": type(net).__name__})
+        publish_mode(tmp)  # safetensors recreates the file, so its mode is set after writing
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(path) from None
         raise
 
 
 def load_weights(net: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors file into `net`; refused (one line) when damaged, foreign, newer or mismatched."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    from ..artifacts import check_version, read_safetensors_header
+
     if not path.exists():
         raise ModelError(f"{path}: weights file is missing")
+    meta = read_safetensors_header(path).get("__metadata__") or {}
+    if "format" in meta and meta["format"] != WEIGHTS_FORMAT:
+        raise ModelError(f"{path}: not an lmkit weights file (format {meta['format']!r})")
+    if "version" in meta:
+        version = meta["version"]
+        check_version(path, "weights", int(version) if str(version).isdigit() else version, WEIGHTS_VERSION)
     try:
         missing, unexpected = load_model(net, str(path), strict=False, device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except RuntimeError as exc:  # tensors of the wrong shape: another configuration or vocabulary
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if "size mismatch" in str(exc) or "shape" in str(exc).lower():
+            raise ModelError(f"{path}: weights do not match the model in run.json (tensor shapes differ)") from None
+        raise ModelError(f"{path}: damaged or truncated weights file ({first})") from None
+    except (SafetensorError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise ModelError(f"{path}: damaged or truncated weights file ({first})") from None
     if missing or unexpected:

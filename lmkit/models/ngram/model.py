@@ -263,12 +263,18 @@ class TableModel(LanguageModel):
         """Read model.npz (no pickles); any damage -> one-line ModelError naming the file."""
         if not path.exists():
             raise ModelError(f"{path}: model file not found")
+        from ...artifacts import check_npz
+
         try:
+            check_npz(path)
             with np.load(path, allow_pickle=False) as z:
                 data = {name: z[name] for name in z.files}
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("not an lmkit n-gram model")
+            from ...artifacts import check_version
+
+            check_version(path, "n-gram model", meta.get("version"), FORMAT_VERSION)
             N, V = int(meta["order"]), int(meta["vocab_size"])
             if V != vocab_size:
                 raise ValueError(f"model has {V} vocabulary ids, the vocabulary has {vocab_size}")
@@ -301,6 +307,10 @@ class TableModel(LanguageModel):
         except ModelError:
             raise
         except Exception as exc:  # zip/CRC/EOF/JSON/key errors all mean the same thing to the user
+            if "allow_pickle" in str(exc):  # numpy refused to unpickle: a pickle is never loaded
+                from ...artifacts import pickle_refusal
+
+                raise ModelError(f"{path}: {pickle_refusal(exc, 'n-gram model file')}") from None
             detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             raise ModelError(f"{path}: damaged or incompatible n-gram model file ({detail})") from None
         return NgramIndex(V, keys), est, meta
