@@ -34,29 +34,54 @@ def read_curve(run_dir: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise ModelError(f"{path}:{n}: damaged line (not valid JSON)") from None
+        if isinstance(row, dict) and "schema" in row:
+            from .artifacts import check_version
+            from .runs import SCHEMA
+
+            check_version(f"{path}:{n}", "learning-curve row", row["schema"], SCHEMA)
         if isinstance(row, dict) and isinstance(row.get("valid_ppl"), (int, float)):
             rows.append(row)
     return rows
 
 
-def _matplotlib():
+def image_format(output: str | Path) -> str:
+    """png, svg or pdf from the file name; checked before any work so a typo costs nothing."""
+    fmt = Path(output).suffix.lstrip(".").lower() or "png"
+    if fmt not in FORMATS:
+        raise UsageError(f"{output}: the image format follows the file name; use .png, .svg or .pdf")
+    return fmt
+
+
+def require_matplotlib(command: str = "lmkit plot"):
+    """(Figure, FigureCanvasAgg, LogFormatter), or one usage error naming the extra to install."""
     try:
         import matplotlib  # noqa: F401  (checked first: a submodule may be cached when the package is gone)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import LogFormatter
     except ImportError:
-        raise UsageError("lmkit plot needs matplotlib: pip install 'lmkit[plot]'") from None
+        raise UsageError(f"{command} needs matplotlib: pip install 'lmkit[plot]'") from None
     return Figure, FigureCanvasAgg, LogFormatter
+
+
+def plain_log_ticks(axis, LogFormatter) -> None:
+    """Plain numbers (150, 200) on a log axis rather than 1.5x10^2."""
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def save_figure(fig, output: str | Path) -> Path:
+    """Write the figure atomically in the format its file name asks for."""
+    output = Path(output)
+    with atomic_open(output, "wb") as fh:
+        fig.savefig(fh, format=image_format(output))
+    return output
 
 
 def plot_runs(paths: Sequence[str | Path], output_png: str | Path, log: Log = lambda _: None) -> Path:
     """Draw valid perplexity vs tokens seen and vs wall time for comparable runs; write the image atomically."""
-    output = Path(output_png)
-    fmt = output.suffix.lstrip(".").lower() or "png"
-    if fmt not in FORMATS:
-        raise UsageError(f"{output}: the image format follows the file name; use .png, .svg or .pdf")
-    Figure, FigureCanvasAgg, LogFormatter = _matplotlib()
+    image_format(output_png)
+    Figure, FigureCanvasAgg, LogFormatter = require_matplotlib()
     runs = read_runs(paths)
     check_comparable(runs, aspects=("protocol", "vocabulary", "valid"))
     labels = [record.label for _, record in runs]
@@ -82,12 +107,8 @@ def plot_runs(paths: Sequence[str | Path], output_png: str | Path, log: Log = la
     by_time.set(xlabel="training time (s)")
     for ax in (by_tokens, by_time):
         ax.grid(True, which="both", alpha=0.3)
-    # plain numbers (150, 200) on the log axis rather than 1.5x10^2
-    by_tokens.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    by_tokens.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    plain_log_ticks(by_tokens.yaxis, LogFormatter)
     by_time.legend(fontsize="small")
     protocol = runs[0][1].protocol
     fig.suptitle(f"valid perplexity ({protocol.get('level')} level, {protocol.get('context')} context)")
-    with atomic_open(output, "wb") as fh:
-        fig.savefig(fh, format=fmt)
-    return output
+    return save_figure(fig, output_png)
