@@ -4,6 +4,7 @@ No printing here: progress goes through the `log` callable, results are returned
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import Counter
@@ -21,6 +22,8 @@ from .evaluate.perplexity import Score, score_encoded
 from .models import family, parse_spec
 from .protocol import Protocol
 from .runs import RunRecord, append_metrics, check_output_dir, load_run, read_record, versions, write_record
+from .validate import (check_device_name, check_model_config, check_output_file, check_seed,
+                       check_train_config)
 
 Log = Callable[[str], None]
 
@@ -45,7 +48,12 @@ def build_vocab(
 
     `with_sep`: a joint vocabulary for a parallel corpus (both sides' files given), <sep> as id 4."""
     protocol = Protocol(level=level, lowercase=lowercase, normalize=normalize)
+    Vocab.check_options(min_count, max_size)
+    if output is not None:
+        check_output_file(output)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if sum(str(p) == "-" for p in paths) > 1:
+        raise UsageError("'-' (stdin) is given more than once; stdin can be read once")
     counts: Counter = Counter()
     for p in paths:
         counts.update(count_tokens(read_text(p), protocol))
@@ -58,6 +66,8 @@ def build_vocab(
 
 def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top: int = 20) -> dict:
     """Size, options, most frequent tokens and (optionally) OOV rate on a text."""
+    if top < 0:
+        raise UsageError(f"--top must be at least 0, got {top}")
     vocab = Vocab.load(vocab_path)
     first = 5 if vocab.has_sep else 4  # after the reserved ids
     order = sorted(range(first, len(vocab)), key=lambda i: -vocab.counts[i])[:top]
@@ -173,11 +183,31 @@ def resolve_model(spec: str, options: dict, sets: list[str]):
         values[key] = val
     if "k" in values:
         values["k"] = _parse_k(values["k"])
-    values.update(parse_sets(cls.Config, _split_sets(cls, sets)[0]))
+    set_values = parse_sets(cls.Config, _split_sets(cls, sets)[0])
+    for key, val in set_values.items():
+        if key in values and values[key] != val:
+            raise UsageError(f"--set {key}={val} contradicts {'--model ' + spec if key in from_spec else '--' + key}")
+    values.update(set_values)
     try:
-        return cls, build_config(cls.Config, values)
+        config = build_config(cls.Config, values)
     except ValueError as exc:  # a module's own validation (e.g. d_model % heads)
         raise UsageError(f"{spec}: {exc}") from None
+    if kind == "ngram":
+        _check_smoothing_options(config, values)
+    check_model_config(spec, config)
+    return cls, config
+
+
+# n-gram options that only one smoothing family reads: given with another, they would be silently ignored
+_SMOOTHING_OPTIONS = {"k": ("addk",), "alpha": ("stupid",), "katz_k": ("katz",), "jm_lambdas": ("jm",),
+                      "discount_fallback": ("kn", "kn-basic")}
+
+
+def _check_smoothing_options(config, values: dict) -> None:
+    for key, smoothings in _SMOOTHING_OPTIONS.items():
+        if values.get(key) is not None and config.smoothing not in smoothings:
+            flag = "--k" if key == "k" else f"--set {key}"
+            raise UsageError(f"{flag} applies to {' and '.join(smoothings)} smoothing, not {config.smoothing}")
 
 
 def _train_config(cls, req: TrainRequest):
@@ -190,6 +220,7 @@ def _train_config(cls, req: TrainRequest):
     values.setdefault("seed", req.seed)
     cfg = build_config(TrainConfig, values)
     cfg.validate()
+    check_train_config(cfg)
     return cfg
 
 
@@ -323,8 +354,14 @@ def _quick_checks(model, encoded: dict[str, Encoded], log: Log) -> dict:
     return report.to_dict()
 
 
-def train(req: TrainRequest, log: Log = _quiet) -> Path:
-    """Fit a model on a corpus, score valid/test under the one scoring path, write a run folder."""
+def check_request(req: TrainRequest):
+    """(family class, model config, TrainConfig or None) with every option checked and no data read, so
+    a lineup or a learning curve can refuse a bad option before its first training run."""
+    check_seed(req.seed)
+    if req.vocab is not None and (req.min_count != 1 or req.max_size is not None):
+        raise UsageError("--min-count and --max-size build a vocabulary; with --vocab that vocabulary is used as "
+                         "it is (drop them, or drop --vocab)")
+    Vocab.check_options(req.min_count, req.max_size)
     cls, config = resolve_model(req.model, req.options, req.sets)
     tcfg = _train_config(cls, req) if _is_torch_family(cls) else None
     if tcfg is None and any(v is not None for v in req.train_options.values()):
@@ -334,10 +371,31 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
         from .device import resolve_device, resolve_precision
 
         resolve_precision(tcfg.precision, resolve_device(tcfg.device))
+    return cls, config, tcfg
+
+
+def train(req: TrainRequest, log: Log = _quiet) -> Path:
+    """Fit a model on a corpus, score valid/test under the one scoring path, write a run folder.
+
+    The run folder is locked while it is written (lmkit.runlock): a second writer is refused, not mixed in."""
+    from contextlib import ExitStack
+
+    with ExitStack() as locks:
+        return _train(req, log, locks)
+
+
+def _train(req: TrainRequest, log: Log, locks) -> Path:
+    from .runlock import run_lock
+
+    cls, config, tcfg = check_request(req)
+    if tcfg is not None and tcfg.seq_len is not None and req.context != "stream":
+        raise UsageError("--seq-len sets the window of --context stream; sentence context trains on whole lines "
+                         "(add --context stream, or drop --seq-len)")
     task = _task_for(req)
     files = _locate_splits(req, task)
     out = Path(req.output) if req.output else None
     if out is not None:
+        locks.enter_context(run_lock(out))
         check_output_dir(out, req.force)
 
     vocab = Vocab.load(req.vocab) if req.vocab else None
@@ -352,7 +410,10 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
     data = {s: _split_info(texts[s], encoded[s]) for s in texts}
 
     if tcfg is not None:
-        out = out or _default_run_dir(req.runs_dir, cls.kind)
+        _check_stream_fits(cls, tcfg, protocol, encoded["train"])
+        if out is None:
+            out = _default_run_dir(req.runs_dir, cls.kind)
+            locks.enter_context(run_lock(out))
         return _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, req.force, log,
                             progress=req.progress)
 
@@ -369,7 +430,9 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
         train_seconds=seconds, tokens_seen=encoded["train"].num_tokens, seed=req.seed, device="cpu",
         fit_info=info, versions=versions(), checks=_quick_checks(model, encoded, log),
     )
-    out = out or _default_run_dir(req.runs_dir, model.label)
+    if out is None:
+        out = _default_run_dir(req.runs_dir, model.label)
+        locks.enter_context(run_lock(out))
     with atomic_dir(out, replace=req.force) as tmp:
         vocab.save(tmp / "vocab.json")
         model.save(tmp)
@@ -380,6 +443,20 @@ def train(req: TrainRequest, log: Log = _quiet) -> Path:
     return out
 
 
+def _check_stream_fits(cls, tcfg, protocol: Protocol, train: Encoded) -> None:
+    """Stream context cuts the training stream into --batch-size parallel rows: a batch wider than the
+    stream has no row to train on. Refused here, before a run folder exists, not at the first step."""
+    if protocol.context != "stream":
+        return
+    from .train import _resolved
+
+    batch = _resolved(tcfg, getattr(cls.module, "train_defaults", {})).batch_size
+    targets = sum(len(s) + 1 for s in train.sequences)  # every token and each line's </s> (batching.stream_ids)
+    if targets < batch:
+        raise UsageError(f"--batch-size {batch} is more rows than the training stream has tokens ({targets}): "
+                         f"stream context needs at most {targets} (or use --context sentence)")
+
+
 def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol):
     """Seeded construction on the chosen device (weights identical for the same seed)."""
     import torch
@@ -388,7 +465,14 @@ def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol):
 
     placement = place(tcfg.device, tcfg.precision, tcfg.threads)
     torch.manual_seed(tcfg.seed)
-    model = cls(config, vocab, protocol, device=placement.device)
+    try:
+        model = cls(config, vocab, protocol, device=placement.device)
+    except (RuntimeError, MemoryError) as exc:  # sizes within the limits can still exceed this machine
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, MemoryError) or "allocate" in text or "out of memory" in text.lower():
+            raise UsageError(f"{cls.kind}: the model does not fit in memory on {placement.name}; choose smaller "
+                             f"sizes ({text})") from None
+        raise
     model.placement = placement
     model.train_config = tcfg
     if tcfg.compile:
@@ -417,18 +501,26 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
         record = resume_record
         record.train_config = asdict(tcfg)
         record.device = model.placement.name
+    previous = record.status
     record.status = "training"
     write_record(out, record)
     model.run_dir = out
     log(f"training {model.label} ({model.num_parameters():,} parameters) on {model.placement.name}, "
-        f"{model.placement.precision}, {protocol.context} context")
+        f"{model.placement.precision}, {protocol.context} context, into {out} "
+        f"(after a crash: lmkit train --resume {out})")
     try:
         info = fit(model, encoded["train"], encoded.get("valid"), tcfg, log=log, run_dir=out,
                    progress=progress, resume=resume_record is not None)
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         record.status = "interrupted"
-        record.fit_info = dict(model.train_state)
+        if model.train_state:
+            record.fit_info = dict(model.train_state)
         write_record(out, record)
+        raise
+    except ModelError:  # a checkpoint that does not fit the model: refused before any step, record as it was
+        if resume_record is not None and not model.train_state:
+            record.status = previous
+            write_record(out, record)
         raise
     record.status = "complete"
     record.fit_info = info
@@ -446,37 +538,63 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
 
 def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = _quiet,
            progress: bool = True) -> Path:
-    """Continue an interrupted (or finished) neural run from its last checkpoint.
+    """Continue an interrupted, killed (status 'training') or finished neural run from its last checkpoint.
 
-    Budgets given again replace the stored ones (e.g. more epochs); everything else is as stored."""
+    Budgets given again replace the stored ones (e.g. more epochs); everything else is as stored.
+    The folder is locked like `train`'s, so a resume never runs beside the training it continues."""
+    from .runlock import run_lock
+
+    run_dir = Path(run_dir)
+    read_record(run_dir)  # a missing or foreign folder is refused before a lock file appears beside it
+    with run_lock(run_dir):
+        return _resume(run_dir, train_options, log, progress)
+
+
+def _resume(run_dir: Path, train_options: dict | None, log: Log, progress: bool) -> Path:
     import dataclasses
 
     from .config import config_from_dict
-    from .train import TrainConfig, parse_duration
+    from .runs import check_vocab_matches
+    from .train import TrainConfig, check_checkpoint, has_checkpoint, parse_duration
 
-    run_dir = Path(run_dir)
     record = read_record(run_dir)
-    cls = family(record.kind)
+    try:
+        cls = family(record.kind)
+    except UsageError:
+        raise ModelError(f"{run_dir}: unknown model kind {record.kind!r} in run.json") from None
     if not _is_torch_family(cls):
         raise UsageError(f"{run_dir}: only neural runs can be resumed (this is a {record.kind} run)")
     vocab = Vocab.load(run_dir / "vocab.json")
     if vocab.vocab_id != record.vocab_id:
         raise ModelError(f"{run_dir}: vocab.json does not match run.json")
-    config = config_from_dict(cls.Config, record.config)
-    protocol = Protocol.from_dict(record.protocol)
-    stored = {k: v for k, v in record.train_config.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    try:
+        config = config_from_dict(cls.Config, record.config)
+        protocol = Protocol.from_dict(record.protocol)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        stored = {k: v for k, v in record.train_config.items() if k in fields}
+        tcfg = TrainConfig(**stored)
+        tcfg.validate()
+    except (TypeError, ValueError, UsageError) as exc:
+        raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
+    check_vocab_matches(run_dir, vocab, protocol)
+    if has_checkpoint(run_dir):  # checked before the run folder is touched (status, metrics)
+        check_checkpoint(run_dir)
     for key, val in (train_options or {}).items():
         if val is not None:
             stored[key] = parse_duration(val) if key == "time_budget" else val
     tcfg = TrainConfig(**stored)
     tcfg.validate()
+    check_train_config(tcfg)
     texts = {}
     for split, info in record.data.items():
+        if not isinstance(info, dict) or not info.get("sha256") or not (info.get("path") or info.get("source")):
+            raise ModelError(f"{run_dir}: run.json's data entry for {split!r} is damaged (no path and sha256)")
         text = read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
         if text.sha256 != info["sha256"]:
             raise DataError(f"{info['path']}: changed since the run started (sha256 differs); cannot resume")
         texts[split] = text
     encoded = _encode_splits(texts, vocab, protocol, log)
+    _check_stream_fits(cls, tcfg, protocol, encoded["train"])
     return _train_torch(cls, config, tcfg, vocab, protocol, encoded, record.data, run_dir, False, log,
                         progress=progress, resume_record=record)
 
@@ -486,6 +604,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     """(model, record or None): a run folder or an ARPA file from any tool."""
     from .models.ngram.arpa import is_arpa_path, load_arpa
 
+    check_device_name(device)  # also for models that never use it (n-grams), so a typo is never ignored
     p = Path(path)
     if p.is_file() and is_arpa_path(p):
         return load_arpa(p), None
@@ -589,10 +708,32 @@ def check(run: str | Path, text: str | Path | None = None, *, quick: bool = Fals
     return check_run(run, text, quick=quick, device=device)
 
 
+def verify(*, quick: bool = False, corpus: str | Path | None = None, reference: str | Path | None = None,
+           cases: list[str] | None = None, skip_neural: bool = False, keep: str | Path | None = None,
+           log: Log = _quiet, progress: bool = False):
+    """lmkit.verify.VerifyReport: lmkit's numbers against references it does not compute (hand values,
+    nltk.lm, sacrebleu, published and KenLM perplexities). Quick cases always; `corpus` (PTB) adds the
+    full ones; `cases` are names or globs. Run folders go to a temporary folder unless `keep`."""
+    from .verify import verify as run_verify
+
+    return run_verify(quick=quick, corpus=corpus, reference=reference, names=cases, skip_neural=skip_neural,
+                      keep=keep, log=log, progress=progress)
+
+
+def verify_cases(*, corpus: str | Path | None = None, reference: str | Path | None = None,
+                 cases: list[str] | None = None, skip_neural: bool = False) -> list[dict]:
+    """The verify registry (every case, or those matching `cases`) as rows, without running anything."""
+    from .verify import plan
+
+    chosen = plan(corpus=corpus, reference=reference, names=cases, skip_neural=skip_neural, listing=True)
+    return [c.describe() for c in chosen.cases]
+
+
 def export_arpa(run_path: str | Path, output: str | Path) -> Path:
     """Write a run's n-gram model as an ARPA file (plain or .gz) readable by KenLM and SRILM."""
     from .models.ngram.arpa import write_arpa
 
+    check_output_file(output)
     model, _ = load_model(run_path)
     if model.kind not in ("ngram", "arpa"):
         raise UsageError(f"{run_path}: only n-gram models export to ARPA (this is a {model.kind} model)")
@@ -626,24 +767,30 @@ def _join_prompt(prompt: str, continuation: str, level: str) -> str:
 
 def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
              prompt_file: str | Path | None = None, max_tokens: int = 40, strategy: str | None = None,
-             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, beam: int = 4,
-             length_penalty: float = 0.0, seed: int | None = None, ban_unk: bool = False, num: int = 1,
-             device: str = "cpu", log: Log = _quiet) -> GenerateResult:
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             beam: int | None = None, length_penalty: float | None = None, seed: int | None = None,
+             ban_unk: bool = False, num: int = 1, device: str = "cpu", log: Log = _quiet) -> GenerateResult:
     """Continue prompts (strings, and/or one per line of `prompt_file`, '-' = stdin) with a model.
 
     Prompts are tokenised under the model's protocol; no prompt at all means one unconditional
     generation from <s>. Without a strategy, a sampling option (temperature, top_k, top_p) means
-    `sample`, else `greedy`. Options are checked before the model is loaded (see evaluate.generate)."""
+    `sample`, a beam option (beam, length_penalty) `beam`, else `greedy`; an option of another strategy
+    than the one chosen is refused. Options are checked before the model is loaded (see evaluate.generate)."""
     from .data.tokenize import detokenize, tokenize
     from .evaluate.generate import Decoding
     from .evaluate.generate import generate as decode
 
+    beam_options = [flag for flag, v in (("--beam", beam), ("--length-penalty", length_penalty)) if v is not None]
     if strategy is None:
-        strategy = "sample" if any(v is not None for v in (temperature, top_k, top_p)) else "greedy"
+        strategy = ("sample" if any(v is not None for v in (temperature, top_k, top_p))
+                    else "beam" if beam_options else "greedy")
+    if beam_options and strategy != "beam":
+        raise UsageError(f"{', '.join(beam_options)} only apply to --strategy beam")
     temperature = 1.0 if temperature is None else temperature
     decoding = Decoding(strategy=strategy, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, beam=beam, length_penalty=length_penalty, ban_unk=ban_unk, num=num,
-                        seed=seed)
+                        top_p=top_p, beam=4 if beam is None else beam,
+                        length_penalty=0.0 if length_penalty is None else length_penalty, ban_unk=ban_unk,
+                        num=num, seed=seed)
     texts = [prompts] if isinstance(prompts, str) else list(prompts or [])
     if prompt_file is not None:
         texts += read_text(prompt_file).lines
@@ -744,43 +891,79 @@ def compare(
     progress: bool = False,
     bleu: bool = False,
     bootstrap: int | None = None,
-    confidence: float = 0.95,
+    confidence: float | None = None,
+    seeds: int | None = None,
 ) -> list[dict]:
     """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus.
 
     No runs and no corpus means the default lineup on the bundled corpus (see lmkit.compare).
     `bleu` adds continuation BLEU on each run's own test file (translation runs already have BLEU),
     stored in the run records so that it is computed once.
-    `bootstrap` N adds paired-bootstrap intervals at `confidence` from each run's stored per-sequence
-    test scores (resampling seeded by `seed`; no model is rescored)."""
-    from .compare import BOOTSTRAP_COLUMNS, COLUMNS, _sort_column, check_bootstrap, compare_lineup, compare_runs
+    `bootstrap` N adds paired-bootstrap intervals at `confidence` (default 0.95) from each run's stored
+    per-sequence test scores (resampling seeded by `seed`; no model is rescored).
+    `seeds` K (lineup only) trains each neural model K times, seeds seed..seed+K-1, within the same total
+    time budget, and gives one row per model: means over seeds plus sd columns (lmkit.compare.compare_seeded)."""
+    from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, SEED_COLUMNS, _sort_column, check_bootstrap, check_seeds,
+                          compare_runs, compare_trained, train_lineup)
 
     # every option is checked before a lineup spends minutes training
+    check_seed(seed)
+    if confidence is not None and bootstrap is None:
+        raise UsageError("--confidence sets the level of --bootstrap intervals; give --bootstrap N too")
+    confidence = 0.95 if confidence is None else confidence
     if bootstrap is not None:
         check_bootstrap(bootstrap, confidence)
+    if not runs:
+        _check_lineup_options(models, time_budget, max_tokens, min_count, device)
+    if seeds is not None and not runs:
+        check_seeds(seeds)
     if sort:
-        _sort_column(sort, COLUMNS + (BOOTSTRAP_COLUMNS if bootstrap is not None else ()))
+        _sort_column(sort, COLUMNS + (BOOTSTRAP_COLUMNS if bootstrap is not None else ())
+                     + (SEED_COLUMNS if (seeds or 1) > 1 else ()))
+    groups = None
     if runs:
         lineup_only = {"--corpus": corpus, "--models": models, "--time-budget": time_budget,
                        "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
                        "-o": runs_dir, "--device": None if bleu else device,  # --bleu decodes on --device
-                       "--task": task, "--src": src, "--tgt": tgt}
+                       "--task": task, "--src": src, "--tgt": tgt, "--seeds": seeds}
         given = [flag for flag, value in lineup_only.items() if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} train a lineup; they do not apply to existing run folders "
                              "(give either RUNS or a lineup)")
         paths = list(runs)
     else:
-        rows = compare_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
+        groups = train_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
                               min_count=min_count, device=device, seed=seed, runs_dir=runs_dir,
-                              task=task, src=src, tgt=tgt, log=log, progress=progress)
-        paths = [row["run"] for row in rows]
+                              task=task, src=src, tgt=tgt, seeds=seeds or 1, log=log, progress=progress)
+        paths = [path for group in groups for path in group.runs]
     if bleu:
         if runs:
             compare_runs(paths)  # refuse incomparable runs before spending time on decoding
         for path in paths:
             record_bleu(path, device=device or "cpu", log=log)
+    if groups is not None:  # several seeds of a model make one row
+        return compare_trained(groups, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
     return compare_runs(paths, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
+
+
+def _check_lineup_options(models: list[str] | None, time_budget, max_tokens: int | None, min_count: int | None,
+                          device: str | None) -> None:
+    """A lineup's own options, before its first model trains (each model's options are checked by train)."""
+    if models is not None and not models:
+        raise UsageError("--models lists no model; give a comma-separated lineup such as ngram:kn5,lstm")
+    for spec in models or ():  # a bad spec late in the lineup must not cost the training of the first ones
+        resolve_model(spec, {}, [])
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if min_count is not None:
+        Vocab.check_options(min_count, None)
+    check_device_name(device)
+    if time_budget is not None and not isinstance(time_budget, (int, float)):
+        from .train import parse_duration
+
+        time_budget = parse_duration(time_budget)
+    if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
+        raise UsageError(f"--time-budget must be a finite positive duration, got {time_budget}")
 
 
 def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = _quiet) -> dict:
@@ -812,4 +995,36 @@ def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:
     """Learning curves (valid perplexity vs tokens seen and vs time) of comparable runs as an image."""
     from .plot import plot_runs
 
+    check_output_file(output)
     return plot_runs(runs, output, log=log)
+
+
+def analyze(runs: list[str | Path], by: str | list[str] | None = None, *, order: int = 3,
+            text: str | Path | None = None, train: str | Path | None = None, device: str = "cpu",
+            log: Log = _quiet):
+    """Where each family wins: per-token NLL of comparable runs on their test file (or `text`), bucketed by
+    train frequency of the (order-1)-token history, line length and OOV (lmkit.analyze.Analysis).
+
+    Refused unless the runs share protocol, vocabulary and test file; the frequencies are counted in
+    the recorded train file (refused if missing or changed) or in `train`."""
+    from .analyze import analyze_runs
+
+    return analyze_runs(runs, by, order=order, text=text, train=train, device=device, log=log)
+
+
+def curve(corpus: str | Path | None = None, models: list[str] | None = None,
+          fractions: str | list[float] | None = None, *, time_budget: str | float | None = None,
+          max_tokens: int | None = None, epochs: float | None = None, context: str | None = None,
+          level: str = "word", min_count: int | None = None, sets: list[str] | None = None,
+          device: str | None = None, seed: int = 0, runs_dir: str | Path | None = None,
+          image: str | Path | None = None, log: Log = _quiet, progress: bool = False) -> list[dict]:
+    """Learning curves: each model trained on nested fractions of the train split (one vocabulary from the
+    full split, one protocol), scored on the full test split; one row per (model, fraction), optionally
+    drawn into `image` (test perplexity vs training tokens). See lmkit.curve."""
+    from .curve import learning_curve
+
+    if image is not None:
+        check_output_file(image)
+    return learning_curve(corpus, models, fractions, time_budget=time_budget, max_tokens=max_tokens,
+                          epochs=epochs, context=context, level=level, min_count=min_count, sets=list(sets or ()),
+                          device=device, seed=seed, runs_dir=runs_dir, image=image, log=log, progress=progress)

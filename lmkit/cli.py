@@ -1,13 +1,14 @@
 """The `lmkit` command: parse -> call lmkit.api -> render. No math and no torch here.
 
-One handler (LmkitGroup.invoke) turns every LmkitError into `error: ...` on stderr and its exit code."""
+One handler (LmkitGroup.invoke) turns every LmkitError into `error: ...` on stderr and its exit code;
+LmkitGroup.main does the same for typer's own parse errors and, as a last resort, for bugs."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -17,14 +18,52 @@ from .errors import LmkitError
 from .render import FORMATS, Messages, default_format, write_record, write_rows
 
 
+# click's exception base, from the click that typer runs on (newer typer vendors its own copy)
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _one_line(text: str) -> str:
+    """A message as one stderr line, whatever its source put in it."""
+    return " ".join(str(text).split())
+
+
 class LmkitGroup(TyperGroup):
-    """Click group whose invoke is the CLI's single error boundary."""
+    """Click group whose invoke is the CLI's single error boundary; main() catches what parsing raises
+    before invoke (unknown options, bad numbers, missing arguments), so that is one line too."""
+
+    def main(self, args: Optional[List[str]] = None, prog_name: Optional[str] = None,
+             complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `lmkit vocab`: the help is the answer
+                if exc.format_message().strip():
+                    typer.echo(exc.format_message(), err=True)
+            else:
+                where = f"; see '{exc.ctx.command_path} -h'" if getattr(exc, "ctx", None) is not None else ""
+                typer.echo(f"error: {_one_line(exc.format_message()).rstrip('.')}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        except MemoryError:
+            typer.echo("error: out of memory (use a smaller model, batch, vocabulary or input)", err=True)
+            sys.exit(1)
+        except Exception as exc:  # a bug: still one line, and the traceback on request
+            if os.environ.get("LMKIT_DEBUG"):
+                raise
+            typer.echo(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); this is a bug in lmkit, "
+                       "LMKIT_DEBUG=1 shows the traceback", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LmkitError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
+            typer.echo(f"error: {_one_line(exc.message)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -32,6 +71,13 @@ class LmkitGroup(TyperGroup):
         except BrokenPipeError:  # `lmkit score ... | head`
             sys.stderr.close()
             ctx.exit(0)
+        except OSError as exc:  # a full disk / file-size limit / quota outside lmkit.atomic (e.g. stdout)
+            from .atomic import DISK_FULL
+
+            if exc.errno not in DISK_FULL:
+                raise
+            typer.echo(f"error: disk full or file too large while writing {exc.filename or 'the output'}", err=True)
+            ctx.exit(1)
 
 
 def _typer(**kw) -> typer.Typer:
@@ -147,8 +193,22 @@ NEURAL = "Neural models (mlp, lstm, transformer)"
 BUDGET = "Training (neural models)"
 
 
+def _refuse_beside_resume(ctx: typer.Context, allowed: set[str]) -> None:
+    """--resume continues a run as stored: model, data, vocabulary and output options given with it would be
+    silently ignored, so they are refused (budgets and devices may change; they are `allowed`)."""
+    from .errors import UsageError
+
+    given = [p for p in ctx.command.params if p.name not in allowed and
+             getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
+    if given:
+        flags = ", ".join(max(p.opts, key=len) for p in given)
+        raise UsageError(f"{flags} cannot change a resumed run (it continues as stored); with --resume give only "
+                         "budgets, optimiser and device options")
+
+
 @app.command(rich_help_panel="Models")
 def train(
+    ctx: typer.Context,
     model: str = typer.Option("ngram", "--model", "-m", help="Model spec: ngram:kn5, ngram:laplace3, "
                               "ngram (= ngram:kn3), mlp, lstm, transformer."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and (optionally) test files."),
@@ -249,6 +309,7 @@ def train(
                      "weight_decay": weight_decay, "eval_every": eval_every, "patience": patience,
                      "device": device, "precision": precision, "compile": compile_, "threads": threads}
     if resume is not None:
+        _refuse_beside_resume(ctx, allowed={"resume", "quiet", "compile_", *train_options})
         run_dir = api.resume(resume, train_options, log=msgs.info, progress=not quiet)
     else:
         req = api.TrainRequest(
@@ -361,7 +422,8 @@ def generate(
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="One prompt per line; '-' reads stdin."),
     max_tokens: int = typer.Option(40, help="Most tokens per output (</s> counts as one).", rich_help_panel=DECODING),
     strategy: Optional[str] = typer.Option(None, help="greedy, sample or beam (default: sample when "
-                                           "--temperature/--top-k/--top-p is given, else greedy).",
+                                           "--temperature/--top-k/--top-p is given, beam when --beam or "
+                                           "--length-penalty is, else greedy).",
                                            rich_help_panel=DECODING),
     temperature: Optional[float] = typer.Option(None, help="sample: < 1 sharpens, > 1 flattens (default 1).",
                                                 rich_help_panel=DECODING),
@@ -369,9 +431,11 @@ def generate(
                                         rich_help_panel=DECODING),
     top_p: Optional[float] = typer.Option(None, help="sample: only the most probable tokens holding this much "
                                           "probability, in (0, 1].", rich_help_panel=DECODING),
-    beam: int = typer.Option(4, help="beam: hypotheses kept per prompt.", rich_help_panel=DECODING),
-    length_penalty: float = typer.Option(0.0, help="beam: rank outputs by logprob / length**penalty "
-                                         "(0: by sequence log-probability).", rich_help_panel=DECODING),
+    beam: Optional[int] = typer.Option(None, help="beam: hypotheses kept per prompt (default 4).",
+                                       rich_help_panel=DECODING),
+    length_penalty: Optional[float] = typer.Option(None, help="beam: rank outputs by logprob / length**penalty "
+                                                   "(default 0: by sequence log-probability).",
+                                                   rich_help_panel=DECODING),
     seed: Optional[int] = typer.Option(None, help="sample: random seed; the same seed gives the same text "
                                        "(default: fresh randomness).", rich_help_panel=DECODING),
     ban_unk: bool = typer.Option(False, "--ban-unk", help="Never generate <unk>.", rich_help_panel=DECODING),
@@ -535,7 +599,8 @@ def compare(
     models: Optional[str] = typer.Option(None, help="Comma-separated lineup (default: ngram:laplace3,ngram:kn5,"
                                          "mlp,lstm,transformer).", rich_help_panel=LINEUP),
     time_budget: Optional[str] = typer.Option(None, help="Total neural training time, split evenly between the "
-                                              "neural models (default 3m).", rich_help_panel=LINEUP),
+                                              "neural models and their --seeds runs (default 3m).",
+                                              rich_help_panel=LINEUP),
     max_tokens: Optional[int] = typer.Option(None, help="Budget: training tokens per neural model.",
                                              rich_help_panel=LINEUP),
     context: Optional[str] = typer.Option(None, help="Protocol context for every model: stream (default) or "
@@ -563,7 +628,12 @@ def compare(
                                             "sequences, N resamples (e.g. 1000): interval of each test perplexity "
                                             "and of its difference to the best model's, from stored per-sequence "
                                             "scores (no rescoring)."),
-    confidence: float = typer.Option(0.95, help="--bootstrap: confidence level of the percentile intervals."),
+    confidence: Optional[float] = typer.Option(None, help="--bootstrap: confidence level of the percentile "
+                                               "intervals (default 0.95)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K", help="Train each neural model K times "
+                                        "(seeds SEED..SEED+K-1, sharing its part of --time-budget) and show the "
+                                        "mean ± sample sd over seeds; n-grams are deterministic and train once.",
+                                        rich_help_panel=LINEUP),
     fmt: Optional[str] = FormatOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -582,21 +652,26 @@ def compare(
 
       lmkit compare runs/* --bootstrap 1000 --seed 1   # 95% paired-bootstrap intervals
 
+      lmkit compare --models lstm,transformer --seeds 3 --time-budget 3m   # mean ± sd over 3 seeds
+
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
     from .compare import table_view
 
     fmt = default_format(_check_format(fmt))
-    lineup = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    lineup = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
     rows = api.compare(runs or None, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
                        task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu,
-                       bootstrap=bootstrap, confidence=confidence)
+                       bootstrap=bootstrap, confidence=confidence, seeds=seeds)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
-        title = "comparison" if bootstrap is None else (f"comparison ({confidence:.0%} paired bootstrap intervals, "
+        level = 0.95 if confidence is None else confidence
+        title = "comparison" if bootstrap is None else (f"comparison ({level:.0%} paired bootstrap intervals, "
                                                         f"{bootstrap} resamples, seed {seed})")
+        if seeds is not None and seeds > 1:
+            title += f" -- neural models: mean ± sd over {seeds} seeds"
         write_rows(display, fmt, columns=columns, highlight=highlight, title=title)
     else:
         write_rows(rows, fmt)
@@ -617,6 +692,172 @@ def plot(
     msgs = Messages(quiet)
     path = api.plot(runs, output, log=msgs.warn)
     msgs.info(f"wrote {path}")
+
+
+@app.command(rich_help_panel="Experiments")
+def analyze(
+    runs: List[Path] = typer.Argument(..., help="Run folders with the same protocol, vocabulary and test file."),
+    by: Optional[str] = typer.Option(None, "--by", help="Comma-separated breakdowns: context-frequency, length, "
+                                     "oov (default: all three)."),
+    order: int = typer.Option(3, "--order", help="context-frequency: the history is the n-1 tokens before the "
+                              "target (3: two words)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Analyse this text instead of the runs' test file "
+                                       "('-' reads stdin)."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Count context frequencies in this file "
+                                             "(default: the train file recorded in run.json, refused if missing "
+                                             "or changed)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Where each family wins: per-token NLL of several runs on one test file, by train frequency of the
+    token's history (unseen / 1 / 2-9 / 10+), line length and OOV, with the best run per bucket.
+    The total row is each run's perplexity on the whole file. json: one object; tsv/csv/jsonl: one table
+    with a 'by' column; table/markdown: one rounded table per breakdown.
+
+    [dim]Examples:[/]
+      lmkit analyze runs/kn5 runs/lstm --by context-frequency,length,oov
+
+      lmkit analyze runs/kn5 runs/lstm --order 5 --format json
+    """
+    from . import api
+
+    fmt = default_format(_check_format(fmt))
+    msgs = Messages(quiet)
+    result = api.analyze(runs, by, order=order, text=text, train=train_file, device=device, log=msgs.info)
+    if fmt == "json":
+        write_record(result.to_dict(), fmt)
+    elif fmt == "jsonl":
+        write_rows([{"by": d, **b} for d in result.dimensions for b in result.buckets(d)], fmt)
+    elif fmt in ("tsv", "csv"):
+        write_rows([{"by": d, **row} for d in result.dimensions for row in result.rows(d)], fmt)
+    else:
+        for i, d in enumerate(result.dimensions):
+            if fmt == "markdown":
+                typer.echo(f"{'' if i == 0 else chr(10)}**{result.title(d)}**\n")
+                write_rows(result.display_rows(d), fmt)  # for documents: rounded as in the table
+            else:
+                write_rows(result.display_rows(d), fmt, title=result.title(d))
+    t = result.text
+    msgs.info(f"{t['tokens']:,} scored tokens ({t['oov']:,} <unk>) of {t['path']}; context frequencies from "
+              f"{result.train['path']}")
+
+
+CURVE = "Learning curve"
+
+
+@app.command(rich_help_panel="Experiments")
+def curve(
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and test files (default: "
+                                          "the bundled Shakespeare corpus)."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated models (default: ngram:kn5,lstm)."),
+    fractions: Optional[str] = typer.Option(None, help="Comma-separated fractions of the train split in (0, 1] "
+                                            "(default: 0.01,0.1,1); nested: each is a prefix of the next."),
+    epochs: Optional[float] = typer.Option(None, help="Budget per neural run: passes over its own fraction "
+                                           "(the natural learning-curve budget).", rich_help_panel=CURVE),
+    max_tokens: Optional[int] = typer.Option(None, help="Budget per neural run: training tokens.",
+                                             rich_help_panel=CURVE),
+    time_budget: Optional[str] = typer.Option(None, help="Budget per neural run: wall time, e.g. 90s, 5m "
+                                              "(default 60s when no budget is given).", rich_help_panel=CURVE),
+    context: Optional[str] = typer.Option(None, help="Protocol context for every run: stream (default) or "
+                                          "sentence.", rich_help_panel=CURVE),
+    level: str = typer.Option("word", help="word or char.", rich_help_panel=CURVE),
+    min_count: Optional[int] = typer.Option(None, help="Shared vocabulary (from the full train split): keep "
+                                            "tokens seen at least this often (default 2).", rich_help_panel=CURVE),
+    sets: List[str] = typer.Option([], "--set", help="KEY=VALUE for every neural model, FAMILY.KEY=VALUE for one "
+                                   "(e.g. lstm.hidden=256, lr=3e-3); repeatable.", rich_help_panel=CURVE),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (neural models).",
+                                         rich_help_panel=CURVE),
+    seed: int = typer.Option(0, help="Random seed of every run."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Folder for the run folders, the vocabulary "
+                                            "and the fractions' train files (default: runs/curve-<time>; "
+                                            "$LMKIT_RUNS replaces runs)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also draw test perplexity vs training "
+                                          "tokens into this image (.png, .svg or .pdf; needs matplotlib)."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Learning curves: train models on nested fractions of the train split, score each on the full test split.
+
+    One vocabulary (full train split) and one protocol for all runs; each training set is a prefix of the next.
+
+    [dim]Examples:[/]
+      lmkit curve --corpus ../shared/corpora/ptb --models ngram:kn5,lstm --fractions 0.01,0.1,1 -o curve.png
+
+      lmkit curve --models ngram:kn3,ngram:kn5 --fractions 0.1,0.3,1 --format json
+
+      lmkit curve --models ngram:kn5,lstm --epochs 3 --set lstm.layers=2 --set lstm.hidden=256 -o curve.png
+    """
+    from . import api
+    from .curve import table_view
+
+    fmt = default_format(_check_format(fmt))
+    msgs = Messages(quiet)
+    lineup = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    rows = api.curve(corpus, lineup, fractions, time_budget=time_budget, max_tokens=max_tokens, epochs=epochs,
+                     context=context, level=level, min_count=min_count, sets=sets, device=device, seed=seed,
+                     runs_dir=runs_dir, image=output, log=msgs.info, progress=not quiet)
+    if fmt == "table":
+        display, columns = table_view(rows)
+        write_rows(display, fmt, columns=columns, title="learning curve")
+    else:
+        write_rows(rows, fmt)
+
+
+@app.command(rich_help_panel="Experiments")
+def verify(
+    quick: bool = typer.Option(False, "--quick", help="Only the quick cases (seconds, no data): hand-computed "
+                               "probabilities, nltk.lm and sacrebleu agreement, char-level and perplexity "
+                               "arithmetic."),
+    corpus: Optional[Path] = typer.Option(None, help="The PTB folder: adds the full cases (KN5/KN3 vs published "
+                                          "and KenLM numbers; LSTM and Transformer recipes, ~12 min each)."),
+    reference: Optional[Path] = typer.Option(None, help="KenLM's tiny-shakespeare reference folder (default: "
+                                             "../shared/reference/kenlm/tinyshakespeare when present)."),
+    case: List[str] = typer.Option([], "--case", help="Only this case (repeatable; globs such as 'ptb-kn*')."),
+    skip_neural: bool = typer.Option(False, "--skip-neural", help="Leave out the LSTM and Transformer cases."),
+    list_: bool = typer.Option(False, "--list", help="Print the registry (sources, protocols, tolerances) "
+                               "without running anything."),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="Keep the cases' run folders in this (new or "
+                                        "empty) folder instead of a temporary one."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Check lmkit's numbers against references it does not compute itself; prints a pass/fail table.
+
+    Exit code 1, after the table, when any case fails. Without --corpus only the quick cases run.
+
+    [dim]Examples:[/]
+      lmkit verify --quick
+
+      lmkit verify --corpus ../shared/corpora/ptb --skip-neural
+
+      lmkit verify --corpus ../shared/corpora/ptb --case 'ptb-kn*' --format json
+
+      lmkit verify --list
+    """
+    from . import api
+    from .errors import LmkitError
+
+    fmt = default_format(_check_format(fmt))
+    if list_:
+        rows = api.verify_cases(corpus=corpus, reference=reference, cases=case or None, skip_neural=skip_neural)
+        write_rows(rows, fmt, title=f"lmkit verify: {len(rows)} cases")
+        return
+    report = api.verify(quick=quick, corpus=corpus, reference=reference, cases=case or None,
+                        skip_neural=skip_neural, keep=keep, log=Messages(quiet).info, progress=not quiet)
+    rows = report.rows(numbers=fmt in ("json", "jsonl"))
+    if fmt == "table":  # passing cases' notes are details: the table shows failures' reasons only
+        rows = [row if row["status"] == "fail" else {k: v for k, v in row.items() if k != "note"} for row in rows]
+    passed = len(rows) - len(report.failed)
+    write_rows(rows, fmt, title=f"lmkit verify: {passed} of {len(rows)} cases passed")
+    if report.failed:
+        first = report.failed[0]
+        names = ", ".join(r.case.name for r in report.failed)
+        why = [first.note] if first.note else []
+        if first.measured is not None and first.expected is not None:
+            why.insert(0, f"measured {first.measured:.6g}, expected {first.expected:.6g}")
+        raise LmkitError(f"{len(report.failed)} of {len(rows)} verify cases failed: {names} "
+                         f"({first.case.name}: {'; '.join(why)})")
 
 
 def main() -> None:

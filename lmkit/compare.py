@@ -2,7 +2,8 @@
 
 `compare_runs` reads run.json files only (no weights, no torch) and checks DESIGN.md §2's contract --
 same protocol hash, vocabulary id and evaluated files -- before it builds a single row.
-`compare_lineup` trains a lineup itself under one protocol and one shared vocabulary, then compares it."""
+`compare_lineup` trains a lineup itself under one protocol and one shared vocabulary, then compares it;
+with several seeds per neural model, `compare_seeded` makes one row per model (mean and sd over seeds)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -28,6 +30,12 @@ HIGHER_IS_BETTER = ("bleu",)
 # With --bootstrap N, placed after test_ppl: paired-bootstrap percentile intervals (evaluate/bootstrap.py)
 BOOTSTRAP_COLUMNS = ("test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi", "p_worse_than_best")
 NO_SCORES_NOTE = "no per-sequence scores (retrain or rescore: lmkit score RUN TEST --save)"
+# With --seeds K > 1 (a lineup only): one row per model whose MEAN_COLUMNS are means over its seed runs,
+# plus how many runs it had and the sample sd (ddof=1) of its perplexities (None: trained once, no sd)
+SEED_COLUMNS = ("seeds", "valid_ppl_sd", "test_ppl_sd")
+MEAN_COLUMNS = ("train_seconds", "tokens_seen", "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token",
+                "bits_per_char", "bleu", "tokens_per_second")
+SD_OF = {"valid_ppl": "valid_ppl_sd", "test_ppl": "test_ppl_sd"}
 
 # The default lineup (`lmkit compare` without arguments): five families on the bundled corpus.
 DEFAULT_LINEUP = ("ngram:laplace3", "ngram:kn5", "mlp", "lstm", "transformer")
@@ -197,10 +205,17 @@ def sort_rows(rows: list[dict], column: str) -> list[dict]:
 
 
 # -- confidence intervals ---------------------------------------------------------------------------
+MAX_BOOTSTRAP = 1_000_000  # resamples: the interval of a percentile settles long before (1000 is the usual)
+MAX_SEEDS = 1000  # training runs per neural model: each one shares the lineup's time budget
+
+
 def check_bootstrap(n: int, confidence: float) -> None:
     """Refuse bad --bootstrap/--confidence values before anything is read or trained."""
     if n < 1:
         raise UsageError(f"--bootstrap needs at least 1 resample, got {n} (1000 is a good choice)")
+    if n > MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap {n} is beyond lmkit's limit of {MAX_BOOTSTRAP:,} resamples "
+                         "(1000 is a good choice)")
     if not 0.0 < confidence < 1.0:
         raise UsageError(f"--confidence must be between 0 and 1, e.g. 0.95; got {confidence}")
 
@@ -291,6 +306,87 @@ def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootst
     return [{c: r[c] for c in keep} for r in rows]
 
 
+# -- several seeds per model (compare --seeds) ------------------------------------------------------
+@dataclass(frozen=True)
+class LineupRuns:
+    """The run folders a lineup trained for one model: one per seed, or one for a deterministic family."""
+
+    spec: str
+    runs: tuple[Path, ...]
+    seeds: tuple[int, ...] | None  # None: deterministic (n-grams), trained once whatever --seeds says
+
+
+def check_seeds(seeds: int) -> None:
+    """Refuse a bad --seeds before anything is trained."""
+    if seeds < 1:
+        raise UsageError(f"--seeds needs at least 1 training run per neural model, got {seeds} (3 is a good choice)")
+    if seeds > MAX_SEEDS:
+        raise UsageError(f"--seeds {seeds} is beyond lmkit's limit of {MAX_SEEDS:,} training runs per neural model")
+
+
+def _seed_row(rows: list[dict], seeds: tuple[int, ...] | None) -> dict:
+    """One model's row from its per-seed rows: MEAN_COLUMNS averaged (the mean of per-seed perplexities, as
+    papers report), SD_OF's sample sd (ddof=1); a column empty in any seed run stays empty."""
+    import numpy as np
+
+    out = dict(rows[0], rank=None, seeds=len(rows), valid_ppl_sd=None, test_ppl_sd=None)
+    for col in MEAN_COLUMNS:
+        values = [r.get(col) for r in rows]
+        if col in out and all(v is not None for v in values):
+            out[col] = float(np.mean(values))
+            if col in SD_OF and len(values) > 1:
+                out[SD_OF[col]] = float(np.std(values, ddof=1))
+        elif col in out:
+            out[col] = None
+    out["tokens_seen"] = int(round(out["tokens_seen"] or 0))
+    out["status"] = next((r["status"] for r in rows if r["status"] != "complete"), "complete")
+    out["normalised"] = all(r["normalised"] for r in rows)
+    notes = [n for r in rows if r.get("note") for n in r["note"].split("; ")]
+    notes.append(f"mean ± sd of seeds {', '.join(map(str, seeds))}" if seeds
+                 else "deterministic: trained once, no sd")
+    out["note"] = "; ".join(dict.fromkeys(notes))
+    return out
+
+
+def compare_seeded(groups: Sequence[LineupRuns], sort: str | None = None, *, bootstrap: int | None = None,
+                   seed: int = 0, confidence: float = 0.95) -> list[dict]:
+    """One row per model of a lineup trained with several seeds (SEED_COLUMNS added), ranked by the mean.
+
+    Every run of every seed must be comparable with every other. `bootstrap` N resamples each model's
+    first run (the first seed's; the only one of a deterministic model), paired as in add_intervals."""
+    if bootstrap is not None:
+        check_bootstrap(bootstrap, confidence)
+    per_run = {r["run"]: r for r in compare_runs([p for g in groups for p in g.runs])}  # checks them all
+    rows = [_seed_row([per_run[str(p)] for p in g.runs], g.seeds) for g in groups]
+    firsts = read_runs([g.runs[0] for g in groups])
+    key = "test_ppl" if _sha(firsts[0][1], "test") is not None else "valid_ppl"
+    _rank(rows, key)
+    if bootstrap is not None:
+        add_intervals(rows, firsts, bootstrap, seed, confidence)
+        for row, g in zip(rows, groups):
+            if g.seeds and len(g.seeds) > 1 and row["test_ppl_lo"] is not None:
+                _add_note(row, f"bootstrap interval of the seed-{g.seeds[0]} run only")
+    rows.sort(key=lambda r: _default_order(r, key))
+    if sort:
+        rows = sort_rows(rows, sort)
+    keep = [c for c in next(iter(per_run.values())) if c not in SEED_COLUMNS]
+    keep.insert(keep.index("normalised") + 1, "seeds")
+    for col, sd in SD_OF.items():
+        keep.insert(keep.index(col) + 1, sd)
+    if bootstrap is not None:
+        keep[keep.index("test_ppl_sd") + 1:keep.index("test_ppl_sd") + 1] = BOOTSTRAP_COLUMNS
+    return [{c: r[c] for c in keep} for r in rows]
+
+
+def compare_trained(groups: Sequence[LineupRuns], sort: str | None = None, *, bootstrap: int | None = None,
+                    seed: int = 0, confidence: float = 0.95) -> list[dict]:
+    """The table of a trained lineup: per model one row, aggregated over seeds only when there are several."""
+    if any(g.seeds and len(g.seeds) > 1 for g in groups):
+        return compare_seeded(groups, sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
+    return compare_runs([p for g in groups for p in g.runs], sort=sort, bootstrap=bootstrap, seed=seed,
+                        confidence=confidence)
+
+
 def best_cells(rows: list[dict]) -> dict[str, int]:
     """Column -> index of the row holding the best quality value (perplexities: normalised models only)."""
     best: dict[str, int] = {}
@@ -311,6 +407,7 @@ def _fixed(digits: int) -> Callable[[Any], str]:
 TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
     "rank": ("#", str),
     "model": ("model", str),
+    "seeds": ("seeds", str),
     "status": ("status", str),
     "parameters": ("params", _fixed(0)),
     "train_seconds": ("train s", _fixed(1)),
@@ -339,8 +436,15 @@ def table_view(rows: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]
             return any(r["status"] != "complete" for r in rows)
         return any(r.get(col) is not None for r in rows)
 
+    def cell(row: dict, col: str) -> str | None:
+        if row[col] is None:
+            return None
+        text = TABLE_VIEW[col][1](row[col])
+        sd = row.get(SD_OF.get(col, ""))  # several seeds: "mean ± sd"
+        return f"{text} ± {TABLE_VIEW[col][1](sd)}" if sd is not None else text
+
     cols = [c for c in TABLE_VIEW if rows and c in rows[0] and shown(c)]
-    display = [{TABLE_VIEW[c][0]: None if r[c] is None else TABLE_VIEW[c][1](r[c]) for c in cols} for r in rows]
+    display = [{TABLE_VIEW[c][0]: cell(r, c) for c in cols} for r in rows]
     highlight = {TABLE_VIEW[c][0]: i for c, i in best_cells(rows).items() if c in cols}
     return display, [TABLE_VIEW[c][0] for c in cols], highlight
 
@@ -350,10 +454,10 @@ def _folder_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-")
 
 
-def _lineup_dir(runs_dir: str | Path | None) -> Path:
+def _lineup_dir(runs_dir: str | Path | None, prefix: str = "compare") -> Path:
     if runs_dir is not None:
         return Path(runs_dir)
-    return Path(os.environ.get("LMKIT_RUNS", "runs")) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(os.environ.get("LMKIT_RUNS", "runs")) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
@@ -370,7 +474,26 @@ def _classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def compare_lineup(
+def lineup_model_options(kind: str, vocab_size: int, options: dict[str, dict] | None = None) -> dict:
+    """Model options a lineup gives a neural family (`lmkit compare` and `lmkit curve` alike): the caller's
+    for that family, else LINEUP_OPTIONS plus an adaptive softmax when the vocabulary is large (exact, and
+    ~2-3x faster to train)."""
+    from .models.adaptive import suggested_cutoffs
+
+    if kind in (options or {}):
+        return dict(options[kind])
+    model_opts = dict(LINEUP_OPTIONS.get(kind, {}))
+    if kind in ADAPTIVE_FAMILIES:
+        model_opts["adaptive_cutoffs"] = suggested_cutoffs(vocab_size)
+    return model_opts
+
+
+def compare_lineup(*args: Any, sort: str | None = None, **kwargs: Any) -> list[dict]:
+    """Train a lineup (train_lineup's arguments) and return its comparison table, one row per model."""
+    return compare_trained(train_lineup(*args, sort=sort, **kwargs), sort=sort)
+
+
+def train_lineup(
     corpus: str | Path | None = None,
     models: Sequence[str] | None = None,
     time_budget: str | float | None = None,
@@ -388,24 +511,28 @@ def compare_lineup(
     task: str | None = None,
     src: str | None = None,
     tgt: str | None = None,
+    seeds: int = 1,
     log: Log = lambda _: None,
     progress: bool = False,
-) -> list[dict]:
-    """Train every model on one corpus under ONE protocol and ONE vocabulary, then compare the runs.
+) -> list[LineupRuns]:
+    """Train every model on one corpus under ONE protocol and ONE vocabulary; the run folders per model.
 
     A parallel corpus (`task` translate, inferred from --src/--tgt or a train.src/train.tgt pair) gets a
     joint vocabulary with <sep>, sentence context by default, and every run records its test BLEU.
 
-    `time_budget` is the total neural training time, split evenly between the neural models (n-grams
-    need none); `options` maps a family to model options replacing LINEUP_OPTIONS for it;
-    `train_options` (batch_size, lr, ...) replace LINEUP_TRAIN's and apply to every neural model alike."""
+    `time_budget` is the total neural training time, split evenly between the neural training runs
+    (n-grams need none); `options` maps a family to model options replacing LINEUP_OPTIONS for it;
+    `train_options` (batch_size, lr, ...) replace LINEUP_TRAIN's and apply to every neural model alike.
+    `seeds` K > 1 trains each neural model K times (seeds seed..seed+K-1, folders <model>-seed<s>), each
+    run with 1/K of the model's share of the budget and `max_tokens` each; n-grams are deterministic and
+    train once."""
     from .api import TrainRequest, build_vocab, train
-    from .models.adaptive import suggested_cutoffs
     from .data.corpus import bundled_corpus, is_parallel, locate, locate_pairs
     from .runs import check_output_dir
 
+    check_seeds(seeds)
     if sort:
-        _sort_column(sort)  # a typo must not cost a training run
+        _sort_column(sort, COLUMNS + (SEED_COLUMNS if seeds > 1 else ()))  # a typo must not cost a training run
     corpus = Path(corpus) if corpus is not None else bundled_corpus()
     lineup = _classify(list(models) if models else DEFAULT_LINEUP)
     if task is None:
@@ -425,34 +552,43 @@ def compare_lineup(
         vocab_files, splits = [files.train], {"train": files.train, "valid": files.valid, "test": files.test}
 
     neural = [spec for spec, _, is_neural in lineup if is_neural]
-    per_model = None
+    per_run, budget_text = None, "n-grams only"
     if neural:
         from .train import parse_duration
 
         total = parse_duration(time_budget) if time_budget is not None else DEFAULT_NEURAL_BUDGET
-        per_model = total / len(neural)
+        per_run = total / (len(neural) * seeds)
+        budget_text = (f"{per_run:.0f} s per neural model" if seeds == 1 else
+                       f"{per_run:.0f} s per neural seed run ({total:.0f} s split over {len(neural)} neural model(s) "
+                       f"x {seeds} seeds)")
     elif time_budget is not None:
         log("note: --time-budget ignored: n-gram models train on the whole corpus and need no budget")
+    if seeds > 1:
+        log(f"note: {seeds} seeds per neural model ({seed}..{seed + seeds - 1}); n-grams are deterministic and "
+            "train once")
+    jobs = [(spec, kind, is_neural, s if is_neural and seeds > 1 else None)
+            for spec, kind, is_neural in lineup for s in (range(seed, seed + seeds) if is_neural else (seed,))]
 
     with tempfile.TemporaryDirectory(prefix="lmkit-lineup-") as tmp:
         vocab_path = Path(tmp) / "vocab.json"
         vocab = build_vocab(vocab_files, level=level, min_count=min_count, output=vocab_path,
                             with_sep=task == "translate")
         log(f"lineup on {corpus}: {len(vocab):,} ids (min-count {min_count}), {level} level, {context} context, "
-            f"{f'{per_model:.0f} s per neural model' if per_model else 'n-grams only'}; runs in {out}")
-        paths = []
-        for i, (spec, kind, is_neural) in enumerate(lineup, 1):
-            budget = f", {per_model:.0f} s budget" if is_neural else ""
-            log(f"[{i}/{len(lineup)}] training {spec}{budget}")
+            f"{budget_text}; runs in {out}")
+        paths: dict[str, list[Path]] = {spec: [] for spec, _, _ in lineup}
+        for i, (spec, kind, is_neural, run_seed) in enumerate(jobs, 1):
+            name = spec if run_seed is None else f"{spec} seed {run_seed}"
+            budget = f", {per_run:.0f} s budget" if is_neural else ""
+            log(f"[{i}/{len(jobs)}] training {name}{budget}")
             start = time.perf_counter()
-            neural_opts = {**LINEUP_TRAIN, **(train_options or {}), "time_budget": per_model,
+            neural_opts = {**LINEUP_TRAIN, **(train_options or {}), "time_budget": per_run,
                            "max_tokens": max_tokens, "device": device} if is_neural else {}
-            model_opts = (options or {}).get(kind, LINEUP_OPTIONS.get(kind, {})) if is_neural else {}
-            if kind in ADAPTIVE_FAMILIES and kind not in (options or {}):  # exact, and ~2-3x faster to train
-                model_opts = {**model_opts, "adaptive_cutoffs": suggested_cutoffs(len(vocab))}
+            model_opts = lineup_model_options(kind, len(vocab), options) if is_neural else {}
+            folder = _folder_name(spec) + ("" if run_seed is None else f"-seed{run_seed}")
             req = TrainRequest(model=spec, **splits, vocab=vocab_path, context=context, options=dict(model_opts),
-                               train_options=neural_opts, output=out / _folder_name(spec), seed=seed,
-                               progress=progress)
-            paths.append(train(req, log=lambda msg: log(f"  {msg}")))
-            log(f"[{i}/{len(lineup)}] {spec} done in {time.perf_counter() - start:.0f} s")
-    return compare_runs(paths, sort=sort)
+                               train_options=neural_opts, output=out / folder,
+                               seed=seed if run_seed is None else run_seed, progress=progress)
+            paths[spec].append(train(req, log=lambda msg: log(f"  {msg}")))
+            log(f"[{i}/{len(jobs)}] {name} done in {time.perf_counter() - start:.0f} s")
+    return [LineupRuns(spec, tuple(paths[spec]), tuple(range(seed, seed + seeds)) if is_neural else None)
+            for spec, _, is_neural in lineup]
