@@ -20,6 +20,14 @@ TINY_VALID = "the dog sat on the mat\na cat sat\n"
 TINY_TEST = "the cat sat on the log\nthe bird sat\n"
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own lmkit cache: no test reads or fills the user's ~/.cache/lmkit."""
+    root = tmp_path_factory.mktemp("lmkit-cache")
+    monkeypatch.setenv("LMKIT_CACHE", str(root))
+    return root
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path: Path) -> Path:
     d = tmp_path / "tiny"
