@@ -119,9 +119,9 @@ def test_thousand_resamples_of_four_thousand_sequences_are_fast():
     nll, tokens = fake_test_set(sequences=4000)
     models = np.stack([nll + k * 0.01 * tokens for k in range(5)])
     paired_bootstrap(models[:, :100], tokens[:100], 10)  # warm up numpy/BLAS once
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a loaded CI machine must not fail it, a Python loop per resample does
     paired_bootstrap(models, tokens, 1000, seed=0)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 2.0
 
 
 # -- stored per-sequence scores ---------------------------------------------------------------------
