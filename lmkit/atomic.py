@@ -137,6 +137,7 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
 
     With replace=True an existing directory at `path` is replaced (only after success)."""
     path = Path(path)
+    created = missing_parents(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, path.name)
     tmp = temp_path(path, directory=True)
@@ -158,11 +159,30 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
             os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_if_empty(created)
         if isinstance(exc, DiskFullError) and tmp in exc.path.parents:
             raise DiskFullError(path / exc.path.relative_to(tmp)) from None
         if is_disk_full(exc):
             raise DiskFullError(path) from None
         raise
+
+
+def missing_parents(folder: Path) -> list[Path]:
+    """The folders (deepest first) that creating `folder` will create, to remove again if left empty."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """A write that failed leaves no empty folders it made behind (a non-empty one stays)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import missing_parents, remove_if_empty
 from .errors import LmkitError
 
 try:
@@ -45,29 +46,11 @@ def run_lock(target: str | Path) -> Iterator[Path]:
     if fcntl is None:
         yield path
         return
-    created = _missing_parents(path.parent)
+    created = missing_parents(path.parent)
     try:
         yield from _hold(target, path)
     finally:
-        _remove_if_empty(created)
-
-
-def _missing_parents(folder: Path) -> list[Path]:
-    """The folders (deepest first) that creating `folder` will create: removed again if left empty."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """A run that failed before writing anything leaves no empty `runs/` behind (a non-empty one stays)."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
+        remove_if_empty(created)
 
 
 def _hold(target: str | Path, path: Path) -> Iterator[Path]:

@@ -29,6 +29,8 @@ class Batch:
 
 def stream_ids(sequences: list[np.ndarray]) -> np.ndarray:
     """One <s> at the very start, then every sequence followed by </s> (stream context)."""
+    if hasattr(sequences, "stream"):  # a token file's view (lmkit.data.tokenfile) builds it in one vectorised pass
+        return sequences.stream()
     parts = [np.array([BOS], dtype=np.int64)]
     for s in sequences:
         parts.append(np.asarray(s, dtype=np.int64))

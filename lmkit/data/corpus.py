@@ -10,6 +10,8 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +38,15 @@ class Text:
 
 @dataclass
 class Encoded:
-    """A text as id sequences: one array per scored line (without <s>/</s>)."""
+    """A text as id sequences: one array per scored line (without <s>/</s>).
+
+    `sequences` and `line_numbers` are lists, or lazy list-like views over a memory-mapped token file
+    (lmkit.data.tokenfile): only len, indexing, slicing and iteration may be relied on."""
 
     name: str
     sha256: str
-    sequences: list[np.ndarray]
-    line_numbers: list[int]  # 1-based line of each sequence in the input
+    sequences: Sequence[np.ndarray]
+    line_numbers: Sequence[int]  # 1-based line of each sequence in the input
     skipped_blank_lines: int = 0
     reserved_tokens: int = 0  # literal <s>, </s>, <pad> mapped to <unk>
     characters: int = 0  # char level: code points in scored sequences (for bits per char)
@@ -52,7 +57,8 @@ class Encoded:
     @property
     def num_tokens(self) -> int:
         """Scored tokens: every token (target tokens only for parallel data) plus one </s> per sequence."""
-        total = int(sum(len(s) for s in self.sequences)) + len(self.sequences)
+        ids = getattr(self.sequences, "num_ids", None)  # a token file view knows it without a pass
+        total = (int(ids) if ids is not None else int(sum(len(s) for s in self.sequences))) + len(self.sequences)
         return total - (int(sum(self.score_from)) if self.score_from is not None else 0)
 
 
@@ -77,31 +83,120 @@ def max_line_bytes() -> int:
     return value
 
 
-def _read_bounded(stream: BinaryIO, name: str, limit: int) -> bytearray:
-    """All bytes of `stream`, refusing (DataError naming the line) as soon as one line exceeds `limit`.
+@contextmanager
+def _open_bytes(path: str | Path, name: str) -> Iterator[BinaryIO]:
+    """The bytes of a file, or of stdin for '-'; a missing or unreadable file is a DataError naming it."""
+    if str(path) == "-":
+        yield sys.stdin.buffer
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{name}: is a directory, expected a text file")
+    try:
+        fh = open(p, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{name}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror})") from None
+    with fh:
+        yield fh
 
-    Chunks are at most `limit` bytes, so only the line running on from earlier chunks can be too long;
-    a line that starts inside a chunk is shorter than the chunk."""
-    chunk_size = max(1, min(limit, _READ_CHUNK))
-    data = bytearray()
-    lines_before = 0  # newlines before the current (unfinished) line
-    run = 0  # bytes of the current line read so far
-    while True:
-        chunk = stream.read(chunk_size)
-        if not chunk:
-            return data
-        first = chunk.find(b"\n")
-        length = run + (first if first >= 0 else len(chunk))
-        if length > limit:
-            raise DataError(f"{name}: line {lines_before + 1}: longer than {limit:,} bytes; lmkit scores each line "
-                            "as one sequence and keeps it in memory (split the text into lines, or raise the "
-                            "limit with LMKIT_MAX_LINE_BYTES)")
-        if first >= 0:
-            lines_before += chunk.count(b"\n")
-            run = len(chunk) - chunk.rfind(b"\n") - 1
-        else:
-            run = length
-        data += chunk
+
+def _text_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(Path(path))
+
+
+class LineReader:
+    """The lines of a UTF-8 text file (or stdin for '-'), read and checked one block at a time.
+
+    Iterating yields lists of lines, each block holding whole lines from about `block_bytes` of input, so
+    memory is bounded by the block (and the longest line), not the file. The rules are read_text's (which
+    is built on this): a leading BOM is dropped, CRLF and a final CR become LF, and a DataError refuses a
+    missing or empty file, NUL bytes, invalid UTF-8 (line named) and a line over max_line_bytes(). Checks
+    run block by block, so in a file with several defects the first block's defect is the one reported.
+    `sha256` (of the bytes after the BOM) is set once the last line has been read."""
+
+    def __init__(self, path: str | Path, block_bytes: int = _READ_CHUNK):
+        self.path = path
+        self.name = _text_name(path)
+        self.block_bytes = block_bytes
+        self.sha256: str | None = None
+
+    def __iter__(self) -> Iterator[list[str]]:
+        limit = max_line_bytes()
+        with _open_bytes(self.path, self.name) as stream:
+            try:
+                yield from self._blocks(stream, limit)
+            except OSError as exc:
+                raise DataError(f"{self.name}: cannot read ({exc.strerror})") from None
+
+    def _blocks(self, stream: BinaryIO, limit: int) -> Iterator[list[str]]:
+        # Raw chunks are at most `limit` bytes, so only the line running on from earlier chunks can be too
+        # long; a line that starts inside a chunk is shorter than the chunk. Refusals keep read_text's order
+        # of precedence for a file with several defects (a too-long line anywhere, then NUL bytes anywhere,
+        # then the first invalid UTF-8): after the first NUL or bad byte nothing more is decoded or yielded,
+        # the rest is only scanned.
+        chunk_size = max(1, min(limit, self.block_bytes))
+        hasher = hashlib.sha256()
+        newlines_read = 0  # newlines in every chunk read so far (for the too-long message)
+        run = 0  # bytes of the unfinished last line read so far
+        lines_before = 0  # lines in the blocks already decoded (for the invalid UTF-8 message)
+        tail = bytearray()  # the unfinished last line, carried into the next block (grows in place)
+        first, content = True, False
+        binary = f"{self.name}: looks like a binary file (contains NUL bytes), expected UTF-8 text"
+        defect: str | None = None  # the refusal to raise at the end, once the whole input was scanned
+        while True:
+            chunk = stream.read(chunk_size)
+            if chunk:
+                nl = chunk.find(b"\n")
+                length = run + (nl if nl >= 0 else len(chunk))
+                if length > limit:
+                    raise DataError(f"{self.name}: line {newlines_read + 1}: longer than {limit:,} bytes; lmkit "
+                                    "scores each line as one sequence and keeps it in memory (split the text into "
+                                    "lines, or raise the limit with LMKIT_MAX_LINE_BYTES)")
+                if nl >= 0:
+                    newlines_read += chunk.count(b"\n")
+                    run = len(chunk) - chunk.rfind(b"\n") - 1
+                else:
+                    run = length
+                if b"\x00" in chunk:
+                    defect = binary
+                if defect is not None:
+                    continue
+                if nl < 0:
+                    tail += chunk
+                    continue
+                last = chunk.rfind(b"\n")
+                block, tail = bytes(tail) + chunk[:last + 1], bytearray(chunk[last + 1:])
+            elif defect is not None:
+                raise DataError(defect)
+            else:
+                block, tail = bytes(tail), bytearray()
+            if first and block.startswith(b"\xef\xbb\xbf"):
+                block = block[3:]
+            first = False
+            hasher.update(block)
+            content = content or bool(block.strip())
+            try:
+                text = block.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = lines_before + block.count(b"\n", 0, exc.start) + 1
+                defect = (f"{self.name}: line {line}: invalid UTF-8 (byte 0x{block[exc.start]:02x}); "
+                          "lmkit reads UTF-8 text only")
+                if not chunk:
+                    raise DataError(defect) from None
+                continue
+            lines_before += block.count(b"\n")
+            lines = text.split("\n")
+            if lines[-1] == "":
+                lines.pop()
+            if lines:
+                yield [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+            if not chunk:
+                break
+        if not content:
+            raise DataError(f"{self.name}: file is empty")
+        self.sha256 = hasher.hexdigest()
 
 
 def read_text(path: str | Path) -> Text:
@@ -110,42 +205,30 @@ def read_text(path: str | Path) -> Text:
     Normalised here, for every command alike: a leading UTF-8 BOM is dropped, CRLF and a final CR become
     LF (a lone CR inside a line stays, and is whitespace between words). Refused with a DataError: a
     missing, unreadable or empty file (only whitespace and/or a BOM), NUL bytes (binary data, UTF-16),
-    invalid UTF-8 (file and line named) and a line longer than max_line_bytes()."""
-    limit = max_line_bytes()
-    if str(path) == "-":
-        name = "<stdin>"
-        data = _read_bounded(sys.stdin.buffer, name, limit)
-    else:
-        p = Path(path)
-        name = str(p)
-        if p.is_dir():
-            raise DataError(f"{name}: is a directory, expected a text file")
+    invalid UTF-8 (file and line named) and a line longer than max_line_bytes(). (LineReader reads it.)"""
+    reader = LineReader(path)
+    lines: list[str] = []
+    for block in reader:
+        lines += block
+    return Text(reader.name, lines, reader.sha256 or "")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 read_text gives a file (of its bytes after a leading BOM), computed in chunks without
+    decoding: looking up a cached token file costs one pass over the bytes and no memory."""
+    name = _text_name(path)
+    hasher = hashlib.sha256()
+    step = 1 << 18
+    with _open_bytes(path, name) as stream:
         try:
-            with open(p, "rb") as fh:
-                data = _read_bounded(fh, name, limit)
-        except FileNotFoundError:
-            raise DataError(f"{name}: file not found") from None
+            head = stream.read(step)
+            hasher.update(memoryview(head)[3:] if head.startswith(b"\xef\xbb\xbf") else head)
+            del head
+            while chunk := stream.read(step):
+                hasher.update(chunk)
         except OSError as exc:
             raise DataError(f"{name}: cannot read ({exc.strerror})") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        del data[:3]
-    if not data.strip():
-        raise DataError(f"{name}: file is empty")
-    if b"\x00" in data:
-        raise DataError(f"{name}: looks like a binary file (contains NUL bytes), expected UTF-8 text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{name}: line {line}: invalid UTF-8 (byte 0x{data[exc.start]:02x}); "
-                        "lmkit reads UTF-8 text only") from None
-    sha256 = hashlib.sha256(data).hexdigest()
-    del data  # the decoded text is all that is kept
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    return Text(name, lines, sha256)
+    return hasher.hexdigest()
 
 
 @dataclass
@@ -280,6 +363,15 @@ def find_split(directory: Path, split: str) -> Path | None:
 def _corpus_dir(corpus: str | Path) -> Path:
     d = Path(corpus)
     if not d.exists():
+        from ..datasets.registry import CORPORA
+
+        if str(corpus) in CORPORA:  # a known corpus name, no such local folder: the downloaded copy
+            from ..datasets.store import cached_path
+
+            cached = cached_path(str(corpus))
+            if cached is None:
+                raise DataError(f"corpus {corpus} is not downloaded yet; run `lmkit corpus download {corpus}`")
+            return cached
         raise DataError(f"{d}: corpus directory not found")
     if not d.is_dir():
         raise DataError(f"{d}: --corpus expects a directory with train/valid/test files")
@@ -344,8 +436,9 @@ def split_sides(directory: Path, split: str) -> dict[str, Path]:
 def is_parallel(corpus: str | Path) -> bool:
     """True when the folder's train split is a pair: train.src + train.tgt, or exactly two suffixes of
     one stem other than .txt (train.de + train.en). Used to infer --task translate."""
-    d = Path(corpus)
-    if not d.is_dir():
+    try:
+        d = _corpus_dir(corpus)  # also a downloaded corpus given by name
+    except DataError:
         return False
     sides = split_sides(d, "train")
     return {"src", "tgt"} <= set(sides) or (len(sides) == 2 and "txt" not in sides)

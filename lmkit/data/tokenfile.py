@@ -1,0 +1,465 @@
+"""Token files: a corpus file encoded once into memory-mapped ids that training and scoring stream from.
+
+A token file is a folder in the cache, cache_dir("tokens")/<key>, where the key hashes everything that
+decides the ids: the text's sha256 (as read_text hashes it), the vocabulary's vocab_id, the protocol
+fields that change tokens or which lines are kept, and FORMAT. Its files:
+
+    ids.bin      every kept line's ids, concatenated (uint16 for vocabularies of <= 65,536 ids, else uint32)
+    offsets.bin  int64, sequences + 1 entries: sequence i is ids[offsets[i]:offsets[i + 1]]
+    lines.bin    int64, the 1-based input line number of each sequence
+    meta.json    format version, vocab_id, source file (name, sha256, size), protocol fields, dtype, counts
+                 (everything `Encoded` and a run's data record need), the byte size of each .bin file, and
+                 a digest of the rest of meta.json
+
+Encoding streams the text through LineReader (read_text's rules) and lmkit.data.corpus.encode one block
+of lines at a time, so memory is bounded by the block, not the file. The folder is built under a temp
+name and renamed into place; of two encoders of one key the first rename wins and the second keeps it.
+
+Damage (a truncated or missing .bin file, an edited meta.json, another format version) makes
+TokenFile.open raise a one-line ModelError. Callers that have the text decide what that means: `lmkit
+encode` encodes the file again and replaces the folder; train and score warn and read the text instead.
+Nothing here unpickles: meta.json is JSON and the .bin files are raw arrays opened read-only."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import operator
+import os
+import shutil
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..artifacts import check_version
+from ..atomic import DiskFullError, clean_stale_temps, is_disk_full, publish_mode, temp_path, write_json
+from ..cache import cache_dir
+from ..errors import DataError, LmkitError, ModelError, UsageError
+from ..protocol import Protocol
+from .corpus import Encoded, LineReader, Text, encode, file_sha256
+from .vocab import BOS, EOS, Vocab
+
+FORMAT = 1
+KIND = "lmkit-tokens"
+IDS, OFFSETS, LINES, META = "ids.bin", "offsets.bin", "lines.bin", "meta.json"
+# Protocol fields that change the ids or which lines become sequences; `context` is not one of them (it
+# only decides how sequences are joined), so one token file serves sentence and stream runs alike.
+TOKEN_FIELDS = ("level", "lowercase", "normalize", "tokenizer", "keep_blank_lines", "task")
+ITEM_DTYPE = np.int32  # the dtype of one sequence, as lmkit.data.corpus.encode gives it
+BLOCK_BYTES = 1 << 20  # text read and encoded per step of encode_file
+_SCAN = 1 << 22  # elements per step when a whole .bin file is checked
+_COUNTS = ("sequences", "ids", "tokens", "lines", "skipped_blank_lines", "reserved_tokens", "characters")
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits in it (vocabularies of up to 65,536 ids), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def token_protocol(protocol: Protocol) -> dict:
+    """The protocol fields a token file depends on (see TOKEN_FIELDS)."""
+    data = protocol.to_dict()
+    return {k: data[k] for k in TOKEN_FIELDS}
+
+
+def cache_key(sha256: str, vocab_id: str, protocol_fields: dict) -> str:
+    """The folder name of a token file: a hash of source text, vocabulary, protocol fields and FORMAT."""
+    blob = json.dumps({"format": FORMAT, "sha256": sha256, "vocab_id": vocab_id, "protocol": protocol_fields},
+                      sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def cache_path(sha256: str, vocab: Vocab, protocol: Protocol) -> Path:
+    return cache_dir("tokens") / cache_key(sha256, vocab.vocab_id, token_protocol(protocol))
+
+
+# -- lazy views ---------------------------------------------------------------------------------------
+class SequenceView(Sequence):
+    """Sequences [start, stop) of a token file, list-like: len, int index, slice (step 1 gives another
+    view), iteration. An item is a fresh 1-D int32 array of ids, as lmkit.data.corpus.encode gives, so a
+    view can stand wherever a list of sequences did; nothing is read until an item is asked for."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, start: int = 0, stop: int | None = None):
+        self._ids = ids
+        self._offsets = offsets
+        self.start = start
+        self.stop = len(offsets) - 1 if stop is None else stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        return f"SequenceView(sequences {self.start}:{self.stop}, {self.num_ids:,} ids)"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(len(self))
+            if step == 1:
+                return SequenceView(self._ids, self._offsets, self.start + lo, self.start + max(lo, hi))
+            return [self[i] for i in range(lo, hi, step)]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sequence index {index} out of range for {len(self)} sequences")
+        a, b = self._offsets[self.start + i], self._offsets[self.start + i + 1]
+        return self._ids[a:b].astype(ITEM_DTYPE)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Reads about a million ids at a time and splits them, instead of one read per sequence."""
+        off = self._offsets
+        i = self.start
+        while i < self.stop:
+            j = int(np.searchsorted(off, off[i] + (1 << 20), side="right")) - 1
+            j = min(max(j, i + 1), self.stop)
+            base = off[i]
+            flat = self._ids[base:off[j]].astype(ITEM_DTYPE)
+            yield from np.split(flat, off[i + 1:j] - base)
+            i = j
+
+    @property
+    def num_ids(self) -> int:
+        """Ids in these sequences (without </s>)."""
+        return int(self._offsets[self.stop] - self._offsets[self.start])
+
+    @property
+    def num_tokens(self) -> int:
+        """Scored tokens: the ids plus one </s> per sequence."""
+        return self.num_ids + len(self)
+
+    def lengths(self) -> np.ndarray:
+        """Ids per sequence (int64)."""
+        return np.diff(self._offsets[self.start:self.stop + 1])
+
+    def stream(self) -> np.ndarray:
+        """The stream-context layout of these sequences, equal to batching.stream_ids(view): one <s>, then
+        every sequence followed by </s> (int64), built in one vectorised pass."""
+        n, base = len(self), int(self._offsets[self.start])
+        out = np.empty(1 + self.num_ids + n, dtype=np.int64)
+        out[0] = BOS
+        ends = (self._offsets[self.start + 1:self.stop + 1] - base) + np.arange(1, n + 1)
+        body = np.ones(out.size, dtype=bool)
+        body[0] = False
+        body[ends] = False
+        out[ends] = EOS
+        out[body] = self._ids[base:base + self.num_ids]
+        return out
+
+    def _position(self, j: int) -> int:
+        """Scored tokens (ids and </s>) before sequence j of the file."""
+        return int(self._offsets[j]) + j
+
+    def shard(self, rank: int, world: int) -> "SequenceView":
+        """Rank `rank` of `world`'s contiguous part: each cut falls at the sequence boundary nearest to an
+        equal share of scored tokens, so parts differ by at most the longest sequence (a part may be empty
+        when there are fewer sequences than ranks). Together the parts are the view, in order."""
+        if world < 1 or not 0 <= rank < world:
+            raise UsageError(f"shard {rank} of {world}: need world >= 1 and 0 <= rank < world")
+        return self[self._cut(rank, world) - self.start:self._cut(rank + 1, world) - self.start]
+
+    def _cut(self, r: int, world: int) -> int:
+        first = self._position(self.start)
+        target = first + (self._position(self.stop) - first) * r // world
+        bounds = range(self.start, self.stop + 1)
+        j = self.start + bisect_left(bounds, target, key=self._position)  # first boundary at or after target
+        if j > self.start and target - self._position(j - 1) <= self._position(j) - target:
+            j -= 1
+        return j
+
+    def chunks(self, max_tokens: int) -> Iterator["SequenceView"]:
+        """Consecutive views of at most `max_tokens` scored tokens each (a longer sequence is a chunk of its
+        own), covering the view in order: bounded-memory passes over a corpus."""
+        if max_tokens < 1:
+            raise UsageError(f"chunks need max_tokens >= 1, got {max_tokens}")
+        i = self.start
+        while i < self.stop:
+            bounds = range(i, self.stop + 1)
+            j = i + bisect_right(bounds, self._position(i) + max_tokens, key=self._position) - 1
+            j = max(j, i + 1)
+            yield SequenceView(self._ids, self._offsets, i, j)
+            i = j
+
+
+class LineNumbers(Sequence):
+    """The input line number of each sequence, list-like over lines.bin; items are Python ints."""
+
+    def __init__(self, lines: np.ndarray):
+        self._lines = lines
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return LineNumbers(self._lines[index])
+        return int(self._lines[operator.index(index)])
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(0, len(self._lines), _SCAN):
+            yield from self._lines[i:i + _SCAN].tolist()
+
+
+# -- the token file -----------------------------------------------------------------------------------
+class TokenFile:
+    """An opened token file: its meta and lazy views of its sequences and line numbers."""
+
+    def __init__(self, path: Path, meta: dict, ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray):
+        self.path = path
+        self.meta = meta
+        self.sequences = SequenceView(ids, offsets)
+        self.line_numbers = LineNumbers(lines)
+
+    @property
+    def counts(self) -> dict:
+        return self.meta["counts"]
+
+    @property
+    def dtype(self) -> str:
+        return self.meta["dtype"]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three .bin files."""
+        return int(sum(self.meta["bytes"].values()))
+
+    def encoded(self, name: str | None = None) -> Encoded:
+        """The text as `Encoded`, sequences and line numbers lazy; `name` is the path the caller was given
+        (a run records that path, not the name the file had when it was encoded)."""
+        c, source = self.counts, self.meta["source"]
+        return Encoded(name if name is not None else source["name"], source["sha256"], self.sequences,
+                       self.line_numbers, c["skipped_blank_lines"], c["reserved_tokens"], c["characters"])
+
+    def stream(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Sequences [start, stop) in the stream-context layout (see SequenceView.stream)."""
+        return self.sequences[start:stop].stream()
+
+    def shard(self, rank: int, world: int) -> SequenceView:
+        """A contiguous range of sequences with a balanced share of tokens (see SequenceView.shard)."""
+        return self.sequences.shard(rank, world)
+
+    def chunks(self, max_tokens: int) -> Iterator[SequenceView]:
+        """Consecutive slices of at most `max_tokens` scored tokens (see SequenceView.chunks)."""
+        return self.sequences.chunks(max_tokens)
+
+    @classmethod
+    def open(cls, folder: str | Path, vocab: Vocab | None = None, *, verify: bool = True) -> "TokenFile":
+        """Open a token file read-only; a ModelError (one line naming the folder) when it is damaged.
+
+        Always checked: meta.json (format version, digest, fields; key and vocabulary when given) and the
+        size of every .bin file against it. `verify` also reads the .bin files once, in bounded steps:
+        offsets and line numbers increasing and every id inside the vocabulary."""
+        folder = Path(folder)
+        meta = _read_meta(folder)
+        if vocab is not None and (meta["vocab_id"] != vocab.vocab_id or meta["vocab_size"] != len(vocab)):
+            raise ModelError(f"{folder}: token file was encoded with vocabulary {meta['vocab_id']}, "
+                             f"not {vocab.vocab_id}")
+        counts = meta["counts"]
+        try:
+            ids = _map(folder, IDS, meta["dtype"], counts["ids"], meta)
+            offsets = _map(folder, OFFSETS, "int64", counts["sequences"] + 1, meta)
+            lines = _map(folder, LINES, "int64", counts["sequences"], meta)
+        except OSError as exc:
+            raise ModelError(f"{folder}: token file cannot be read ({exc.strerror or exc})") from None
+        if offsets[0] != 0 or offsets[-1] != counts["ids"]:
+            _damaged(folder, f"{OFFSETS} does not span {IDS}")
+        if verify:
+            _scan(folder, ids, offsets, lines, meta)
+        return cls(folder, meta, ids, offsets, lines)
+
+
+def _damaged(folder: Path, why: str):
+    raise ModelError(f"{folder}: token file is damaged ({why})")
+
+
+def _digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _read_meta(folder: Path) -> dict:
+    path = folder / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _damaged(folder, f"no {META}")
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        _damaged(folder, f"{META} is not JSON")
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        _damaged(folder, f"{META} is not an lmkit token file's")
+    check_version(path, "token file", meta.get("schema"), FORMAT)
+    if meta.get("digest") != _digest(meta):
+        _damaged(folder, f"{META} was edited: its digest does not match")
+    try:
+        counts, source = meta["counts"], meta["source"]
+        fields = ([counts[k] for k in _COUNTS] + [meta["vocab_size"], source["size"]]
+                  + [meta["bytes"][k] for k in (IDS, OFFSETS, LINES)])
+        ok = (all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields)
+              and isinstance(source["name"], str) and isinstance(source["sha256"], str)
+              and isinstance(meta["vocab_id"], str) and isinstance(meta["protocol"], dict)
+              and meta["dtype"] in ("uint16", "uint32") and np.dtype(meta["dtype"]) == dtype_for(meta["vocab_size"])
+              and counts["tokens"] == counts["ids"] + counts["sequences"])
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        _damaged(folder, f"{META} is incomplete or inconsistent")
+    if folder.name != cache_key(source["sha256"], meta["vocab_id"], meta["protocol"]):
+        _damaged(folder, f"{META} does not describe the file this folder is named for")
+    return meta
+
+
+def _map(folder: Path, name: str, dtype: str, count: int, meta: dict) -> np.ndarray:
+    """A read-only memory map of `count` items, after checking the file's size against meta.json."""
+    path = folder / name
+    dt = np.dtype(dtype)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        _damaged(folder, f"{name} is missing")
+    if size != count * dt.itemsize or size != meta["bytes"][name]:
+        _damaged(folder, f"{name} is {size:,} bytes, {META} says {count * dt.itemsize:,}")
+    if count == 0:
+        return np.zeros(0, dtype=dt)
+    return np.asarray(np.memmap(path, dtype=dt, mode="r", shape=(count,)))
+
+
+def _scan(folder: Path, ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, meta: dict) -> None:
+    for i in range(0, len(offsets) - 1, _SCAN):
+        if (np.diff(offsets[i:i + _SCAN + 1]) < 0).any():
+            _damaged(folder, f"{OFFSETS} is not increasing")
+    if len(lines) and (lines[0] < 1 or lines[-1] > meta["counts"]["lines"]):
+        _damaged(folder, f"{LINES} holds line numbers outside the source file")
+    for i in range(0, len(lines), _SCAN):
+        if (np.diff(lines[i:i + _SCAN + 1]) <= 0).any():
+            _damaged(folder, f"{LINES} is not increasing")
+    for i in range(0, len(ids), _SCAN):
+        if int(ids[i:i + _SCAN].max()) >= meta["vocab_size"]:
+            _damaged(folder, f"{IDS} holds ids outside the vocabulary")
+
+
+# -- encoding and lookup ------------------------------------------------------------------------------
+def _check_encodable(path: str | Path, protocol: Protocol) -> None:
+    if protocol.task != "lm":
+        raise UsageError("token files hold plain language-model text; a parallel (translate) corpus is read "
+                         "from its text files")
+    if str(path) == "-":
+        raise UsageError("a token file is encoded from a file, not stdin ('-'): its cache key is the file's hash")
+
+
+def encode_file(path: str | Path, vocab: Vocab, protocol: Protocol, *, log: Log = _quiet,
+                block_bytes: int = BLOCK_BYTES) -> tuple[TokenFile, bool]:
+    """(token file, reused): the cached token file of `path` under `vocab` and `protocol`, written now unless
+    a sound one exists. A damaged one is encoded again and replaced (with a warning through `log`)."""
+    _check_encodable(path, protocol)
+    sha256 = file_sha256(path)
+    folder = cache_path(sha256, vocab, protocol)
+    damaged = False
+    if folder.exists():
+        try:
+            return TokenFile.open(folder, vocab), True
+        except LmkitError as exc:
+            log(f"warning: {exc.message}; encoding it again")
+            damaged = True
+    log(f"tokens: encoding {path} into {folder}")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(folder.parent, folder.name)
+        tmp = temp_path(folder, directory=True)
+        publish_mode(tmp, directory=True)
+    except OSError as exc:
+        raise DataError(f"{folder.parent}: cannot write token files there ({exc.strerror or exc})") from None
+    try:
+        _write(tmp, path, sha256, vocab, protocol, block_bytes)
+        if damaged:
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError as exc:  # another encoder of the same key renamed first: its folder holds the same ids
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise DiskFullError(folder) from None
+        if isinstance(exc, OSError):
+            raise DataError(f"{folder}: cannot write the token file ({exc.strerror or exc})") from None
+        raise
+    return TokenFile.open(folder, vocab, verify=False), False
+
+
+def _write(folder: Path, path: str | Path, sha256: str, vocab: Vocab, protocol: Protocol, block_bytes: int) -> None:
+    """ids.bin, offsets.bin, lines.bin and meta.json of `path` into `folder`, one block of lines at a time."""
+    dtype = dtype_for(len(vocab))
+    reader = LineReader(path, block_bytes)
+    counts = dict.fromkeys(_COUNTS, 0)
+    with open(folder / IDS, "wb") as f_ids, open(folder / OFFSETS, "wb") as f_offsets, \
+            open(folder / LINES, "wb") as f_lines:
+        f_offsets.write(np.zeros(1, dtype=np.int64).data)
+        for block in reader:
+            enc = encode(Text(reader.name, block, ""), vocab, protocol)  # the text path's rules, per block
+            first_line = counts["lines"]
+            counts["lines"] += len(block)
+            counts["skipped_blank_lines"] += enc.skipped_blank_lines
+            counts["reserved_tokens"] += enc.reserved_tokens
+            counts["characters"] += enc.characters
+            if not len(enc.sequences):
+                continue
+            lengths = np.fromiter(map(len, enc.sequences), dtype=np.int64, count=len(enc.sequences))
+            f_ids.write(np.concatenate(enc.sequences).astype(dtype).data)
+            f_offsets.write((counts["ids"] + np.cumsum(lengths)).data)
+            f_lines.write((np.asarray(enc.line_numbers, dtype=np.int64) + first_line).data)
+            counts["ids"] += int(lengths.sum())
+            counts["sequences"] += len(lengths)
+    if reader.sha256 != sha256:
+        raise DataError(f"{reader.name}: changed while it was being encoded (sha256 differs); encode it again")
+    counts["tokens"] = counts["ids"] + counts["sequences"]
+    fields = token_protocol(protocol)
+    meta = {
+        "schema": FORMAT,
+        "kind": KIND,
+        "vocab_id": vocab.vocab_id,
+        "vocab_size": len(vocab),
+        "protocol": fields,
+        "source": {"name": reader.name, "sha256": sha256, "size": os.stat(path).st_size},
+        "dtype": dtype.name,
+        "counts": counts,
+        "bytes": {name: (folder / name).stat().st_size for name in (IDS, OFFSETS, LINES)},
+        "lmkit": __version__,
+    }
+    meta["digest"] = _digest(meta)
+    write_json(folder / META, meta)
+
+
+def lookup(path: str | Path, vocab: Vocab, protocol: Protocol, log: Log = _quiet) -> TokenFile | None:
+    """The cached token file for this file's content, vocabulary and protocol, or None.
+
+    Nothing is hashed while the cache holds no token file at all. A damaged entry is reported through
+    `log` as a warning and None is returned: the caller reads the text, which gives the same ids."""
+    if protocol.task != "lm" or str(path) == "-":
+        return None
+    try:
+        if not any(not p.name.startswith(".") for p in cache_dir("tokens").iterdir()):
+            return None
+    except OSError:
+        return None
+    folder = cache_path(file_sha256(path), vocab, protocol)
+    if not folder.is_dir():
+        return None
+    try:
+        return TokenFile.open(folder, vocab)
+    except LmkitError as exc:
+        log(f"warning: {exc.message}; reading the text instead (lmkit encode rebuilds it)")
+        return None

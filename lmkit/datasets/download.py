@@ -1,0 +1,234 @@
+"""Fetch one file over HTTP(S) into a `.part` file, resume it with a Range request, verify it, publish it.
+
+Nothing here trusts the network: the body is hashed while it streams, its size and sha256 are checked
+against the manifest before the file gets its final name, a checksum mismatch deletes the bad bytes, and
+every failure (refused connection, timeout, HTTP error, truncated body, full disk) is one DataError line
+that names the URL. The standard library's urllib does the HTTP: no new dependency."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..atomic import DiskFullError, is_disk_full
+from ..errors import DataError
+
+CHUNK = 1 << 16
+DEFAULT_TIMEOUT = 30.0  # seconds without progress (connect, or between two reads) before giving up
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class FetchFailed(Exception):
+    """One URL failed; the caller tries the next mirror and reports every reason in one line."""
+
+
+@dataclass
+class Fetched:
+    """A complete, verified download."""
+
+    path: Path
+    url: str
+    size: int
+    sha256: str
+    verified: bool  # the sha256 matched a known value (False: trust on first use)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def part_path(dest: Path) -> Path:
+    """Where the bytes of `dest` accumulate until they are complete and verified."""
+    return dest.with_name(dest.name + ".part")
+
+
+def fetch(urls: list[str] | tuple[str, ...], dest: Path, *, size: int | None = None, sha256: str | None = None,
+          timeout: float = DEFAULT_TIMEOUT, progress: bool = False, log: Log = _quiet) -> Fetched:
+    """Download the first URL that yields the right bytes into `dest` (mirrors tried in order).
+
+    A complete `dest` from an earlier run is reused when it still verifies. A `.part` left by an
+    interrupted or truncated attempt is continued with a Range request. DataError when every URL fails."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        digest = sha256_file(dest)
+        if (sha256 is None or digest == sha256) and (size is None or dest.stat().st_size == size):
+            return Fetched(dest, "(already downloaded)", dest.stat().st_size, digest, sha256 is not None)
+        dest.unlink()
+    part = part_path(dest)
+    reasons = []
+    for url in urls:
+        while True:
+            try:
+                digest, got, resumed = _fetch_one(url, part, size, timeout, progress, log)
+            except FetchFailed as exc:
+                reasons.append(f"{url}: {exc}")
+                break
+            if size is not None and got != size:
+                problem = f"got {got:,} bytes, expected {size:,}"
+            elif sha256 is not None and digest != sha256:
+                problem = f"checksum mismatch (sha256 {digest}, expected {sha256})"
+            else:
+                os.replace(part, dest)
+                return Fetched(dest, url, got, digest, sha256 is not None)
+            part.unlink(missing_ok=True)
+            if not resumed:
+                reasons.append(f"{url}: {problem}; the bad file was deleted")
+                break
+            log(f"{url}: the resumed download fails verification ({problem}); downloading it from the start")
+    raise DataError(f"cannot download {dest.name}: {'; '.join(reasons)}")
+
+
+def _request(url: str, start: int) -> urllib.request.Request:
+    headers = {"User-Agent": f"lmkit/{__version__}", "Accept-Encoding": "identity"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    return urllib.request.Request(url, headers=headers)
+
+
+def _network_reason(exc: BaseException, timeout: float) -> str:
+    """A short phrase for why a connection or a read failed."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) \
+        else exc
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"timed out (no data for {timeout:g} s)"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, ConnectionResetError):
+        return "connection reset by the server"
+    if isinstance(reason, socket.gaierror):
+        return "cannot resolve the host name (offline?)"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return " ".join(str(reason).split()) or type(reason).__name__
+
+
+def _open(url: str, start: int, timeout: float):
+    try:
+        return urllib.request.urlopen(_request(url, start), timeout=timeout)  # noqa: S310 (http/https/file only)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:
+            return None  # the part already holds everything the server has
+        raise FetchFailed(f"HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise FetchFailed(_network_reason(exc, timeout)) from None
+
+
+def _resume_offset(resp, start: int) -> int:
+    """Where the body continues the part: `start` for a matching 206, 0 when the server sent it all."""
+    status = getattr(resp, "status", None) or 200
+    if not start or status == 200:
+        return 0
+    match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+    if status != 206 or not match or int(match.group(1)) != start:
+        raise FetchFailed(f"unexpected answer to a range request (HTTP {status}, "
+                          f"Content-Range {resp.headers.get('Content-Range')!r})")
+    return start
+
+
+def _fetch_one(url: str, part: Path, size: int | None, timeout: float, progress: bool,
+               log: Log) -> tuple[str, int, bool]:
+    """Append the rest of `url` to `part`: (sha256, bytes) of the whole part and whether earlier bytes were
+    kept (a resumed download). FetchFailed on any failure."""
+    start = part.stat().st_size if part.exists() else 0
+    if size is not None and start > size:  # not a prefix of the file we want
+        part.unlink()
+        start = 0
+    if size is not None and start == size and start:
+        return sha256_file(part), start, True
+    resp = _open(url, start, timeout)
+    if resp is None:  # 416: nothing beyond the part; it is complete, or wrong (size/sha256 will tell)
+        return sha256_file(part), start, True
+    with resp:
+        offset = _resume_offset(resp, start)
+        if start and not offset:
+            log(f"{url}: the server ignored the range request; downloading from the start")
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        total = offset + length if length is not None else size
+        if size is not None and length is not None and offset + length != size:
+            raise FetchFailed(f"the server sends {offset + length:,} bytes, expected {size:,} (a different file?)")
+        digest = hashlib.sha256()
+        if offset:
+            with open(part, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        received = _stream(resp, part, offset, digest, total, progress, url, timeout)
+    if length is not None and received < length:
+        raise FetchFailed(f"truncated: the connection closed after {offset + received:,} of {offset + length:,} "
+                          "bytes (kept; the next attempt resumes from there)")
+    return digest.hexdigest(), offset + received, offset > 0
+
+
+def _stream(resp, part: Path, offset: int, digest, total: int | None, progress: bool, url: str,
+            timeout: float) -> int:
+    """Copy the body into the part (appending at `offset`), hashing as it goes; bytes received."""
+    bar = _Bar(progress, part.name[:-len(".part")], total, offset)
+    received = 0
+    try:
+        with open(part, "r+b" if offset else "wb") as fh:
+            fh.seek(offset)
+            fh.truncate()
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise FetchFailed(f"{_network_reason(exc, timeout)} after {offset + received:,} bytes "
+                                      "(kept; the next attempt resumes from there)") from None
+                if not block:
+                    break
+                fh.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.advance(len(block))
+    except OSError as exc:  # writing the part: disk full, permissions
+        if is_disk_full(exc):
+            raise DiskFullError(part) from None
+        raise DataError(f"cannot write {part}: {exc.strerror or exc}") from None
+    finally:
+        bar.close()
+    return received
+
+
+class _Bar:
+    """A rich download bar on stderr, only when asked for and stderr is a terminal."""
+
+    def __init__(self, enabled: bool, label: str, total: int | None, done: int):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                                transient=True)
+            self.task = self.bar.add_task(label, total=total, completed=done)
+            self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,190 @@
+"""The corpus cache: `<cache>/corpora/<name>/` holds train/valid/test files and a manifest.json.
+
+A corpus folder appears only complete: files are downloaded into `<cache>/corpora/.downloads/<name>/`
+(resumable `.part` files), verified, unpacked into a hidden temp folder beside the target and renamed into
+place with their manifest.json. A folder without manifest.json is not a cached corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..atomic import atomic_dir, write_json
+from ..cache import cache_dir
+from ..errors import DataError, UsageError
+from .download import DEFAULT_TIMEOUT, Fetched, fetch, sha256_file
+from .registry import Corpus, RemoteFile
+from .unpack import DEFAULT_MAX_RATIO, cap_for
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+DOWNLOADS = ".downloads"
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def corpora_root() -> Path:
+    return cache_dir("corpora")
+
+
+def corpus_folder(name: str) -> Path:
+    """Where corpus `name` is (or would be) cached."""
+    return corpora_root() / name
+
+
+def cached_path(name: str) -> Path | None:
+    """The cached folder of corpus `name`, or None when it has not been downloaded (completely)."""
+    folder = corpus_folder(name)
+    return folder if (folder / MANIFEST).is_file() else None
+
+
+def read_manifest(name: str) -> dict | None:
+    """The manifest.json of a cached corpus (None when absent or unreadable)."""
+    folder = cached_path(name)
+    if folder is None:
+        return None
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def offline_requested(offline: bool | None = None) -> bool:
+    """--offline, else env LMKIT_OFFLINE (1/true/yes/on)."""
+    if offline is not None:
+        return offline
+    return os.environ.get("LMKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def mirror_base(mirror: str | None = None) -> str | None:
+    """The local-mirror base URL: the argument, else env LMKIT_CORPUS_MIRROR (None: upstream URLs)."""
+    base = mirror if mirror is not None else os.environ.get("LMKIT_CORPUS_MIRROR", "")
+    base = base.strip()
+    if not base:
+        return None
+    if not base.startswith(("http://", "https://", "file://")):
+        raise UsageError(f"corpus mirror {base!r} must be an http://, https:// or file:// URL")
+    return base.rstrip("/")
+
+
+def file_urls(corpus: Corpus, remote: RemoteFile, mirror: str | None) -> tuple[str, ...]:
+    """Upstream URLs (canonical first, then mirrors), or `<mirror>/<corpus>/<file name>` alone."""
+    if mirror is None:
+        return remote.urls
+    return (f"{mirror}/{corpus.name}/{remote.name}",)
+
+
+def install(corpus: Corpus, *, offline: bool | None = None, force: bool = False, mirror: str | None = None,
+            timeout: float = DEFAULT_TIMEOUT, max_unpack_bytes: int | None = None,
+            max_ratio: float = DEFAULT_MAX_RATIO, log: Log = _quiet, progress: bool = False) -> Path:
+    """Download, verify, unpack and publish `corpus` into the cache; the folder's path.
+
+    Already cached: returned at once (`force` downloads it again and replaces it once the new copy is
+    complete). Offline and not cached: DataError, and no connection is attempted."""
+    from ..runlock import LockedError, run_lock
+
+    target = corpus_folder(corpus.name)
+    if cached_path(corpus.name) and not force:
+        log(f"{corpus.name}: already downloaded ({target})")
+        return target
+    if offline_requested(offline):
+        raise DataError(f"{corpus.name} is not downloaded and offline mode is on (--offline or LMKIT_OFFLINE); "
+                        f"run `lmkit corpus download {corpus.name}` with network access first")
+    base = mirror_base(mirror)
+    try:
+        with run_lock(target):
+            if cached_path(corpus.name) and not force:  # another process finished it while we waited
+                return target
+            _install(corpus, target, base, force, timeout, max_unpack_bytes, max_ratio, log, progress)
+    except LockedError:
+        raise DataError(f"{corpus.name}: another lmkit process is downloading it right now; "
+                        "wait for it to finish") from None
+    finally:
+        for folder in (corpora_root() / DOWNLOADS / corpus.name, corpora_root() / DOWNLOADS):
+            try:
+                folder.rmdir()  # only when empty: resumable .part files stay
+            except OSError:
+                break
+    return target
+
+
+def _install(corpus: Corpus, target: Path, mirror: str | None, force: bool, timeout: float,
+             max_unpack_bytes: int | None, max_ratio: float, log: Log, progress: bool) -> None:
+    from .unpack import extract
+
+    downloads = corpora_root() / DOWNLOADS / corpus.name
+    fetched: list[tuple[RemoteFile, Fetched]] = []
+    with atomic_dir(target, replace=force) as tmp:
+        for remote in corpus.files:
+            got = fetch(file_urls(corpus, remote, mirror), downloads / remote.name, size=remote.size,
+                        sha256=remote.sha256, timeout=timeout, progress=progress, log=log)
+            fetched.append((remote, got))
+            if not got.verified:
+                checked = "; its unpacked files are checked against known hashes" \
+                    if all(out.sha256 for out in remote.members.values()) else ""
+                log(f"{remote.name}: no published checksum; sha256 {got.sha256} (trust on first use, "
+                    f"recorded in {MANIFEST}){checked}")
+            wanted = {member: out.name for member, out in remote.members.items()}
+            try:
+                extract(got.path, remote.archive, tmp, wanted, max_ratio=max_ratio,
+                        max_bytes=cap_for(remote.unpacked_size or remote.size, max_unpack_bytes))
+                _check_outputs(remote, tmp)
+            except DataError:
+                got.path.unlink(missing_ok=True)  # bad bytes: the next attempt downloads them again
+                raise
+        split = None
+        if corpus.split is not None:
+            from .split import split_into
+
+            rule = corpus.split
+            rows = split_into(tmp / rule.source, tmp, rule.ratios, by=rule.by, seed=rule.seed)
+            (tmp / rule.source).unlink()
+            split = {"source": rule.source, "ratios": list(rule.ratios), "by": rule.by, "seed": rule.seed,
+                     "lines": {r["split"]: r["lines"] for r in rows}}
+        write_json(tmp / MANIFEST, _manifest(corpus, fetched, tmp, split))
+    for _, got in fetched:  # published: the archives are no longer needed
+        got.path.unlink(missing_ok=True)
+    shutil.rmtree(downloads, ignore_errors=True)
+    log(f"{corpus.name}: ready in {target}")
+
+
+def _check_outputs(remote: RemoteFile, folder: Path) -> None:
+    """Known sizes/sha256 of what unpacking produced (e.g. gunzipped files without a download checksum)."""
+    for out in remote.members.values():
+        path = folder / out.name
+        if out.size is not None and path.stat().st_size != out.size:
+            raise DataError(f"{remote.name}: unpacked {out.name} has {path.stat().st_size:,} bytes, expected "
+                            f"{out.size:,} (a different or corrupt file); nothing published")
+        if out.sha256 is not None and sha256_file(path) != out.sha256:
+            raise DataError(f"{remote.name}: unpacked {out.name} fails its checksum (sha256 expected "
+                            f"{out.sha256}); nothing published")
+
+
+def _manifest(corpus: Corpus, fetched: list[tuple[RemoteFile, Fetched]], folder: Path, split: dict | None) -> dict:
+    outputs = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != MANIFEST:
+            outputs[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return {
+        "schema": SCHEMA,
+        "name": corpus.name,
+        "description": corpus.description,
+        "licence": corpus.licence,
+        "source": corpus.source,
+        "layout": corpus.layout,
+        "downloaded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "lmkit_version": __version__,
+        "files": [{"name": remote.name, "url": got.url, "bytes": got.size, "sha256": got.sha256,
+                   "checksum": "verified" if got.verified else "trust-on-first-use"} for remote, got in fetched],
+        "split": split,
+        "outputs": outputs,
+    }

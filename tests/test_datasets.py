@@ -1,0 +1,620 @@
+"""lmkit corpus list|download|split|path: the registry, downloads from a local HTTP server (no internet),
+safe unpacking, the cache, and deterministic splitting. Every failure must leave no published corpus
+folder and reach the user as one `error:` line."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import shared_path
+from http_fixture import FileServer
+from typer.testing import CliRunner
+
+from lmkit import api
+from lmkit.cli import app
+from lmkit.data.corpus import is_parallel, locate_pairs
+from lmkit.datasets import registry, store
+from lmkit.datasets.download import fetch, part_path
+from lmkit.datasets.registry import Corpus, Output, RemoteFile, SplitRule
+from lmkit.datasets.split import contiguous_bounds, parse_ratios, split_file
+from lmkit.datasets.unpack import UnsafeArchive, extract
+from lmkit.errors import DataError, UsageError
+
+runner = CliRunner()
+
+TRAIN = "".join(f"the cat number {i} sat on the mat\n" for i in range(300))
+VALID = "the dog sat on the log\na cat sat\n"
+TEST = "the cat sat on the log\nthe bird sat\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cli(*args, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def one_error_line(result, code: int = 1, match: str = "") -> str:
+    """The run failed with `code` and said so in exactly one stderr line starting with 'error:'."""
+    assert result.exit_code == code, (result.exit_code, result.stderr, result.stdout)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def published(root: Path) -> list[str]:
+    """What a failed download left in the corpora cache besides the resumable downloads folder."""
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name != store.DOWNLOADS and not p.name.endswith(".lock"))
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def make_tar(members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tf.addfile(m)
+            else:
+                info = tarfile.TarInfo(m[0])
+                info.size = len(m[1])
+                tf.addfile(info, io.BytesIO(m[1]))
+    return buf.getvalue()
+
+
+ZIP_BODY = make_zip({"tiny/wiki.train.tokens": TRAIN.encode(), "tiny/wiki.valid.tokens": VALID.encode(),
+                     "tiny/wiki.test.tokens": TEST.encode(), "tiny/README": b"not wanted\n"})
+
+
+def zip_corpus(name: str = "tiny-zip", body: bytes = ZIP_BODY, sha256: str | None = "auto",
+               unpacked: int | None = 20_000) -> Corpus:
+    """A WikiText-like entry: one zip whose members map to train/valid/test.txt."""
+    return Corpus(
+        name=name, description="test corpus", licence="test", source="generated",
+        files=(RemoteFile(name=f"{name}.zip", urls=(f"https://upstream.invalid/{name}.zip",),
+                          members={f"tiny/wiki.{s}.tokens": Output(f"{s}.txt") for s in ("train", "valid", "test")},
+                          size=len(body), sha256=sha(body) if sha256 == "auto" else sha256, archive="zip",
+                          unpacked_size=unpacked),))
+
+
+@pytest.fixture
+def server():
+    srv = FileServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def mirror(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> FileServer:
+    """Every corpus download goes to the local server: LMKIT_CORPUS_MIRROR=<server>/m."""
+    monkeypatch.setenv("LMKIT_CORPUS_MIRROR", server.url + "/m")
+    monkeypatch.delenv("LMKIT_OFFLINE", raising=False)
+    return server
+
+
+def register(monkeypatch: pytest.MonkeyPatch, corpus: Corpus) -> Corpus:
+    monkeypatch.setitem(registry.CORPORA, corpus.name, corpus)
+    return corpus
+
+
+# -- the registry --------------------------------------------------------------------------------------------
+def test_every_registry_entry_is_well_formed():
+    assert len(registry.CORPORA) >= 5
+    for corpus in registry.CORPORA.values():
+        registry.check(corpus)
+        assert corpus.licence and corpus.source and corpus.description
+        for f in corpus.files:
+            assert all(u.startswith("https://") for u in f.urls)
+    assert registry.CORPORA["ptb"].verified == "sha256"
+    assert registry.CORPORA["multi30k"].verified == "content"  # gz bytes unknown, gunzipped bytes known
+    with pytest.raises(UsageError, match="unknown corpus 'nope'.*ptb"):
+        registry.get("nope")
+
+
+def test_manifest_hashes_match_the_shared_copies():
+    """The sha256/sizes in the manifest are those of the upstream bytes kept in ../shared/corpora."""
+    ptb = shared_path("corpora", "ptb")
+    for f in registry.PTB.files:
+        (out,) = f.members.values()
+        data = (ptb / out.name).read_bytes()
+        assert (len(data), sha(data)) == (f.size, f.sha256) == (out.size, out.sha256)
+    ts = shared_path("corpora", "tinyshakespeare")
+    whole = b"".join((ts / f"{s}.txt").read_bytes() for s in ("train", "valid", "test"))
+    (f,) = registry.TINY_SHAKESPEARE.files
+    assert (len(whole), sha(whole)) == (f.size, f.sha256)
+    m30k = shared_path("corpora", "multi30k")
+    for f in registry.MULTI30K.files:
+        (out,) = f.members.values()
+        data = (m30k / out.name).read_bytes()
+        assert (len(data), sha(data)) == (out.size, out.sha256)
+
+
+# -- download.fetch -------------------------------------------------------------------------------------------
+def test_fetch_verifies_and_publishes(server: FileServer, tmp_path: Path):
+    body = b"x" * 200_000
+    url = server.serve("/f.bin", body)
+    got = fetch([url], tmp_path / "f.bin", size=len(body), sha256=sha(body))
+    assert got.verified and got.sha256 == sha(body) and (tmp_path / "f.bin").read_bytes() == body
+    assert not part_path(tmp_path / "f.bin").exists()
+    again = fetch([url], tmp_path / "f.bin", size=len(body), sha256=sha(body))  # reused, no new request
+    assert again.url == "(already downloaded)" and len(server.requests) == 1
+
+
+def test_fetch_checksum_mismatch_deletes_the_part(server: FileServer, tmp_path: Path):
+    body = b"hello world\n" * 1000
+    url = server.serve("/f.txt", body)
+    with pytest.raises(DataError, match="checksum mismatch") as exc:
+        fetch([url], tmp_path / "f.txt", size=len(body), sha256="0" * 64)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "f.txt").exists() and not part_path(tmp_path / "f.txt").exists()
+
+
+def test_truncated_download_resumes_with_a_range_request(server: FileServer, tmp_path: Path):
+    body = bytes(range(256)) * 1000
+    url = server.serve("/big.bin", body, truncate_at=100_000)
+    dest = tmp_path / "big.bin"
+    with pytest.raises(DataError, match="truncated"):
+        fetch([url], dest, size=len(body), sha256=sha(body))
+    assert part_path(dest).stat().st_size == 100_000 and not dest.exists()
+    server.serve("/big.bin", body)  # the server recovers
+    got = fetch([url], dest, size=len(body), sha256=sha(body))
+    assert server.ranges("/big.bin") == [None, "bytes=100000-"]
+    assert got.verified and dest.read_bytes() == body
+
+
+def test_server_ignoring_range_restarts_cleanly(server: FileServer, tmp_path: Path):
+    body = b"abcdefgh" * 20_000
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(body[:5000])
+    url = server.serve("/f.bin", body, ignore_range=True)
+    messages: list[str] = []
+    got = fetch([url], dest, size=len(body), sha256=sha(body), log=messages.append)
+    assert server.ranges("/f.bin") == ["bytes=5000-"] and dest.read_bytes() == body and got.verified
+    assert any("ignored the range request" in m for m in messages)
+
+
+def test_stale_part_from_a_different_file_is_replaced(server: FileServer, tmp_path: Path):
+    body = b"0123456789" * 100
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"garbage" * 500)  # longer than the file: not a prefix of it
+    got = fetch([server.serve("/f.bin", body)], dest, size=len(body), sha256=sha(body))
+    assert got.verified and dest.read_bytes() == body
+
+
+def test_resumed_part_that_fails_verification_is_fetched_again(server: FileServer, tmp_path: Path):
+    body = b"0123456789" * 100
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"X" * 300)  # a plausible prefix with the wrong bytes
+    url = server.serve("/f.bin", body)
+    got = fetch([url], dest, size=len(body), sha256=sha(body))
+    assert server.ranges("/f.bin") == ["bytes=300-", None] and got.verified and dest.read_bytes() == body
+
+
+def test_http_errors_and_mirror_fallback(server: FileServer, tmp_path: Path):
+    body = b"payload\n" * 10
+    missing, broken = server.url + "/missing", server.serve("/broken", status=500)
+    with pytest.raises(DataError, match="HTTP 404.*HTTP 500"):
+        fetch([missing, broken], tmp_path / "a", size=len(body), sha256=sha(body))
+    good = server.serve("/good", body)
+    got = fetch([missing, good], tmp_path / "a", size=len(body), sha256=sha(body))
+    assert got.url == good and (tmp_path / "a").read_bytes() == body
+
+
+def test_connection_refused_and_timeout(server: FileServer, tmp_path: Path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DataError, match="connection refused"):
+        fetch([f"http://127.0.0.1:{port}/x"], tmp_path / "x", timeout=5)
+    slow = server.serve("/slow", b"late bytes", stall=1.5)
+    with pytest.raises(DataError, match="timed out"):
+        fetch([slow], tmp_path / "y", timeout=0.3)
+
+
+def test_wrong_size_from_the_server_is_refused(server: FileServer, tmp_path: Path):
+    url = server.serve("/f", b"short")
+    with pytest.raises(DataError, match="expected 1,000"):
+        fetch([url], tmp_path / "f", size=1000)
+    assert not (tmp_path / "f").exists()
+
+
+# -- unpack.extract ---------------------------------------------------------------------------------------------
+def unpack(tmp_path: Path, data: bytes, fmt: str, wanted: dict[str, str], name: str = "a.bin", **caps) -> Path:
+    src = tmp_path / name
+    src.write_bytes(data)
+    dest = tmp_path / "out"
+    dest.mkdir(exist_ok=True)
+    extract(src, fmt, dest, wanted, max_bytes=caps.get("max_bytes", 10**9), max_ratio=caps.get("max_ratio", 100))
+    return dest
+
+
+def test_extracts_zip_tar_and_gz(tmp_path: Path):
+    out = unpack(tmp_path, ZIP_BODY, "zip", {"tiny/wiki.train.tokens": "train.txt"})
+    assert (out / "train.txt").read_text() == TRAIN and sorted(p.name for p in out.iterdir()) == ["train.txt"]
+    for i, mode in enumerate(("w:gz", "w:bz2", "w:xz", "w")):
+        (tmp_path / str(i)).mkdir()
+        data = make_tar([("./d/valid.txt", VALID.encode())], mode)
+        out = unpack(tmp_path / str(i), data, "tar", {"d/valid.txt": "valid.txt"})
+        assert (out / "valid.txt").read_text() == VALID
+    (tmp_path / "g").mkdir()
+    out = unpack(tmp_path / "g", gzip.compress(TEST.encode()), "gz", {"a.bin": "test.de"})
+    assert (out / "test.de").read_text() == TEST
+    with pytest.raises(DataError, match="has no member 'tiny/wiki.nope'"):
+        unpack(tmp_path / "g", ZIP_BODY, "zip", {"tiny/wiki.nope": "x.txt"}, name="b.zip")
+
+
+def _link(name: str, kind: bytes, target: str = "/etc/passwd") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("case, data, fmt, match", [
+    ("zip ..", make_zip({"../evil.txt": b"x", "ok.txt": b"y"}), "zip", "outside"),
+    ("zip absolute", make_zip({"/abs.txt": b"x"}), "zip", "absolute"),
+    ("tar ..", make_tar([("a/../../evil.txt", b"x")]), "tar", "outside"),
+    ("tar absolute", make_tar([("/etc/evil", b"x")]), "tar", "absolute"),
+    ("tar symlink", make_tar([_link("ok.txt", tarfile.SYMTYPE)]), "tar", "symbolic link"),
+    ("tar hardlink", make_tar([_link("ok.txt", tarfile.LNKTYPE, "other")]), "tar", "hard link"),
+    ("tar device", make_tar([_link("dev", tarfile.CHRTYPE, "")]), "tar", "device"),
+    ("tar fifo", make_tar([_link("fifo", tarfile.FIFOTYPE, "")]), "tar", "FIFO"),
+])
+def test_unsafe_members_are_refused(tmp_path: Path, case: str, data: bytes, fmt: str, match: str):
+    with pytest.raises(UnsafeArchive, match=match):
+        unpack(tmp_path, data, fmt, {"ok.txt": "train.txt"})
+    assert list((tmp_path / "out").iterdir()) == []  # checked before any byte was written
+
+
+def test_zip_symlink_member_is_refused(tmp_path: Path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("ok.txt")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchive, match="symbolic link"):
+        unpack(tmp_path, buf.getvalue(), "zip", {"ok.txt": "train.txt"})
+
+
+BOMB = 4 << 20  # 4 MiB of zeros: a few kB compressed
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar", "gz"])
+def test_decompression_bombs_stop_at_the_caps(tmp_path: Path, fmt: str):
+    zeros = bytes(BOMB)
+    data = {"zip": lambda: make_zip({"m": zeros}), "tar": lambda: make_tar([("m", zeros)]),
+            "gz": lambda: gzip.compress(zeros)}[fmt]()
+    assert len(data) < 50_000
+    wanted = {"a.bin" if fmt == "gz" else "m": "train.txt"}
+    with pytest.raises(UnsafeArchive, match="expands more than 100x"):
+        unpack(tmp_path, data, fmt, wanted)
+    (tmp_path / "out" / "train.txt").unlink()
+    with pytest.raises(UnsafeArchive, match="more than 100,000 bytes"):
+        unpack(tmp_path, data, fmt, wanted, max_bytes=100_000, max_ratio=float("inf"))
+    assert (tmp_path / "out" / "train.txt").stat().st_size <= 100_000 + (1 << 20)
+
+
+# -- the cache: install, list, path, --corpus NAME ------------------------------------------------------------
+def test_download_through_the_cli_then_list_path_and_train(mirror: FileServer, monkeypatch, tmp_path: Path):
+    corpus = register(monkeypatch, zip_corpus())
+    mirror.serve(f"/m/{corpus.name}/{corpus.name}.zip", ZIP_BODY)
+    listed = {r["name"]: r for r in json.loads(cli("corpus", "list", "--format", "json").stdout)}
+    assert listed[corpus.name]["cached"] is False and listed["ptb"]["licence"]
+    r = cli("corpus", "download", corpus.name, "-q")
+    assert r.exit_code == 0, r.stderr
+    folder = Path(r.stdout.strip())
+    assert folder == store.corpus_folder(corpus.name)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "test.txt", "train.txt", "valid.txt"]
+    assert (folder / "train.txt").read_text() == TRAIN
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["files"][0]["checksum"] == "verified" and manifest["files"][0]["sha256"] == sha(ZIP_BODY)
+    assert manifest["outputs"]["valid.txt"]["sha256"] == sha(VALID.encode())
+    assert not (store.corpora_root() / store.DOWNLOADS / corpus.name).exists()  # archive removed once published
+    listed = {r["name"]: r for r in json.loads(cli("corpus", "list", "-f", "json").stdout)}
+    assert listed[corpus.name]["cached"] is True and listed[corpus.name]["path"] == str(folder)
+    assert "tiny-zip" in cli("corpus", "list", "-f", "table").stdout
+    assert cli("corpus", "path", corpus.name).stdout.strip() == str(folder)
+    # cached: no request at all, even offline
+    before = len(mirror.requests)
+    assert cli("corpus", "download", corpus.name, "--offline").exit_code == 0
+    assert len(mirror.requests) == before
+    # --corpus NAME resolves to the cached folder (run from a folder without a local `tiny-zip`)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    r = cli("train", "--model", "ngram:kn3", "--corpus", corpus.name, "-o", out, "-q")
+    assert r.exit_code == 0, r.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert str(folder) in json.dumps(record)
+
+
+def test_not_downloaded_name_and_offline_give_one_line(mirror: FileServer, monkeypatch, tmp_path: Path):
+    corpus = register(monkeypatch, zip_corpus())
+    mirror.serve(f"/m/{corpus.name}/{corpus.name}.zip", ZIP_BODY)
+    monkeypatch.chdir(tmp_path)
+    one_error_line(cli("train", "--model", "ngram:kn3", "--corpus", corpus.name, "-q"),
+                   match=f"lmkit corpus download {corpus.name}")
+    one_error_line(cli("corpus", "path", corpus.name), match=f"lmkit corpus download {corpus.name}")
+    one_error_line(cli("corpus", "download", corpus.name, "--offline"), match="offline")
+    monkeypatch.setenv("LMKIT_OFFLINE", "1")
+    one_error_line(cli("corpus", "download", corpus.name), match="offline")
+    assert mirror.requests == []  # offline never touched the network
+    one_error_line(cli("corpus", "download", "no-such-corpus"), code=2, match="unknown corpus")
+
+
+@pytest.mark.parametrize("failure", ["checksum", "404", "bomb", "unsafe", "refused"])
+def test_failed_downloads_publish_nothing(mirror: FileServer, monkeypatch, failure: str):
+    body = ZIP_BODY
+    corpus = zip_corpus()
+    if failure == "checksum":
+        corpus = zip_corpus(sha256="f" * 64)
+    elif failure == "bomb":
+        body = make_zip({f"tiny/wiki.{s}.tokens": bytes(BOMB) for s in ("train", "valid", "test")})
+        corpus = zip_corpus(body=body)
+    elif failure == "unsafe":
+        body = make_zip({"tiny/wiki.train.tokens": b"a\n", "../../escape": b"x"})
+        corpus = zip_corpus(body=body)
+    elif failure == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("LMKIT_CORPUS_MIRROR", f"http://127.0.0.1:{s.getsockname()[1]}")
+    register(monkeypatch, corpus)
+    if failure != "404":
+        mirror.serve(f"/m/{corpus.name}/{corpus.name}.zip", body)
+    match = {"checksum": "checksum mismatch", "404": "HTTP 404", "bomb": "decompression bomb",
+             "unsafe": "outside", "refused": "connection refused"}[failure]
+    one_error_line(cli("corpus", "download", corpus.name, "-q"), match=match)
+    assert store.cached_path(corpus.name) is None
+    assert published(store.corpora_root()) == []
+    downloads = store.corpora_root() / store.DOWNLOADS / corpus.name
+    assert not downloads.exists() or list(downloads.iterdir()) == []  # bad bytes are not kept
+
+
+def test_interrupted_corpus_download_resumes(mirror: FileServer, monkeypatch):
+    body = make_zip({f"tiny/wiki.{s}.tokens": (TRAIN * 20).encode() for s in ("train", "valid", "test")})
+    corpus = register(monkeypatch, zip_corpus(body=body, unpacked=len(TRAIN) * 60))
+    path = f"/m/{corpus.name}/{corpus.name}.zip"
+    mirror.serve(path, body, truncate_at=len(body) // 2)
+    one_error_line(cli("corpus", "download", corpus.name, "-q"), match="truncated")
+    assert published(store.corpora_root()) == []
+    mirror.serve(path, body)
+    r = cli("corpus", "download", corpus.name, "-q")
+    assert r.exit_code == 0, r.stderr
+    assert mirror.ranges(path) == [None, f"bytes={len(body) // 2}-"]
+    assert (Path(r.stdout.strip()) / "test.txt").read_text() == TRAIN * 20
+
+
+def test_trust_on_first_use_records_the_hash(mirror: FileServer, monkeypatch):
+    text = (TRAIN + VALID).encode()
+    corpus = register(monkeypatch, Corpus(
+        name="tofu-gz", description="one gz file", licence="test", source="generated",
+        files=(RemoteFile(name="all.txt.gz", urls=("https://upstream.invalid/all.txt.gz",),
+                          members={"all.txt.gz": Output("all.txt")}, archive="gz", unpacked_size=len(text)),),
+        split=SplitRule(source="all.txt", ratios=(80, 10, 10))))
+    body = gzip.compress(text)
+    mirror.serve("/m/tofu-gz/all.txt.gz", body)
+    r = cli("corpus", "download", corpus.name)
+    assert r.exit_code == 0, r.stderr
+    assert f"sha256 {sha(body)} (trust on first use" in r.stderr
+    folder = Path(r.stdout.strip())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["files"][0] == {"name": "all.txt.gz", "url": mirror.url + "/m/tofu-gz/all.txt.gz",
+                                    "bytes": len(body), "sha256": sha(body), "checksum": "trust-on-first-use"}
+    assert sorted(manifest["outputs"]) == ["test.txt", "train.txt", "valid.txt"]  # all.txt split, then removed
+    joined = b"".join((folder / f"{s}.txt").read_bytes() for s in ("train", "valid", "test"))
+    assert joined == text
+
+
+def test_real_manifest_entries_against_shared_bytes(mirror: FileServer, tmp_path: Path):
+    """The real PTB, tiny-shakespeare and Multi30k entries, served from ../shared through the mirror."""
+    ptb, ts, m30k = (shared_path("corpora", c) for c in ("ptb", "tinyshakespeare", "multi30k"))
+    for split in ("train", "valid", "test"):
+        mirror.serve(f"/m/ptb/ptb.{split}.txt", (ptb / f"{split}.txt").read_bytes())
+    whole = b"".join((ts / f"{s}.txt").read_bytes() for s in ("train", "valid", "test"))
+    mirror.serve("/m/tiny-shakespeare/input.txt", whole)
+    for stem, split in (("train", "train"), ("val", "valid"), ("test_2016_flickr", "test")):
+        for lang in ("de", "en"):
+            mirror.serve(f"/m/multi30k/{stem}.{lang}.gz", gzip.compress((m30k / f"{split}.{lang}").read_bytes()))
+    splits = ["test.txt", "train.txt", "valid.txt"]
+    pairs = [f"{s}.{x}" for s in ("test", "train", "valid") for x in ("de", "en")]
+    for name, shared, files in (("ptb", ptb, splits), ("tiny-shakespeare", ts, splits), ("multi30k", m30k, pairs)):
+        folder = api.corpus_download(name)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(files + ["manifest.json"])
+        for f in files:  # byte-identical to the shared copies: tiny-shakespeare's 90/5/5 split included
+            assert (folder / f).read_bytes() == (shared / f).read_bytes(), (name, f)
+    assert api.corpus_path("ptb") == store.corpus_folder("ptb")
+    assert is_parallel("multi30k") and locate_pairs("multi30k", "de", "en").train[0].name == "train.de"
+    # a file whose bytes differ from the manifest's (a fake WikiText zip) is refused
+    mirror.serve("/m/wikitext-2/wikitext-2-v1.zip", b"x" * registry.WIKITEXT_2.files[0].size)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        api.corpus_download("wikitext-2")
+    assert store.cached_path("wikitext-2") is None
+
+
+def test_file_url_mirror(monkeypatch, tmp_path: Path):
+    corpus = register(monkeypatch, zip_corpus())
+    (tmp_path / "mirror" / corpus.name).mkdir(parents=True)
+    (tmp_path / "mirror" / corpus.name / f"{corpus.name}.zip").write_bytes(ZIP_BODY)
+    folder = api.corpus_download(corpus.name, mirror=(tmp_path / "mirror").as_uri())
+    assert (folder / "valid.txt").read_text() == VALID
+    with pytest.raises(UsageError, match="mirror"):
+        api.corpus_download(corpus.name, mirror="ftp://x", force=True)
+
+
+# -- split ------------------------------------------------------------------------------------------------------
+LINES = [f"line {i} " + "word " * (i % 7) for i in range(1000)]
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    p = tmp_path / "raw.txt"
+    p.write_text("\n".join(LINES) + "\n")
+    return p
+
+
+def read_split(folder: Path) -> dict[str, list[str]]:
+    return {s: (folder / f"{s}.txt").read_text().splitlines() if (folder / f"{s}.txt").exists() else []
+            for s in ("train", "valid", "test")}
+
+
+def test_parse_ratios():
+    assert parse_ratios("98/1/1") == parse_ratios("0.98/0.01/0.01") == parse_ratios("98,1,1")
+    assert sum(parse_ratios("90/10/0")) == 1
+    for bad in ("90/5", "90/5/6", "-1/51/50", "0/50/50", "a/b/c", "0.5/0.3/0.3"):
+        with pytest.raises(UsageError):
+            parse_ratios(bad)
+    assert contiguous_bounds(40000, parse_ratios("90/5/5")) == (36000, 38000)
+
+
+def test_contiguous_split_is_deterministic_and_exact(raw: Path, tmp_path: Path):
+    rows = split_file(raw, tmp_path / "a", "98/1/1")
+    assert [(r["split"], r["lines"]) for r in rows] == [("train", 980), ("valid", 10), ("test", 10)]
+    assert rows[0]["tokens"] == sum(len(x.split()) for x in LINES[:980])
+    parts = read_split(tmp_path / "a")
+    assert parts["train"] + parts["valid"] + parts["test"] == LINES  # every line, in order
+    split_file(raw, tmp_path / "b", "98/1/1")
+    for s in ("train", "valid", "test"):
+        assert (tmp_path / "a" / f"{s}.txt").read_bytes() == (tmp_path / "b" / f"{s}.txt").read_bytes()
+
+
+def test_line_split_is_seeded_and_accounts_for_every_line(raw: Path, tmp_path: Path):
+    split_file(raw, tmp_path / "a", "80/10/10", by="line", seed=1)
+    split_file(raw, tmp_path / "b", "80/10/10", by="line", seed=1)
+    split_file(raw, tmp_path / "c", "80/10/10", by="line", seed=2)
+    a, b, c = (read_split(tmp_path / x) for x in "abc")
+    assert a == b and a != c
+    assert Counter(a["train"] + a["valid"] + a["test"]) == Counter(LINES)
+    assert 720 <= len(a["train"]) <= 880 and 50 <= len(a["valid"]) <= 150  # 80/10/10 of 1000, by hash
+    assert [x for x in LINES if x in set(a["test"])] == a["test"]  # file order kept within a split
+
+
+def test_split_cli_output_folder_rules_and_errors(raw: Path, tmp_path: Path):
+    out = tmp_path / "mine"
+    r = cli("corpus", "split", raw, "--ratios", "90/5/5", "-o", out, "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["lines"] for row in rows] == [900, 50, 50] and rows[0]["file"] == str(out / "train.txt")
+    one_error_line(cli("corpus", "split", raw, "-o", out), code=2, match="--force")
+    assert cli("corpus", "split", raw, "--ratios", "50/50/0", "-o", out, "--force", "-q").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["train.txt", "valid.txt"]
+    inside = out / "raw.txt"
+    inside.write_text("a\nb\n")
+    one_error_line(cli("corpus", "split", inside, "-o", out, "--force"), code=2, match="holds the input")
+    assert inside.exists()
+    for bad in ("90/5", "100/5/5", "0/50/50"):
+        one_error_line(cli("corpus", "split", raw, "--ratios", bad, "-o", tmp_path / "x"), code=2, match="--ratios")
+    one_error_line(cli("corpus", "split", raw, "--by", "word", "-o", tmp_path / "x"), code=2, match="--by")
+    assert not (tmp_path / "x").exists()
+
+
+def test_split_reads_like_read_text(tmp_path: Path):
+    src = tmp_path / "crlf.txt"
+    src.write_bytes(b"\xef\xbb\xbfone two\r\nthree\r\nfour five six\r\n")
+    split_file(src, tmp_path / "ok", "34/33/33")
+    assert (tmp_path / "ok" / "train.txt").read_bytes() == b"one two\n"
+    assert (tmp_path / "ok" / "test.txt").read_bytes() == b"four five six\n"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nalso fine\nbroken \xff here\n")
+    err = one_error_line(cli("corpus", "split", bad, "-o", tmp_path / "no"), match="line 3: invalid UTF-8")
+    assert str(bad) in err and not (tmp_path / "no").exists()
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    one_error_line(cli("corpus", "split", tmp_path / "empty.txt", "-o", tmp_path / "no"), match="empty")
+    one_error_line(cli("corpus", "split", tmp_path / "none.txt", "-o", tmp_path / "no"), match="not found")
+    assert not (tmp_path / "no").exists()
+    # two lines cannot feed 98/1/1 with a non-empty train? they can: train gets both, valid/test warn
+    (tmp_path / "two.txt").write_text("a b\nc d\n")
+    r = cli("corpus", "split", tmp_path / "two.txt", "-o", tmp_path / "two")
+    assert r.exit_code == 0 and "warning: the valid split is empty" in r.stderr
+
+
+def test_split_stdin_by_line(tmp_path: Path):
+    r = cli("corpus", "split", "-", "--by", "line", "-o", tmp_path / "s", "-f", "json", input="\n".join(LINES) + "\n")
+    assert r.exit_code == 0, r.stderr
+    assert sum(row["lines"] for row in json.loads(r.stdout)) == len(LINES)
+    one_error_line(cli("corpus", "split", "-", "-o", tmp_path / "t", input="a\n"), code=2, match="--by line")
+
+
+# -- failures of the machine: a full disk, Ctrl-C ---------------------------------------------------------------
+SPAWN = """
+import sys
+from lmkit.datasets import registry
+from lmkit.datasets.registry import Corpus, Output, RemoteFile
+size, digest = int(sys.argv[1]), sys.argv[2]
+registry.CORPORA["big"] = Corpus(name="big", description="", licence="", source="", files=(RemoteFile(
+    name="big.txt", urls=("https://upstream.invalid/big.txt",), members={"big.txt": Output("train.txt")},
+    size=size, sha256=digest),))
+from lmkit.cli import main
+sys.argv = ["lmkit", "corpus", "download", "big", "-q"]
+main()
+"""
+
+
+def spawn_download(server: FileServer, body: bytes, cache: Path, limit: int | None = None):
+    def preexec():
+        if limit:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "LMKIT_CACHE": str(cache), "LMKIT_CORPUS_MIRROR": server.url + "/m"}
+    env.pop("LMKIT_OFFLINE", None)
+    return subprocess.Popen([sys.executable, "-c", SPAWN, str(len(body)), sha(body)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
+
+
+def test_disk_full_and_interrupt_publish_nothing(server: FileServer, tmp_path: Path):
+    body = b"some words on a line\n" * 20_000  # 420 kB
+    server.serve("/m/big/big.txt", body)
+    proc = spawn_download(server, body, tmp_path / "c1", limit=100_000)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: disk full") and out == ""
+    assert published(tmp_path / "c1" / "corpora") == []
+
+    server.serve("/m/big/big.txt", body, stall=30)
+    proc = spawn_download(server, body, tmp_path / "c2")
+    deadline = time.time() + 30
+    while not server.requests[1:] and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    assert published(tmp_path / "c2" / "corpora") == []
+
+
+def test_force_replaces_and_a_second_downloader_is_refused(mirror: FileServer, monkeypatch):
+    from lmkit.runlock import run_lock
+
+    corpus = register(monkeypatch, zip_corpus())
+    mirror.serve(f"/m/{corpus.name}/{corpus.name}.zip", ZIP_BODY)
+    folder = api.corpus_download(corpus.name)
+    (folder / "train.txt").write_text("tampered\n")
+    assert api.corpus_download(corpus.name) == folder and (folder / "train.txt").read_text() == "tampered\n"
+    assert api.corpus_download(corpus.name, force=True) == folder
+    assert (folder / "train.txt").read_text() == TRAIN and published(store.corpora_root()) == [corpus.name]
+    with run_lock(folder):  # another process holds the corpus
+        with pytest.raises(DataError, match="another lmkit process is downloading it"):
+            api.corpus_download(corpus.name, force=True)
