@@ -3,7 +3,10 @@
 AdamW or SGD, warmup then cosine/linear decay, gradient clipping, budgets (epochs, tokens, wall
 time; whichever ends first), exact validation perplexity through the one scoring path, early
 stopping with best-checkpoint keeping, checkpoints that resume bit-for-bit for step-based budgets,
-SIGINT -> checkpoint and a clean exit. Nothing here knows which family it trains."""
+SIGINT -> checkpoint and a clean exit. Nothing here knows which family it trains.
+
+Under torchrun the same loop runs in every process: `ranks` (lmkit.distributed) shards each global batch,
+wraps the module in DDP, and keeps the ranks in step; with one process its calls do nothing."""
 
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ def parse_duration(text: str | float | None) -> float | None:
 
 class Interrupted(LmkitError):
     exit_code = 130
+    same_on_every_rank = True  # a collective stop: rank 0 reports it for the job
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -191,7 +195,7 @@ def _settle_checkpoint(run_dir: Path) -> Path:
     return ck
 
 
-def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_state) -> None:
+def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_state, rank_rng=None) -> None:
     import io
     import shutil
 
@@ -207,6 +211,8 @@ def _save_checkpoint(run_dir: Path, net, optimizer, scaler, state: dict, rnn_sta
                                                              else (rnn_state,))]
     if torch.cuda.is_available():
         tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if rank_rng is not None:  # data-parallel: every rank's RNG, (world, n)
+        tensors["rank_rng"] = rank_rng
     buf = io.BytesIO()
     torch.save(tensors, buf)  # into memory: torch's own file errors do not say "disk full"
     try:
@@ -315,15 +321,24 @@ def load_checkpoint(run_dir: Path, net, device: str):
 # -- the loop ---------------------------------------------------------------------------------------
 def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=print,
         run_dir: Path | None = None, progress: bool = True, resume: bool = False,
-        on_eval=None) -> dict:
-    """Train `model` (a TorchLM) in place; returns facts for run.json. Writes checkpoints to run_dir."""
+        on_eval=None, ranks=None) -> dict:
+    """Train `model` (a TorchLM) in place; returns facts for run.json. Writes checkpoints to run_dir.
+
+    `ranks` (lmkit.distributed.Ranks, from api's session) makes this one process of a data-parallel run:
+    every rank reads run_dir, rank 0 alone writes it."""
+    from .distributed import SINGLE, check_global_batch, rank_seed
+
+    ranks = ranks or SINGLE
     cfg = _resolved(cfg, getattr(unwrap(model.net), "train_defaults", {}))
+    check_global_batch(cfg.batch_size, ranks.world_size)
+    writes = run_dir is not None and ranks.is_main
     device = model.device
     is_cuda = device.startswith("cuda")
     placement = model.placement
     precision = placement.precision if placement is not None else "fp32"
     net = model.net
     optimizer = _make_optimizer(net, cfg, is_cuda)
+    step_net = ranks.wrap(net)  # the training forward (DDP under torchrun); evaluation uses `net`
     scaler = torch.amp.GradScaler("cuda") if (is_cuda and precision == "fp16") else None
 
     stateful_stream = unwrap(net).stateful and model.protocol.context == "stream"
@@ -353,21 +368,24 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         state.update({k: v for k, v in saved.items() if k in state})
         try:
             optimizer.load_state_dict(tensors["optimizer"])
-            torch.set_rng_state(tensors["torch_rng"].cpu())
+            ranks.restore_rng(tensors, cfg.seed, state["step"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise ModelError(f"{run_dir / CHECKPOINT_DIR / 'trainer.pt'}: checkpoint does not match this model "
                              f"({exc.__class__.__name__})") from None
         if scaler is not None and tensors.get("scaler"):
             scaler.load_state_dict(tensors["scaler"])
-        if "rnn_state" in tensors and stateful_stream:
-            parts = tuple(t.to(device) for t in tensors["rnn_state"])
+        if "rnn_state" in tensors and stateful_stream:  # saved for the global batch: this rank's rows
+            parts = tuple(t.to(device) for t in ranks.take_rows(tuple(tensors["rnn_state"]), cfg.batch_size))
             rnn_state = parts if len(parts) > 1 else parts[0]
         log(f"resuming at step {state['step']} (epoch {state['epoch'] + 1}, "
             f"{state['tokens_seen']:,} tokens seen)")
     else:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(rank_seed(cfg.seed, ranks.rank))
+    if ranks.distributed:
+        log(f"data parallel: {ranks.describe()}, global batch {cfg.batch_size} = {ranks.world_size} x "
+            f"{cfg.batch_size // ranks.world_size} rows; budgets count the tokens of all processes")
 
-    interrupted = {"flag": False}
+    interrupted = {"flag": False, "agreed": False}
 
     def on_sigint(signum, frame):
         if interrupted["flag"]:
@@ -375,7 +393,7 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         interrupted["flag"] = True
 
     old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
-    bar = _Progress(progress, float(total_steps or cfg.time_budget or 1), model.label)
+    bar = _Progress(progress and ranks.is_main, float(total_steps or cfg.time_budget or 1), model.label)
     metrics_rows: list[dict] = _read_metrics(run_dir, state["step"]) if (resume and run_dir) else []
 
     def budget_left() -> bool:
@@ -399,29 +417,35 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         return fr
 
     def evaluate(train_loss: float | None) -> bool:
-        """Exact valid perplexity; keeps the best weights; returns False when patience ran out."""
+        """Exact valid perplexity; keeps the best weights; returns False when patience ran out.
+
+        Data-parallel: rank 0 scores alone (the one scoring path, exact in every context) and every rank
+        takes its number, so all ranks keep the same state and stop at the same step."""
         row = {"step": state["step"], "epoch": state["step"] / max(1, steps_per_epoch),
                "tokens_seen": state["tokens_seen"], "seconds": state["train_seconds"],
                "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
+        # collectives first, on every rank: the whole batch's recurrent state and every rank's RNG
+        saved_rnn = ranks.gather_rows(rnn_state) if run_dir is not None else None
+        rank_rng = ranks.gather_rng() if run_dir is not None else None
         if valid is not None:
-            ppl = score_encoded(model, valid, keep=False).perplexity
+            ppl = ranks.from_main(score_encoded(model, valid, keep=False).perplexity if ranks.is_main else None)
             row["valid_ppl"] = ppl
             best = state["best_valid_ppl"]
             if best is None or ppl < best:
                 state.update(best_valid_ppl=ppl, best_step=state["step"], evals_since_best=0)
-                if run_dir is not None:
+                if writes:
                     save_weights(unwrap(net), run_dir / WEIGHTS)
             else:
                 state["evals_since_best"] += 1
-        elif run_dir is not None:
+        elif writes:
             save_weights(unwrap(net), run_dir / WEIGHTS)
         metrics_rows.append(row)
         state["last_eval_seconds"] = state["train_seconds"]
-        if run_dir is not None:
+        if writes:
             from .runs import append_metrics
 
             append_metrics(run_dir, metrics_rows)
-            _save_checkpoint(run_dir, net, optimizer, scaler, state, rnn_state)
+            _save_checkpoint(run_dir, net, optimizer, scaler, state, saved_rnn, rank_rng)
         if on_eval is not None:
             on_eval(row)
         if cfg.patience is not None and state["evals_since_best"] >= cfg.patience:
@@ -437,23 +461,26 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         while budget_left():
             batches = _epoch_batches(model, train, cfg, state["epoch"])
             if state["batch"] == 0 and stateful_stream:
-                rnn_state = unwrap(net).init_state(cfg.batch_size, device)
+                rnn_state = unwrap(net).init_state(cfg.batch_size // ranks.world_size, device)
             while state["batch"] < len(batches) and budget_left():
                 t0 = time.perf_counter()
                 b = batches[state["batch"]]
-                x, y = _to_device(b.x, device), _to_device(b.y, device)
+                targets = b.num_targets  # of the global batch: every rank holds the same plan
+                bx, by = ranks.shard(b.x, b.y, cfg.batch_size)  # this rank's rows (all of them in one process)
+                x, y = _to_device(bx, device), _to_device(by, device)
                 if stateful_stream:
                     in_state = rnn_state
                 elif unwrap(net).stateful:
-                    in_state = unwrap(net).init_state(b.x.shape[0], device)
+                    in_state = unwrap(net).init_state(bx.shape[0], device)
                 else:
                     in_state = None
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(state["step"], progress_fraction(), cfg)
                 with placement.autocast() if placement is not None else _null():
                     # (B, T) ln P over the predictable set; padded positions give 0 and never count
-                    logprobs, out_state = forward_target_logprobs(net, x, y, in_state)
-                loss = -logprobs.sum() / b.num_targets
+                    logprobs, out_state = forward_target_logprobs(step_net, x, y, in_state)
+                # this rank's share of the global mean loss (all of it in one process); DDP sums the gradients
+                loss = -logprobs.sum() / targets
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -473,10 +500,11 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                 loss_count += 1
                 state["step"] += 1
                 state["batch"] += 1
-                state["tokens_seen"] += b.num_targets
-                state["train_seconds"] += time.perf_counter() - t0
+                state["tokens_seen"] += targets
+                stop, seconds = ranks.agree(interrupted["flag"], time.perf_counter() - t0)
+                state["train_seconds"] += seconds
                 if state["step"] % 20 == 0 or state["step"] == 1:
-                    last_loss = float(loss_sum) / loss_count  # host sync, every 20 steps only
+                    last_loss = float(ranks.sum_(loss_sum)) / loss_count  # host sync, every 20 steps only
                     loss_sum.zero_()
                     loss_count = 0
                     tps = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
@@ -488,7 +516,8 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                     eval_seconds and state["train_seconds"] - state["last_eval_seconds"] >= eval_seconds)
                 if due and not evaluate(last_loss):
                     break
-                if interrupted["flag"]:
+                if stop or (interrupted["flag"] and not ranks.distributed):  # one process: also during evaluation
+                    interrupted["agreed"] = True
                     raise KeyboardInterrupt
             if state["stopped"] == "early-stopping":
                 break
@@ -501,19 +530,27 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         state["stopped"] = "interrupted"
         model.train_state = {k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds",
                                                    "best_valid_ppl", "best_step", "stopped")}  # for run.json
-        if run_dir is not None:
-            _save_checkpoint(run_dir, net, optimizer, scaler, state, rnn_state)
-        raise Interrupted(f"interrupted at step {state['step']}; checkpoint written"
+        model.train_state["parallel"] = ranks.info(cfg.batch_size)
+        # data-parallel: only a stop all ranks agreed on can gather their state (a second Ctrl-C cannot)
+        collective = interrupted["agreed"] or not ranks.distributed
+        if run_dir is not None and collective:
+            saved_rnn, rank_rng = ranks.gather_rows(rnn_state), ranks.gather_rng()
+            if writes:
+                _save_checkpoint(run_dir, net, optimizer, scaler, state, saved_rnn, rank_rng)
+        written = run_dir is not None and collective
+        raise Interrupted(f"interrupted at step {state['step']}; "
+                          + ("checkpoint written" if written else "the last checkpoint is kept")
                           + (f" — resume with: lmkit train --resume {run_dir}" if run_dir else "")) from None
     finally:
         bar.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
-    if run_dir is not None and (run_dir / WEIGHTS).exists():
+    if writes and (run_dir / WEIGHTS).exists():  # rank 0 scores the final numbers; the others are done
         load_weights(unwrap(net), run_dir / WEIGHTS)  # final numbers come from the best checkpoint
     net.eval()
     model.train_state = {k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds",
                                                "best_valid_ppl", "best_step", "stopped")}
+    model.train_state["parallel"] = ranks.info(cfg.batch_size)
     model.train_state["train_config"] = asdict(cfg)
     return dict(model.train_state)
 
