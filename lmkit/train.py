@@ -421,6 +421,8 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
 
         Data-parallel: rank 0 scores alone (the one scoring path, exact in every context) and every rank
         takes its number, so all ranks keep the same state and stop at the same step."""
+        if train_loss is not None and not math.isfinite(train_loss):
+            train_loss = None  # a diverged loss is not a number JSON can hold; the stop below reports it
         row = {"step": state["step"], "epoch": state["step"] / max(1, steps_per_epoch),
                "tokens_seen": state["tokens_seen"], "seconds": state["train_seconds"],
                "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
@@ -429,6 +431,9 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         rank_rng = ranks.gather_rng() if run_dir is not None else None
         if valid is not None:
             ppl = ranks.from_main(score_encoded(model, valid, keep=False).perplexity if ranks.is_main else None)
+            if not math.isfinite(ppl):  # diverged weights: never kept, never written as the best
+                state["stopped"] = "diverged"
+                return False
             row["valid_ppl"] = ppl
             best = state["best_valid_ppl"]
             if best is None or ppl < best:
@@ -507,10 +512,13 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                     last_loss = float(ranks.sum_(loss_sum)) / loss_count  # host sync, every 20 steps only
                     loss_sum.zero_()
                     loss_count = 0
+                    if not math.isfinite(last_loss):  # every rank sees the same all-reduced loss
+                        state["stopped"] = "diverged"
+                        break
                     tps = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
                     best = state["best_valid_ppl"]
                     bar.update(state["step"] if total_steps else state["train_seconds"],
-                               f"loss {last_loss:.3f}  valid ppl {best if best is None else f'{best:.2f}'}"
+                               f"loss {last_loss:.3f}  valid ppl {'-' if best is None else f'{best:.2f}'}"
                                f"  {tps:,.0f} tok/s")
                 due = (eval_every and state["step"] % eval_every == 0) or (
                     eval_seconds and state["train_seconds"] - state["last_eval_seconds"] >= eval_seconds)
@@ -519,12 +527,12 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
                 if stop or (interrupted["flag"] and not ranks.distributed):  # one process: also during evaluation
                     interrupted["agreed"] = True
                     raise KeyboardInterrupt
-            if state["stopped"] == "early-stopping":
+            if state["stopped"] in ("early-stopping", "diverged"):
                 break
             if state["batch"] >= len(batches):
                 state["epoch"] += 1
                 state["batch"] = 0
-        if not metrics_rows or metrics_rows[-1]["step"] != state["step"]:
+        if state["stopped"] != "diverged" and (not metrics_rows or metrics_rows[-1]["step"] != state["step"]):
             evaluate(last_loss)
     except KeyboardInterrupt:
         state["stopped"] = "interrupted"
@@ -545,6 +553,8 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         bar.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+    if state["stopped"] == "diverged":
+        _report_divergence(state, run_dir, log if ranks.is_main else None)
     if writes and (run_dir / WEIGHTS).exists():  # rank 0 scores the final numbers; the others are done
         load_weights(unwrap(net), run_dir / WEIGHTS)  # final numbers come from the best checkpoint
     net.eval()
@@ -553,6 +563,19 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     model.train_state["parallel"] = ranks.info(cfg.batch_size)
     model.train_state["train_config"] = asdict(cfg)
     return dict(model.train_state)
+
+
+def _report_divergence(state: dict, run_dir: Path | None, log) -> None:
+    """A NaN/inf loss or valid perplexity stops training: the best weights before it are the result, with a
+    warning; with none kept yet there is no result, and the error says what to change."""
+    hint = "lower --lr, or set --clip (gradient clipping)"
+    if state["best_valid_ppl"] is None:
+        where = f"; {run_dir} is incomplete: delete it and train again" if run_dir is not None else ""
+        raise ModelError(f"training diverged at step {state['step']} (the loss became NaN or infinite) before any "
+                         f"validation kept weights: {hint}{where}")
+    if log is not None:
+        log(f"warning: training diverged at step {state['step']} (NaN or infinite loss); stopped and kept the best "
+            f"weights (step {state['best_step']}, valid perplexity {state['best_valid_ppl']:.2f}); {hint}")
 
 
 def _main_thread() -> bool:
