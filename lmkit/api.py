@@ -102,6 +102,65 @@ def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top
     return report
 
 
+# -- token files ------------------------------------------------------------------------------------
+@dataclass
+class EncodedSplit:
+    """One split's token file, as `lmkit encode` reports it."""
+
+    split: str
+    file: str
+    sequences: int
+    tokens: int  # scored tokens: ids plus one </s> per sequence
+    dtype: str
+    bytes: int  # of ids.bin, offsets.bin and lines.bin
+    path: Path
+    reused: bool
+
+    def row(self) -> dict:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def encode_corpus(corpus: str | Path | None = None, vocab: str | Path | None = None, *,
+                  train: str | Path | None = None, valid: str | Path | None = None, test: str | Path | None = None,
+                  splits: list[str] | str | None = None, context: str = "sentence", keep_blank_lines: bool = False,
+                  log: Log = _quiet) -> list[EncodedSplit]:
+    """Encode each split once into a memory-mapped token file in the cache, or find the one already there;
+    `lmkit train --vocab` and `lmkit score` then read ids from it instead of the text (lmkit.data.tokenfile).
+
+    The protocol is built as `train` builds it (level, case and normalisation come from the vocabulary).
+    `splits` (default: every split found) must all exist; plain language-model corpora only."""
+    from .data.tokenfile import encode_file
+
+    if vocab is None:
+        raise UsageError("lmkit encode needs --vocab: token ids index one vocabulary (build one with "
+                         "`lmkit vocab build TRAIN_FILE -o vocab.json`)")
+    if isinstance(splits, str):
+        splits = [s.strip() for s in splits.split(",") if s.strip()]
+    unknown = [s for s in splits or () if s not in ("train", "valid", "test")]
+    if unknown or splits == []:
+        raise UsageError(f"--splits takes train, valid and/or test, comma-separated; got {','.join(splits or [])!r}")
+    if corpus is None and train is None and valid is None and test is None:
+        raise UsageError("give --corpus DIR, or the files with --train/--valid/--test FILE")
+    if corpus is not None and train is None and is_parallel(corpus):
+        raise UsageError(f"{corpus} is a parallel corpus; token files hold plain language-model text, so "
+                         "translation runs read their pairs from the text files")
+    files = locate(corpus, train, valid, test, need=tuple(splits or ()))
+    names = list(splits or [s for s in ("train", "valid", "test") if files.get(s) is not None])
+    if not names:
+        raise DataError(f"{corpus}: no train, valid or test file found (expected files such as train.txt)")
+    v = Vocab.load(vocab)
+    protocol = _protocol_for(TrainRequest(vocab=vocab, context=context, keep_blank_lines=keep_blank_lines), v)
+    results = []
+    for split in names:
+        path = files.get(split)
+        found, reused = encode_file(path, v, protocol, log=log)
+        if reused:
+            log(f"tokens: reusing {found.path}")
+        results.append(EncodedSplit(split, str(Path(path)), found.counts["sequences"], found.counts["tokens"],
+                                    found.dtype, found.nbytes, found.path, reused))
+    return results
+
+
 # -- training ---------------------------------------------------------------------------------------
 @dataclass
 class TrainRequest:
@@ -131,6 +190,11 @@ class TrainRequest:
     force: bool = False
     seed: int = 0
     progress: bool = True
+    # n-gram counting resources (not model settings: they never change the counts or the run's identity)
+    memory: str | int | None = None  # bound on counting buffers, e.g. "4G": count out of core, spill to tmp
+    tmp: str | Path | None = None  # folder for the spill files (default: the system temp folder)
+    engine: str | None = None  # local (default) or dask
+    scheduler: str | None = None  # dask: tcp://host:port or local[:N]
 
 
 def _parse_k(value: Any) -> Any:
@@ -273,8 +337,24 @@ def _read_split(path) -> Text | ParallelText:
     return read_pair(*path) if isinstance(path, tuple) else read_text(path)
 
 
-def _split_info(text: Text | ParallelText, enc: Encoded) -> dict:
-    info = {"path": text.name, "sha256": text.sha256, "sequences": len(enc.sequences),
+def _cached_split(path, vocab: Vocab | None, protocol: Protocol, log: Log) -> Encoded | None:
+    """The split from its cached token file (`lmkit encode`), or None: then the text is read as always.
+
+    Only a plain file under a known vocabulary can have one; finding it hashes the file, nothing more."""
+    if vocab is None or path is None or isinstance(path, tuple) or str(path) == "-":
+        return None
+    from .data.tokenfile import lookup
+
+    found = lookup(path, vocab, protocol, log)
+    if found is None:
+        return None
+    log(f"tokens: reusing {found.path}")
+    return found.encoded(name=str(Path(path)))
+
+
+def _split_info(text: Text | ParallelText | None, enc: Encoded) -> dict:
+    """The run.json data record of a split; `text` is None when it came from a token file."""
+    info = {"path": enc.name, "sha256": enc.sha256, "sequences": len(enc.sequences),
             "tokens": enc.num_tokens, "skipped_blank_lines": enc.skipped_blank_lines}
     if isinstance(text, ParallelText):  # both files, each with its own hash; sha256 covers the pair
         info.update(source=text.source.name, target=text.target.name, source_sha256=text.source.sha256,
@@ -287,13 +367,15 @@ def _default_run_dir(runs_dir: str | Path, label: str) -> Path:
     return Path(runs_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _encode_splits(texts: dict[str, Text], vocab: Vocab, protocol: Protocol, log: Log) -> dict[str, Encoded]:
-    encoded = {s: encode(t, vocab, protocol) for s, t in texts.items()}
+def _encode_splits(texts: dict[str, Text], vocab: Vocab, protocol: Protocol, log: Log,
+                   cached: dict[str, Encoded] | None = None) -> dict[str, Encoded]:
+    """Encode the texts read; splits found as token files (`cached`) are checked the same way."""
+    encoded = {**(cached or {}), **{s: encode(t, vocab, protocol) for s, t in texts.items()}}
     for s, enc in encoded.items():
         if not enc.sequences:
-            raise DataError(f"{texts[s].name}: has no non-blank lines to {'train on' if s == 'train' else 'score'}")
+            raise DataError(f"{enc.name}: has no non-blank lines to {'train on' if s == 'train' else 'score'}")
         if enc.reserved_tokens:
-            log(f"warning: {texts[s].name}: {enc.reserved_tokens} literal <s>/</s>/<pad> tokens read as <unk>")
+            log(f"warning: {enc.name}: {enc.reserved_tokens} literal <s>/</s>/<pad> tokens read as <unk>")
     return encoded
 
 
@@ -363,6 +445,7 @@ def check_request(req: TrainRequest):
                          "it is (drop them, or drop --vocab)")
     Vocab.check_options(req.min_count, req.max_size)
     cls, config = resolve_model(req.model, req.options, req.sets)
+    counting_plan(req, cls)  # --memory/--engine with a neural family: refused before torch is imported
     tcfg = _train_config(cls, req) if _is_torch_family(cls) else None
     if tcfg is None and any(v is not None for v in req.train_options.values()):
         given = ", ".join(f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None)
@@ -372,6 +455,21 @@ def check_request(req: TrainRequest):
 
         resolve_precision(tcfg.precision, resolve_device(tcfg.device))
     return cls, config, tcfg
+
+
+def counting_plan(req: TrainRequest, cls):
+    """The n-gram CountingPlan of --memory/--tmp/--engine/--scheduler (None when none is given); refused
+    for families that do not count n-grams."""
+    given = {f"--{k}": v for k, v in (("memory", req.memory), ("tmp", req.tmp), ("engine", req.engine),
+                                      ("scheduler", req.scheduler)) if v is not None}
+    if not given:
+        return None
+    if cls.kind != "ngram":
+        raise UsageError(f"{', '.join(given)} only apply to n-gram counting, not to {cls.kind} (drop "
+                         f"{'them' if len(given) > 1 else 'it'}, or train an ngram model)")
+    from .models.ngram.resources import CountingPlan
+
+    return CountingPlan.from_options(req.memory, req.tmp, req.engine, req.scheduler)
 
 
 def train(req: TrainRequest, log: Log = _quiet) -> Path:
@@ -388,36 +486,45 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
     from .runlock import run_lock
 
     cls, config, tcfg = check_request(req)
+    counting = counting_plan(req, cls)
     if tcfg is not None and tcfg.seq_len is not None and req.context != "stream":
         raise UsageError("--seq-len sets the window of --context stream; sentence context trains on whole lines "
                          "(add --context stream, or drop --seq-len)")
+    launch = _check_launch(cls, tcfg, req.model)
+    if not launch.is_main:
+        log = _quiet  # under torchrun rank 0 speaks (and writes) for the run
     task = _task_for(req)
     files = _locate_splits(req, task)
     out = Path(req.output) if req.output else None
-    if out is not None:
+    if out is not None and launch.is_main:
         locks.enter_context(run_lock(out))
         check_output_dir(out, req.force)
 
     vocab = Vocab.load(req.vocab) if req.vocab else None
     protocol = _protocol_for(req, vocab, task)
-    texts = {s: _read_split(files.get(s)) for s in ("train", "valid", "test") if files.get(s) is not None}
+    paths = {s: files.get(s) for s in ("train", "valid", "test") if files.get(s) is not None}
+    cached = {s: enc for s, p in paths.items() if (enc := _cached_split(p, vocab, protocol, log)) is not None}
+    texts = {s: _read_split(p) for s, p in paths.items() if s not in cached}
     if vocab is None:
         vocab = Vocab.build(count_tokens(texts["train"], protocol), level=protocol.level,
                             lowercase=protocol.lowercase, normalize=protocol.normalize,
                             min_count=req.min_count, max_size=req.max_size, with_sep=task == "translate")
         log(f"vocabulary: {len(vocab):,} ids from {texts['train'].name}")
-    encoded = _encode_splits(texts, vocab, protocol, log)
-    data = {s: _split_info(texts[s], encoded[s]) for s in texts}
+    encoded = _encode_splits(texts, vocab, protocol, log, cached)
+    data = {s: _split_info(texts.get(s), encoded[s]) for s in paths}
 
     if tcfg is not None:
         _check_stream_fits(cls, tcfg, protocol, encoded["train"])
         if out is None:
             out = _default_run_dir(req.runs_dir, cls.kind)
-            locks.enter_context(run_lock(out))
+            if launch.is_main:
+                locks.enter_context(run_lock(out))
         return _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, req.force, log,
                             progress=req.progress)
 
     model = cls(config, vocab, protocol)
+    if counting is not None:
+        model.counting = counting
     log(f"training {model.label} on {encoded['train'].num_tokens:,} tokens ({protocol.context} context)")
     start = time.perf_counter()
     info = model.fit(encoded["train"], encoded["valid"], log) or {}
@@ -443,6 +550,21 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
     return out
 
 
+def _check_launch(cls, tcfg, spec: str):
+    """The torchrun launch (lmkit.distributed.Launch); with WORLD_SIZE > 1, what cannot train data-parallel
+    (n-gram counting, a global batch that does not split evenly) is refused before any file is touched."""
+    from .distributed import check_family, check_global_batch, launch_from_env
+
+    launch = launch_from_env()
+    check_family(tcfg is not None, spec, launch.world_size)
+    if tcfg is not None and launch.world_size > 1:
+        from .train import _resolved
+
+        batch = _resolved(tcfg, getattr(cls.module, "train_defaults", {})).batch_size
+        check_global_batch(batch, launch.world_size)
+    return launch
+
+
 def _check_stream_fits(cls, tcfg, protocol: Protocol, train: Encoded) -> None:
     """Stream context cuts the training stream into --batch-size parallel rows: a batch wider than the
     stream has no row to train on. Refused here, before a run folder exists, not at the first step."""
@@ -451,19 +573,20 @@ def _check_stream_fits(cls, tcfg, protocol: Protocol, train: Encoded) -> None:
     from .train import _resolved
 
     batch = _resolved(tcfg, getattr(cls.module, "train_defaults", {})).batch_size
-    targets = sum(len(s) + 1 for s in train.sequences)  # every token and each line's </s> (batching.stream_ids)
+    targets = train.num_tokens  # every token and each line's </s> (batching.stream_ids)
     if targets < batch:
         raise UsageError(f"--batch-size {batch} is more rows than the training stream has tokens ({targets}): "
                          f"stream context needs at most {targets} (or use --context sentence)")
 
 
-def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol):
-    """Seeded construction on the chosen device (weights identical for the same seed)."""
+def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol, device: str | None = None):
+    """Seeded construction on the chosen device (weights identical for the same seed); `device` overrides
+    tcfg.device (a torchrun rank's cuda:LOCAL_RANK) without changing what run.json records."""
     import torch
 
     from .device import place
 
-    placement = place(tcfg.device, tcfg.precision, tcfg.threads)
+    placement = place(device or tcfg.device, tcfg.precision, tcfg.threads)
     torch.manual_seed(tcfg.seed)
     try:
         model = cls(config, vocab, protocol, device=placement.device)
@@ -482,46 +605,19 @@ def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol):
 
 def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, force: bool, log: Log,
                  *, progress: bool, resume_record: RunRecord | None = None) -> Path:
-    """Neural runs write their folder as they go (checkpoints), each file atomically."""
-    import shutil
+    """Neural runs write their folder as they go (checkpoints), each file atomically.
 
-    from .train import Interrupted, fit
+    Under torchrun every process trains inside one process group (lmkit.distributed.session: up for the
+    fit, torn down after it and on error); rank 0 alone writes the folder and scores the final numbers."""
+    from .distributed import session
 
-    model = _build_torch_model(cls, config, tcfg, vocab, protocol)
-    if resume_record is None:
-        if out.exists() and force:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        vocab.save(out / "vocab.json")
-        record = RunRecord(kind=cls.kind, label=model.label, config=asdict(config),
-                           protocol=protocol.to_dict(), vocab_id=vocab.vocab_id, data=data,
-                           parameters=model.num_parameters(), seed=tcfg.seed,
-                           device=model.placement.name, train_config=asdict(tcfg), versions=versions())
-    else:
-        record = resume_record
-        record.train_config = asdict(tcfg)
-        record.device = model.placement.name
-    previous = record.status
-    record.status = "training"
-    write_record(out, record)
-    model.run_dir = out
-    log(f"training {model.label} ({model.num_parameters():,} parameters) on {model.placement.name}, "
-        f"{model.placement.precision}, {protocol.context} context, into {out} "
-        f"(after a crash: lmkit train --resume {out})")
-    try:
-        info = fit(model, encoded["train"], encoded.get("valid"), tcfg, log=log, run_dir=out,
-                   progress=progress, resume=resume_record is not None)
-    except (Interrupted, KeyboardInterrupt):
-        record.status = "interrupted"
-        if model.train_state:
-            record.fit_info = dict(model.train_state)
-        write_record(out, record)
-        raise
-    except ModelError:  # a checkpoint that does not fit the model: refused before any step, record as it was
-        if resume_record is not None and not model.train_state:
-            record.status = previous
-            write_record(out, record)
-        raise
+    with session(tcfg.device) as ranks:
+        if not ranks.is_main:
+            log, progress = _quiet, False
+        model, record, info = _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, force, log, ranks,
+                                         progress=progress, resume_record=resume_record)
+    if not ranks.is_main:
+        return out
     record.status = "complete"
     record.fit_info = info
     record.train_seconds = info.get("train_seconds", 0.0)
@@ -536,16 +632,69 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
     return out
 
 
+def _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, force: bool, log: Log, ranks, *,
+               progress: bool, resume_record: RunRecord | None):
+    """(model, record, fit info): the model built on this rank's device and trained; rank 0 writes."""
+    import shutil
+
+    from .train import Interrupted, fit
+
+    model = _build_torch_model(cls, config, tcfg, vocab, protocol, device=ranks.device)
+    writer = ranks.is_main
+    device_name = model.placement.name + (f" x {ranks.world_size} processes" if ranks.distributed else "")
+    if resume_record is None:
+        if writer:
+            if out.exists() and force:
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            vocab.save(out / "vocab.json")
+        record = RunRecord(kind=cls.kind, label=model.label, config=asdict(config),
+                           protocol=protocol.to_dict(), vocab_id=vocab.vocab_id, data=data,
+                           parameters=model.num_parameters(), seed=tcfg.seed,
+                           device=device_name, train_config=asdict(tcfg), versions=versions())
+    else:
+        record = resume_record
+        record.train_config = asdict(tcfg)
+        record.device = device_name
+    previous = record.status
+    record.status = "training"
+    if writer:
+        write_record(out, record)
+    model.run_dir = out
+    log(f"training {model.label} ({model.num_parameters():,} parameters) on {device_name}, "
+        f"{model.placement.precision}, {protocol.context} context, into {out} "
+        f"(after a crash: lmkit train --resume {out})")
+    try:
+        info = fit(model, encoded["train"], encoded.get("valid"), tcfg, log=log, run_dir=out,
+                   progress=progress, resume=resume_record is not None, ranks=ranks)
+    except (Interrupted, KeyboardInterrupt):
+        record.status = "interrupted"
+        if model.train_state:
+            record.fit_info = dict(model.train_state)
+        if writer:
+            write_record(out, record)
+        raise
+    except ModelError:  # a checkpoint that does not fit the model: refused before any step, record as it was
+        if resume_record is not None and not model.train_state and writer:
+            record.status = previous
+            write_record(out, record)
+        raise
+    return model, record, info
+
+
 def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = _quiet,
            progress: bool = True) -> Path:
     """Continue an interrupted, killed (status 'training') or finished neural run from its last checkpoint.
 
     Budgets given again replace the stored ones (e.g. more epochs); everything else is as stored.
     The folder is locked like `train`'s, so a resume never runs beside the training it continues."""
+    from .distributed import is_main_process
     from .runlock import run_lock
 
     run_dir = Path(run_dir)
     read_record(run_dir)  # a missing or foreign folder is refused before a lock file appears beside it
+    if not is_main_process():  # under torchrun rank 0 holds the lock and speaks for the run
+        return _resume(run_dir, train_options, _quiet, False)
     with run_lock(run_dir):
         return _resume(run_dir, train_options, log, progress)
 
@@ -554,6 +703,7 @@ def _resume(run_dir: Path, train_options: dict | None, log: Log, progress: bool)
     import dataclasses
 
     from .config import config_from_dict
+    from .distributed import is_main_process
     from .runs import check_vocab_matches
     from .train import TrainConfig, check_checkpoint, has_checkpoint, parse_duration
 
@@ -577,7 +727,9 @@ def _resume(run_dir: Path, train_options: dict | None, log: Log, progress: bool)
     except (TypeError, ValueError, UsageError) as exc:
         raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
     check_vocab_matches(run_dir, vocab, protocol)
-    if has_checkpoint(run_dir):  # checked before the run folder is touched (status, metrics)
+    # checked before the run folder is touched (status, metrics); by rank 0 alone under torchrun, because
+    # finding the checkpoint completes a swap a kill interrupted (a write)
+    if is_main_process() and has_checkpoint(run_dir):
         check_checkpoint(run_dir)
     for key, val in (train_options or {}).items():
         if val is not None:
@@ -585,15 +737,20 @@ def _resume(run_dir: Path, train_options: dict | None, log: Log, progress: bool)
     tcfg = TrainConfig(**stored)
     tcfg.validate()
     check_train_config(tcfg)
-    texts = {}
+    _check_launch(cls, tcfg, record.kind)
+    texts, cached = {}, {}
     for split, info in record.data.items():
         if not isinstance(info, dict) or not info.get("sha256") or not (info.get("path") or info.get("source")):
             raise ModelError(f"{run_dir}: run.json's data entry for {split!r} is damaged (no path and sha256)")
-        text = read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
+        enc = None if "source" in info else _cached_split(info["path"], vocab, protocol, log)
+        text = enc or (read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"]))
         if text.sha256 != info["sha256"]:
             raise DataError(f"{info['path']}: changed since the run started (sha256 differs); cannot resume")
-        texts[split] = text
-    encoded = _encode_splits(texts, vocab, protocol, log)
+        if enc is not None:
+            cached[split] = enc
+        else:
+            texts[split] = text
+    encoded = _encode_splits(texts, vocab, protocol, log, cached)
     _check_stream_fits(cls, tcfg, protocol, encoded["train"])
     return _train_torch(cls, config, tcfg, vocab, protocol, encoded, record.data, run_dir, False, log,
                         progress=progress, resume_record=record)
@@ -651,9 +808,10 @@ def _eval_text(model, record: RunRecord | None, text_path, src, tgt) -> Text | P
 
 def score(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
           tgt: str | Path | None = None, device: str = "cpu", keep_words: bool = False,
-          stride: int | None = None, save: bool = False) -> ScoreResult:
+          stride: int | None = None, save: bool = False, log: Log = _quiet) -> ScoreResult:
     """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol.
 
+    A file with a cached token file (`lmkit encode`) is scored from it, the same ids without reading text.
     A translation run scores a pair (src/tgt files, default: its test pair), target side only.
     `stride` (bounded-context neural models) moves the sliding window; it is reported with the score.
     `save`: the text is the run's own test file; store its per-sequence scores in the run folder for
@@ -669,12 +827,15 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
         if getattr(model, "max_len", None) is None:
             raise UsageError(f"--stride applies to models with a bounded context (transformer), not {model.label}")
         model.stride = stride
-    text = _eval_text(model, record, text_path, src, tgt)
+    enc = None
+    if src is None and tgt is None and not keep_words:  # per-token records need the words: read the text
+        enc = _cached_split(text_path, model.vocab, model.protocol, log)
+    text = enc or _eval_text(model, record, text_path, src, tgt)
     if save and (record.data.get("test") or {}).get("sha256") != text.sha256:
         recorded = (record.data.get("test") or {}).get("path") or "none recorded"
         raise UsageError(f"--save needs the test file this run was measured on ({recorded}); {text.name} "
                          "is not that file (sha256 differs)")
-    enc = encode(text, model.vocab, model.protocol)
+    enc = enc or encode(text, model.vocab, model.protocol)
     words = None
     if keep_words:
         from .data.tokenize import tokenize
@@ -1028,3 +1189,56 @@ def curve(corpus: str | Path | None = None, models: list[str] | None = None,
     return learning_curve(corpus, models, fractions, time_budget=time_budget, max_tokens=max_tokens,
                           epochs=epochs, context=context, level=level, min_count=min_count, sets=list(sets or ()),
                           device=device, seed=seed, runs_dir=runs_dir, image=image, log=log, progress=progress)
+
+
+# -- corpora: registry, downloads, splitting (lmkit.datasets) ---------------------------------------
+def corpus_list() -> list[dict]:
+    """One row per known corpus: name, sizes, how downloads are checked, licence, source, cached folder."""
+    from .datasets.registry import CORPORA
+    from .datasets.store import cached_path
+
+    rows = []
+    for corpus in CORPORA.values():
+        cached = cached_path(corpus.name)
+        rows.append({"name": corpus.name, "layout": corpus.layout, "download_bytes": corpus.download_size,
+                     "size_bytes": corpus.unpacked_size, "size_exact": corpus.size_exact,
+                     "checksum": corpus.verified, "licence": corpus.licence, "origin": corpus.origin,
+                     "source": corpus.source, "cached": cached is not None,
+                     "path": str(cached) if cached else None, "description": corpus.description})
+    return rows
+
+
+def corpus_download(name: str, *, offline: bool | None = None, force: bool = False, mirror: str | None = None,
+                    timeout: float | None = None, log: Log = _quiet, progress: bool = False) -> Path:
+    """Download, verify and unpack a known corpus into the cache (lmkit.cache.cache_dir('corpora'));
+    its folder. Offline (`offline` or env LMKIT_OFFLINE=1) never connects: fine when cached, else
+    DataError. `mirror` (or env LMKIT_CORPUS_MIRROR) fetches `<mirror>/<name>/<file>` instead of upstream."""
+    from .datasets.download import DEFAULT_TIMEOUT
+    from .datasets.registry import get
+    from .datasets.store import install
+
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
+    return install(get(name), offline=offline, force=force, mirror=mirror, timeout=timeout or DEFAULT_TIMEOUT,
+                   log=log, progress=progress)
+
+
+def corpus_path(name: str) -> Path:
+    """The cached folder of a known corpus; DataError (with the download command) when not downloaded."""
+    from .datasets.registry import get
+    from .datasets.store import cached_path
+
+    corpus = get(name)
+    folder = cached_path(corpus.name)
+    if folder is None:
+        raise DataError(f"corpus {name} is not downloaded yet; run `lmkit corpus download {name}`")
+    return folder
+
+
+def corpus_split(source: str | Path, output: str | Path, ratios: str = "98/1/1", *, by: str = "contiguous",
+                 seed: int = 0, force: bool = False) -> list[dict]:
+    """Split one raw text file into `output`/train.txt, valid.txt, test.txt (lmkit.datasets.split); one row
+    per split with its lines and whitespace tokens. Deterministic; the folder is written atomically."""
+    from .datasets.split import split_file
+
+    return split_file(source, output, ratios, by=by, seed=seed, force=force)

@@ -14,7 +14,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import LmkitError
+from .distributed import error_line, is_main_process
+from .errors import LmkitError, UsageError
 from .render import FORMATS, Messages, default_format, write_record, write_rows
 
 
@@ -43,7 +44,8 @@ class LmkitGroup(TyperGroup):
                     typer.echo(exc.format_message(), err=True)
             else:
                 where = f"; see '{exc.ctx.command_path} -h'" if getattr(exc, "ctx", None) is not None else ""
-                typer.echo(f"error: {_one_line(exc.format_message()).rstrip('.')}{where}", err=True)
+                if is_main_process():  # every torchrun rank parses the same command line: rank 0 tells
+                    typer.echo(f"error: {_one_line(exc.format_message()).rstrip('.')}{where}", err=True)
             sys.exit(exc.exit_code)
         except typer.Abort:
             typer.echo("error: aborted", err=True)
@@ -63,7 +65,11 @@ class LmkitGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except LmkitError as exc:
-            typer.echo(f"error: {_one_line(exc.message)}", err=True)
+            # under torchrun a failure every rank meets alike (a bad option, a collective stop) is told once
+            same_everywhere = getattr(exc, "same_on_every_rank", isinstance(exc, UsageError))
+            line = error_line(_one_line(exc.message), same_everywhere)
+            if line:
+                typer.echo(line, err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -235,6 +241,15 @@ def train(
                                             "jm wb kn kn-basic.", rich_help_panel="n-gram models"),
     k: Optional[str] = typer.Option(None, help="add-k constant, or 'auto' to tune it on valid.",
                                     rich_help_panel="n-gram models"),
+    memory: Optional[str] = typer.Option(None, help="Bound n-gram counting buffers (512M, 4G, 1.5G): count out "
+                                         "of core, spilling sorted runs to --tmp. Same counts.",
+                                         rich_help_panel="n-gram models"),
+    tmp: Optional[Path] = typer.Option(None, help="Folder for --memory's spill files (default: system temp).",
+                                       rich_help_panel="n-gram models"),
+    engine: Optional[str] = typer.Option(None, help="Count n-grams locally (default) or on dask.",
+                                         rich_help_panel="n-gram models"),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler: tcp://host:8786, or local:N for a "
+                                            "LocalCluster of N worker processes.", rich_help_panel="n-gram models"),
     layers: Optional[int] = typer.Option(None, help="Layers (lstm, transformer).", rich_help_panel=NEURAL),
     hidden: Optional[int] = typer.Option(None, help="Hidden size (mlp, lstm).", rich_help_panel=NEURAL),
     embed: Optional[int] = typer.Option(None, help="Embedding size (mlp, lstm).", rich_help_panel=NEURAL),
@@ -292,6 +307,8 @@ def train(
 
       lmkit train --model ngram --order 3 --smoothing addk --k auto --corpus ../shared/corpora/ptb
 
+      lmkit train --model ngram:kn5 --corpus big/ --memory 4G --tmp /scratch
+
       lmkit train --model lstm --layers 2 --hidden 650 --dropout 0.5 --tie-weights --context stream --epochs 10
 
       lmkit train --model transformer --layers 4 --d-model 256 --heads 4 --time-budget 10m -o runs/tf
@@ -321,10 +338,11 @@ def train(
                      "tie_weights": tie_weights, "window": window, "block_size": block_size, "cell": cell,
                      "positions": positions},
             train_options=train_options, sets=sets, output=output, runs_dir=runs_dir, force=force,
-            seed=seed, progress=not quiet,
+            seed=seed, progress=not quiet, memory=memory, tmp=tmp, engine=engine, scheduler=scheduler,
         )
         run_dir = api.train(req, log=msgs.info)
-    typer.echo(str(run_dir))
+    if is_main_process():  # under torchrun: one path on stdout, from rank 0
+        typer.echo(str(run_dir))
 
 
 @app.command(rich_help_panel="Models")
@@ -382,7 +400,7 @@ def score(
     if per_line and per_token:
         raise typer.BadParameter("choose one of --per-line and --per-token")
     result = api.score(model, file, src=src, tgt=tgt, device=device, keep_words=per_token, stride=stride,
-                       save=save)
+                       save=save, log=Messages().info)
     if result.saved is not None:
         Messages().info(f"wrote {result.saved}")
     if per_line:
@@ -858,6 +876,151 @@ def verify(
             why.insert(0, f"measured {first.measured:.6g}, expected {first.expected:.6g}")
         raise LmkitError(f"{len(report.failed)} of {len(rows)} verify cases failed: {names} "
                          f"({first.case.name}: {'; '.join(why)})")
+
+
+# -- corpus -----------------------------------------------------------------------------------------
+corpus_app = _typer(help="Known corpora: list, download into the cache, print their folder; split a raw file.")
+app.add_typer(corpus_app, name="corpus", rich_help_panel="Data")
+
+
+def _human_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+@corpus_app.command("list")
+def corpus_list(fmt: Optional[str] = FormatOpt) -> None:
+    """Known corpora: name, sizes, how downloads are verified, licence, source, and whether it is cached.
+
+    [dim]Examples:[/]
+      lmkit corpus list
+
+      lmkit corpus list --format json
+    """
+    from . import api
+
+    fmt = default_format(_check_format(fmt))
+    rows = api.corpus_list()
+    if fmt == "table":
+        rows = [{"name": r["name"], "download": _human_bytes(r["download_bytes"]),
+                 "size": ("" if r["size_exact"] else "~") + _human_bytes(r["size_bytes"]),
+                 "checksum": r["checksum"], "licence": r["licence"], "origin": r["origin"],
+                 "cached": "yes" if r["cached"] else "no"} for r in rows]
+        write_rows(rows, fmt, title="known corpora (lmkit corpus download NAME)")
+    else:
+        write_rows(rows, fmt)
+
+
+@corpus_app.command("download")
+def corpus_download(
+    names: List[str] = typer.Argument(..., help="Corpus name(s) from `lmkit corpus list`."),
+    offline: bool = typer.Option(False, "--offline", help="Never use the network (also env LMKIT_OFFLINE=1): "
+                                 "succeed only if already downloaded."),
+    force: bool = typer.Option(False, "--force", help="Download again and replace the cached copy."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="Fetch <MIRROR>/<name>/<file> instead of the "
+                                         "upstream URLs (also env LMKIT_CORPUS_MIRROR; http, https or file URL)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds without data before a connection "
+                                            "is abandoned (default 30)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Download, verify (size + sha256) and unpack a corpus into the cache; prints its folder.
+
+    Resumes an interrupted download; a corpus folder appears only once complete and verified.
+
+    [dim]Examples:[/]
+      lmkit corpus download wikitext-2
+
+      lmkit corpus download ptb --offline
+
+      lmkit train --model ngram:kn3 --corpus wikitext-2
+    """
+    from . import api
+
+    msgs = Messages(quiet)
+    for name in names:
+        path = api.corpus_download(name, offline=offline or None, force=force, mirror=mirror, timeout=timeout,
+                                   log=msgs.info, progress=not quiet)
+        typer.echo(str(path))
+
+
+@corpus_app.command("path")
+def corpus_path(name: str = typer.Argument(..., help="Corpus name from `lmkit corpus list`.")) -> None:
+    """Print the cached folder of a downloaded corpus (for shell pipelines).
+
+    [dim]Example:[/] wc -l $(lmkit corpus path ptb)/*.txt
+    """
+    from . import api
+
+    typer.echo(str(api.corpus_path(name)))
+
+
+@corpus_app.command("split")
+def corpus_split(
+    source: str = typer.Argument(..., help="Raw text file to split ('-' reads stdin, with --by line)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Corpus folder to create (train.txt, valid.txt, "
+                                "test.txt)."),
+    ratios: str = typer.Option("98/1/1", "--ratios", help="train/valid/test shares, summing to 100 (or 1)."),
+    by: str = typer.Option("contiguous", "--by", help="contiguous: blocks of lines in file order (PTB/WikiText "
+                           "convention); line: each line placed by a seeded hash of its text."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --by line hash."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty output folder."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Split one raw text file into train/valid/test files, deterministically; prints lines/tokens per split.
+
+    [dim]Examples:[/]
+      lmkit corpus split my.txt --ratios 98/1/1 -o corpora/mine
+
+      lmkit corpus split my.txt --ratios 80/10/10 --by line --seed 1 -o corpora/mine-shuffled
+    """
+    from . import api
+
+    fmt = default_format(_check_format(fmt))
+    rows = api.corpus_split(source, output, ratios, by=by, seed=seed, force=force)
+    msgs = Messages(quiet)
+    for row in rows[1:]:
+        if row["file"] and row["lines"] == 0:
+            msgs.warn(f"the {row['split']} split is empty (too few lines for --ratios {ratios})")
+    write_rows(rows, fmt, title=f"{output}")
+
+
+# -- encode -----------------------------------------------------------------------------------------
+@app.command(rich_help_panel="Data")
+def encode(
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and test files."),
+    vocab: Optional[Path] = typer.Option(None, help="Vocabulary whose ids the token files hold (required)."),
+    splits: Optional[str] = typer.Option(None, help="Splits to encode, comma-separated, e.g. train,valid,test "
+                                         "(default: every split found)."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Training file (overrides --corpus)."),
+    valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
+    test_file: Optional[str] = typer.Option(None, "--test", help="Test file."),
+    context: str = typer.Option("sentence", help="Protocol context: sentence or stream (the ids are the same; "
+                                "one token file serves both)."),
+    keep_blank_lines: bool = typer.Option(False, help="Keep blank lines as empty sequences (a separate token "
+                                          "file: runs must use the same setting to find it)."),
+    fmt: Optional[str] = FormatOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Encode a corpus once into memory-mapped token files in the cache; train and score then stream from them.
+
+    [dim]Examples:[/]
+      lmkit encode --corpus ../shared/corpora/ptb --vocab vocab.json
+
+      lmkit train --model lstm --corpus ../shared/corpora/ptb --vocab vocab.json   # "tokens: reusing ..."
+    """
+    from . import api
+
+    fmt = default_format(_check_format(fmt))
+    rows = api.encode_corpus(corpus, vocab, train=train_file, valid=valid_file, test=test_file, splits=splits,
+                             context=context, keep_blank_lines=keep_blank_lines, log=Messages(quiet).info)
+    write_rows([r.row() for r in rows], fmt, title="token files")
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 Smoothings (DESIGN.md §5 names): mle, laplace, addk (Lidstone), katz (Katz 1987), stupid (Brants et
 al. 2007), jm (Jelinek & Mercer 1980), wb (Witten & Bell 1991), kn-basic and kn (interpolated
 Kneser-Ney, one or three discounts per order; Chen & Goodman 1998; `kn` reproduces KenLM's lmplz).
-The math lives in smoothing.py, the counting and lookup layout in counts.py; this file holds the
+The math lives in smoothing.py, the counting and lookup layout in counts.py (the same counts out of
+core: external.py, on Dask: dask_engine.py; chosen by a CountingPlan, resources.py); this file holds the
 config, fit, scoring and the model.npz format. `ArpaModel` (arpa.py) reuses the scoring half.
 """
 
@@ -25,6 +26,7 @@ from ...protocol import Protocol
 from ..base import LanguageModel, Log, _quiet
 from . import smoothing as sm
 from .counts import NgramIndex, count_ngrams, flatten
+from .resources import CountingPlan
 
 MAX_ORDER = 10
 FORMAT = "lmkit-ngram"
@@ -328,6 +330,7 @@ class NgramModel(TableModel):
         self.index = None
         self.est = None
         self.facts: dict = {}
+        self.counting: CountingPlan | None = None  # --memory/--engine: how to count, not what (not config)
 
     @property
     def label(self) -> str:
@@ -338,7 +341,7 @@ class NgramModel(TableModel):
         if not train.sequences:
             raise DataError(f"{train.name}: no sequences to train on")
         log(f"counting 1..{cfg.order}-grams of {train.name} ({self.protocol.context} context)")
-        c = count_ngrams(train.sequences, V, cfg.order, self.protocol.context)
+        c, counting = self._count(train, log)
         s = cfg.smoothing
         facts: dict = {"smoothing": s, "order": cfg.order}
         if s in ("kn", "kn-basic"):
@@ -371,8 +374,25 @@ class NgramModel(TableModel):
             log(f"warning: {w}")
         facts["ngrams"] = [V - 1] + [c.index.size(n) for n in range(2, cfg.order + 1)]
         facts["train_tokens"] = c.tokens
+        if counting:
+            facts["counting"] = counting
         self.facts = facts
         return facts
+
+    def _count(self, train: Encoded, log: Log):
+        """count_ngrams in memory, out of core (--memory) or on Dask (--engine dask): equal counts, and
+        what the chosen path did for fit_info (None for the plain in-memory path)."""
+        V, N, context = len(self.vocab), self.config.order, self.protocol.context
+        plan = self.counting
+        if plan is None or plan.in_memory:
+            return count_ngrams(train.sequences, V, N, context), None
+        if plan.engine == "dask":
+            from .dask_engine import count_dask
+
+            return count_dask(train.sequences, V, N, context, plan.scheduler, plan.memory, log)
+        from .external import count_external
+
+        return count_external(train.sequences, V, N, context, plan.memory, plan.tmp, log)
 
     def _tune_k(self, c, valid: Encoded) -> float:
         toks, depth = flatten(valid.sequences, self.protocol.context)
