@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .atomic import write_json
-from .data.batching import (Batch, prefix_examples, sentence_batches, sentence_examples, stream_batches,
-                            stream_ids)
+from .data.batching import (Batch, prefix_examples, rank_stream_batches, sentence_batches, sentence_examples,
+                            stream_batches, stream_ids)
 from .data.corpus import Encoded
 from .errors import LmkitError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
@@ -128,14 +128,19 @@ def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def _epoch_batches(model, train: Encoded, cfg: TrainConfig, epoch: int) -> list[Batch]:
-    """The batches of one epoch; a function of (seed, epoch) only, so a resume rebuilds them exactly."""
+def _epoch_batches(model, train: Encoded, cfg: TrainConfig, epoch: int, ranks=None) -> list[Batch]:
+    """The batches of one epoch; a function of (seed, epoch) only, so a resume rebuilds them exactly.
+
+    Data-parallel, stream context, from a token file: each rank builds (and reads) only its own rows."""
     rng = np.random.default_rng([cfg.seed, epoch])
     net = unwrap(model.net)
     if model.protocol.context == "stream":
         seq_len = cfg.seq_len if model.max_len is None else min(cfg.seq_len, model.max_len)
-        return stream_batches(stream_ids(train.sequences), cfg.batch_size, seq_len,
-                              None if net.stateful else rng)
+        order = None if net.stateful else rng
+        if ranks is not None and ranks.distributed and hasattr(train.sequences, "stream_slice"):
+            return rank_stream_batches(train.sequences, cfg.batch_size, seq_len, ranks.rank, ranks.world_size,
+                                       order)
+        return stream_batches(stream_ids(train.sequences), cfg.batch_size, seq_len, order)
     if train.score_from is not None:  # source <sep> target: the loss is on the target side only
         examples, ignore = prefix_examples(train.sequences, train.score_from, model.max_len)
         return sentence_batches(examples, cfg.batch_size, rng, ignore)
@@ -342,7 +347,7 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     scaler = torch.amp.GradScaler("cuda") if (is_cuda and precision == "fp16") else None
 
     stateful_stream = unwrap(net).stateful and model.protocol.context == "stream"
-    steps_per_epoch = len(_epoch_batches(model, train, cfg, 0))
+    steps_per_epoch = len(_epoch_batches(model, train, cfg, 0, ranks))
     tokens_per_epoch = train.num_tokens
     total_steps = None
     if cfg.epochs is not None:
@@ -464,14 +469,17 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     net.train()
     try:
         while budget_left():
-            batches = _epoch_batches(model, train, cfg, state["epoch"])
+            batches = _epoch_batches(model, train, cfg, state["epoch"], ranks)
             if state["batch"] == 0 and stateful_stream:
                 rnn_state = unwrap(net).init_state(cfg.batch_size // ranks.world_size, device)
             while state["batch"] < len(batches) and budget_left():
                 t0 = time.perf_counter()
                 b = batches[state["batch"]]
-                targets = b.num_targets  # of the global batch: every rank holds the same plan
-                bx, by = ranks.shard(b.x, b.y, cfg.batch_size)  # this rank's rows (all of them in one process)
+                if b.global_targets is None:  # every rank holds the global plan and takes its rows
+                    targets = b.num_targets
+                    bx, by = ranks.shard(b.x, b.y, cfg.batch_size)  # this rank's rows (all in one process)
+                else:  # built for this rank alone (rank_stream_batches)
+                    targets, bx, by = b.global_targets, b.x, b.y
                 x, y = _to_device(bx, device), _to_device(by, device)
                 if stateful_stream:
                     in_state = rnn_state

@@ -89,6 +89,33 @@ def test_global_token_normalisation_gives_the_single_process_gradient() -> None:
     assert not all(torch.allclose(a, c, rtol=1e-3, atol=1e-6) for a, c in zip(full, averaged))
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_rank_stream_batches_read_only_their_rows_of_a_token_file(shuffled: bool, tmp_path: Path) -> None:
+    """From a token file each rank builds only its rows of the stream layout (its shard of the file): the
+    same windows as the global layout's rows, in the same seeded order, with the global target count."""
+    from lmkit.data.batching import rank_stream_batches, stream_batches, stream_ids
+    from lmkit.protocol import Protocol
+    from lmkit.data.tokenfile import encode_file
+    from lmkit.data.vocab import Vocab
+
+    corpus = _corpus(tmp_path)
+    counts: dict[str, int] = {}
+    for w in (corpus / "train.txt").read_text().split():
+        counts[w] = counts.get(w, 0) + 1
+    vocab = Vocab.build(counts)
+    view = encode_file(corpus / "train.txt", vocab, Protocol(context="stream"))[0].encoded().sequences
+    seed = [3, 0]
+    full = stream_batches(stream_ids(view), 4, 6, np.random.default_rng(seed) if shuffled else None)
+    for rank in range(2):
+        mine = rank_stream_batches(view, 4, 6, rank, 2, np.random.default_rng(seed) if shuffled else None)
+        assert len(mine) == len(full)
+        for m, f in zip(mine, full):
+            fx, fy = shard_rows(f.x, f.y, rank, 2, 4)
+            assert np.array_equal(m.x, fx) and np.array_equal(m.y, fy)
+            assert m.global_targets == f.num_targets
+        assert mine[0].x.base is not None and mine[0].x.base.size < 0.6 * stream_ids(view).size  # half, not all
+
+
 def test_launch_and_batch_checks() -> None:
     assert launch_from_env({}) == Launch(0, 1, 0)
     env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "host0"}
@@ -189,6 +216,25 @@ def _assert_same_run(ddp: Path, single: Path, *, losses: bool = True) -> None:
     for split in ("valid", "test"):
         assert _close(a["metrics"][split]["perplexity"], b["metrics"][split]["perplexity"]), split
     assert a["tokens_seen"] == b["tokens_seen"] and a["fit_info"]["step"] == b["fit_info"]["step"]
+
+
+@needs_gloo
+def test_two_processes_from_a_token_file_match_one(tmp_path: Path) -> None:
+    """With the corpus encoded (lmkit encode), each rank reads only its rows' stretch of the token file;
+    the run still follows the one-process run from the same file step for step."""
+    corpus = _corpus(tmp_path)
+    vocab = tmp_path / "vocab.json"
+    for args in (["vocab", "build", str(corpus / "train.txt"), "-o", str(vocab), "-q"],
+                 ["encode", "--corpus", str(corpus), "--vocab", str(vocab), "-q"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+    args = [*LSTM, "--corpus", str(corpus), "--vocab", str(vocab), "--context", "stream", "--batch-size", "4",
+            "--seq-len", "6", "--epochs", "1", "--eval-every", "5"]
+    done = _torchrun(tmp_path, *args, "-o", "ddp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tokens: reusing" in done.stderr
+    _one_process(*args, "-o", str(tmp_path / "one"))
+    _assert_same_run(tmp_path / "ddp", tmp_path / "one")
 
 
 @needs_gloo

@@ -21,6 +21,8 @@ from .vocab import BOS, EOS, PAD
 class Batch:
     x: np.ndarray  # (B, T) input ids
     y: np.ndarray  # (B, T) target ids; PAD where there is nothing to predict (masked out of the loss)
+    # Data-parallel stream batches built for one rank hold only its rows; this is the global batch's count
+    global_targets: int | None = None
 
     @property
     def num_targets(self) -> int:
@@ -117,6 +119,26 @@ def stream_batches(stream: np.ndarray, batch_size: int, seq_len: int,
     xs = stream[: n * batch_size].reshape(batch_size, n)  # (B, n): row r is stream[r*n:(r+1)*n]
     ys = stream[1: n * batch_size + 1].reshape(batch_size, n)  # the same, one token later
     batches = [Batch(xs[:, i:i + seq_len], ys[:, i:i + seq_len]) for i in range(0, n, seq_len)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def rank_stream_batches(sequences, batch_size: int, seq_len: int, rank: int, world_size: int,
+                        rng: np.random.Generator | None = None) -> list[Batch]:
+    """stream_batches(stream_ids(sequences), ...) restricted to rank `rank`'s rows, reading only the part of
+    the stream those rows cover (a token file's `stream_slice`): the same windows as the global layout, in
+    the same (seeded) order, each carrying the global batch's target count."""
+    total = 1 + sequences.num_tokens  # <s> + every token and </s>
+    n = (total - 1) // batch_size
+    if n < 1:
+        raise ValueError("the training stream is shorter than one batch")
+    per = batch_size // world_size
+    local = sequences.stream_slice(rank * per * n, (rank + 1) * per * n + 1)
+    xs = local[:per * n].reshape(per, n)
+    ys = local[1:per * n + 1].reshape(per, n)
+    batches = [Batch(xs[:, i:i + seq_len], ys[:, i:i + seq_len], batch_size * min(seq_len, n - i))
+               for i in range(0, n, seq_len)]
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

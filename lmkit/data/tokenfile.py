@@ -156,6 +156,24 @@ class SequenceView(Sequence):
         out[body] = self._ids[base:base + self.num_ids]
         return out
 
+    def stream_slice(self, lo: int, hi: int) -> np.ndarray:
+        """Positions [lo, hi) of stream(), reading only the sequences they cover: a data-parallel rank's
+        rows of the stream-context batch layout are one contiguous stretch, so it reads just that."""
+        total = 1 + self.num_tokens
+        lo, hi = max(0, lo), min(hi, total)
+        if hi <= lo:
+            return np.zeros(0, dtype=np.int64)
+        # stream position of sequence k's first id is 1 + (scored tokens before k within this view)
+        first = self._position(self.start)
+        starts = range(self.start, self.stop + 1)
+        a = self.start + max(bisect_right(starts, first + lo - 1, key=self._position) - 1, 0)
+        b = self.start + bisect_left(starts, first + hi - 1, key=self._position)
+        part = SequenceView(self._ids, self._offsets, a, min(max(b, a + 1), self.stop)).stream()
+        if a == self.start:
+            return part[lo:hi]
+        p0 = 1 + self._position(a) - first  # stream position of sequence a's first id (part[1])
+        return part[1:][lo - p0:hi - p0]
+
     def _position(self, j: int) -> int:
         """Scored tokens (ids and </s>) before sequence j of the file."""
         return int(self._offsets[j]) + j
