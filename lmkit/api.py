@@ -17,7 +17,7 @@ from .config import build_config, parse_sets
 from .data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate, locate_pairs,
                           read_pair, read_text)
 from .data.vocab import SEP, Vocab
-from .errors import DataError, ModelError, UsageError
+from .errors import DataError, ModelError, UsageError, only_for
 from .evaluate.perplexity import Score, score_encoded
 from .models import family, parse_spec
 from .protocol import Protocol
@@ -448,8 +448,8 @@ def check_request(req: TrainRequest):
     counting_plan(req, cls)  # --memory/--engine with a neural family: refused before torch is imported
     tcfg = _train_config(cls, req) if _is_torch_family(cls) else None
     if tcfg is None and any(v is not None for v in req.train_options.values()):
-        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None)
-        raise UsageError(f"{given} only apply to neural models (mlp, lstm, transformer)")
+        given = [f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None]
+        raise UsageError(only_for(given, "neural models (mlp, lstm, transformer)"))
     if tcfg is not None:  # fail on an unusable device before reading any data
         from .device import resolve_device, resolve_precision
 
@@ -465,8 +465,8 @@ def counting_plan(req: TrainRequest, cls):
     if not given:
         return None
     if cls.kind != "ngram":
-        raise UsageError(f"{', '.join(given)} only apply to n-gram counting, not to {cls.kind} (drop "
-                         f"{'them' if len(given) > 1 else 'it'}, or train an ngram model)")
+        raise UsageError(only_for(list(given), f"n-gram counting, not to {cls.kind}") +
+                         f" (drop {'them' if len(given) > 1 else 'it'}, or train an ngram model)")
     from .models.ngram.resources import CountingPlan
 
     return CountingPlan.from_options(req.memory, req.tmp, req.engine, req.scheduler)
@@ -946,7 +946,7 @@ def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
         strategy = ("sample" if any(v is not None for v in (temperature, top_k, top_p))
                     else "beam" if beam_options else "greedy")
     if beam_options and strategy != "beam":
-        raise UsageError(f"{', '.join(beam_options)} only apply to --strategy beam")
+        raise UsageError(only_for(list(beam_options), "--strategy beam"))
     temperature = 1.0 if temperature is None else temperature
     decoding = Decoding(strategy=strategy, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, beam=4 if beam is None else beam,

@@ -34,3 +34,8 @@ class ModelError(LmkitError):
 
 class IncomparableError(LmkitError):
     """Numbers that were not measured the same way and must not be put side by side."""
+
+
+def only_for(flags: list[str], target: str) -> str:
+    """'--a applies only to X' / '--a, --b apply only to X': one wording for every misplaced option."""
+    return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to {target}"

@@ -247,7 +247,7 @@ def test_cli_tmp_must_be_a_writable_folder(tiny_corpus: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("flag", [["--memory", "4G"], ["--engine", "dask"], ["--scheduler", "local:2"]])
 def test_cli_counting_options_refused_for_neural_models(flag: list[str], tiny_corpus: Path):
-    fails("--model", "lstm", "--corpus", tiny_corpus, *flag, match="only apply to n-gram counting")
+    fails("--model", "lstm", "--corpus", tiny_corpus, *flag, match="only to n-gram counting")
 
 
 def test_cli_engine_dask_without_dask_says_how_to_install(tiny_corpus: Path, monkeypatch):

@@ -273,7 +273,7 @@ def test_bad_set_values_and_budgets(fx, tmp_path, args, match):
     (["train", "--model", "ngram:kn3", "--order", "4"], "--order 4 contradicts --model ngram:kn3"),
     (["train", "--model", "ngram:kn3", "--set", "order=4"], "--set order=4 contradicts --model ngram:kn3"),
     (["train", "--model", "ngram:addk3", "--k", "2", "--set", "k=3"], "--set k=3.0 contradicts --k"),
-    (["train", "--model", "ngram:kn3", "--epochs", "2"], "--epochs only apply to neural models"),
+    (["train", "--model", "ngram:kn3", "--epochs", "2"], "--epochs applies only to neural models"),
     (["train", "--model", "ngram", "--layers", "3"], "do not apply to NgramConfig"),
     (["train", "--model", "lstm", "--order", "3"], "do not apply to RNNConfig"),
     (["train", "--model", "lstm", "--window", "3"], "do not apply to RNNConfig"),
@@ -288,9 +288,9 @@ def test_bad_set_values_and_budgets(fx, tmp_path, args, match):
     (["train", "--model", "lstm", "--device", "cuda:7"], "--device cuda:7"),
     (["train", "--model", "lstm", "--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a CUDA GPU"),
     # generate: an option of another decoding strategy
-    (["generate", "KN3", "--strategy", "greedy", "--temperature", "0.5"], "only apply to --strategy sample"),
-    (["generate", "KN3", "--strategy", "sample", "--beam", "8"], "--beam only apply to --strategy beam"),
-    (["generate", "KN3", "--top-k", "5", "--length-penalty", "1"], "--length-penalty only apply to --strategy beam"),
+    (["generate", "KN3", "--strategy", "greedy", "--temperature", "0.5"], "only to --strategy sample"),
+    (["generate", "KN3", "--strategy", "sample", "--beam", "8"], "--beam applies only to --strategy beam"),
+    (["generate", "KN3", "--top-k", "5", "--length-penalty", "1"], "--length-penalty applies only to --strategy beam"),
     (["generate", "KN3", "--strategy", "greedy", "--num", "2"], "greedy decoding has one output"),
     (["generate", "KN3", "--strategy", "beam", "--beam", "2", "--num", "3"], "exceeds --beam"),
     # score, bleu, compare

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..data.vocab import BOS, EOS, UNK
-from ..errors import UsageError
+from ..errors import UsageError, only_for
 from ..validate import check_seed
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -84,7 +84,7 @@ class Decoding:
                          "--top-p": self.top_p is not None}
         given = [flag for flag, on in sampling_only.items() if on]
         if given and self.strategy != "sample":
-            raise UsageError(f"{', '.join(given)} only apply to --strategy sample")
+            raise UsageError(only_for(given, "--strategy sample"))
 
 
 @dataclass
