@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, one_error_line, train
 
 from lmkit import api
 from lmkit.analyze import DIMENSIONS, history_counts, parse_by
@@ -21,24 +21,6 @@ from lmkit.errors import DataError, IncomparableError, UsageError
 from lmkit.protocol import Protocol
 
 REPO = Path(__file__).resolve().parents[1]
-runner = CliRunner()
-
-
-def cli(*args):
-    from lmkit.cli import app
-
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
-
-
-def train(corpus: Path, out: Path, model: str, **kw) -> Path:
-    return api.train(api.TrainRequest(model=model, corpus=corpus, output=out, progress=False, **kw))
 
 
 @pytest.fixture

@@ -7,22 +7,16 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-from typer.testing import CliRunner
+from clitools import cli
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.data.corpus import read_text
 from lmkit.errors import DataError
 from lmkit.evaluate.bleu import continuation_bleu
 
-runner = CliRunner()
 # Lines with their own words, so a model trained on them can only continue each one one way.
 MEMO = ["alpha beta gamma delta epsilon", "one two three four", "red green blue cyan magenta yellow black",
         "north south east west up down"]
-
-
-def cli(*args, input: str | None = None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
 
 
 def _train(corpus: Path, out: Path, *extra: str) -> Path:

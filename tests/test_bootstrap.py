@@ -10,26 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.compare import BOOTSTRAP_COLUMNS, NO_SCORES_NOTE, compare_runs
 from lmkit.evaluate.bootstrap import paired_bootstrap
 from lmkit.evaluate.per_sequence import TEST_SCORES_FILE
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    return lines[0]
 
 
 def fake_test_set(sequences: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,25 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clitools import cli
 
 from lmkit import api
 from lmkit.check import CheckReport, check_model
-from lmkit.cli import app
 from lmkit.compare import compare_runs
 from lmkit.data.corpus import encode, read_text
 
-runner = CliRunner()
 NEURAL = {"mlp": ["--window", "3", "--embed", "8", "--hidden", "16"],
           "lstm": ["--layers", "1", "--hidden", "16"],
           "transformer": ["--layers", "1", "--d-model", "16", "--heads", "2", "--block-size", "8",
                           "--context", "stream"]}  # stream context: sliding windows and carried context
 SPECS = ["ngram:kn3", "ngram:stupid3", *NEURAL]
 CHECKS = ["normalisation", "causality", "batch-invariance", "save-load"]
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _lines(rng: random.Random, n: int) -> str:

@@ -10,37 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, one_error_line
 
 from lmkit import api
 from lmkit.compare import best_cells, compare_lineup, compare_runs, table_view
 from lmkit.errors import IncomparableError, ModelError, UsageError
 from lmkit.render import write_rows
 
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(api_app(), [str(a) for a in args])
-
-
-def api_app():
-    from lmkit.cli import app
-
-    return app
-
 
 def train(corpus: Path, out: Path, model: str, **kw) -> Path:
     req = api.TrainRequest(model=model, corpus=corpus, output=out, progress=False, **kw)
     return api.train(req)
-
-
-def one_error_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -13,28 +13,15 @@ import statistics
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.compare import LineupRuns, compare_lineup, compare_runs, compare_seeded, table_view
 from lmkit.errors import UsageError
 from lmkit.render import write_rows
 
 SEEDS = (0, 1, 2)
 NEURAL = ("mlp", "lstm")
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def _corpus(root: Path) -> Path:

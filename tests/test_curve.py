@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import cli, one_error_line
 from typer.testing import CliRunner
 
 from lmkit import api
@@ -21,19 +22,6 @@ from lmkit.runs import read_record
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()
 WORDS = [f"w{i}" for i in range(40)]
-
-
-def cli(*args):
-    from lmkit.cli import app
-
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def _lines(rng, n: int, successors: list[np.ndarray]) -> list[str]:

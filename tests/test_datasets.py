@@ -21,12 +21,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from clitools import cli, one_error_line
 from conftest import shared_path
 from http_fixture import FileServer
-from typer.testing import CliRunner
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.data.corpus import is_parallel, locate_pairs
 from lmkit.datasets import registry, store
 from lmkit.datasets.download import fetch, part_path
@@ -35,8 +34,6 @@ from lmkit.datasets.split import contiguous_bounds, parse_ratios, split_file
 from lmkit.datasets.unpack import UnsafeArchive, extract
 from lmkit.errors import DataError, UsageError
 
-runner = CliRunner()
-
 TRAIN = "".join(f"the cat number {i} sat on the mat\n" for i in range(300))
 VALID = "the dog sat on the log\na cat sat\n"
 TEST = "the cat sat on the log\nthe bird sat\n"
@@ -44,19 +41,6 @@ TEST = "the cat sat on the log\nthe bird sat\n"
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def cli(*args, input: str | None = None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
-
-
-def one_error_line(result, code: int = 1, match: str = "") -> str:
-    """The run failed with `code` and said so in exactly one stderr line starting with 'error:'."""
-    assert result.exit_code == code, (result.exit_code, result.stderr, result.stdout)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 def published(root: Path) -> list[str]:

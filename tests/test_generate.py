@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import cli
 from typer.testing import CliRunner
 
 from lmkit import api
@@ -274,10 +275,6 @@ def test_api_generate_decodes_text(runs):
         assert o["text"] == f"{o['prompt']} {o['continuation']}".strip()
         assert len(o["continuation"].split()) == o["tokens"] <= 8
     assert api.generate(runs["ngram:kn3"], top_k=3, seed=1).decoding["strategy"] == "sample"
-
-
-def cli(*args, input: str | None = None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
 
 
 def test_cli_generate_text_and_jsonl(runs, tmp_path):

@@ -10,33 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, one_error_line, train
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.data.corpus import encode, read_text
 from lmkit.data.vocab import BOS, PAD
 from lmkit.errors import IncomparableError, ModelError, UsageError
 from lmkit.models.base import LanguageModel
 from lmkit.models.mix import MixtureModel, fit_weights
 from lmkit.runs import load_run
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
-
-
-def train(corpus: Path, out: Path, model: str, **kw) -> Path:
-    return api.train(api.TrainRequest(model=model, corpus=corpus, output=out, progress=False, **kw))
 
 
 def record(run: Path) -> dict:

@@ -6,24 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, train
 
-from lmkit import api
 from lmkit.errors import IncomparableError, ModelError, UsageError
 from lmkit.plot import plot_runs, read_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-runner = CliRunner()
-
-
-def cli(*args):
-    from lmkit.cli import app
-
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def train(corpus: Path, out: Path, model: str, **kw) -> Path:
-    return api.train(api.TrainRequest(model=model, corpus=corpus, output=out, progress=False, **kw))
 
 
 @pytest.fixture

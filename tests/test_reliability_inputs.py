@@ -12,8 +12,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from clitools import cli, one_error_line
 from typer.main import get_command
-from typer.testing import CliRunner
 
 from lmkit import api
 from lmkit.cli import app
@@ -24,28 +24,11 @@ from lmkit.data.vocab import Vocab
 from lmkit.errors import DataError
 from lmkit.protocol import Protocol
 
-runner = CliRunner()
-
-
-def cli(*args, input: bytes | str | None = None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
-
 
 def ok(*args, input: bytes | str | None = None) -> str:
     r = cli(*args, input=input)
     assert r.exit_code == 0, f"exit {r.exit_code}: {r.stderr}"
     return r.stdout
-
-
-def one_error_line(r, code: int, match: str = "") -> str:
-    """The refusal contract: exit `code`, one stderr line starting 'error: ', no traceback."""
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    lines = r.stderr.strip().splitlines()
-    assert r.exit_code == code, f"exit {r.exit_code} (want {code}): {r.stderr}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout and "internal error" not in r.stderr
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

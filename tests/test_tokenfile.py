@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.data.batching import stream_ids
 from lmkit.data.corpus import LineReader, encode, file_sha256, read_text
 from lmkit.data.tokenfile import TokenFile, encode_file, lookup
@@ -27,29 +26,15 @@ from lmkit.data.vocab import Vocab
 from lmkit.errors import ModelError, UsageError
 from lmkit.protocol import Protocol
 
-runner = CliRunner()
-
 # blank lines (whitespace only), CRLF, a BOM, a literal <s> and </s>, non-ASCII text, no final newline
 TEXT = ("\ufeffthe cat sat on the mat\r\n\n  \nthe dog <s> sat\nA café </s> naïve\t cat\n"
         "\n" "the  the the\nlast line without newline")
-
-
-def cli(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
 
 
 def ok(*args, input=None):
     r = cli(*args, input=input)
     assert r.exit_code == 0, f"exit {r.exit_code}: {r.stderr}{r.stdout}"
     return r
-
-
-def one_error_line(r, code: int, match: str) -> None:
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    lines = r.stderr.strip().splitlines()
-    assert r.exit_code == code, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
 
 
 def _write(path: Path, text: str) -> Path:

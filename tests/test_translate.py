@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sacrebleu
-from typer.testing import CliRunner
+from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.cli import app
 from lmkit.compare import compare_lineup, compare_runs
 from lmkit.data.batching import prefix_examples, sentence_batches
 from lmkit.data.corpus import count_tokens, encode, locate_pairs, read_pair
@@ -22,23 +21,11 @@ from lmkit.data.vocab import BOS, EOS, PAD, SEP, UNK, Vocab
 from lmkit.errors import DataError, IncomparableError, UsageError
 from lmkit.protocol import Protocol
 
-runner = CliRunner()
 WORDS = "a b c d e f".split()
 # A tiny transformer learns this copy-with-mapping task in a couple of seconds (fixed length 4).
 TF_OPTIONS = {"layers": 2, "d_model": 64, "heads": 4, "block_size": 32}
 TF_TRAIN = {"epochs": 10, "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "eval_every": 1000, "device": "cpu",
             "threads": 1}
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int) -> str:
-    assert result.exit_code == code, result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def write_pairs(d: Path, splits: dict[str, list[tuple[str, str]]], src: str = "src", tgt: str = "tgt") -> Path:
