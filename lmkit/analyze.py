@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .compare import check_comparable, read_runs
-from .data.corpus import Encoded, ParallelText, Text, encode, read_pair, read_text
+from .data.corpus import Encoded, ParallelText, Text, encode, read_recorded, read_text
 from .data.vocab import UNK
 from .errors import DataError, UsageError
 from .protocol import Protocol
@@ -226,17 +226,13 @@ def _exp(x: float) -> float:
 
 
 # -- reading the inputs -----------------------------------------------------------------------------
-def _read_recorded(info: dict) -> Text | ParallelText:
-    return read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
-
-
 def _test_text(runs: list[tuple[str, RunRecord]]) -> Text | ParallelText:
     path, record = runs[0]
     info = record.data.get("test")
     if not isinstance(info, dict):
         raise UsageError(f"{path}: run.json records no test file; give the text to analyse with --text FILE")
     try:
-        text = _read_recorded(info)
+        text = read_recorded(info)
     except DataError as exc:
         raise DataError(f"{path}: its test file is not available ({exc.message}); give it with --text FILE") \
             from None
@@ -266,7 +262,7 @@ def _train_text(runs: list[tuple[str, RunRecord]], train: str | Path | None, log
     if recorded is None:
         raise UsageError(f"{path}: run.json records no train file; give it with --train FILE")
     try:
-        text = _read_recorded(info)
+        text = read_recorded(info)
     except DataError as exc:
         raise DataError(f"{path}: its train file is not available ({exc.message}); give it with --train FILE") \
             from None

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .atomic import atomic_dir
 from .config import build_config, parse_sets
 from .data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate, locate_pairs,
-                          read_pair, read_text)
+                          read_pair, read_recorded, read_text)
 from .data.vocab import SEP, Vocab
 from .errors import DataError, ModelError, UsageError, only_for
 from .evaluate.perplexity import Score, score_encoded
@@ -743,7 +743,7 @@ def _resume(run_dir: Path, train_options: dict | None, log: Log, progress: bool)
         if not isinstance(info, dict) or not info.get("sha256") or not (info.get("path") or info.get("source")):
             raise ModelError(f"{run_dir}: run.json's data entry for {split!r} is damaged (no path and sha256)")
         enc = None if "source" in info else _cached_split(info["path"], vocab, protocol, log)
-        text = enc or (read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"]))
+        text = enc or read_recorded(info)
         if text.sha256 != info["sha256"]:
             raise DataError(f"{info['path']}: changed since the run started (sha256 differs); cannot resume")
         if enc is not None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import atomic_dir
 from .compare import ASPECTS, read_runs
-from .data.corpus import ParallelText, Text, read_pair, read_text
+from .data.corpus import ParallelText, Text, read_recorded
 from .errors import DataError, IncomparableError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
 from .models.mix import MixConfig, MixtureModel, fit_weights
@@ -46,7 +46,7 @@ def _recorded_text(runs: list[tuple[str, RunRecord]], split: str) -> Text | Para
     for path, record in runs:
         info = record.data[split]
         try:
-            text = read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
+            text = read_recorded(info)
         except DataError as exc:
             problems.append(exc.message)
             continue

@@ -347,7 +347,8 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     scaler = torch.amp.GradScaler("cuda") if (is_cuda and precision == "fp16") else None
 
     stateful_stream = unwrap(net).stateful and model.protocol.context == "stream"
-    steps_per_epoch = len(_epoch_batches(model, train, cfg, 0, ranks))
+    first_epoch = _epoch_batches(model, train, cfg, 0, ranks)  # built once: counted here, trained on below
+    steps_per_epoch = len(first_epoch)
     tokens_per_epoch = train.num_tokens
     total_steps = None
     if cfg.epochs is not None:
@@ -469,7 +470,9 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     net.train()
     try:
         while budget_left():
-            batches = _epoch_batches(model, train, cfg, state["epoch"], ranks)
+            reuse = state["epoch"] == 0 and first_epoch is not None
+            batches = first_epoch if reuse else _epoch_batches(model, train, cfg, state["epoch"], ranks)
+            first_epoch = None  # later epochs are built afresh; let this one go
             if state["batch"] == 0 and stateful_stream:
                 rnn_state = unwrap(net).init_state(cfg.batch_size // ranks.world_size, device)
             while state["batch"] < len(batches) and budget_left():

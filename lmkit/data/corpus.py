@@ -260,6 +260,12 @@ def read_pair(source: str | Path, target: str | Path) -> ParallelText:
     return ParallelText(read_text(source), read_text(target))
 
 
+def read_recorded(info: dict) -> Text | ParallelText:
+    """The file (or source/target pair) a run.json data entry names, read again; the caller compares its
+    sha256 with the recorded one."""
+    return read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
+
+
 def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
     """Token counts of a text; of both sides for a parallel text (one joint vocabulary)."""
     if isinstance(text, ParallelText):
