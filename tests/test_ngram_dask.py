@@ -24,7 +24,7 @@ from lmkit.models.ngram import dask_engine  # noqa: E402
 from lmkit.models.ngram.counts import count_ngrams  # noqa: E402
 from lmkit.models.ngram.dask_engine import (count_dask, count_shard, make_shards, merge_shards,  # noqa: E402
                                             plan_shards)
-from lmkit.models.ngram.sorted_runs import MemoryRun, Merger, assemble  # noqa: E402
+from lmkit.models.ngram.sorted_runs import assemble  # noqa: E402
 
 from test_ngram_external import assert_same_counts, random_corpus, write_corpus  # noqa: E402
 
@@ -49,8 +49,7 @@ def counted_in_shards(seqs, vocab: int, order: int, context: str, target: int):
     """The map/reduce of count_dask run in this process (no cluster): the algorithm, without the transport."""
     shards = make_shards(seqs, plan_shards(seqs, target), context, order)
     total = reduce(merge_shards, [count_shard(s, vocab, order, context) for s in shards])
-    return assemble(vocab, order, total.unigrams, lambda n: [MemoryRun(*total.runs[n - 2])], Merger(),
-                    total.tokens, total.units)
+    return assemble(vocab, order, total.unigrams, total.runs, total.tokens, total.units)
 
 
 @pytest.mark.parametrize("context", ["sentence", "stream"])

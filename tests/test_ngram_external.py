@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -64,6 +64,7 @@ def test_external_equals_in_memory_on_random_corpora(context: str, tmp_path: Pat
 
 
 @settings(max_examples=40, deadline=None)
+@example(lines=[[]] * 6, order=3, context="sentence", memory=1500)  # chunks with no n-grams of an order
 @given(st.lists(st.lists(st.integers(4, 9), max_size=8), min_size=1, max_size=40),
        st.integers(1, 5), st.sampled_from(["sentence", "stream"]), st.integers(1500, 4000))
 def test_external_equals_in_memory_property(lines, order, context, memory):
@@ -117,7 +118,7 @@ def test_spill_folder_removed_after_an_error_while_merging(tmp_path: Path, monke
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(external, "assemble", broken)
+    monkeypatch.setattr(external, "assemble_spilled", broken)
     with pytest.raises(KeyboardInterrupt):
         count_external(seqs, 50, 3, "sentence", memory=4096, tmp=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -142,6 +142,10 @@ class SequenceView(Sequence):
         """Ids per sequence (int64)."""
         return np.diff(self._offsets[self.start:self.stop + 1])
 
+    def flat(self) -> np.ndarray:
+        """Every id of these sequences back to back (int64), in one read."""
+        return self._ids[self._offsets[self.start]:self._offsets[self.stop]].astype(np.int64)
+
     def stream(self) -> np.ndarray:
         """The stream-context layout of these sequences, equal to batching.stream_ids(view): one <s>, then
         every sequence followed by </s> (int64), built in one vectorised pass."""

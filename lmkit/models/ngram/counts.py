@@ -28,9 +28,12 @@ def flatten(sequences: list[np.ndarray], context: str) -> tuple[np.ndarray, np.n
         sentence:  <s> a b </s> <s> c </s>      stream:  <s> a b </s> c </s>
         depth:      0  1 2  3    0  1  2                  0  1 2  3   4  5
     """
-    lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    words = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if len(sequences) else \
-        np.zeros(0, np.int64)
+    if callable(getattr(sequences, "flat", None)):  # a token file's view: one read, no per-sequence arrays
+        lens, words = np.asarray(sequences.lengths(), dtype=np.int64), sequences.flat()
+    else:
+        lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        words = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if len(sequences) else \
+            np.zeros(0, np.int64)
     if context == "stream":
         toks = np.empty(int(lens.sum() + len(lens)) + 1, dtype=np.int64)
         toks[0] = BOS

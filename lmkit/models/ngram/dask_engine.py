@@ -37,7 +37,7 @@ from ...data.vocab import BOS, EOS
 from ...errors import LmkitError, UsageError
 from .counts import NgramCounts, flatten
 from .external import bytes_per_token, iter_lengths, text_tokens
-from .sorted_runs import Merger, MemoryRun, assemble, ceil_div, count_piece_runs, merge_rows, peak_rss_bytes
+from .sorted_runs import assemble, ceil_div, count_piece_runs, merge_rows, peak_rss_bytes
 
 DEFAULT_SHARD_TOKENS = 2_000_000
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler, and to wait for its first worker
@@ -282,8 +282,7 @@ def count_dask(sequences: Sequence, vocab_size: int, order: int, context: str, s
                              f"{_first_line(exc)}") from None
     counted = time.perf_counter() - started
     start = time.perf_counter()
-    counts = assemble(vocab_size, order, result.unigrams, lambda n: [MemoryRun(*result.runs[n - 2])], Merger(),
-                      result.tokens, result.units)
+    counts = assemble(vocab_size, order, result.unigrams, result.runs, result.tokens, result.units)
     info = {"engine": "dask", "scheduler": scheduler, "workers": workers, "shards": len(ranges),
             "shard_tokens": target, "count_seconds": round(counted, 3),
             "index_seconds": round(time.perf_counter() - start, 3), "peak_rss_bytes": peak_rss_bytes()}

@@ -44,8 +44,8 @@ from ...atomic import is_disk_full
 from ...data.vocab import BOS, EOS
 from ...errors import LmkitError, UsageError
 from .counts import NgramCounts, count_ngrams, flatten
-from .sorted_runs import (WORD, DiskRun, Merger, SpillDir, assemble, count_piece, current_rss_bytes, human_bytes,
-                          peak_rss_bytes, table_bytes)
+from .chunk_merge import ChunkRuns, assemble_spilled
+from .sorted_runs import Merger, SpillDir, count_piece, current_rss_bytes, human_bytes, peak_rss_bytes, table_bytes
 
 SLICE = 4096  # sequences pulled from the training set at a time (never all of them)
 MERGE_ROW_BYTES = 128  # bytes per row held by a merge step: read buffer, key mapping, sort temporaries
@@ -106,29 +106,37 @@ def text_tokens(sequences: Sequence, context: str) -> int:
     return total + (2 * n if context == "sentence" else n + 1)
 
 
-def sentence_chunks(sequences: Sequence, capacity: int, bytes_per_tok: int) -> Iterator[list[np.ndarray]]:
-    """Whole sequences, at most `capacity` flattened tokens (<s> w.. </s>) per chunk."""
-    chunk: list[np.ndarray] = []
-    used = 0
-    for part in iter_slices(sequences):
-        for seq in part:
-            need = len(seq) + 2
+def sentence_chunks(sequences: Sequence, capacity: int, bytes_per_tok: int) -> Iterator[Sequence]:
+    """Slices of whole sequences, at most `capacity` flattened tokens (<s> w.. </s>) per chunk; planned
+    from lengths alone, so a token file's view is sliced (another view), never read here."""
+    start = at = used = 0
+    for lengths in iter_lengths(sequences):
+        for need in (lengths + 2).tolist():
             if need > capacity:
-                raise UsageError(f"--memory is too small for a training sequence of {len(seq):,} tokens: "
+                raise UsageError(f"--memory is too small for a training sequence of {need - 2:,} tokens: "
                                  f"sentence context counts each line in one piece, which needs about "
                                  f"{human_bytes(need * bytes_per_tok)}; raise --memory")
             if used + need > capacity:
-                yield chunk
-                chunk, used = [], 0
-            chunk.append(seq)
+                yield sequences[start:at]
+                start, used = at, 0
             used += need
-    if chunk:
-        yield chunk
+            at += 1
+    if at > start:
+        yield sequences[start:at]
 
 
 def stream_pieces(sequences: Sequence, capacity: int) -> Iterator[np.ndarray]:
     """The stream `<s> s1 </s> s2 </s> ..` cut into consecutive pieces of exactly `capacity` tokens
-    (the last one shorter); long sequences are cut too."""
+    (the last one shorter); long sequences are cut too. A token file's view reads each piece's stretch."""
+    if hasattr(sequences, "stream_slice"):
+        total = 1 + sequences.num_tokens
+        for lo in range(0, total, capacity):
+            yield sequences.stream_slice(lo, lo + capacity)
+        return
+    yield from _stream_pieces_of_list(sequences, capacity)
+
+
+def _stream_pieces_of_list(sequences: Sequence, capacity: int) -> Iterator[np.ndarray]:
     buf = np.empty(capacity, dtype=np.int64)
     buf[0] = BOS
     used = 1
@@ -215,8 +223,7 @@ def _count_spilled(sequences, V: int, order: int, context: str, memory: int, cap
         f"(--memory {human_bytes(memory)}), spilling sorted runs to {spill.root}")
     start = time.perf_counter()
     unigrams = np.zeros(V, dtype=np.int64)
-    runs: dict[int, list[DiskRun]] = {n: [] for n in range(2, order + 1)}
-    files = {n: spill.new_file(f"o{n}-runs", n + 1, WORD) for n in range(2, order + 1)}  # one per order
+    chunks = ChunkRuns(spill, order)
     tokens = units = 0
     every = max(-(-expected // 10), 1)  # about ten progress lines
     for toks, depth, first, seqs in _pieces(sequences, context, order, capacity):
@@ -224,24 +231,20 @@ def _count_spilled(sequences, V: int, order: int, context: str, memory: int, cap
         stats.largest_chunk_tokens = max(stats.largest_chunk_tokens, int(toks.size))
         tokens += int(toks.size - first) - seqs  # sentence: every <s> is context; stream: the first one
         units += seqs
-        for n, rows, counts in count_piece(toks, depth, first, V, order):
-            if n == 1:
-                unigrams += counts
-            elif counts.size:
-                runs[n].append(DiskRun(files[n], *files[n].append(np.column_stack([rows, counts]))))
-                stats.spilled_runs += 1
+        pieces = count_piece(toks, depth, first, V, order)
+        unigrams += next(pieces)
+        for piece in pieces:
+            stats.spilled_runs += chunks.add(piece) > 0
         if stats.chunks % every == 0:
-            log(f"counted chunk {stats.chunks:,}/{expected:,} "
-                f"({human_bytes(sum(f.nbytes for f in files.values()))} spilled)")
+            log(f"counted chunk {stats.chunks:,}/{expected:,} ({human_bytes(chunks.spilled_bytes())} spilled)")
     if context == "stream":
         tokens, units = tokens - 1, 1
-    for file in files.values():
-        spill.finish(file)
+    chunks.finish()
     stats.count_seconds = time.perf_counter() - start
     start = time.perf_counter()
     merger = Merger.for_budget(memory, spill, MERGE_ROW_BYTES)
     log(f"merging {stats.spilled_runs:,} sorted runs, order by order (up to {merger.fan_in} at a time)")
-    counts = assemble(V, order, unigrams, runs.pop, merger, tokens, units)
+    counts = assemble_spilled(V, order, unigrams, chunks, merger, tokens, units)
     stats.merge_seconds = time.perf_counter() - start
     stats.spilled_bytes, stats.spill_files = spill.bytes, spill.files
     stats.merge_passes = merger.stats.passes

@@ -24,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -37,45 +37,73 @@ Blocks = Iterator[tuple[np.ndarray, np.ndarray]]
 
 
 # -- counting a piece ---------------------------------------------------------------------------------
+class Piece(NamedTuple):
+    """A piece's distinct n-grams of one order n >= 2 in key order, with *piece-local* ids.
+
+    Row i is the piece's i-th n-gram w1..wn in key order: `first` = w1, `suffix` = local id (row number at
+    order n-1) of w2..wn, `prefix` = local id of w1..w(n-1) (at n = 2 both are word ids, as order-1 ids
+    are), `counts` = its count. `suffix` never decreases down the rows (the key is suffix * V + first)."""
+
+    n: int
+    first: np.ndarray
+    suffix: np.ndarray
+    prefix: np.ndarray
+    counts: np.ndarray
+
+
 def count_piece(toks: np.ndarray, depth: np.ndarray, start: int, vocab_size: int,
-                order: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                order: int) -> Iterator[np.ndarray | Piece]:
     """Count the n-grams of orders 1..order that end at a position >= `start` of `toks`.
 
-    Yields (1, arange(V), unigram counts), then (n, rows, counts) for n = 2..order: the distinct n-grams as
-    (m, n) int32 word rows in key (reverse-lexicographic) order with their int64 counts. A generator, so a
-    caller can spill each order before the next is built. `depth` is counts.flatten()'s: tokens of the
-    same unit before each position, so an n-gram ending at j lies inside one unit iff depth[j] >= n-1.
-    Positions before `start` are context carried over from the previous piece (stream context): they
-    complete n-grams but are not counted again. Same algorithm as count_ngrams (one np.unique per order
-    over n-gram end positions), with piece-local ids."""
+    Yields the (V,) unigram counts, then a Piece per order n = 2..order. A generator, so a caller can
+    spill each order before the next is built. `depth` is counts.flatten()'s: tokens of the same unit
+    before each position, so an n-gram ending at j lies inside one unit iff depth[j] >= n-1. Positions
+    before `start` are context carried over from the previous piece (stream context): n-grams ending there
+    get local ids (so every prefix has one) with count 0; they were counted by an earlier piece, so they
+    exist in the whole text. Same algorithm as count_ngrams (one np.unique per order over n-gram end
+    positions), with piece-local ids."""
     V = int(vocab_size)
     toks = np.asarray(toks, dtype=np.int64)
     if toks.size and (toks.min() < 0 or toks.max() >= V):
         raise ValueError("token id outside the vocabulary")
-    yield 1, np.arange(V, dtype=np.int64), np.bincount(toks[start:], minlength=V).astype(np.int64)
+    yield np.bincount(toks[start:], minlength=V).astype(np.int64)
     rid = toks  # local id of the (n-1)-gram ending at each position (order 1: the word)
-    words = None  # (m, n-1) rows of the local (n-1)-grams, in local id order
-    ends = np.flatnonzero(depth[start:] >= 1) + start
+    ends = np.flatnonzero(depth >= 1)
     for n in range(2, order + 1):
         ends = ends[depth[ends] >= n - 1]
         key = rid[ends] * V + toks[ends - (n - 1)]
-        uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        if start:  # only n-grams ending at or after `start` count
+            uniq, inv = np.unique(key, return_inverse=True)
+            inv = inv.reshape(-1)
+            cnt = np.bincount(inv[ends >= start], minlength=uniq.size)
+        else:
+            uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+            inv = inv.reshape(-1)
         del key
-        rest = (uniq // V).astype(WORD)[:, None] if words is None else words[uniq // V]
-        words = np.column_stack([(uniq % V).astype(WORD), rest])
-        del rest, uniq
-        yield n, words, cnt.astype(np.int64)
+        prefix = np.empty(uniq.size, dtype=np.int64)
+        prefix[inv] = rid[ends - 1]  # every occurrence of a type writes the same prefix id
+        yield Piece(n, uniq % V, uniq // V, prefix, cnt.astype(np.int64))
+        del uniq, prefix
         if n < order:
             rid = np.full(toks.size, -1, dtype=np.int64)
-            rid[ends] = inv.reshape(-1)
+            rid[ends] = inv
         del inv, cnt
 
 
 def count_piece_runs(toks: np.ndarray, depth: np.ndarray, start: int, vocab_size: int,
                      order: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """count_piece collected: (unigram counts, [(rows, counts) for orders 2..order])."""
-    pieces = list(count_piece(toks, depth, start, vocab_size, order))
-    return pieces[0][2], [(rows, counts) for _, rows, counts in pieces[1:]]
+    """count_piece as word rows: (unigram counts, [(rows, counts) for orders 2..order]), where rows are the
+    (m, n) int32 word ids w1..wn of the counted n-grams in key order (what a Dask reduce merges)."""
+    pieces = count_piece(toks, depth, start, vocab_size, order)
+    unigrams = next(pieces)
+    runs = []
+    words = None  # (m, n-1) word rows of every local (n-1)-gram, count 0 ones included: suffixes index them
+    for piece in pieces:
+        rest = piece.suffix.astype(WORD)[:, None] if words is None else words[piece.suffix]
+        words = np.column_stack([piece.first.astype(WORD), rest])
+        kept = piece.counts > 0
+        runs.append((words[kept], piece.counts[kept]))
+    return unigrams, runs
 
 
 def merge_rows(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +176,8 @@ class RunFile:
                 raise ValueError(f"{self.path.name}: values do not fit {self.dtype}")
             table = table.astype(self.dtype)
         start = self.rows
-        self.fh.write(memoryview(table).cast("B"))
+        if table.size:  # (a view with a zero in its shape cannot be cast to bytes)
+            self.fh.write(memoryview(table).cast("B"))
         self.rows += int(table.shape[0])
         return start, self.rows
 
@@ -176,44 +205,93 @@ class RunFile:
         self.path.unlink(missing_ok=True)
 
 
+class IdMap:
+    """The final id of every row of a spill table: row i -> int64 at byte 8*i of a raw private file.
+
+    A merge writes it as it places rows (per run in row order, so each run's writes are sequential);
+    readers take ranges of it (`gather_sorted`). Never memory-mapped, for the reason RunFile is not."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.rows = 0
+
+    def write(self, row: int, ids: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(ids, dtype=np.int64)).cast("B")
+        at = row * 8
+        while data:
+            done = os.pwrite(self.fd, data, at)
+            data, at = data[done:], at + done
+        self.rows = max(self.rows, row + int(ids.size))
+
+    def read(self, row: int, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        if count and os.preadv(self.fd, [memoryview(out).cast("B")], row * 8) != out.nbytes:
+            raise ValueError(f"{self.path}: truncated spill file")
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * 8
+
+    def remove(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+def gather_sorted(ids: IdMap, rows: np.ndarray, window: int) -> np.ndarray:
+    """ids[rows] for non-decreasing `rows`, reading the map in ranges of at most `window` entries."""
+    out = np.empty(rows.size, dtype=np.int64)
+    i = 0
+    while i < rows.size:
+        lo = int(rows[i])
+        j = int(rows.searchsorted(lo + max(window, 1), side="left"))
+        out[i:j] = ids.read(lo, int(rows[j - 1]) - lo + 1)[rows[i:j] - lo]
+        i = j
+    return out
+
+
+class PositionSink:
+    """Records where a merge puts each row of one run: positions arrive in row order, a few per merge
+    step, and are written to the run's IdMap in batches of `batch` rows."""
+
+    def __init__(self, ids: IdMap, row: int, batch: int):
+        self.ids, self.row, self.batch = ids, int(row), int(batch)
+        self.parts: list[np.ndarray] = []
+        self.held = 0
+
+    def __call__(self, positions: np.ndarray) -> None:
+        self.parts.append(positions)
+        self.held += positions.size
+        if self.held >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            data = np.concatenate(self.parts)
+            self.ids.write(self.row, data)
+            self.row += int(data.size)
+            self.parts, self.held = [], 0
+
+
 @dataclass
-class DiskRun:
-    """One sorted run: rows [start, stop) of a RunFile."""
+class KeyRun:
+    """A merged run on disk: rows [start, stop) of an int64 (key, count) RunFile. `ids`, when set, is the
+    IdMap (same rows as the file) where the next merge records each row's position."""
 
     file: RunFile
     start: int
     stop: int
-
-    @property
-    def is_rows(self) -> bool:  # word rows (a counted piece) or final keys (a merge's output)
-        return self.file.dtype != np.int64 or self.file.width != 2
+    ids: IdMap | None = None
 
     @property
     def length(self) -> int:
         return self.stop - self.start
 
-    def blocks(self, rows: int) -> Blocks:
+    def key_blocks(self, rows: int) -> Blocks:
         for i in range(self.start, self.stop, rows):
             table = self.file.read(i, min(rows, self.stop - i))
-            head = table[:, :-1] if self.is_rows else np.ascontiguousarray(table[:, 0])
-            yield head, table[:, -1].astype(np.int64)
-
-
-@dataclass
-class MemoryRun:
-    """A sorted run held in memory (a Dask result)."""
-
-    array: np.ndarray  # (m, n) rows or (m,) keys
-    counts: np.ndarray
-    is_rows: bool = True
-
-    @property
-    def length(self) -> int:
-        return int(self.counts.size)
-
-    def blocks(self, rows: int) -> Blocks:
-        for i in range(0, self.length, rows):
-            yield self.array[i:i + rows], self.counts[i:i + rows]
+            yield np.ascontiguousarray(table[:, 0]), np.ascontiguousarray(table[:, 1])
 
 
 class SpillDir:
@@ -228,9 +306,18 @@ class SpillDir:
         self.files += 1
         return RunFile(self.root / f"{name}.npy", width, dtype)
 
+    def new_idmap(self, name: str) -> IdMap:
+        self.files += 1
+        return IdMap(self.root / f"{name}-ids.bin")
+
     def finish(self, file: RunFile) -> None:
         file.finish()
         self.bytes += file.nbytes
+
+    def release(self, ids: IdMap) -> None:
+        """Delete an id map, counting what it wrote."""
+        self.bytes += ids.nbytes
+        ids.remove()
 
 
 # -- merging --------------------------------------------------------------------------------------------
@@ -239,7 +326,8 @@ class RowsToKeys:
 
     key(w1..wn) = id(w2..wn) * V + w1 and id(w2..wn) is found right to left: id(wn) = wn, then
     id(wk..wn) = position of id(w(k+1)..wn) * V + wk in the keys of order n-k+1. Monotone, so a sorted run
-    stays sorted. Every suffix exists: it was counted at the same position as the n-gram."""
+    stays sorted. Every suffix exists: it was counted at the same position as the n-gram. (The Dask path's
+    mapping: its rows carry words, not chunk-local ids.)"""
 
     def __init__(self, keys: list[np.ndarray], vocab_size: int):
         self.keys, self.V = keys, int(vocab_size)
@@ -254,28 +342,29 @@ class RowsToKeys:
         return ids * self.V + rows[:, 0]
 
 
-def _key_blocks(run, rows: int, to_keys: RowsToKeys) -> Blocks:
-    for array, counts in run.blocks(rows):
-        yield (to_keys(array) if run.is_rows else array), counts
+Sink = Callable[[np.ndarray], None]
 
 
-def _merge_blocks(sources: list[Blocks]) -> Blocks:
+def _merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None] | None = None) -> Blocks:
     """Vectorised k-way merge of sorted (keys, counts) block streams, equal keys summed.
 
     Each step emits every key <= the smallest *last key* of the current blocks: nothing <= that bound can
     come later (keys within a stream are unique and increasing), and the block holding the bound is used
-    up, so every step frees at least one block and at most one block per stream is held."""
+    up, so every step frees at least one block and at most one block per stream is held. With `sinks`,
+    sinks[i] receives, in order, the output position (counted from `base`) of every key stream i gave."""
     heads = [next(src, None) for src in sources]
+    emitted = int(base)
     while any(h is not None for h in heads):
         live = [i for i, h in enumerate(heads) if h is not None]
         lasts = [heads[i][0][-1] for i in live if heads[i][0].size]
         bound = min(lasts) if lasts else None
-        keys, counts = [], []
+        keys, counts, taken = [], [], []
         for i in live:
             k, c = heads[i]
             cut = k.size if bound is None else int(k.searchsorted(bound, side="right"))
             keys.append(k[:cut])
             counts.append(c[:cut])
+            taken.append((i, cut))
             heads[i] = (k[cut:], c[cut:]) if cut < k.size else next(sources[i], None)
         k = np.concatenate(keys)
         c = np.concatenate(counts)
@@ -286,6 +375,15 @@ def _merge_blocks(sources: list[Blocks]) -> Blocks:
         new = np.ones(k.size, dtype=bool)
         new[1:] = k[1:] != k[:-1]
         starts = np.flatnonzero(new)
+        if sinks is not None:
+            where = np.empty(k.size, dtype=np.int64)
+            where[perm] = np.cumsum(new) - 1 + emitted
+            at = 0
+            for i, cut in taken:
+                if cut and sinks[i] is not None:
+                    sinks[i](where[at:at + cut])
+                at += cut
+        emitted += int(starts.size)
         yield k[starts], np.add.reduceat(c, starts)
 
 
@@ -300,10 +398,14 @@ MAX_FAN_IN = 256  # runs merged at once: more means smaller read buffers and mor
 
 @dataclass
 class Merger:
-    """Merges the runs of one order into final sorted keys and counts within a budget of rows in memory.
+    """Merges sorted runs of one order into final sorted keys and counts within a budget of rows in memory.
 
-    With k runs, each gets a read buffer of budget/k rows; when that would be under MIN_BLOCK, groups of
-    runs are first merged into longer runs on disk (the multi-pass merge of an external sort)."""
+    A run has `length`, `key_blocks(rows)` (its sorted keys and counts, a block at a time), and `ids` and
+    `start`: when `ids` is an IdMap, the merge records there, at rows start.., the final position of each
+    of the run's rows (the out-of-core path maps later orders' chunk-local ids through it). With k runs,
+    each gets a read buffer of budget/k rows; when that would be under MIN_BLOCK, groups of runs are first
+    merged into longer runs on disk (the multi-pass merge of an external sort), and positions recorded in
+    a pass are composed with the next pass's afterwards."""
 
     rows: int | None = None  # rows of read buffers the budget allows; None: unbounded (one pass, big blocks)
     spill: SpillDir | None = None
@@ -320,29 +422,50 @@ class Merger:
     def block(self, runs: int) -> int:
         return 1 << 20 if self.rows is None else max(MIN_BLOCK, self.rows // max(runs, 1))
 
-    def merge(self, runs: list, to_keys: RowsToKeys, name: str) -> tuple[np.ndarray, np.ndarray]:
-        runs = list(runs)
-        while len(runs) > self.fan_in and self.spill is not None:  # an extra pass through the disk
+    def _merge(self, runs: list, base: int) -> Blocks:
+        block = self.block(len(runs))
+        sinks = [PositionSink(r.ids, r.start, block) if getattr(r, "ids", None) is not None else None for r in runs]
+        yield from _merge_blocks([r.key_blocks(block) for r in runs], base, sinks)
+        for sink in sinks:
+            if sink is not None:
+                sink.flush()
+
+    def merge(self, runs: list, name: str) -> tuple[np.ndarray, np.ndarray]:
+        levels = [list(runs)]
+        while len(levels[-1]) > self.fan_in and self.spill is not None:  # an extra pass through the disk
             self.stats.passes += 1
             out = self.spill.new_file(f"{name}-pass{self.stats.passes}", 2, np.int64)
+            ids = self.spill.new_idmap(f"{name}-pass{self.stats.passes}")
             merged = []
-            for g in range(0, len(runs), self.fan_in):
-                group = runs[g:g + self.fan_in]
+            for g in range(0, len(levels[-1]), self.fan_in):
+                group = levels[-1][g:g + self.fan_in]
                 start = out.rows
-                for k, c in _merge_blocks([_key_blocks(r, self.block(len(group)), to_keys) for r in group]):
+                for k, c in self._merge(group, base=start):
                     out.append(np.column_stack([k, c]))
-                merged.append(DiskRun(out, start, out.rows))
+                merged.append(KeyRun(out, start, out.rows, ids))
             self.spill.finish(out)
-            _remove_files(runs)
-            runs = merged
-        blocks = _merge_blocks([_key_blocks(r, self.block(len(runs)), to_keys) for r in runs])
-        result = _fill(blocks, sum(r.length for r in runs))
-        _remove_files(runs)
+            _remove_pass_files(levels[-1])
+            levels.append(merged)
+        result = _fill(self._merge(levels[-1], base=0), sum(r.length for r in levels[-1]))
+        _remove_pass_files(levels[-1])
+        for lower, upper in zip(levels[-2::-1], levels[:0:-1]):  # pass-file rows -> final positions, top down
+            for run in lower:
+                if getattr(run, "ids", None) is not None:
+                    _compose(run.ids, run.start, run.length, upper[0].ids, self.block(1))
+        for level in levels[1:]:
+            self.spill.release(level[0].ids)
         return result
 
 
-def _remove_files(runs: list) -> None:
-    for file in {id(r.file): r.file for r in runs if isinstance(r, DiskRun)}.values():
+def _compose(ids: IdMap, start: int, length: int, upper: IdMap, block: int) -> None:
+    """ids[start:start+length] = upper[ids[...]]: a run's positions in a pass file become final positions
+    (positions within a run increase, so the upper map is read in ranges)."""
+    for i in range(start, start + length, block):
+        ids.write(i, gather_sorted(upper, ids.read(i, min(block, start + length - i)), block))
+
+
+def _remove_pass_files(runs: list) -> None:
+    for file in {id(r.file): r.file for r in runs if isinstance(r, KeyRun)}.values():
         file.remove()
 
 
@@ -363,22 +486,20 @@ def _fill(blocks: Blocks, upper: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- the final counts -------------------------------------------------------------------------------------
-def assemble(vocab_size: int, order: int, unigrams: np.ndarray, runs: Callable[[int], list], merger: Merger,
-             tokens: int, units: int) -> NgramCounts:
-    """NgramCounts equal to count_ngrams' from unigram counts and the sorted runs of each order.
-
-    `runs(n)` gives the runs of order n (asked for one order at a time, so a caller can drop them as
-    soon as they are merged). Orders are merged bottom up: order n's keys need the final keys below it."""
+def assemble(vocab_size: int, order: int, unigrams: np.ndarray, runs: list[tuple[np.ndarray, np.ndarray]],
+             tokens: int, units: int, block: int = 1 << 20) -> NgramCounts:
+    """NgramCounts equal to count_ngrams' from unigram counts and one sorted run of word rows per order
+    2..order (the Dask path's reduced result). Orders are mapped bottom up: order n's keys need the final
+    keys below it (RowsToKeys)."""
     V = int(vocab_size)
     keys = [np.arange(V, dtype=np.int64)]
     counts = [np.asarray(unigrams, dtype=np.int64)]
-    for n in range(2, order + 1):
-        k, c = merger.merge(runs(n), RowsToKeys(keys, V), f"o{n}")
-        keys.append(k)
-        counts.append(c)
+    for rows, c in runs:
+        keys.append(RowsToKeys(keys, V)(rows))
+        counts.append(np.asarray(c, dtype=np.int64))
     ctx = [np.zeros(V, dtype=np.int64)]
     for n in range(2, order + 1):
-        ctx.append(prefix_ids(keys, ctx, n, V, merger.block(1)))
+        ctx.append(prefix_ids(keys, ctx, n, V, block))
     return NgramCounts(NgramIndex(V, keys), counts, ctx, int(tokens), int(units))
 
 
