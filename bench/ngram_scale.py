@@ -128,7 +128,8 @@ def count_only(corpus: Path, vocab_path: Path, memory: str | None, spill: Path) 
 def measure(size: int, work: Path, args, env: dict) -> list[dict]:
     corpus = work / f"corpus-{size}"
     start = time.perf_counter()
-    write_corpus(corpus, size, args.types, args.seed)
+    if not (corpus / "test.txt").exists():  # a corpus kept (--keep) by an earlier run is reused
+        write_corpus(corpus, size, args.types, args.seed)
     vocab = work / f"vocab-{size}.json"
     subprocess.run(LMKIT + ["vocab", "build", str(corpus / "train.txt"), "-o", str(vocab)], env=env, check=True,
                    capture_output=True)

@@ -424,8 +424,13 @@ def _quick_checks(model, encoded: dict[str, Encoded], log: Log) -> dict:
     from .check import check_model
 
     split = "test" if "test" in encoded else "valid"
+    skip = {}
+    if getattr(getattr(model, "counting", None), "memory", None) is not None:  # n-gram --memory: no model-sized extras
+        skip = {"normalisation": "not run under --memory: full rows need an index of every n-gram by context "
+                                 "(as big as the model); `lmkit check RUN` runs it",
+                "save-load": "not run under --memory: it loads a second copy of the model; `lmkit check RUN` runs it"}
     try:
-        report = check_model(model, encoded[split], quick=True)
+        report = check_model(model, encoded[split], quick=True, skip=skip)
     except Exception as exc:  # a bug in a check must not throw away a finished training run
         log(f"warning: checks could not run ({exc.__class__.__name__}: {exc})")
         return {"ok": False, "quick": True, "error": f"{exc.__class__.__name__}: {exc}"}

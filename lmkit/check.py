@@ -281,11 +281,12 @@ def check_save_load(model, sequences: list[np.ndarray], default: list[np.ndarray
 
 # -- entry points -----------------------------------------------------------------------------------
 def check_model(model, encoded_sample: Encoded | Sequence[np.ndarray], *, quick: bool,
-                normalised: bool | None = None, seed: int = SEED) -> CheckReport:
+                normalised: bool | None = None, seed: int = SEED, skip: dict[str, str] | None = None) -> CheckReport:
     """Run the four checks on a bounded, seeded sample of `encoded_sample` (an Encoded text or sequences).
 
     `normalised=False` (e.g. from a run record) marks a model whose scores are not probabilities by
-    design; by default the model's own `normalised` attribute says so."""
+    design; by default the model's own `normalised` attribute says so. `skip` maps a check's name to why it
+    is not run this time (recorded as n.a. with that reason)."""
     start = time.perf_counter()
     budget = QUICK if quick else FULL
     seqs = encoded_sample.sequences if isinstance(encoded_sample, Encoded) else list(encoded_sample)
@@ -293,12 +294,14 @@ def check_model(model, encoded_sample: Encoded | Sequence[np.ndarray], *, quick:
     if normalised is None:
         normalised = bool(getattr(model, "normalised", True))
     default = model.sequence_logprobs(sample)
-    results = [
-        check_normalisation(model, sample, budget.contexts, normalised=normalised, seed=seed),
-        check_causality(model, sample, budget, default, seed=seed),
-        check_batch_invariance(model, sample, default),
-        check_save_load(model, sample, default),
-    ]
+    checks = {
+        "normalisation": lambda: check_normalisation(model, sample, budget.contexts, normalised=normalised, seed=seed),
+        "causality": lambda: check_causality(model, sample, budget, default, seed=seed),
+        "batch-invariance": lambda: check_batch_invariance(model, sample, default),
+        "save-load": lambda: check_save_load(model, sample, default),
+    }
+    skip = skip or {}
+    results = [CheckResult(name, NA, skip[name]) if name in skip else run() for name, run in checks.items()]
     info = {"file": getattr(encoded_sample, "name", None), "sequences": len(sample),
             "tokens": int(sum(len(s) + 1 for s in sample))}
     return CheckReport(model.label, quick, info, results, time.perf_counter() - start)

@@ -24,6 +24,8 @@ from lmkit.data.tokenfile import TokenFile, encode_file, lookup
 from lmkit.data.tokenize import tokenize
 from lmkit.data.vocab import Vocab
 from lmkit.errors import ModelError, UsageError
+from lmkit.models.ngram.counts import flatten
+from lmkit.models.ngram.external import stream_pieces
 from lmkit.protocol import Protocol
 
 # blank lines (whitespace only), CRLF, a BOM, a literal <s> and </s>, non-ASCII text, no final newline
@@ -144,6 +146,13 @@ def test_views_index_slice_stream_shard_chunks(grammar):
     assert [len(c) for c in tf.chunks(1)] == [1] * len(ref)  # a sequence longer than the bound: alone
     with pytest.raises(UsageError):
         tf.shard(2, 2)
+    # the n-gram counters' fast paths: a view flattens from one read, and streams in pieces of its stretches
+    for context in ("sentence", "stream"):
+        for a, b in zip(flatten(part, context), flatten(list(part), context)):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    for size in (1, 7, 100, 10**6):
+        got, want = list(stream_pieces(seqs, size)), list(stream_pieces(list(seqs), size))
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 # -- the cache ----------------------------------------------------------------------------------------

@@ -10,14 +10,16 @@ The plan of KenLM's lmplz, in numpy (`lmkit train --model ngram:kn5 --memory 4G 
    chunk is preceded by the last N-1 tokens of the text before it and counts only the n-grams that *end*
    inside it (so every n-gram is counted exactly once, whichever chunk it crosses into).
 2. Count each chunk with the in-memory algorithm (sorted_runs.count_piece); per order n >= 2 the
-   chunk's distinct n-grams come out as int32 word-id rows in key order with their counts: a *sorted run*,
-   written at once to a private spill folder as plain .npy files and dropped from memory. Unigram counts
-   (V numbers) are summed in memory.
-3. Merge, order by order from 2 up: each run's rows are mapped to their final int64 keys through the
-   already merged orders below (the mapping keeps a run sorted), and a vectorised k-way merge with one
-   bounded read buffer per run sums equal keys into the final sorted keys and counts. When there are more
-   runs than the budget has read buffers for, groups of runs are first merged into longer runs on disk.
-4. The prefix ids (`ctx`), token and unit totals follow; the result equals count_ngrams' array for array.
+   chunk's distinct n-grams come out in key order with chunk-local ids (a *sorted run*), written at once
+   to a private spill folder as rows (w1, local suffix id, local prefix id, count) and dropped from memory.
+   Unigram counts (V numbers) are summed in memory.
+3. Merge, order by order from 2 up (chunk_merge.py): each run's local suffix ids become final ids through
+   the id map the order below's merge wrote, which keeps the run sorted; a vectorised k-way merge with one
+   bounded read buffer per run sums equal keys into the final sorted keys and counts and writes this
+   order's id map. When there are more runs than the budget has read buffers for, groups of runs are
+   first merged into longer runs on disk.
+4. The prefix ids (`ctx`) follow from each chunk's local prefix ids through the same maps, and the
+   token and unit totals from the chunks; the result equals count_ngrams' array for array.
 
 What --memory bounds: the counting buffers of step 1-2 and the read buffers of step 3, as lmplz's -S
 bounds its sort. It does not bound the finished model's tables (keys, counts, ctx of every order: about

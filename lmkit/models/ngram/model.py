@@ -345,7 +345,7 @@ class NgramModel(TableModel):
         s = cfg.smoothing
         facts: dict = {"smoothing": s, "order": cfg.order}
         if s in ("kn", "kn-basic"):
-            est = sm.estimate_kn(c, s == "kn", cfg.discount_fallback)
+            est = sm.estimate_kn(c, s == "kn", cfg.discount_fallback, self._smoothing_block(), consume=True)
         elif s == "wb":
             est = sm.estimate_wb(c)
         elif s == "katz":
@@ -393,6 +393,13 @@ class NgramModel(TableModel):
         from .external import count_external
 
         return count_external(train.sequences, V, N, context, plan.memory, plan.tmp, log)
+
+    def _smoothing_block(self) -> int:
+        """n-grams per block of the smoothing's temporaries: --memory bounds them as it bounds counting."""
+        plan = self.counting
+        if plan is None or plan.memory is None:
+            return sm.SMOOTH_BLOCK
+        return max(plan.memory // sm.SMOOTH_ROW_BYTES, 1024)
 
     def _tune_k(self, c, valid: Encoded) -> float:
         toks, depth = flatten(valid.sequences, self.protocol.context)

@@ -105,17 +105,22 @@ def _bo_for_contexts(c: NgramCounts, n: int, den: np.ndarray, weight: np.ndarray
 
 
 # -- discounts -------------------------------------------------------------------------------------------
-def counts_of_counts(a: np.ndarray, upto: int) -> np.ndarray:
-    """n[j] = how many entries have count exactly j, for j = 0..upto."""
+def counts_of_counts(a: np.ndarray, upto: int, block: int | None = None) -> np.ndarray:
+    """n[j] = how many entries have count exactly j, for j = 0..upto (counted `block` entries at a time)."""
     a = np.asarray(a, dtype=np.int64)
-    return np.bincount(np.minimum(a[a > 0], upto + 1), minlength=upto + 2)[: upto + 1]
+    n = np.zeros(upto + 2, dtype=np.int64)
+    for lo, hi in blocks(a.size, block):
+        part = a[lo:hi]
+        n += np.bincount(np.minimum(part[part > 0], upto + 1), minlength=upto + 2)
+    return n[: upto + 1]
 
 
-def mkn_discounts(a: np.ndarray, fallback: tuple[float, float, float]) -> tuple[np.ndarray, str | None]:
+def mkn_discounts(a: np.ndarray, fallback: tuple[float, float, float],
+                  block: int | None = None) -> tuple[np.ndarray, str | None]:
     """Modified-KN discounts D1, D2, D3+ (Chen & Goodman 1998, eq. 26), as KenLM's lmplz computes them:
     Y = n1 / (n1 + 2 n2),  D_j = j - (j+1) Y n_{j+1} / n_j.  Undefined (some n_j = 0 for j <= 3) or out of
     range (D_j not in [0, j]) -> the fallback, as `lmplz --discount_fallback`. Returns [0, D1, D2, D3]."""
-    n = counts_of_counts(a, 4).astype(np.float64)
+    n = counts_of_counts(a, 4, block).astype(np.float64)
     if (n[1:4] == 0).any():
         return np.array([0.0, *fallback]), "counts-of-counts n1..n3 include a zero"
     y = n[1] / (n[1] + 2 * n[2])
@@ -125,9 +130,9 @@ def mkn_discounts(a: np.ndarray, fallback: tuple[float, float, float]) -> tuple[
     return d, None
 
 
-def kn_discount(a: np.ndarray, fallback: float) -> tuple[float, str | None]:
+def kn_discount(a: np.ndarray, fallback: float, block: int | None = None) -> tuple[float, str | None]:
     """One absolute discount per order (Ney, Essen & Kneser 1994): D = n1 / (n1 + 2 n2)."""
-    n = counts_of_counts(a, 2)
+    n = counts_of_counts(a, 2, block)
     if n[1] == 0 or n[2] == 0:
         return float(fallback), "counts-of-counts n1 or n2 is zero"
     return float(n[1] / (n[1] + 2 * n[2])), None
@@ -259,49 +264,105 @@ def estimate_wb(c: NgramCounts) -> Estimate:
     return Estimate(logp, logbo, 0.0, {})
 
 
-def kn_counts(c: NgramCounts, n: int) -> np.ndarray:
+SMOOTH_BLOCK = 1 << 20  # n-grams per block of KN's temporaries (~100 bytes each) when no budget is given
+SMOOTH_ROW_BYTES = 128  # bytes per n-gram of a block's temporaries: sets the block from --memory
+
+
+def blocks(m: int, block: int | None) -> list[tuple[int, int]]:
+    """[lo, hi) ranges covering 0..m in blocks of at most `block` (one range if block is None)."""
+    step = max(int(block or m or 1), 1)
+    return [(lo, min(lo + step, m)) for lo in range(0, m, step)] or [(0, 0)]
+
+
+def kn_counts(c: NgramCounts, n: int, block: int | None = None) -> np.ndarray:
     """The counts Kneser-Ney discounts at order n, as KenLM's adjust_counts: raw counts at the highest
     order and for n-grams starting with <s> (nothing can precede <s>), continuation counts N1+(. g)
-    for other lower-order n-grams; the unigram <s> gets 0 (it is never predicted)."""
+    for other lower-order n-grams; the unigram <s> gets 0 (it is never predicted). The highest order's
+    are the raw counts themselves (not a copy). Continuation counts are summed a block of order n+1 at a
+    time: its keys are sorted, so a block's suffixes are one contiguous range of order n."""
     if n == c.order:
-        a = c.counts[n - 1].copy()
-    else:
-        a = c.continuation(n)
-        bos = c.starts_with_bos(n)
-        a[bos] = c.counts[n - 1][bos]
-    if n == 1:
-        a[[PAD, BOS]] = 0
+        return c.counts[n - 1] if n > 1 else _no_specials(c.counts[0].copy())
+    a = np.zeros(c.index.size(n), dtype=np.int64)
+    keys = c.index.keys[n]
+    V = c.vocab_size
+    for lo, hi in blocks(keys.size, block):
+        if hi > lo:
+            suffix = keys[lo:hi] // V
+            first = int(suffix[0])
+            a[first:int(suffix[-1]) + 1] += np.bincount(suffix - first)
+    for lo, hi in blocks(a.size, block):
+        bos = c.starts_with_bos(n)[lo:hi] if n == 1 else c.index.keys[n - 1][lo:hi] % V == BOS
+        a[lo:hi][bos] = c.counts[n - 1][lo:hi][bos]
+    return _no_specials(a) if n == 1 else a
+
+
+def _no_specials(a: np.ndarray) -> np.ndarray:
+    a[[PAD, BOS]] = 0
     return a
 
 
-def estimate_kn(c: NgramCounts, modified: bool, fallback: tuple[float, float, float]) -> Estimate:
+def estimate_kn(c: NgramCounts, modified: bool, fallback: tuple[float, float, float],
+                block: int | None = SMOOTH_BLOCK, consume: bool = False) -> Estimate:
     """Interpolated Kneser-Ney (Chen & Goodman 1998 §3.5; KenLM lmplz for the modified variant):
     P(w | c) = (a(c w) - D(a)) / sum_w a(c w) + gamma(c) P(w | c[1:]),
     gamma(c) = sum_j D_j N_j(c .) / sum_w a(c w),  a = kn_counts,  the unigram level interpolated with
     the uniform distribution over the predictable set. `modified`: D1, D2, D3+ per order (KenLM's
-    default); otherwise one D per order."""
+    default); otherwise one D per order.
+
+    Orders of two and more are computed `block` n-grams at a time, so the temporaries stay within a
+    budget whatever the model's size: sums per context accumulate with np.add.at, which adds in the same
+    order as one np.bincount over the whole order, so the result does not depend on the block size.
+    `consume`: drop each order's counts and context ids from `c` once they are used (keys stay), so a
+    big model's count tables shrink while its probabilities grow."""
     P = c.vocab_size - 2
     logp, logbo, warnings, discounts = [], [], [], []
     for n in range(1, c.order + 1):
-        a = kn_counts(c, n)
+        step = None if n == 1 else block
+        a = kn_counts(c, n, step)
         if modified:
-            D, why = mkn_discounts(a, fallback)
+            D, why = mkn_discounts(a, fallback, step)
         else:
-            d1, why = kn_discount(a, fallback[0])
+            d1, why = kn_discount(a, fallback[0], step)
             D = np.array([0.0, d1, d1, d1])
         if why:
             warnings.append(f"order {n}: {why}; using discount fallback {' '.join(f'{x:g}' for x in D[1:])}")
         discounts.append([float(x) for x in D[1:]] if modified else float(D[1]))
-        ctx = _context_of(c, n)
-        da = D[np.minimum(a, 3)]
-        af = a.astype(np.float64)
-        den = context_sum(c, n, af)
-        gamma = _div(context_sum(c, n, da), den)
-        p = _div(af - da, den[ctx]) + gamma[ctx] * _lower(c, n, logp, P)
-        logp.append(_log(p))
-        if n > 1:
-            logbo.append(_bo_for_contexts(c, n, den, gamma))
+        if n == 1:
+            af = a.astype(np.float64)
+            da = D[np.minimum(a, 3)]
+            den = np.array([af.sum()])
+            gamma = _div(np.array([da.sum()]), den)
+            logp.append(_log(_div(af - da, den[0]) + gamma[0] * _lower(c, 1, logp, P)))
+        else:
+            _kn_order(c, n, a, D, step, logp, logbo)
+        if consume:  # order n's counts and contexts are not needed again (order n-1's keys still are)
+            c.counts[n - 1] = c.ctx[n - 1] = None
+        del a
     return Estimate(logp, logbo, 0.0, {"discounts": discounts, "warnings": warnings})
+
+
+def _kn_order(c: NgramCounts, n: int, a: np.ndarray, D: np.ndarray, step: int | None, logp: list,
+              logbo: list) -> None:
+    """Order n >= 2 of estimate_kn, `step` n-grams at a time: appends its logp and order n-1's logbo."""
+    den = np.zeros(c.index.size(n - 1))
+    gamma = np.zeros(c.index.size(n - 1))
+    for lo, hi in blocks(a.size, step):
+        ctx = c.ctx[n - 1][lo:hi]
+        np.add.at(den, ctx, a[lo:hi].astype(np.float64))
+        np.add.at(gamma, ctx, D[np.minimum(a[lo:hi], 3)])
+    np.divide(gamma, den, out=gamma, where=den != 0)  # sum_j D_j N_j(c .) / sum_w a(c w); 0 if no extension
+    out = np.empty(a.size)
+    lower, keys, V = logp[n - 2], c.index.keys[n - 1], c.vocab_size
+    for lo, hi in blocks(a.size, step):
+        ctx = c.ctx[n - 1][lo:hi]
+        af = a[lo:hi].astype(np.float64)
+        p = _div(af - D[np.minimum(a[lo:hi], 3)], den[ctx]) + gamma[ctx] * np.exp(lower[keys[lo:hi] // V])
+        out[lo:hi] = _log(p)
+    logp.append(out)
+    bo = np.empty(den.size)
+    for lo, hi in blocks(den.size, step):
+        bo[lo:hi] = _bo_for_contexts(c, n, den[lo:hi], gamma[lo:hi])
+    logbo.append(bo)
 
 
 def estimate_additive(c: NgramCounts, k: float) -> Additive:

@@ -1,19 +1,20 @@
-"""Sorted runs of n-gram counts: count a piece of text, spill it, k-way merge runs, build the final index.
+"""Sorted runs of n-gram counts: count a piece of text, spill it, k-way merge runs.
 
-The out-of-core path (external.py) and the Dask path (dask_engine.py) both produce, per order n >= 2,
-*runs*: the distinct n-grams of some piece of the text as word-id rows (w1..wn) with their counts, sorted
-in **reverse lexicographic order** (by wn, then w(n-1), ..., then w1). That order is exactly the key order
-of counts.NgramIndex (key = id(w2..wn) * V + w1, ids being ranks in the order below), so:
+The out-of-core path (external.py, chunk_merge.py) and the Dask path (dask_engine.py) both count pieces
+of the text with `count_piece`, whose n-grams of each order n >= 2 come out in **reverse lexicographic
+order** (by wn, then w(n-1), ..., then w1). That order is exactly the key order of counts.NgramIndex
+(key = id(w2..wn) * V + w1, ids being ranks in that order), so a piece's n-grams are a *sorted run*:
 
-- a piece counted with the in-memory algorithm comes out already sorted (`count_piece`);
-- once the final keys of orders 1..n-1 exist, every row of order n maps to its final int64 key with
-  n-2 binary searches (`RowsToKeys`), and the mapping keeps the run sorted;
-- runs of keys merge with a vectorised k-way merge that holds one bounded block per run (`Merger`);
-- the prefix ids (`ctx`) follow from the final keys alone (`prefix_ids`), equal to count_ngrams' ones.
+- out of core, a run keeps piece-local ids (suffix and prefix as row numbers one order down) and
+  chunk_merge maps them to final ids through id maps (`IdMap`) that the merge of the order below wrote;
+- on Dask, runs are word rows, merged on workers with `merge_rows`; the client maps them to final keys
+  with binary searches (`RowsToKeys`, `prefix_ids`) in `assemble`;
+- runs of keys merge with a vectorised k-way merge that holds one bounded block per run (`Merger`), and
+  can record where each input row lands (`PositionSink`).
 
-On disk (`RunFile`) the runs of one order are row ranges of one plain .npy table, appended chunk by chunk
-and read back with positional reads: never unpickled, never memory-mapped (so a merge's resident memory
-is its read buffers, not the page cache of every run it touches), one file per order and merge pass.
+On disk (`RunFile`, `IdMap`) runs are row ranges of plain files, appended or written at known rows and
+read back with positional reads: never unpickled, never memory-mapped (so a merge's resident memory is
+its read buffers, not the page cache of every run it touches).
 """
 
 from __future__ import annotations
