@@ -349,11 +349,13 @@ Sink = Callable[[np.ndarray], None]
 def _merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None] | None = None) -> Blocks:
     """Vectorised k-way merge of sorted (keys, counts) block streams, equal keys summed.
 
-    Each step emits every key <= the smallest *last key* of the current blocks: nothing <= that bound can
-    come later (keys within a stream are unique and increasing), and the block holding the bound is used
-    up, so every step frees at least one block and at most one block per stream is held. With `sinks`,
+    Each step emits every key <= the smallest *last key* of the current heads: nothing <= that bound can
+    come later (keys within a stream are unique and increasing). A stream's head is the rest of its
+    block, topped up to at least half a block (`_top_up`), so at most 1.5 blocks per stream are held and
+    the stream holding the bound gives half a block or more to every step. With `sinks`,
     sinks[i] receives, in order, the output position (counted from `base`) of every key stream i gave."""
     heads = [next(src, None) for src in sources]
+    full = [0 if h is None else h[0].size for h in heads]  # each stream's block size
     emitted = int(base)
     while any(h is not None for h in heads):
         live = [i for i, h in enumerate(heads) if h is not None]
@@ -366,7 +368,7 @@ def _merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None]
             keys.append(k[:cut])
             counts.append(c[:cut])
             taken.append((i, cut))
-            heads[i] = (k[cut:], c[cut:]) if cut < k.size else next(sources[i], None)
+            heads[i] = _top_up((k[cut:], c[cut:]), sources[i], full[i])
         k = np.concatenate(keys)
         c = np.concatenate(counts)
         if k.size == 0:
@@ -386,6 +388,19 @@ def _merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None]
                 at += cut
         emitted += int(starts.size)
         yield k[starts], np.add.reduceat(c, starts)
+
+
+def _top_up(head: tuple[np.ndarray, np.ndarray], source: Blocks, block: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rest of a stream's block, topped up with its next block while under half a block (None when the
+    stream is used up). Every stream then holds at least half a block beyond each bound, so a merge step
+    moves about half a block per stream; refilling only the block that ran out would move one block per
+    step in all, and with hundreds of runs the merge would be all per-step overhead."""
+    while head[0].size * 2 < block:
+        more = next(source, None)
+        if more is None:
+            return head if head[0].size else None
+        head = (np.concatenate([head[0], more[0]]), np.concatenate([head[1], more[1]]))
+    return head
 
 
 @dataclass
