@@ -425,7 +425,7 @@ def _quick_checks(model, encoded: dict[str, Encoded], log: Log) -> dict:
 
     split = "test" if "test" in encoded else "valid"
     skip = {}
-    if getattr(getattr(model, "counting", None), "memory", None) is not None:  # n-gram --memory: no model-sized extras
+    if getattr(model, "memory", None) is not None:  # n-gram --memory: no model-sized extras
         skip = {"normalisation": "not run under --memory: full rows need an index of every n-gram by context "
                                  "(as big as the model); `lmkit check RUN` runs it",
                 "save-load": "not run under --memory: it loads a second copy of the model; `lmkit check RUN` runs it"}

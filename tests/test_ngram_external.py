@@ -147,6 +147,9 @@ def test_kn_smoothing_in_blocks_equals_one_pass(context: str):
             assert part.facts == whole.facts
             for a, b in zip(whole.logp + whole.logbo, part.logp + part.logbo):
                 assert a.dtype == b.dtype and np.array_equal(a, b)
+    fresh = count_ngrams(seqs, 300, 5, context).index
+    for n in range(2, 6):  # the prefix ids counting finds are what the index would search for
+        assert np.array_equal(fresh.prefix(n), counts.ctx[n - 1])
     consumed = count_ngrams(seqs, 300, 5, context)
     sm.estimate_kn(consumed, True, (0.5, 1.0, 1.5), consume=True)
     assert consumed.counts == [None] * 5 and consumed.ctx == [None] * 5

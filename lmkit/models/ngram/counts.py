@@ -105,6 +105,11 @@ class NgramIndex:
             self._prefix[n] = out
         return self._prefix[n]
 
+    def keep_prefixes(self, ctx: list[np.ndarray]) -> None:
+        """Take NgramCounts.ctx (the prefix ids counting found) as prefix()'s answers."""
+        for n in range(2, self.order + 1):
+            self._prefix[n] = ctx[n - 1]
+
     def words(self, n: int) -> np.ndarray:
         """(size_n, n) word ids of every n-gram of order n, in key order."""
         if n == 1:

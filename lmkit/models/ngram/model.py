@@ -342,6 +342,8 @@ class NgramModel(TableModel):
             raise DataError(f"{train.name}: no sequences to train on")
         log(f"counting 1..{cfg.order}-grams of {train.name} ({self.protocol.context} context)")
         c, counting = self._count(train, log)
+        if self.memory is None:  # unbounded: keep the prefix ids counting found, for generation and checks
+            c.index.keep_prefixes(c.ctx)  # (else found again by a binary search per n-gram)
         s = cfg.smoothing
         facts: dict = {"smoothing": s, "order": cfg.order}
         if s in ("kn", "kn-basic"):
@@ -394,12 +396,14 @@ class NgramModel(TableModel):
 
         return count_external(train.sequences, V, N, context, plan.memory, plan.tmp, log)
 
+    @property
+    def memory(self) -> int | None:
+        """The --memory budget of this fit (None: unbounded)."""
+        return None if self.counting is None else self.counting.memory
+
     def _smoothing_block(self) -> int:
         """n-grams per block of the smoothing's temporaries: --memory bounds them as it bounds counting."""
-        plan = self.counting
-        if plan is None or plan.memory is None:
-            return sm.SMOOTH_BLOCK
-        return max(plan.memory // sm.SMOOTH_ROW_BYTES, 1024)
+        return sm.SMOOTH_BLOCK if self.memory is None else max(self.memory // sm.SMOOTH_ROW_BYTES, 1024)
 
     def _tune_k(self, c, valid: Encoded) -> float:
         toks, depth = flatten(valid.sequences, self.protocol.context)
