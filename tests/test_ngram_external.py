@@ -22,7 +22,7 @@ from lmkit.models.ngram import smoothing as sm
 from lmkit.models.ngram.counts import count_ngrams
 from lmkit.models.ngram.external import count_external
 from lmkit.models.ngram.resources import MIN_MEMORY, CountingPlan, parse_memory
-from lmkit.models.ngram.sorted_runs import merge_rows
+from lmkit.models.ngram.sorted_runs import merge_blocks, merge_rows
 
 from conftest import shared_path
 
@@ -131,6 +131,27 @@ def test_a_sentence_longer_than_the_budget_is_refused():
         count_external(seqs, 10, 3, "sentence", memory=4096)
     got, _ = count_external(seqs, 10, 3, "stream", memory=4096)  # a stream is cut anywhere
     assert_same_counts(count_ngrams(seqs, 10, 3, "stream"), got)
+
+
+def test_merge_moves_about_half_a_block_per_stream_per_step():
+    """The k-way merge of many runs: the exact sorted union with summed counts and positions, in a number of
+    steps set by the rows over (streams x half a block), not by the number of blocks."""
+    rng = np.random.default_rng(2)
+    streams = [np.unique(rng.integers(0, 10**6, size=640)) for _ in range(100)]
+    blocks = [[(keys[i:i + 64], np.ones(keys[i:i + 64].size, dtype=np.int64)) for i in range(0, keys.size, 64)]
+              for keys in streams]
+    got = {i: [] for i in range(len(streams))}
+    sinks = [got[i].extend for i in range(len(streams))]
+    steps = list(merge_blocks([iter(b) for b in blocks], base=5, sinks=sinks))
+    keys = np.concatenate([k for k, _ in steps])
+    counts = np.concatenate([c for _, c in steps])
+    union, multiplicity = np.unique(np.concatenate(streams), return_counts=True)
+    assert np.array_equal(keys, union) and np.array_equal(counts, multiplicity)
+    for i, stream in enumerate(streams):  # each key's recorded position is where it landed (from base 5)
+        assert np.array_equal(keys[np.asarray(got[i]) - 5], stream)
+    # 64,000 rows over (100 streams x 32 rows) is 20 steps, plus at most one per stream as each runs out;
+    # refilling only the block that ran out would take a step per block (1,000)
+    assert sum(len(b) for b in blocks) == 1000 and len(steps) <= 30 + len(streams)
 
 
 @pytest.mark.parametrize("context", ["sentence", "stream"])

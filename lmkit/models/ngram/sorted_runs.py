@@ -346,7 +346,7 @@ class RowsToKeys:
 Sink = Callable[[np.ndarray], None]
 
 
-def _merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None] | None = None) -> Blocks:
+def merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None] | None = None) -> Blocks:
     """Vectorised k-way merge of sorted (keys, counts) block streams, equal keys summed.
 
     Each step emits every key <= the smallest *last key* of the current heads: nothing <= that bound can
@@ -441,7 +441,7 @@ class Merger:
     def _merge(self, runs: list, base: int) -> Blocks:
         block = self.block(len(runs))
         sinks = [PositionSink(r.ids, r.start, block) if getattr(r, "ids", None) is not None else None for r in runs]
-        yield from _merge_blocks([r.key_blocks(block) for r in runs], base, sinks)
+        yield from merge_blocks([r.key_blocks(block) for r in runs], base, sinks)
         for sink in sinks:
             if sink is not None:
                 sink.flush()
