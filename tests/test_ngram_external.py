@@ -154,27 +154,45 @@ def test_merge_moves_about_half_a_block_per_stream_per_step():
     assert sum(len(b) for b in blocks) == 1000 and len(steps) <= 30 + len(streams)
 
 
+ESTIMATORS = {
+    "kn": lambda c, step, consume: sm.estimate_kn(c, True, (0.5, 1.0, 1.5), step, consume),
+    "kn-basic": lambda c, step, consume: sm.estimate_kn(c, False, (0.5, 1.0, 1.5), step, consume),
+    "wb": lambda c, step, consume: sm.estimate_wb(c, step, consume),
+    "katz": lambda c, step, consume: sm.estimate_katz(c, 5, step, consume),
+    "jm": lambda c, step, consume: sm.estimate_jm(c, [0.2, 0.4, 0.6, 0.7, 0.8], step, consume),
+    "mle": lambda c, step, consume: sm.estimate_mle(c, step, consume),
+    "stupid": lambda c, step, consume: sm.estimate_stupid(c, 0.4, step, consume),
+    "addk": lambda c, step, consume: sm.estimate_additive(c, 0.1, step),
+}
+
+
+def tables_of(est) -> list[np.ndarray]:
+    return est.counts + est.den if isinstance(est, sm.Additive) else est.logp + est.logbo
+
+
 @pytest.mark.parametrize("context", ["sentence", "stream"])
-def test_kn_smoothing_in_blocks_equals_one_pass(context: str):
-    """Block-wise Kneser-Ney (the blocks --memory sets) gives bit-identical tables at every block size, and
+@pytest.mark.parametrize("smoothing", list(ESTIMATORS))
+def test_smoothing_in_blocks_equals_one_pass(smoothing: str, context: str):
+    """Block-wise estimation (the blocks --memory sets) gives bit-identical tables at every block size, and
     consuming the counts as it goes changes nothing but what is left in them."""
-    seqs = random_corpus(np.random.default_rng(5), 400, 300, longest=25)
-    counts = count_ngrams(seqs, 300, 5, context)
-    for modified in (True, False):
-        whole = sm.estimate_kn(counts, modified, (0.5, 1.0, 1.5), block=None)
-        for block in (1, 3, 64, 1000):
-            part = sm.estimate_kn(count_ngrams(seqs, 300, 5, context), modified, (0.5, 1.0, 1.5), block=block,
-                                  consume=block == 64)
-            assert part.facts == whole.facts
-            for a, b in zip(whole.logp + whole.logbo, part.logp + part.logbo):
-                assert a.dtype == b.dtype and np.array_equal(a, b)
-    fresh = count_ngrams(seqs, 300, 5, context).index
-    for n in range(2, 6):  # the prefix ids counting finds are what the index would search for
+    seqs = random_corpus(np.random.default_rng(5), 300, 300, longest=25)
+    estimate = ESTIMATORS[smoothing]
+    whole = estimate(count_ngrams(seqs, 300, 5, context), None, False)
+    for step in (1, 3, 64, 1000):
+        counts = count_ngrams(seqs, 300, 5, context)
+        part = estimate(counts, step, step == 64)
+        assert part.facts == whole.facts
+        assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(tables_of(whole), tables_of(part)))
+        if step == 64 and smoothing != "addk":
+            assert counts.counts == [None] * 5 and counts.ctx == [None] * 5
+
+
+def test_counting_finds_the_prefix_ids_the_index_would_search_for():
+    seqs = random_corpus(np.random.default_rng(6), 300, 300, longest=25)
+    counts = count_ngrams(seqs, 300, 5, "stream")
+    fresh = count_ngrams(seqs, 300, 5, "stream").index
+    for n in range(2, 6):
         assert np.array_equal(fresh.prefix(n), counts.ctx[n - 1])
-    consumed = count_ngrams(seqs, 300, 5, context)
-    sm.estimate_kn(consumed, True, (0.5, 1.0, 1.5), consume=True)
-    assert consumed.counts == [None] * 5 and consumed.ctx == [None] * 5
-    assert all(np.array_equal(a, b) for a, b in zip(consumed.index.keys, counts.index.keys))
 
 
 @pytest.mark.parametrize("high", [6, 1 << 12, 1 << 20, (1 << 31) - 1])  # 1 to 5 ids per packed int64 key

@@ -134,7 +134,8 @@ PTB = Corpus(
 # -- WikiText (Merity et al. 2016) ---------------------------------------------------------------------------
 # Zip sizes and sha256 as published in Hugging Face datasets' wikitext/dataset_infos.json and, independently,
 # in Julia's CorpusLoaders.jl DataDeps registrations; both checked the S3 bytes, which wikitext.smerity.com
-# now serves. Unpacked sizes are approximate (they only bound extraction).
+# now serves. Unpacked sizes are approximate (they only bound extraction). Member paths (`wikitext-2/wiki.train.tokens`,
+# `wikitext-103-raw/wiki.train.raw`, ...) as public download scripts for these zips unpack them.
 _WIKITEXT_S3 = "https://s3.amazonaws.com/research.metamind.io/wikitext"
 _WIKITEXT_HOME = "https://wikitext.smerity.com"
 _WIKITEXT_CITE = "Merity, Xiong, Bradbury, Socher 2016, Pointer Sentinel Mixture Models (arXiv:1609.07843)"

@@ -346,18 +346,19 @@ class NgramModel(TableModel):
             c.index.keep_prefixes(c.ctx)  # (else found again by a binary search per n-gram)
         s = cfg.smoothing
         facts: dict = {"smoothing": s, "order": cfg.order}
+        step = self._smoothing_block()
         if s in ("kn", "kn-basic"):
-            est = sm.estimate_kn(c, s == "kn", cfg.discount_fallback, self._smoothing_block(), consume=True)
+            est = sm.estimate_kn(c, s == "kn", cfg.discount_fallback, step, consume=True)
         elif s == "wb":
-            est = sm.estimate_wb(c)
+            est = sm.estimate_wb(c, step, consume=True)
         elif s == "katz":
-            est = sm.estimate_katz(c, cfg.katz_k)
+            est = sm.estimate_katz(c, cfg.katz_k, step, consume=True)
         elif s == "stupid":
-            est = sm.estimate_stupid(c, cfg.alpha)
+            est = sm.estimate_stupid(c, cfg.alpha, step, consume=True)
         elif s == "mle":
-            est = sm.estimate_mle(c)
+            est = sm.estimate_mle(c, step, consume=True)
         elif s == "jm":
-            est = sm.estimate_jm(c, self._jm_lambdas(c, valid, log, facts))
+            est = sm.estimate_jm(c, self._jm_lambdas(c, valid, log, facts), step, consume=True)
         else:  # laplace, addk
             k = 1.0 if s == "laplace" else cfg.k
             if k == "auto":
@@ -366,7 +367,7 @@ class NgramModel(TableModel):
                 k = self._tune_k(c, valid)
                 facts["k_tuned_on"] = valid.name
                 log(f"addk: tuned k = {k:.4g} on {valid.name}")
-            est = sm.estimate_additive(c, float(k))
+            est = sm.estimate_additive(c, float(k), step)
             facts["k"] = float(k)
         self._set_tables(c.index, est)
         facts.update({key: val for key, val in est.facts.items() if key != "warnings"})

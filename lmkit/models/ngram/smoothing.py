@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -138,12 +139,12 @@ def kn_discount(a: np.ndarray, fallback: float, block: int | None = None) -> tup
     return float(n[1] / (n[1] + 2 * n[2])), None
 
 
-def gt_ratios(r: np.ndarray, K: int) -> tuple[np.ndarray, float, str | None]:
+def gt_ratios(r: np.ndarray, K: int, block: int | None = None) -> tuple[np.ndarray, float, str | None]:
     """Katz's (1987) Good-Turing discount ratios d_c for counts c = 0..K (d_c = 1 above K):
     c* = (c+1) n_{c+1} / n_c,  d_c = (c*/c - (K+1) n_{K+1}/n_1) / (1 - (K+1) n_{K+1}/n_1).
     When counts-of-counts make them undefined or not in (0, 1], fall back to absolute discounting
     d_c = (c - D)/c. Also returns that D = n1/(n1 + 2 n2) (0.5 if undefined)."""
-    n = counts_of_counts(r, K + 1).astype(np.float64)
+    n = counts_of_counts(r, K + 1, block).astype(np.float64)
     c = np.arange(1, K + 1, dtype=np.float64)
     D = n[1] / (n[1] + 2 * n[2]) if n[1] > 0 and n[2] > 0 else 0.5
     if (n[1:] == 0).any():
@@ -157,114 +158,8 @@ def gt_ratios(r: np.ndarray, K: int) -> tuple[np.ndarray, float, str | None]:
     return np.concatenate([[1.0], (c - D) / c]), D, reason
 
 
-# -- estimators ------------------------------------------------------------------------------------------
-def estimate_mle(c: NgramCounts) -> Estimate:
-    """P(w | c) = c(c w) / c(c .); unseen events get log 0 (infinite perplexity by design). A context
-    never seen in training backs off with weight 1 (its MLE is undefined)."""
-    logp, logbo = [], []
-    for n in range(1, c.order + 1):
-        r = target_counts(c, n)
-        den = context_sum(c, n, r)
-        logp.append(_log(_div(r, den[_context_of(c, n)])))
-        if n > 1:
-            logbo.append(np.where(den > 0, -np.inf, 0.0))
-    return Estimate(logp, logbo, 0.0, {})
-
-
-def estimate_stupid(c: NgramCounts, alpha: float) -> Estimate:
-    """Stupid backoff (Brants et al. 2007): S(w | c) = c(c w)/c(c) if seen, else alpha * S(w | c[1:]);
-    S(w) = c(w)/N, and alpha/|P| for a word never seen. Scores, not probabilities: rows do not sum to 1."""
-    P = c.vocab_size - 2
-    logp, logbo = [], []
-    la = math.log(alpha)
-    for n in range(1, c.order + 1):
-        r = target_counts(c, n)
-        den = context_sum(c, n, r)
-        p = _div(r, den[_context_of(c, n)])
-        if n == 1:
-            p = np.where((r == 0) & predictable_mask(c.vocab_size), alpha / P, p)
-        logp.append(_log(p))
-        if n > 1:
-            logbo.append(np.full(den.size, la))
-    return Estimate(logp, logbo, la, {"alpha": alpha})
-
-
-def estimate_katz(c: NgramCounts, K: int) -> Estimate:
-    """Katz (1987) back-off with Good-Turing discounts for counts <= K:
-    P(w | c) = d_r r / c(c)  if r = c(c w) > 0,  else alpha(c) P(w | c[1:]),
-    alpha(c) = (1 - sum_seen P(w | c)) / (1 - sum_seen P(w | c[1:])). Unigrams back off to uniform.
-    Two corner cases Katz leaves open, handled so that no row loses mass or gives <unk> zero: a context
-    followed by every predictable word has nowhere to put the freed mass (its discounted probabilities
-    are renormalised); a context whose extensions all have counts > K frees no mass at all (its counts
-    are discounted absolutely by D = n1/(n1 + 2 n2) of the order instead)."""
-    P = c.vocab_size - 2
-    logp, logbo, facts, warnings = [], [], {"katz_ratios": []}, []
-    for n in range(1, c.order + 1):
-        r = target_counts(c, n)
-        d, D, why = gt_ratios(r, K)
-        if why:
-            warnings.append(f"katz order {n}: {why}; used absolute discounting instead")
-        facts["katz_ratios"].append([float(x) for x in d[1:]])
-        ctx = _context_of(c, n)
-        den = context_sum(c, n, r)
-        ratio = np.where(r > K, 1.0, d[np.minimum(r, K).astype(np.int64)])
-        p = _div(ratio * r, den[ctx])
-        lower = _lower(c, n, logp, P)
-        seen = r > 0
-        types = context_sum(c, n, seen.astype(np.float64))
-        S = context_sum(c, n, np.where(seen, p, 0.0))
-        stuck = (S >= 1.0 - 1e-12) & (types < P)  # nothing discounted in this context
-        p = np.where(stuck[ctx] & seen, _div(np.maximum(r - D, 0.0), den[ctx]), p)
-        S = context_sum(c, n, np.where(seen, p, 0.0))
-        L = context_sum(c, n, np.where(seen, lower, 0.0))
-        full = (types >= P) | (1.0 - L <= 1e-12)
-        alpha = np.where(full, 0.0, _div(np.maximum(1.0 - S, 0.0), np.where(full, 1.0, 1.0 - L)))
-        p = np.where(full[ctx], _div(p, S[ctx]), p)
-        if n == 1:  # unseen predictable words get the uniform share of the freed mass
-            p = np.where(seen, p, alpha[0] * lower)
-        logp.append(_log(p))
-        if n > 1:
-            logbo.append(_bo_for_contexts(c, n, den, alpha))
-    facts["warnings"] = warnings
-    return Estimate(logp, logbo, 0.0, facts)
-
-
-def estimate_jm(c: NgramCounts, lambdas: list[float]) -> Estimate:
-    """Jelinek-Mercer (1980) interpolation, one lambda per order:
-    P(w | c) = l_n c(c w)/c(c) + (1 - l_n) P(w | c[1:]), bottoming out at the uniform distribution.
-    A context without extensions passes straight to the lower order."""
-    P = c.vocab_size - 2
-    logp, logbo = [], []
-    for n in range(1, c.order + 1):
-        lam = lambdas[n - 1]
-        r = target_counts(c, n)
-        den = context_sum(c, n, r)
-        ml = _div(r, den[_context_of(c, n)])
-        p = lam * ml + (1 - lam) * _lower(c, n, logp, P)
-        logp.append(_log(p))
-        if n > 1:
-            logbo.append(_bo_for_contexts(c, n, den, np.full(den.size, 1 - lam)))
-    return Estimate(logp, logbo, 0.0, {"lambdas": [float(x) for x in lambdas]})
-
-
-def estimate_wb(c: NgramCounts) -> Estimate:
-    """Witten-Bell (1991) interpolation: with t(c) = N1+(c .) distinct followers of c,
-    P(w | c) = (c(c w) + t(c) P(w | c[1:])) / (c(c) + t(c)); unigrams interpolate with uniform."""
-    P = c.vocab_size - 2
-    logp, logbo = [], []
-    for n in range(1, c.order + 1):
-        r = target_counts(c, n)
-        ctx = _context_of(c, n)
-        den = context_sum(c, n, r)
-        t = context_sum(c, n, (r > 0).astype(np.float64))
-        p = _div(r + t[ctx] * _lower(c, n, logp, P), den[ctx] + t[ctx])
-        logp.append(_log(p))
-        if n > 1:
-            logbo.append(_bo_for_contexts(c, n, den, _div(t, den + t)))
-    return Estimate(logp, logbo, 0.0, {})
-
-
-SMOOTH_BLOCK = 1 << 20  # n-grams per block of KN's temporaries (~100 bytes each) when no budget is given
+# -- visiting an order block by block -----------------------------------------------------------------------
+SMOOTH_BLOCK = 1 << 20  # n-grams per block of an estimator's temporaries (~100 bytes each) without a budget
 SMOOTH_ROW_BYTES = 128  # bytes per n-gram of a block's temporaries: sets the block from --memory
 
 
@@ -272,6 +167,208 @@ def blocks(m: int, block: int | None) -> list[tuple[int, int]]:
     """[lo, hi) ranges covering 0..m in blocks of at most `block` (one range if block is None)."""
     step = max(int(block or m or 1), 1)
     return [(lo, min(lo + step, m)) for lo in range(0, m, step)] or [(0, 0)]
+
+
+Block = Callable[[int, int], np.ndarray]  # (lo, hi) -> one value per n-gram lo..hi-1 of the order
+
+
+class Order:
+    """Order n of the counts, visited `step` n-grams at a time, so an estimator's temporaries are a few
+    arrays of one block whatever the model's size (order 1, V entries, is one block). Per-context sums
+    accumulate with np.add.at, which adds in the same order as one np.bincount over the whole order: the
+    results do not depend on the block size, bit for bit."""
+
+    def __init__(self, c: NgramCounts, n: int, step: int | None):
+        self.c, self.n = c, n
+        self.size = c.index.size(n)
+        self.contexts = 1 if n == 1 else c.index.size(n - 1)
+        self.ranges = blocks(self.size, None if n == 1 else step)
+
+    def ctx(self, lo: int, hi: int) -> np.ndarray:
+        """Context id (order n-1) of each n-gram; all 0 at order 1 (the empty context)."""
+        return np.zeros(hi - lo, dtype=np.int64) if self.n == 1 else self.c.ctx[self.n - 1][lo:hi]
+
+    def r(self, lo: int, hi: int) -> np.ndarray:
+        """Target counts (target_counts, a block of it)."""
+        if self.n == 1:
+            return target_counts(self.c, 1)[lo:hi]
+        return self.c.counts[self.n - 1][lo:hi].astype(np.float64)
+
+    def target_ints(self) -> np.ndarray:
+        """The target counts as integers, for counts of counts."""
+        return self.c.counts[0] * predictable_mask(self.c.vocab_size) if self.n == 1 else self.c.counts[self.n - 1]
+
+    def lower(self, lo: int, hi: int, logp: list[np.ndarray], P: int) -> np.ndarray:
+        """P(w | c[1:]) for the n-grams "c w" lo..hi-1: the stored probability of the suffix (order 1:
+        the uniform distribution over the predictable set)."""
+        if self.n == 1:
+            return np.where(predictable_mask(self.c.vocab_size), 1.0 / P, 0.0)[lo:hi]
+        return np.exp(logp[self.n - 2][self.c.index.keys[self.n - 1][lo:hi] // self.c.vocab_size])
+
+    def sums(self, *values: Block) -> list[np.ndarray]:
+        """Per-context sums of each per-n-gram value (context_sum, block by block)."""
+        if self.n == 1:  # exactly context_sum's order-1 sum (a pairwise sum of the whole array)
+            return [np.array([value(0, self.size).sum()]) for value in values]
+        out = [np.zeros(self.contexts) for _ in values]
+        for lo, hi in self.ranges:
+            ctx = self.ctx(lo, hi)
+            for total, value in zip(out, values):
+                np.add.at(total, ctx, value(lo, hi))
+        return out
+
+    def fill(self, value: Block) -> np.ndarray:
+        """One float64 per n-gram of the order, computed block by block."""
+        out = np.empty(self.size)
+        for lo, hi in self.ranges:
+            out[lo:hi] = value(lo, hi)
+        return out
+
+    def per_context(self, value: Block) -> np.ndarray:
+        """One float64 per context (order n-1), block by block: value(lo, hi) over contexts lo..hi-1."""
+        out = np.empty(self.contexts)
+        for lo, hi in blocks(self.contexts, self.ranges[0][1] - self.ranges[0][0] or None):
+            out[lo:hi] = value(lo, hi)
+        return out
+
+
+def _backoff_weights(order: Order, den: np.ndarray, weight: Block) -> np.ndarray:
+    """log back-off weights of the (n-1)-grams: `weight` where the context has extensions, else log 1."""
+    return order.per_context(lambda lo, hi: _bo_for_contexts(order.c, order.n, den[lo:hi], weight(lo, hi)))
+
+
+# -- estimators ------------------------------------------------------------------------------------------
+# Each estimator walks the orders bottom up; one order's work is a function of its own (`_*_order`), which
+# returns that order's logp and the back-off weights of its contexts (None at order 1).
+Orders = tuple[np.ndarray, np.ndarray | None]
+
+
+def estimate_mle(c: NgramCounts, step: int | None = SMOOTH_BLOCK, consume: bool = False) -> Estimate:
+    """P(w | c) = c(c w) / c(c .); unseen events get log 0 (infinite perplexity by design). A context
+    never seen in training backs off with weight 1 (its MLE is undefined)."""
+    return _backoff_form(c, step, _mle_order, 0.0, {}, consume)
+
+
+def _mle_order(o: Order, logp: list) -> Orders:
+    den, = o.sums(o.r)
+    probs = o.fill(lambda lo, hi: _log(_div(o.r(lo, hi), den[o.ctx(lo, hi)])))
+    return probs, o.per_context(lambda lo, hi: np.where(den[lo:hi] > 0, -np.inf, 0.0))
+
+
+def estimate_stupid(c: NgramCounts, alpha: float, step: int | None = SMOOTH_BLOCK,
+                    consume: bool = False) -> Estimate:
+    """Stupid backoff (Brants et al. 2007): S(w | c) = c(c w)/c(c) if seen, else alpha * S(w | c[1:]);
+    S(w) = c(w)/N, and alpha/|P| for a word never seen. Scores, not probabilities: rows do not sum to 1."""
+    return _backoff_form(c, step, lambda o, logp: _stupid_order(o, alpha), math.log(alpha), {"alpha": alpha},
+                         consume)
+
+
+def _stupid_order(o: Order, alpha: float) -> Orders:
+    P = o.c.vocab_size - 2
+    mask = predictable_mask(o.c.vocab_size)
+    den, = o.sums(o.r)
+
+    def score(lo: int, hi: int) -> np.ndarray:
+        r = o.r(lo, hi)
+        p = _div(r, den[o.ctx(lo, hi)])
+        return _log(np.where((r == 0) & mask[lo:hi], alpha / P, p) if o.n == 1 else p)
+
+    return o.fill(score), np.full(den.size, math.log(alpha))
+
+
+def estimate_katz(c: NgramCounts, K: int, step: int | None = SMOOTH_BLOCK, consume: bool = False) -> Estimate:
+    """Katz (1987) back-off with Good-Turing discounts for counts <= K:
+    P(w | c) = d_r r / c(c)  if r = c(c w) > 0,  else alpha(c) P(w | c[1:]),
+    alpha(c) = (1 - sum_seen P(w | c)) / (1 - sum_seen P(w | c[1:])). Unigrams back off to uniform.
+    Two corner cases Katz leaves open, handled so that no row loses mass or gives <unk> zero: a context
+    followed by every predictable word has nowhere to put the freed mass (its discounted probabilities
+    are renormalised); a context whose extensions all have counts > K frees no mass at all (its counts
+    are discounted absolutely by D = n1/(n1 + 2 n2) of the order instead)."""
+    facts: dict = {"katz_ratios": [], "warnings": []}
+    return _backoff_form(c, step, lambda o, logp: _katz_order(o, logp, K, step, facts), 0.0, facts, consume)
+
+
+def _katz_order(o: Order, logp: list, K: int, step: int | None, facts: dict) -> Orders:
+    P = o.c.vocab_size - 2
+    d, D, why = gt_ratios(o.target_ints(), K, step)
+    if why:
+        facts["warnings"].append(f"katz order {o.n}: {why}; used absolute discounting instead")
+    facts["katz_ratios"].append([float(x) for x in d[1:]])
+    den, = o.sums(o.r)
+
+    def discounted(lo: int, hi: int) -> np.ndarray:  # d_r r / c(c)
+        r = o.r(lo, hi)
+        ratio = np.where(r > K, 1.0, d[np.minimum(r, K).astype(np.int64)])
+        return _div(ratio * r, den[o.ctx(lo, hi)])
+
+    types, S = o.sums(lambda lo, hi: (o.r(lo, hi) > 0).astype(np.float64),
+                      lambda lo, hi: np.where(o.r(lo, hi) > 0, discounted(lo, hi), 0.0))
+    stuck = (S >= 1.0 - 1e-12) & (types < P)  # nothing discounted in this context
+
+    def unstuck(lo: int, hi: int) -> np.ndarray:
+        r, ctx = o.r(lo, hi), o.ctx(lo, hi)
+        return np.where(stuck[ctx] & (r > 0), _div(np.maximum(r - D, 0.0), den[ctx]), discounted(lo, hi))
+
+    S, L = o.sums(lambda lo, hi: np.where(o.r(lo, hi) > 0, unstuck(lo, hi), 0.0),
+                  lambda lo, hi: np.where(o.r(lo, hi) > 0, o.lower(lo, hi, logp, P), 0.0))
+    full = (types >= P) | (1.0 - L <= 1e-12)
+    alpha = np.where(full, 0.0, _div(np.maximum(1.0 - S, 0.0), np.where(full, 1.0, 1.0 - L)))
+
+    def prob(lo: int, hi: int) -> np.ndarray:
+        ctx, p = o.ctx(lo, hi), unstuck(lo, hi)
+        p = np.where(full[ctx], _div(p, S[ctx]), p)
+        if o.n == 1:  # unseen predictable words get the uniform share of the freed mass
+            p = np.where(o.r(lo, hi) > 0, p, alpha[0] * o.lower(lo, hi, logp, P))
+        return _log(p)
+
+    return o.fill(prob), _backoff_weights(o, den, lambda lo, hi: alpha[lo:hi])
+
+
+def estimate_jm(c: NgramCounts, lambdas: list[float], step: int | None = SMOOTH_BLOCK,
+                consume: bool = False) -> Estimate:
+    """Jelinek-Mercer (1980) interpolation, one lambda per order:
+    P(w | c) = l_n c(c w)/c(c) + (1 - l_n) P(w | c[1:]), bottoming out at the uniform distribution.
+    A context without extensions passes straight to the lower order."""
+    return _backoff_form(c, step, lambda o, logp: _jm_order(o, logp, lambdas[o.n - 1]), 0.0,
+                         {"lambdas": [float(x) for x in lambdas]}, consume)
+
+
+def _jm_order(o: Order, logp: list, lam: float) -> Orders:
+    P = o.c.vocab_size - 2
+    den, = o.sums(o.r)
+    probs = o.fill(lambda lo, hi: _log(lam * _div(o.r(lo, hi), den[o.ctx(lo, hi)])
+                                       + (1 - lam) * o.lower(lo, hi, logp, P)))
+    return probs, _backoff_weights(o, den, lambda lo, hi: np.full(hi - lo, 1 - lam))
+
+
+def estimate_wb(c: NgramCounts, step: int | None = SMOOTH_BLOCK, consume: bool = False) -> Estimate:
+    """Witten-Bell (1991) interpolation: with t(c) = N1+(c .) distinct followers of c,
+    P(w | c) = (c(c w) + t(c) P(w | c[1:])) / (c(c) + t(c)); unigrams interpolate with uniform."""
+    return _backoff_form(c, step, _wb_order, 0.0, {}, consume)
+
+
+def _wb_order(o: Order, logp: list) -> Orders:
+    P = o.c.vocab_size - 2
+    den, t = o.sums(o.r, lambda lo, hi: (o.r(lo, hi) > 0).astype(np.float64))
+
+    def prob(lo: int, hi: int) -> np.ndarray:
+        ctx = o.ctx(lo, hi)
+        return _log(_div(o.r(lo, hi) + t[ctx] * o.lower(lo, hi, logp, P), den[ctx] + t[ctx]))
+
+    return o.fill(prob), _backoff_weights(o, den, lambda lo, hi: _div(t[lo:hi], den[lo:hi] + t[lo:hi]))
+
+
+def _backoff_form(c: NgramCounts, step: int | None, one_order: Callable[[Order, list], Orders],
+                  missing_bo: float, facts: dict, consume: bool = False) -> Estimate:
+    """Orders 1..N bottom up; `consume` drops each order's counts and context ids from `c` once used."""
+    logp, logbo = [], []
+    for n in range(1, c.order + 1):
+        probs, weights = one_order(Order(c, n, step), logp)
+        logp.append(probs)
+        if n > 1:
+            logbo.append(weights)
+        if consume:  # order n's counts and contexts are not needed again (order n-1's keys still are)
+            c.counts[n - 1] = c.ctx[n - 1] = None
+    return Estimate(logp, logbo, missing_bo, facts)
 
 
 def kn_counts(c: NgramCounts, n: int, block: int | None = None) -> np.ndarray:
@@ -302,74 +399,46 @@ def _no_specials(a: np.ndarray) -> np.ndarray:
 
 
 def estimate_kn(c: NgramCounts, modified: bool, fallback: tuple[float, float, float],
-                block: int | None = SMOOTH_BLOCK, consume: bool = False) -> Estimate:
+                step: int | None = SMOOTH_BLOCK, consume: bool = False) -> Estimate:
     """Interpolated Kneser-Ney (Chen & Goodman 1998 §3.5; KenLM lmplz for the modified variant):
     P(w | c) = (a(c w) - D(a)) / sum_w a(c w) + gamma(c) P(w | c[1:]),
     gamma(c) = sum_j D_j N_j(c .) / sum_w a(c w),  a = kn_counts,  the unigram level interpolated with
     the uniform distribution over the predictable set. `modified`: D1, D2, D3+ per order (KenLM's
-    default); otherwise one D per order.
-
-    Orders of two and more are computed `block` n-grams at a time, so the temporaries stay within a
-    budget whatever the model's size: sums per context accumulate with np.add.at, which adds in the same
-    order as one np.bincount over the whole order, so the result does not depend on the block size.
-    `consume`: drop each order's counts and context ids from `c` once they are used (keys stay), so a
-    big model's count tables shrink while its probabilities grow."""
-    P = c.vocab_size - 2
-    logp, logbo, warnings, discounts = [], [], [], []
-    for n in range(1, c.order + 1):
-        step = None if n == 1 else block
-        a = kn_counts(c, n, step)
-        if modified:
-            D, why = mkn_discounts(a, fallback, step)
-        else:
-            d1, why = kn_discount(a, fallback[0], step)
-            D = np.array([0.0, d1, d1, d1])
-        if why:
-            warnings.append(f"order {n}: {why}; using discount fallback {' '.join(f'{x:g}' for x in D[1:])}")
-        discounts.append([float(x) for x in D[1:]] if modified else float(D[1]))
-        if n == 1:
-            af = a.astype(np.float64)
-            da = D[np.minimum(a, 3)]
-            den = np.array([af.sum()])
-            gamma = _div(np.array([da.sum()]), den)
-            logp.append(_log(_div(af - da, den[0]) + gamma[0] * _lower(c, 1, logp, P)))
-        else:
-            _kn_order(c, n, a, D, step, logp, logbo)
-        if consume:  # order n's counts and contexts are not needed again (order n-1's keys still are)
-            c.counts[n - 1] = c.ctx[n - 1] = None
-        del a
-    return Estimate(logp, logbo, 0.0, {"discounts": discounts, "warnings": warnings})
+    default); otherwise one D per order. `consume`: drop each order's counts and context ids from `c`
+    once they are used (keys stay), so a big model's count tables shrink while its probabilities grow."""
+    facts: dict = {"discounts": [], "warnings": []}
+    return _backoff_form(c, step, lambda o, logp: _kn_order(o, logp, modified, fallback, step, facts), 0.0,
+                         facts, consume)
 
 
-def _kn_order(c: NgramCounts, n: int, a: np.ndarray, D: np.ndarray, step: int | None, logp: list,
-              logbo: list) -> None:
-    """Order n >= 2 of estimate_kn, `step` n-grams at a time: appends its logp and order n-1's logbo."""
-    den = np.zeros(c.index.size(n - 1))
-    gamma = np.zeros(c.index.size(n - 1))
-    for lo, hi in blocks(a.size, step):
-        ctx = c.ctx[n - 1][lo:hi]
-        np.add.at(den, ctx, a[lo:hi].astype(np.float64))
-        np.add.at(gamma, ctx, D[np.minimum(a[lo:hi], 3)])
+def _kn_order(o: Order, logp: list, modified: bool, fallback: tuple[float, float, float], step: int | None,
+              facts: dict) -> Orders:
+    P = o.c.vocab_size - 2
+    a = kn_counts(o.c, o.n, None if o.n == 1 else step)
+    if modified:
+        D, why = mkn_discounts(a, fallback, step)
+    else:
+        d1, why = kn_discount(a, fallback[0], step)
+        D = np.array([0.0, d1, d1, d1])
+    if why:
+        facts["warnings"].append(f"order {o.n}: {why}; using discount fallback {' '.join(f'{x:g}' for x in D[1:])}")
+    facts["discounts"].append([float(x) for x in D[1:]] if modified else float(D[1]))
+    den, gamma = o.sums(lambda lo, hi: a[lo:hi].astype(np.float64), lambda lo, hi: D[np.minimum(a[lo:hi], 3)])
     np.divide(gamma, den, out=gamma, where=den != 0)  # sum_j D_j N_j(c .) / sum_w a(c w); 0 if no extension
-    out = np.empty(a.size)
-    lower, keys, V = logp[n - 2], c.index.keys[n - 1], c.vocab_size
-    for lo, hi in blocks(a.size, step):
-        ctx = c.ctx[n - 1][lo:hi]
-        af = a[lo:hi].astype(np.float64)
-        p = _div(af - D[np.minimum(a[lo:hi], 3)], den[ctx]) + gamma[ctx] * np.exp(lower[keys[lo:hi] // V])
-        out[lo:hi] = _log(p)
-    logp.append(out)
-    bo = np.empty(den.size)
-    for lo, hi in blocks(den.size, step):
-        bo[lo:hi] = _bo_for_contexts(c, n, den[lo:hi], gamma[lo:hi])
-    logbo.append(bo)
+
+    def prob(lo: int, hi: int) -> np.ndarray:
+        ctx = o.ctx(lo, hi)
+        return _log(_div(a[lo:hi] - D[np.minimum(a[lo:hi], 3)], den[ctx]) + gamma[ctx] * o.lower(lo, hi, logp, P))
+
+    return o.fill(prob), _backoff_weights(o, den, lambda lo, hi: gamma[lo:hi])
 
 
-def estimate_additive(c: NgramCounts, k: float) -> Additive:
+def estimate_additive(c: NgramCounts, k: float, step: int | None = SMOOTH_BLOCK) -> Additive:
     """Lidstone / add-k (Laplace: k = 1): P(w | h) = (c(h w) + k) / (c(h) + k |P|), with h the full
     available context; an unseen context gives the uniform distribution."""
-    counts = [target_counts(c, n) for n in range(1, c.order + 1)]
-    den = [context_sum(c, n + 1, counts[n]) for n in range(1, c.order)]
+    orders = [Order(c, n, step) for n in range(1, c.order + 1)]
+    counts = [o.fill(o.r) for o in orders]
+    den = [o.sums(lambda lo, hi, n=o.n: counts[n - 1][lo:hi])[0] for o in orders[1:]]
     return Additive(counts, den, float(counts[0].sum()), float(k), {})
 
 
