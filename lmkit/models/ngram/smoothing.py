@@ -87,24 +87,6 @@ def context_sum(c: NgramCounts, n: int, values: np.ndarray) -> np.ndarray:
     return np.bincount(c.ctx[n - 1], weights=values, minlength=c.index.size(n - 1))
 
 
-def _context_of(c: NgramCounts, n: int) -> np.ndarray:
-    return np.zeros(c.index.size(1), dtype=np.int64) if n == 1 else c.ctx[n - 1]
-
-
-def _lower(c: NgramCounts, n: int, logp: list[np.ndarray], P: int) -> np.ndarray:
-    """P(w | c[1:]) for every n-gram "c w" of order n: the stored probability of its suffix (order 1:
-    the uniform distribution over the predictable set)."""
-    if n == 1:
-        return np.where(predictable_mask(c.vocab_size), 1.0 / P, 0.0)
-    return np.exp(logp[n - 2][c.index.suffix(n)])
-
-
-def _bo_for_contexts(c: NgramCounts, n: int, den: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """log back-off weights of the (n-1)-grams: `weight` where the context has extensions, else log 1."""
-    with np.errstate(divide="ignore"):
-        return np.where(den > 0, _log(np.where(den > 0, weight, 1.0)), 0.0)
-
-
 # -- discounts -------------------------------------------------------------------------------------------
 def counts_of_counts(a: np.ndarray, upto: int, block: int | None = None) -> np.ndarray:
     """n[j] = how many entries have count exactly j, for j = 0..upto (counted `block` entries at a time)."""
@@ -233,7 +215,11 @@ class Order:
 
 def _backoff_weights(order: Order, den: np.ndarray, weight: Block) -> np.ndarray:
     """log back-off weights of the (n-1)-grams: `weight` where the context has extensions, else log 1."""
-    return order.per_context(lambda lo, hi: _bo_for_contexts(order.c, order.n, den[lo:hi], weight(lo, hi)))
+    def block(lo: int, hi: int) -> np.ndarray:
+        seen = den[lo:hi] > 0
+        return np.where(seen, _log(np.where(seen, weight(lo, hi), 1.0)), 0.0)
+
+    return order.per_context(block)
 
 
 # -- estimators ------------------------------------------------------------------------------------------
