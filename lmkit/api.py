@@ -191,7 +191,7 @@ class TrainRequest:
     seed: int = 0
     progress: bool = True
     # n-gram counting resources (not model settings: they never change the counts or the run's identity)
-    memory: str | int | None = None  # bound on counting buffers, e.g. "4G": count out of core, spill to tmp
+    memory: str | int | None = None  # bound on counting/smoothing buffers, e.g. "4G": count out of core
     tmp: str | Path | None = None  # folder for the spill files (default: the system temp folder)
     engine: str | None = None  # local (default) or dask
     scheduler: str | None = None  # dask: tcp://host:port or local[:N]

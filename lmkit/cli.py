@@ -241,8 +241,8 @@ def train(
                                             "jm wb kn kn-basic.", rich_help_panel="n-gram models"),
     k: Optional[str] = typer.Option(None, help="add-k constant, or 'auto' to tune it on valid.",
                                     rich_help_panel="n-gram models"),
-    memory: Optional[str] = typer.Option(None, help="Bound n-gram counting buffers (512M, 4G, 1.5G): count out "
-                                         "of core, spilling sorted runs to --tmp. Same counts.",
+    memory: Optional[str] = typer.Option(None, help="Bound n-gram counting and smoothing buffers (512M, 4G, "
+                                         "1.5G): count out of core, spilling sorted runs to --tmp. Same model.",
                                          rich_help_panel="n-gram models"),
     tmp: Optional[Path] = typer.Option(None, help="Folder for --memory's spill files (default: system temp).",
                                        rich_help_panel="n-gram models"),

@@ -22,9 +22,10 @@ The plan of KenLM's lmplz, in numpy (`lmkit train --model ngram:kn5 --memory 4G 
    token and unit totals from the chunks; the result equals count_ngrams' array for array.
 
 What --memory bounds: the counting buffers of step 1-2 and the read buffers of step 3, as lmplz's -S
-bounds its sort. It does not bound the finished model's tables (keys, counts, ctx of every order: about
-24 bytes per stored n-gram, and the estimators' arrays on top), which are in memory because scoring needs
-them there, nor the encoded training text when it is held in memory rather than read from a token file.
+bounds its sort (and, in smoothing.py, the estimators' blocks). It does not bound the finished count
+tables (keys, counts, ctx of every order: 24 bytes per stored n-gram) nor the model estimated from them,
+which are in memory because scoring needs them there, nor the encoded training text when it is held in
+memory rather than read from a token file.
 
 When the whole text fits the budget it is counted in one piece by count_ngrams itself: no spill.
 The spill folder (`lmkit-ngram-*` inside --tmp, else the system temp folder) is removed on success, on

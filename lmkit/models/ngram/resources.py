@@ -56,7 +56,7 @@ def check_tmp(value: str | Path) -> Path:
 class CountingPlan:
     """Where and how n-grams are counted. memory=None with engine 'local' is the plain in-memory path."""
 
-    memory: int | None = None  # bytes for counting buffers (--memory); None: unbounded
+    memory: int | None = None  # bytes for counting and smoothing buffers (--memory); None: unbounded
     tmp: Path | None = None  # folder for spill files (--tmp); None: the system temp folder
     engine: str = "local"  # local (this process) or dask
     scheduler: str | None = None  # dask: tcp://host:port or local[:N]; None: local with one worker per core
