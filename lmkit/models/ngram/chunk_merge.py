@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .counts import NgramCounts, NgramIndex
-from .sorted_runs import WORD, Blocks, IdMap, Merger, Piece, RunFile, SpillDir, gather_sorted
+from .sorted_runs import WORD, Blocks, DiskRange, IdMap, Merger, Piece, RunFile, SpillDir, gather_sorted
 
 FIRST, SUFFIX, PREFIX, COUNT = range(4)  # columns of a spilled row
 
@@ -61,25 +61,17 @@ class ChunkRuns:
 
 
 @dataclass
-class ChunkRun:
+class ChunkRun(DiskRange):
     """One chunk's n-grams of order n as a merge input: rows [start, stop) of the order's table."""
 
-    file: RunFile
-    start: int
-    stop: int
     vocab_size: int
     ids: IdMap  # order n's id map: the merge records here where each row goes
     lower: IdMap | None  # order n-1's id map (None at n = 2: suffixes and prefixes are word ids)
     lower_start: int = 0  # this chunk's first row in order n-1's table (and map)
     lower_rows: int = 0
 
-    @property
-    def length(self) -> int:
-        return self.stop - self.start
-
     def key_blocks(self, rows: int) -> Blocks:
-        for i in range(self.start, self.stop, rows):
-            table = self.file.read(i, min(rows, self.stop - i))
+        for _, table in self.tables(rows):
             suffix = table[:, SUFFIX].astype(np.int64)
             if self.lower is not None:
                 suffix = gather_sorted(self.lower, suffix + self.lower_start, rows)
@@ -91,9 +83,8 @@ class ChunkRun:
     def write_prefix_ids(self, ctx: np.ndarray, rows: int) -> None:
         """ctx[final position of each row] = final id of its prefix (order n >= 3)."""
         final = self.lower.read(self.lower_start, self.lower_rows)  # the chunk's (n-1)-grams' final ids
-        for i in range(self.start, self.stop, rows):
-            count = min(rows, self.stop - i)
-            ctx[self.ids.read(i, count)] = final[self.file.read(i, count)[:, PREFIX]]
+        for i, table in self.tables(rows):
+            ctx[self.ids.read(i, table.shape[0])] = final[table[:, PREFIX]]
 
 
 def assemble_spilled(vocab_size: int, order: int, unigrams: np.ndarray, chunks: ChunkRuns, merger: Merger,

@@ -167,13 +167,6 @@ class NgramCounts:
     def vocab_size(self) -> int:
         return self.index.vocab_size
 
-    def continuation(self, n: int) -> np.ndarray:
-        """N1+(. g): how many distinct words precede each n-gram g of order n < N (Kneser & Ney 1995)."""
-        return np.bincount(self.index.suffix(n + 1), minlength=self.index.size(n)).astype(np.int64)
-
-    def starts_with_bos(self, n: int) -> np.ndarray:
-        return (self.index.keys[0] == BOS) if n == 1 else (self.index.first(n) == BOS)
-
 
 def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, context: str) -> NgramCounts:
     """Count every n-gram of orders 1..order with one np.unique per order.

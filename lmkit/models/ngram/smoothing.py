@@ -374,7 +374,7 @@ def kn_counts(c: NgramCounts, n: int, block: int | None = None) -> np.ndarray:
             first = int(suffix[0])
             a[first:int(suffix[-1]) + 1] += np.bincount(suffix - first)
     for lo, hi in blocks(a.size, block):
-        bos = c.starts_with_bos(n)[lo:hi] if n == 1 else c.index.keys[n - 1][lo:hi] % V == BOS
+        bos = c.index.keys[n - 1][lo:hi] % V == BOS  # n-grams starting with <s> (order 1: <s> itself)
         a[lo:hi][bos] = c.counts[n - 1][lo:hi][bos]
     return _no_specials(a) if n == 1 else a
 

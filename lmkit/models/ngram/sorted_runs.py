@@ -153,10 +153,10 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 class RunFile:
     """One plain .npy table on disk holding sorted runs back to back; a run is a range of its rows.
 
-    Rows files (counted pieces) are int32 (rows, n+1): word ids w1..wn, then the count (a piece's counts
-    fit int32: a piece is far below 2**31 tokens). Key files (merge outputs) are int64 (rows, 2): final key,
-    count. Rows are appended, then `finish` writes the true shape into the header (numpy pads .npy headers
-    so the first dimension can grow in place), so the file is a valid .npy that np.load(allow_pickle=False)
+    Chunk files (counted pieces) are int32 (rows, 4): chunk_merge's (w1, local suffix id, local prefix
+    id, count), all below 2**31 since a chunk is. Key files (merge passes) are int64 (rows, 2): key, count.
+    Rows are appended, then `finish` writes the true shape into the header (numpy pads .npy headers so the
+    first dimension can grow in place), so the file is a valid .npy that np.load(allow_pickle=False)
     opens. Reads are positional (os.preadv into a fresh buffer): no memory map, so a merge's resident
     memory is its read buffers, not the page cache of every run it touches."""
 
@@ -191,11 +191,8 @@ class RunFile:
         self.finished = True
 
     def read(self, start: int, count: int) -> np.ndarray:
-        out = np.empty((count, self.width), dtype=self.dtype)
-        if count and os.preadv(self.fh.fileno(), [memoryview(out).cast("B")],
-                               self.header + start * self.row_bytes) != out.nbytes:
-            raise ValueError(f"{self.path}: truncated spill file")
-        return out
+        return _pread(self.fh.fileno(), np.empty((count, self.width), dtype=self.dtype),
+                      self.header + start * self.row_bytes, self.path)
 
     @property
     def nbytes(self) -> int:
@@ -204,6 +201,13 @@ class RunFile:
     def remove(self) -> None:
         self.fh.close()
         self.path.unlink(missing_ok=True)
+
+
+def _pread(fd: int, out: np.ndarray, offset: int, path: Path) -> np.ndarray:
+    """Fill `out` from byte `offset` of an open spill file (a positional read: no memory map)."""
+    if out.size and os.preadv(fd, [memoryview(out).cast("B")], offset) != out.nbytes:
+        raise ValueError(f"{path}: truncated spill file")
+    return out
 
 
 class IdMap:
@@ -226,10 +230,7 @@ class IdMap:
         self.rows = max(self.rows, row + int(ids.size))
 
     def read(self, row: int, count: int) -> np.ndarray:
-        out = np.empty(count, dtype=np.int64)
-        if count and os.preadv(self.fd, [memoryview(out).cast("B")], row * 8) != out.nbytes:
-            raise ValueError(f"{self.path}: truncated spill file")
-        return out
+        return _pread(self.fd, np.empty(count, dtype=np.int64), row * 8, self.path)
 
     @property
     def nbytes(self) -> int:
@@ -276,22 +277,32 @@ class PositionSink:
 
 
 @dataclass
-class KeyRun:
-    """A merged run on disk: rows [start, stop) of an int64 (key, count) RunFile. `ids`, when set, is the
-    IdMap (same rows as the file) where the next merge records each row's position."""
+class DiskRange:
+    """A sorted run on disk: rows [start, stop) of a RunFile."""
 
     file: RunFile
     start: int
     stop: int
-    ids: IdMap | None = None
 
     @property
     def length(self) -> int:
         return self.stop - self.start
 
-    def key_blocks(self, rows: int) -> Blocks:
+    def tables(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, table) for each block of at most `rows` rows, in order."""
         for i in range(self.start, self.stop, rows):
-            table = self.file.read(i, min(rows, self.stop - i))
+            yield i, self.file.read(i, min(rows, self.stop - i))
+
+
+@dataclass
+class KeyRun(DiskRange):
+    """A merge pass's output run: int64 (key, count) rows. `ids`, when set, is the IdMap (same rows as the
+    file) where the next merge records each row's position."""
+
+    ids: IdMap | None = None
+
+    def key_blocks(self, rows: int) -> Blocks:
+        for _, table in self.tables(rows):
             yield np.ascontiguousarray(table[:, 0]), np.ascontiguousarray(table[:, 1])
 
 
