@@ -25,6 +25,7 @@ from .compare import check_comparable, read_runs
 from .data.corpus import Encoded, ParallelText, Text, encode, read_recorded, read_text
 from .data.vocab import UNK
 from .errors import DataError, UsageError
+from .evaluate.perplexity import exp_or_inf
 from .protocol import Protocol
 from .runs import RunRecord
 
@@ -32,7 +33,6 @@ Log = Callable[[str], None]
 SCHEMA = 1
 DIMENSIONS = ("context-frequency", "length", "oov")
 DEFAULT_ORDER = 3  # the two-word history of a trigram model
-MAX_ORDER = 10  # as the n-gram family
 # (label, lowest, highest or None): inclusive count ranges
 FREQUENCY_BUCKETS = (("unseen", 0, 0), ("1", 1, 1), ("2-9", 2, 9), ("10+", 10, None))
 LENGTH_BUCKETS = (("1-10", 1, 10), ("11-20", 11, 20), ("21-40", 21, 40), ("41+", 41, None))
@@ -59,6 +59,8 @@ def parse_by(value: str | Sequence[str] | None) -> list[str]:
 
 
 def check_order(order: int) -> int:
+    from .models.ngram.model import MAX_ORDER  # the n-gram family's bound (imported late: it pulls numpy models)
+
     if not 2 <= order <= MAX_ORDER:
         raise UsageError(f"--order must be between 2 and {MAX_ORDER} (an n-gram's history is n-1 tokens), "
                          f"got {order}")
@@ -150,7 +152,7 @@ class Analysis:
             models = {}
             for run in self.runs:
                 mean = float(run.nll[mask].mean()) if n else None
-                models[run.name] = {"nll_nats": mean, "perplexity": _exp(mean) if mean is not None else None}
+                models[run.name] = {"nll_nats": mean, "perplexity": exp_or_inf(mean) if mean is not None else None}
             out.append({"bucket": label, "tokens": n, "share": n / total if total else None,
                         "models": models, "winner": self._winner(models)})
         return out
@@ -212,17 +214,10 @@ class Analysis:
             mean = float(r.nll.mean()) if r.nll.size else None
             runs.append({"name": r.name, "run": r.path, "model": r.record.label, "kind": r.record.kind,
                          "normalised": r.normalised, "tokens": int(r.nll.size), "nll_nats": mean,
-                         "perplexity": _exp(mean) if mean is not None else None,
+                         "perplexity": exp_or_inf(mean) if mean is not None else None,
                          "recorded_test_perplexity": r.recorded_test_ppl if self.is_test else None})
         return {"schema": SCHEMA, "order": self.order, "protocol": self.protocol, "text": self.text,
                 "train": self.train, "runs": runs, "by": {d: self.buckets(d) for d in self.dimensions}}
-
-
-def _exp(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
 
 
 # -- reading the inputs -----------------------------------------------------------------------------
@@ -231,15 +226,8 @@ def _test_text(runs: list[tuple[str, RunRecord]]) -> Text | ParallelText:
     info = record.data.get("test")
     if not isinstance(info, dict):
         raise UsageError(f"{path}: run.json records no test file; give the text to analyse with --text FILE")
-    try:
-        text = read_recorded(info)
-    except DataError as exc:
-        raise DataError(f"{path}: its test file is not available ({exc.message}); give it with --text FILE") \
-            from None
-    if text.sha256 != info.get("sha256"):
-        raise DataError(f"{text.name}: changed since {path} was scored on it (sha256 differs); "
-                        "give the text to analyse with --text FILE")
-    return text
+    hint = "give the text to analyse with --text FILE"
+    return _unchanged_recorded(path, info, "test", "scored", hint, hint)
 
 
 def _train_text(runs: list[tuple[str, RunRecord]], train: str | Path | None, log: Log) -> tuple[Text | ParallelText,
@@ -261,15 +249,20 @@ def _train_text(runs: list[tuple[str, RunRecord]], train: str | Path | None, log
         return text, text.sha256 == recorded
     if recorded is None:
         raise UsageError(f"{path}: run.json records no train file; give it with --train FILE")
+    return _unchanged_recorded(path, info, "train", "trained", "give it with --train FILE",
+                               "give the original with --train FILE"), True
+
+
+def _unchanged_recorded(path: str, info: dict, split: str, verb: str, missing: str, changed: str
+                        ) -> Text | ParallelText:
+    """The `split` file run `path` recorded, refused in one line (with a hint) if missing or changed since."""
     try:
         text = read_recorded(info)
     except DataError as exc:
-        raise DataError(f"{path}: its train file is not available ({exc.message}); give it with --train FILE") \
-            from None
-    if text.sha256 != recorded:
-        raise DataError(f"{text.name}: changed since {path} was trained on it (sha256 differs); "
-                        "give the original with --train FILE")
-    return text, True
+        raise DataError(f"{path}: its {split} file is not available ({exc.message}); {missing}") from None
+    if text.sha256 != info.get("sha256"):
+        raise DataError(f"{text.name}: changed since {path} was {verb} on it (sha256 differs); {changed}")
+    return text
 
 
 def _names(runs: list[tuple[str, RunRecord]]) -> list[str]:

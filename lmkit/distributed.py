@@ -221,15 +221,14 @@ class Ranks:
             return net
         from torch.nn.parallel import DistributedDataParallel
 
-        plain = getattr(net, "_orig_mod", net)
-        scores_targets = bool(getattr(plain, "scores_targets", False))
+        from .models.torchlm import unwrap
+
         ddp = DistributedDataParallel(
             net, device_ids=[self.local_rank] if self.device.startswith("cuda") else None,
-            find_unused_parameters=scores_targets,  # an adaptive softmax skips tails no target of a rank hits
+            # an adaptive softmax skips tails no target of a rank hits
+            find_unused_parameters=bool(getattr(unwrap(net), "scores_targets", False)),
             **_no_buffer_sync())
         ddp.register_comm_hook(None, _sum_gradients)
-        # forward_target_logprobs reads this flag from the module it is given; DDP forwards calls, not attributes
-        ddp.scores_targets = scores_targets
         return ddp
 
     def shard(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -470,9 +470,11 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     net.train()
     try:
         while budget_left():
-            reuse = state["epoch"] == 0 and first_epoch is not None
+            # a stateful stream model's epochs are all the same batches in the same order: build them once
+            reuse = first_epoch is not None and (state["epoch"] == 0 or stateful_stream)
             batches = first_epoch if reuse else _epoch_batches(model, train, cfg, state["epoch"], ranks)
-            first_epoch = None  # later epochs are built afresh; let this one go
+            if not stateful_stream:
+                first_epoch = None  # later epochs are shuffled afresh; let this one go
             if state["batch"] == 0 and stateful_stream:
                 rnn_state = unwrap(net).init_state(cfg.batch_size // ranks.world_size, device)
             while state["batch"] < len(batches) and budget_left():

@@ -134,13 +134,11 @@ def rank_stream_batches(sequences, batch_size: int, seq_len: int, rank: int, wor
     if n < 1:
         raise ValueError("the training stream is shorter than one batch")
     per = batch_size // world_size
-    local = sequences.stream_slice(rank * per * n, (rank + 1) * per * n + 1)
-    xs = local[:per * n].reshape(per, n)
-    ys = local[1:per * n + 1].reshape(per, n)
-    batches = [Batch(xs[:, i:i + seq_len], ys[:, i:i + seq_len], batch_size * min(seq_len, n - i))
-               for i in range(0, n, seq_len)]
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
+    # this rank's rows are stream[rank*per*n : (rank+1)*per*n (+1 for the targets)], laid out as stream_batches
+    # lays out its own `per` rows of the same length n: the same windows, in the same order
+    batches = stream_batches(sequences.stream_slice(rank * per * n, (rank + 1) * per * n + 1), per, seq_len, rng)
+    for b in batches:
+        b.global_targets = b.y.size * world_size
     return batches
 
 

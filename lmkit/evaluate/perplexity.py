@@ -46,12 +46,12 @@ class Score:
 
     @property
     def perplexity(self) -> float:
-        return _exp(self.cross_entropy_nats)
+        return exp_or_inf(self.cross_entropy_nats)
 
     @property
     def perplexity_excl_oov(self) -> float | None:
         n = self.tokens - self.oov
-        return _exp(self.nll_nats_excl_oov / n) if n > 0 else None
+        return exp_or_inf(self.nll_nats_excl_oov / n) if n > 0 else None
 
     def summary(self) -> dict:
         out = {
@@ -82,7 +82,7 @@ class Score:
                 "oov": int((tg == UNK).sum()),
                 "logprob": total,
                 "log10prob": total / LN10,
-                "perplexity": _exp(-total / len(tg)),
+                "perplexity": exp_or_inf(-total / len(tg)),
             })
         return rows
 
@@ -101,7 +101,8 @@ class Score:
         return rows
 
 
-def _exp(x: float) -> float:
+def exp_or_inf(x: float) -> float:
+    """exp(x), inf on overflow and nan for nan: a perplexity from a mean log-loss."""
     if math.isnan(x):
         return math.nan
     try:

@@ -86,7 +86,10 @@ def forward_target_logprobs(net: torch.nn.Module, x: torch.Tensor, y: torch.Tens
 
 
 def unwrap(net: torch.nn.Module) -> torch.nn.Module:
-    """The plain module behind torch.compile (so weight names never carry `_orig_mod.`)."""
+    """The plain module behind DDP and torch.compile (so weight names never carry `module.` or `_orig_mod.`,
+    and attributes such as `scores_targets` are the module's own)."""
+    if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        net = net.module
     return getattr(net, "_orig_mod", net)
 
 
