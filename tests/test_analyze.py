@@ -236,6 +236,10 @@ def test_with_a_tiny_neural_run(runs, tiny_corpus, tmp_path):
     total = result.buckets("oov")[-1]
     assert total["models"]["lstm"]["perplexity"] == pytest.approx(rec["metrics"]["test"]["perplexity"], rel=1e-6)
     assert total["winner"] in ("lstm", "ngram:kn3")
+    r = cli("analyze", runs[0], lstm, "--by", "oov", "--device", "cpu", "--format", "json")  # neural rescoring device
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["by"]["oov"][-1]["models"]["lstm"]["perplexity"] == pytest.approx(
+        total["models"]["lstm"]["perplexity"], rel=1e-9)
 
 
 def test_translation_run_buckets_the_target_side_only(tmp_path):

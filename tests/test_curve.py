@@ -149,9 +149,11 @@ def test_cli_json_and_png(markov, tmp_path):
     from lmkit.cli import app
 
     r = runner.invoke(app, [str(a) for a in ("curve", "--corpus", markov, "--models", "ngram:kn3", "--fractions",
-                                             "0.1,1", "--runs-dir", tmp_path / "runs2", "--format", "table", "-q")],
+                                             "0.1,1", "--runs-dir", tmp_path / "runs2", "--format", "table", "-q",
+                                             "--seed", "3")],
                       env={"COLUMNS": "200"})
     assert r.exit_code == 0 and r.stderr == ""
+    assert all(json.loads(run.read_text())["seed"] == 3 for run in (tmp_path / "runs2").glob("*/run.json"))
     assert "learning curve" in r.stdout and "train tokens" in r.stdout
     assert f"{rows[0]['test_ppl']:,.2f}" in r.stdout  # same numbers, rounded for people
 
