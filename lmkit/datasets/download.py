@@ -50,11 +50,15 @@ class Fetched:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return _hash_into(hashlib.sha256(), path).hexdigest()
+
+
+def _hash_into(digest, path: Path):
+    """`digest` updated with the bytes of `path`, read a MiB at a time."""
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def part_path(dest: Path) -> Path:
@@ -167,11 +171,7 @@ def _fetch_one(url: str, part: Path, size: int | None, timeout: float, progress:
         total = offset + length if length is not None else size
         if size is not None and length is not None and offset + length != size:
             raise FetchFailed(f"the server sends {offset + length:,} bytes, expected {size:,} (a different file?)")
-        digest = hashlib.sha256()
-        if offset:
-            with open(part, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+        digest = _hash_into(hashlib.sha256(), part) if offset else hashlib.sha256()  # resuming: hash what is kept
         received = _stream(resp, part, offset, digest, total, progress, url, timeout)
     if length is not None and received < length:
         raise FetchFailed(f"truncated: the connection closed after {offset + received:,} of {offset + length:,} "

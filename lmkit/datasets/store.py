@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, remove_if_empty, write_json
 from ..cache import cache_dir
 from ..errors import DataError, UsageError
 from .download import DEFAULT_TIMEOUT, Fetched, fetch, sha256_file
@@ -108,12 +108,8 @@ def install(corpus: Corpus, *, offline: bool | None = None, force: bool = False,
     except LockedError:
         raise DataError(f"{corpus.name}: another lmkit process is downloading it right now; "
                         "wait for it to finish") from None
-    finally:
-        for folder in (corpora_root() / DOWNLOADS / corpus.name, corpora_root() / DOWNLOADS):
-            try:
-                folder.rmdir()  # only when empty: resumable .part files stay
-            except OSError:
-                break
+    finally:  # only empty folders go: resumable .part files stay
+        remove_if_empty([corpora_root() / DOWNLOADS / corpus.name, corpora_root() / DOWNLOADS])
     return target
 
 
@@ -151,9 +147,7 @@ def _install(corpus: Corpus, target: Path, mirror: str | None, force: bool, time
             split = {"source": rule.source, "ratios": list(rule.ratios), "by": rule.by, "seed": rule.seed,
                      "lines": {r["split"]: r["lines"] for r in rows}}
         write_json(tmp / MANIFEST, _manifest(corpus, fetched, tmp, split))
-    for _, got in fetched:  # published: the archives are no longer needed
-        got.path.unlink(missing_ok=True)
-    shutil.rmtree(downloads, ignore_errors=True)
+    shutil.rmtree(downloads, ignore_errors=True)  # published: the archives are no longer needed
     log(f"{corpus.name}: ready in {target}")
 
 
