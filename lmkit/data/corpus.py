@@ -138,9 +138,8 @@ class LineReader:
         # the rest is only scanned.
         chunk_size = max(1, min(limit, self.block_bytes))
         hasher = hashlib.sha256()
-        newlines_read = 0  # newlines in every chunk read so far (for the too-long message)
+        newlines_read = 0  # newlines in every chunk read so far (for the line numbers of refusals)
         run = 0  # bytes of the unfinished last line read so far
-        lines_before = 0  # lines in the blocks already decoded (for the invalid UTF-8 message)
         tail = bytearray()  # the unfinished last line, carried into the next block (grows in place)
         first, content = True, False
         binary = f"{self.name}: looks like a binary file (contains NUL bytes), expected UTF-8 text"
@@ -154,9 +153,10 @@ class LineReader:
                     raise DataError(f"{self.name}: line {newlines_read + 1}: longer than {limit:,} bytes; lmkit "
                                     "scores each line as one sequence and keeps it in memory (split the text into "
                                     "lines, or raise the limit with LMKIT_MAX_LINE_BYTES)")
+                last = chunk.rfind(b"\n") if nl >= 0 else -1
                 if nl >= 0:
                     newlines_read += chunk.count(b"\n")
-                    run = len(chunk) - chunk.rfind(b"\n") - 1
+                    run = len(chunk) - last - 1
                 else:
                     run = length
                 if b"\x00" in chunk:
@@ -166,7 +166,6 @@ class LineReader:
                 if nl < 0:
                     tail += chunk
                     continue
-                last = chunk.rfind(b"\n")
                 block, tail = bytes(tail) + chunk[:last + 1], bytearray(chunk[last + 1:])
             elif defect is not None:
                 raise DataError(defect)
@@ -180,13 +179,13 @@ class LineReader:
             try:
                 text = block.decode("utf-8")
             except UnicodeDecodeError as exc:
-                line = lines_before + block.count(b"\n", 0, exc.start) + 1
+                # a block ends at the last newline read so far (or is the file's end)
+                line = newlines_read - block.count(b"\n", exc.start) + 1
                 defect = (f"{self.name}: line {line}: invalid UTF-8 (byte 0x{block[exc.start]:02x}); "
                           "lmkit reads UTF-8 text only")
                 if not chunk:
                     raise DataError(defect) from None
                 continue
-            lines_before += block.count(b"\n")
             lines = text.split("\n")
             if lines[-1] == "":
                 lines.pop()
