@@ -42,7 +42,8 @@ from ..cache import cache_dir
 from ..errors import DataError, LmkitError, ModelError, UsageError
 from ..protocol import Protocol
 from .corpus import Encoded, LineReader, Text, encode, file_sha256
-from .vocab import BOS, EOS, Vocab
+from .batching import stream_layout
+from .vocab import Vocab
 
 FORMAT = 1
 KIND = "lmkit-tokens"
@@ -143,22 +144,13 @@ class SequenceView(Sequence):
         return np.diff(self._offsets[self.start:self.stop + 1])
 
     def flat(self) -> np.ndarray:
-        """Every id of these sequences back to back (int64), in one read."""
-        return self._ids[self._offsets[self.start]:self._offsets[self.stop]].astype(np.int64)
+        """Every id of these sequences back to back: a slice of the mapped file (its uint16/uint32), not a copy."""
+        return self._ids[self._offsets[self.start]:self._offsets[self.stop]]
 
     def stream(self) -> np.ndarray:
         """The stream-context layout of these sequences, equal to batching.stream_ids(view): one <s>, then
         every sequence followed by </s> (int64), built in one vectorised pass."""
-        n, base = len(self), int(self._offsets[self.start])
-        out = np.empty(1 + self.num_ids + n, dtype=np.int64)
-        out[0] = BOS
-        ends = (self._offsets[self.start + 1:self.stop + 1] - base) + np.arange(1, n + 1)
-        body = np.ones(out.size, dtype=bool)
-        body[0] = False
-        body[ends] = False
-        out[ends] = EOS
-        out[body] = self._ids[base:base + self.num_ids]
-        return out
+        return stream_layout(self.lengths(), self.flat())
 
     def stream_slice(self, lo: int, hi: int) -> np.ndarray:
         """Positions [lo, hi) of stream(), reading only the sequences they cover: a data-parallel rank's

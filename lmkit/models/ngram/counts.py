@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...data.batching import lengths_and_ids, stream_layout
 from ...data.vocab import BOS, EOS
 
 
@@ -28,21 +29,9 @@ def flatten(sequences: list[np.ndarray], context: str) -> tuple[np.ndarray, np.n
         sentence:  <s> a b </s> <s> c </s>      stream:  <s> a b </s> c </s>
         depth:      0  1 2  3    0  1  2                  0  1 2  3   4  5
     """
-    if callable(getattr(sequences, "flat", None)):  # a token file's view: one read, no per-sequence arrays
-        lens, words = np.asarray(sequences.lengths(), dtype=np.int64), sequences.flat()
-    else:
-        lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        words = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if len(sequences) else \
-            np.zeros(0, np.int64)
+    lens, words = lengths_and_ids(sequences)
     if context == "stream":
-        toks = np.empty(int(lens.sum() + len(lens)) + 1, dtype=np.int64)
-        toks[0] = BOS
-        ends = np.cumsum(lens + 1)  # position of each </s>
-        body = np.ones(toks.size, dtype=bool)
-        body[0] = False
-        body[ends] = False
-        toks[ends] = EOS
-        toks[body] = words
+        toks = stream_layout(lens, words)
         return toks, np.arange(toks.size, dtype=np.int64)
     unit = lens + 2
     starts = np.concatenate([[0], np.cumsum(unit)[:-1]]).astype(np.int64)
