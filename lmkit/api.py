@@ -34,7 +34,7 @@ def _quiet(_: str) -> None:
 
 # -- vocabularies -----------------------------------------------------------------------------------
 def build_vocab(
-    paths: list[str | Path] | str | Path,
+    paths: list[str | Path | Text] | str | Path | Text,
     *,
     level: str = "word",
     lowercase: bool = False,
@@ -46,17 +46,18 @@ def build_vocab(
 ) -> Vocab:
     """Count tokens of the given training text(s) and keep the frequent ones; optionally save.
 
-    `with_sep`: a joint vocabulary for a parallel corpus (both sides' files given), <sep> as id 4."""
+    `with_sep`: a joint vocabulary for a parallel corpus (both sides' files given), <sep> as id 4. A text
+    already read (a Text) is counted as it is, not read again."""
     protocol = Protocol(level=level, lowercase=lowercase, normalize=normalize)
     Vocab.check_options(min_count, max_size)
     if output is not None:
         check_output_file(output)
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    paths = [paths] if isinstance(paths, (str, Path, Text)) else list(paths)
     if sum(str(p) == "-" for p in paths) > 1:
         raise UsageError("'-' (stdin) is given more than once; stdin can be read once")
     counts: Counter = Counter()
     for p in paths:
-        counts.update(count_tokens(read_text(p), protocol))
+        counts.update(count_tokens(p if isinstance(p, Text) else read_text(p), protocol))
     vocab = Vocab.build(counts, level=level, lowercase=lowercase, normalize=normalize,
                         min_count=min_count, max_size=max_size, with_sep=with_sep)
     if output is not None:

@@ -215,7 +215,7 @@ def learning_curve(
     train_text = read_text(files.train)
     data = Path(files.train).read_bytes()
     prefixes = nested_prefixes(data, train_text.lines, fractions)
-    vocab = build_vocab(files.train, level=level, min_count=min_count)
+    vocab = build_vocab(train_text, level=level, min_count=min_count)  # the text read above, not read again
     jobs = []
     for spec, kind, is_neural in lineup:
         opts = _without(lineup_model_options(kind, len(vocab)), per_kind[kind]) if is_neural else {}
