@@ -1070,14 +1070,14 @@ def compare(
     per-sequence test scores (resampling seeded by `seed`; no model is rescored).
     `seeds` K (lineup only) trains each neural model K times, seeds seed..seed+K-1, within the same total
     time budget, and gives one row per model: means over seeds plus sd columns (lmkit.compare.compare_seeded)."""
-    from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, SEED_COLUMNS, _sort_column, check_bootstrap, check_seeds,
-                          compare_runs, compare_trained, train_lineup)
+    from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, DEFAULT_CONFIDENCE, SEED_COLUMNS, _sort_column,
+                          check_bootstrap, check_seeds, compare_runs, compare_trained, train_lineup)
 
     # every option is checked before a lineup spends minutes training
     check_seed(seed)
     if confidence is not None and bootstrap is None:
         raise UsageError("--confidence sets the level of --bootstrap intervals; give --bootstrap N too")
-    confidence = 0.95 if confidence is None else confidence
+    confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
     if bootstrap is not None:
         check_bootstrap(bootstrap, confidence)
     if not runs:

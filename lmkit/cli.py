@@ -675,7 +675,7 @@ def compare(
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
-    from .compare import table_view
+    from .compare import DEFAULT_CONFIDENCE, table_view
 
     fmt = default_format(_check_format(fmt))
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
@@ -685,7 +685,7 @@ def compare(
                        bootstrap=bootstrap, confidence=confidence, seeds=seeds)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
-        level = 0.95 if confidence is None else confidence
+        level = DEFAULT_CONFIDENCE if confidence is None else confidence
         title = "comparison" if bootstrap is None else (f"comparison ({level:.0%} paired bootstrap intervals, "
                                                         f"{bootstrap} resamples, seed {seed})")
         if seeds is not None and seeds > 1:

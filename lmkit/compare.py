@@ -22,6 +22,8 @@ from .runs import RunRecord, read_record
 
 Log = Callable[[str], None]
 
+DEFAULT_CONFIDENCE = 0.95  # level of the paired-bootstrap intervals
+
 COLUMNS = ("rank", "model", "kind", "status", "normalised", "parameters", "train_seconds", "tokens_seen",
            "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char", "bleu",
            "bleu_signature", "tokens_per_second", "note", "run")
@@ -244,7 +246,7 @@ def _bootstrap_input(row: dict, path: str, record: RunRecord):
 
 
 def add_intervals(rows: list[dict], runs: list[tuple[str, RunRecord]], n: int, seed: int = 0,
-                  confidence: float = 0.95) -> None:
+                  confidence: float = DEFAULT_CONFIDENCE) -> None:
     """Fill BOOTSTRAP_COLUMNS of `rows` (one per run, same order) from each run's stored per-sequence
     test scores, with one set of resampled sequences for every model (paired).
 
@@ -281,7 +283,7 @@ def add_intervals(rows: list[dict], runs: list[tuple[str, RunRecord]], n: int, s
 
 
 def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootstrap: int | None = None,
-                 seed: int = 0, confidence: float = 0.95) -> list[dict]:
+                 seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> list[dict]:
     """One row per run folder, refused (IncomparableError) unless all were measured the same way.
 
     `bootstrap` N adds paired-bootstrap intervals (BOOTSTRAP_COLUMNS, see add_intervals), seeded by `seed`."""
@@ -349,7 +351,7 @@ def _seed_row(rows: list[dict], seeds: tuple[int, ...] | None) -> dict:
 
 
 def compare_seeded(groups: Sequence[LineupRuns], sort: str | None = None, *, bootstrap: int | None = None,
-                   seed: int = 0, confidence: float = 0.95) -> list[dict]:
+                   seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> list[dict]:
     """One row per model of a lineup trained with several seeds (SEED_COLUMNS added), ranked by the mean.
 
     Every run of every seed must be comparable with every other. `bootstrap` N resamples each model's
@@ -379,7 +381,7 @@ def compare_seeded(groups: Sequence[LineupRuns], sort: str | None = None, *, boo
 
 
 def compare_trained(groups: Sequence[LineupRuns], sort: str | None = None, *, bootstrap: int | None = None,
-                    seed: int = 0, confidence: float = 0.95) -> list[dict]:
+                    seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> list[dict]:
     """The table of a trained lineup: per model one row, aggregated over seeds only when there are several."""
     if any(g.seeds and len(g.seeds) > 1 for g in groups):
         return compare_seeded(groups, sort, bootstrap=bootstrap, seed=seed, confidence=confidence)

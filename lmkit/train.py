@@ -549,9 +549,7 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
             evaluate(last_loss)
     except KeyboardInterrupt:
         state["stopped"] = "interrupted"
-        model.train_state = {k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds",
-                                                   "best_valid_ppl", "best_step", "stopped")}  # for run.json
-        model.train_state["parallel"] = ranks.info(cfg.batch_size)
+        model.train_state = _train_state(state, ranks, cfg)  # for run.json
         # data-parallel: only a stop all ranks agreed on can gather their state (a second Ctrl-C cannot)
         collective = interrupted["agreed"] or not ranks.distributed
         if run_dir is not None and collective:
@@ -571,11 +569,14 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
     if writes and (run_dir / WEIGHTS).exists():  # rank 0 scores the final numbers; the others are done
         load_weights(unwrap(net), run_dir / WEIGHTS)  # final numbers come from the best checkpoint
     net.eval()
-    model.train_state = {k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds",
-                                               "best_valid_ppl", "best_step", "stopped")}
-    model.train_state["parallel"] = ranks.info(cfg.batch_size)
-    model.train_state["train_config"] = asdict(cfg)
+    model.train_state = {**_train_state(state, ranks, cfg), "train_config": asdict(cfg)}
     return dict(model.train_state)
+
+
+def _train_state(state: dict, ranks, cfg: TrainConfig) -> dict:
+    """What run.json records of the loop's progress (also when interrupted)."""
+    return {**{k: state[k] for k in ("step", "epoch", "tokens_seen", "train_seconds", "best_valid_ppl",
+                                     "best_step", "stopped")}, "parallel": ranks.info(cfg.batch_size)}
 
 
 def _report_divergence(state: dict, run_dir: Path | None, log) -> None:
