@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -14,14 +15,15 @@ from typing import Any, Callable
 
 from .atomic import atomic_dir
 from .config import build_config, parse_sets
-from .data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate, locate_pairs,
-                          read_pair, read_recorded, read_text)
+from .data.corpus import (Encoded, ParallelText, Text, check_recorded, count_tokens, encode, is_parallel, locate,
+                          locate_pairs, read_pair, read_recorded, read_text)
 from .data.vocab import SEP, Vocab
 from .errors import DataError, ModelError, UsageError, only_for
 from .evaluate.perplexity import Score, score_encoded
 from .models import family, parse_spec
+from .outputs import check_output_dir
 from .protocol import Protocol
-from .runs import RunRecord, append_metrics, check_output_dir, load_run, read_record, versions, write_record
+from .runs import RunRecord, append_metrics, load_run, read_record, versions, write_record
 from .validate import (check_device_name, check_model_config, check_output_file, check_seed,
                        check_train_config)
 
@@ -50,9 +52,9 @@ def build_vocab(
     already read (a Text) is counted as it is, not read again."""
     protocol = Protocol(level=level, lowercase=lowercase, normalize=normalize)
     Vocab.check_options(min_count, max_size)
-    if output is not None:
-        check_output_file(output)
     paths = [paths] if isinstance(paths, (str, Path, Text)) else list(paths)
+    if output is not None:
+        check_output_file(output, inputs=[p for p in paths if not isinstance(p, Text)])
     if sum(str(p) == "-" for p in paths) > 1:
         raise UsageError("'-' (stdin) is given more than once; stdin can be read once")
     counts: Counter = Counter()
@@ -334,6 +336,15 @@ def _locate_splits(req: TrainRequest, task: str):
     return locate_pairs(req.corpus, req.src, req.tgt, need=("train", "valid"))
 
 
+def _input_paths(req: TrainRequest, files) -> list:
+    """Every path `train` reads: the corpus folder, each split file (both sides of a pair), --vocab."""
+    paths = [req.corpus if req.corpus is not None and Path(req.corpus).exists() else None, req.vocab]
+    for split in ("train", "valid", "test"):
+        found = getattr(files, split, None)
+        paths.extend(found if isinstance(found, tuple) else [found])
+    return paths
+
+
 def _read_split(path) -> Text | ParallelText:
     return read_pair(*path) if isinstance(path, tuple) else read_text(path)
 
@@ -414,7 +425,7 @@ def _test_bleu(model, test: dict, log: Log) -> dict:
     from .evaluate.bleu import translation_bleu
 
     start = time.perf_counter()
-    result = translation_bleu(model, read_pair(test["source"], test["target"]))
+    result = translation_bleu(model, read_recorded(test, model.label, "test"))  # unchanged since it was scored
     log(f"test BLEU: {result.score:.2f} (greedy, {result.lines} pairs, {time.perf_counter() - start:.0f} s)")
     return {"score": result.score, "signature": result.signature, "decoding": "greedy", "lines": result.lines}
 
@@ -503,8 +514,9 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
     files = _locate_splits(req, task)
     out = Path(req.output) if req.output else None
     if out is not None and launch.is_main:
+        out = check_output_dir(out, req.force, inputs=_input_paths(req, files))
         locks.enter_context(run_lock(out))
-        check_output_dir(out, req.force)
+        check_output_dir(out, req.force, inputs=_input_paths(req, files))  # again under the lock
 
     vocab = Vocab.load(req.vocab) if req.vocab else None
     protocol = _protocol_for(req, vocab, task)
@@ -525,8 +537,7 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
             out = _default_run_dir(req.runs_dir, cls.kind)
             if launch.is_main:
                 locks.enter_context(run_lock(out))
-        return _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, req.force, log,
-                            progress=req.progress)
+        return _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, log, progress=req.progress)
 
     model = cls(config, vocab, protocol)
     if counting is not None:
@@ -546,7 +557,7 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
     if out is None:
         out = _default_run_dir(req.runs_dir, model.label)
         locks.enter_context(run_lock(out))
-    with atomic_dir(out, replace=req.force) as tmp:
+    with atomic_dir(out, replace=req.force, log=log) as tmp:
         vocab.save(tmp / "vocab.json")
         model.save(tmp)
         append_metrics(tmp, [{"step": 0, "tokens_seen": record.tokens_seen, "seconds": seconds,
@@ -609,9 +620,53 @@ def _build_torch_model(cls, config, tcfg, vocab: Vocab, protocol: Protocol, devi
     return model
 
 
-def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, force: bool, log: Log,
+def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, log: Log,
                  *, progress: bool, resume_record: RunRecord | None = None) -> Path:
     """Neural runs write their folder as they go (checkpoints), each file atomically.
+
+    Replacing an existing run (--force, already checked by check_output_dir) trains in a hidden sibling
+    folder that is swapped in only when the new run is complete: until then the previous run is untouched.
+    Interrupted (Ctrl-C, SIGTERM), the new run is kept beside it as OUT.new, resumable; killed, its temp
+    folder is removed by the next command that writes OUT."""
+    from .atomic import publish_dir, staging_dir
+    from .distributed import is_main_process
+    from .train import Interrupted
+
+    replacing = resume_record is None and is_main_process() and out.exists() and any(out.iterdir())
+    work = staging_dir(out, log) if replacing else out
+    try:
+        _train_torch_into(cls, config, tcfg, vocab, protocol, encoded, data, work, log, progress=progress,
+                          resume_record=resume_record, replacing=out if replacing else None)
+    except Interrupted as exc:
+        if not replacing:
+            raise
+        kept = _keep_beside(work, out)
+        raise Interrupted(exc.message.replace(str(work), str(kept)) + f"; {out} still holds the previous run, "
+                          "untouched", exit_code=exc.exit_code) from None
+    except BaseException:
+        if replacing:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if replacing:
+        publish_dir(work, out, replace=True)
+    return out
+
+
+def _keep_beside(work: Path, out: Path) -> Path:
+    """Move an interrupted replacement run from its temp folder to a visible sibling OUT.new (OUT.new-2,
+    ... when taken), so that it can be resumed; the run it was to replace stays where it is."""
+    for n in range(1, 1000):
+        kept = out.with_name(f"{out.name}.new" + (f"-{n}" if n > 1 else ""))
+        if not kept.exists() and not kept.is_symlink():
+            work.replace(kept)
+            return kept
+    return work
+
+
+def _train_torch_into(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, log: Log,
+                      *, progress: bool, resume_record: RunRecord | None = None, replacing: Path | None = None
+                      ) -> Path:
+    """Train into `out` (the run folder, or the temp folder of a replacement) and write its final record.
 
     Under torchrun every process trains inside one process group (lmkit.distributed.session: up for the
     fit, torn down after it and on error); rank 0 alone writes the folder and scores the final numbers."""
@@ -620,8 +675,8 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
     with session(tcfg.device) as ranks:
         if not ranks.is_main:
             log, progress = _quiet, False
-        model, record, info = _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, force, log, ranks,
-                                         progress=progress, resume_record=resume_record)
+        model, record, info = _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, log, ranks,
+                                         progress=progress, resume_record=resume_record, replacing=replacing)
     if not ranks.is_main:
         return out
     record.status = "complete"
@@ -638,22 +693,15 @@ def _train_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, f
     return out
 
 
-def _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, force: bool, log: Log, ranks, *,
-               progress: bool, resume_record: RunRecord | None):
+def _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, log: Log, ranks, *,
+               progress: bool, resume_record: RunRecord | None, replacing: Path | None = None):
     """(model, record, fit info): the model built on this rank's device and trained; rank 0 writes."""
-    import shutil
-
     from .train import Interrupted, fit
 
     model = _build_torch_model(cls, config, tcfg, vocab, protocol, device=ranks.device)
     writer = ranks.is_main
     device_name = model.placement.name + (f" x {ranks.world_size} processes" if ranks.distributed else "")
     if resume_record is None:
-        if writer:
-            if out.exists() and force:
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            vocab.save(out / "vocab.json")
         record = RunRecord(kind=cls.kind, label=model.label, config=asdict(config),
                            protocol=protocol.to_dict(), vocab_id=vocab.vocab_id, data=data,
                            parameters=model.num_parameters(), seed=tcfg.seed,
@@ -664,12 +712,17 @@ def _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, for
         record.device = device_name
     previous = record.status
     record.status = "training"
-    if writer:
+    if writer and resume_record is None:
+        with atomic_dir(out, log=log) as tmp:  # vocab.json and run.json (status 'training') appear together
+            vocab.save(tmp / "vocab.json")
+            write_record(tmp, record)
+    elif writer:
         write_record(out, record)
     model.run_dir = out
+    where = (f"into {out} (after a crash: lmkit train --resume {out})" if replacing is None else
+             f"into a temporary folder that replaces {replacing} once complete (until then {replacing} is untouched)")
     log(f"training {model.label} ({model.num_parameters():,} parameters) on {device_name}, "
-        f"{model.placement.precision}, {protocol.context} context, into {out} "
-        f"(after a crash: lmkit train --resume {out})")
+        f"{model.placement.precision}, {protocol.context} context, {where}")
     try:
         info = fit(model, encoded["train"], encoded.get("valid"), tcfg, log=log, run_dir=out,
                    progress=progress, resume=resume_record is not None, ranks=ranks)
@@ -749,16 +802,14 @@ def _resume(run_dir: Path, train_options: dict | None, log: Log, progress: bool)
         if not isinstance(info, dict) or not info.get("sha256") or not (info.get("path") or info.get("source")):
             raise ModelError(f"{run_dir}: run.json's data entry for {split!r} is damaged (no path and sha256)")
         enc = None if "source" in info else _cached_split(info["path"], vocab, protocol, log)
-        text = enc or read_recorded(info)
-        if text.sha256 != info["sha256"]:
-            raise DataError(f"{info['path']}: changed since the run started (sha256 differs); cannot resume")
-        if enc is not None:
+        if enc is not None:  # the token file was found by the file's current hash: still the recorded one?
+            check_recorded(enc.sha256, enc.name, info, run_dir, split, "cannot resume")
             cached[split] = enc
         else:
-            texts[split] = text
+            texts[split] = read_recorded(info, run_dir, split, "cannot resume")
     encoded = _encode_splits(texts, vocab, protocol, log, cached)
     _check_stream_fits(cls, tcfg, protocol, encoded["train"])
-    return _train_torch(cls, config, tcfg, vocab, protocol, encoded, record.data, run_dir, False, log,
+    return _train_torch(cls, config, tcfg, vocab, protocol, encoded, record.data, run_dir, log,
                         progress=progress, resume_record=record)
 
 
@@ -789,9 +840,9 @@ class ScoreResult:
                 "file": self.file, "sha256": self.sha256}
 
 
-def _eval_text(model, record: RunRecord | None, text_path, src, tgt) -> Text | ParallelText:
+def _eval_text(model, record: RunRecord | None, model_path, text_path, src, tgt) -> Text | ParallelText:
     """The text a model is evaluated on: a file for an LM; for a translation model a pair given as
-    src/tgt files, by default the run's own test pair."""
+    src/tgt files, by default the run's own test pair (verified against its recorded sha256)."""
     if model.protocol.task != "translate":
         if src is not None or tgt is not None:
             raise UsageError(f"--src/--tgt give a translation pair, but {model.label} is a language model (task lm); "
@@ -806,7 +857,7 @@ def _eval_text(model, record: RunRecord | None, text_path, src, tgt) -> Text | P
         test = (record.data if record is not None else {}).get("test") or {}
         if "source" not in test:
             raise UsageError("this run has no test pair; give one with --src FILE --tgt FILE")
-        src, tgt = test["source"], test["target"]
+        return read_recorded(test, model_path, "test", "give a pair with --src FILE --tgt FILE")
     elif src is None or tgt is None:
         raise UsageError("give both --src FILE and --tgt FILE")
     return read_pair(src, tgt)
@@ -836,7 +887,7 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
     enc = None
     if src is None and tgt is None and not keep_words:  # per-token records need the words: read the text
         enc = _cached_split(text_path, model.vocab, model.protocol, log)
-    text = enc or _eval_text(model, record, text_path, src, tgt)
+    text = enc or _eval_text(model, record, model_path, text_path, src, tgt)
     if save and (record.data.get("test") or {}).get("sha256") != text.sha256:
         recorded = (record.data.get("test") or {}).get("path") or "none recorded"
         raise UsageError(f"--save needs the test file this run was measured on ({recorded}); {text.name} "
@@ -900,7 +951,7 @@ def export_arpa(run_path: str | Path, output: str | Path) -> Path:
     """Write a run's n-gram model as an ARPA file (plain or .gz) readable by KenLM and SRILM."""
     from .models.ngram.arpa import write_arpa
 
-    check_output_file(output)
+    check_output_file(output, inputs=[run_path], run_folders=[run_path] if Path(run_path).is_dir() else [])
     model, _ = load_model(run_path)
     if model.kind not in ("ngram", "arpa"):
         raise UsageError(f"{run_path}: only n-gram models export to ARPA (this is a {model.kind} model)")
@@ -1001,13 +1052,18 @@ def bleu(model_path: str | Path, text_path: str | Path | None = None, *, src: st
     """BLEU of a model (DESIGN.md §1, evaluate.bleu): continuation BLEU on a monolingual text file or '-';
     for a translation run, translation BLEU on a pair (src/tgt files; default: the run's test pair),
     greedy unless `beam` gives a beam width."""
-    from .evaluate.bleu import continuation_bleu, translation_bleu
     from .evaluate.generate import Decoding
 
     decoding = Decoding(strategy="greedy") if beam is None else Decoding(strategy="beam", beam=beam,
                                                                          length_penalty=length_penalty)
     model, record = load_model(model_path, device=device)
-    text = _eval_text(model, record, text_path, src, tgt)
+    return _bleu_report(model, _eval_text(model, record, model_path, text_path, src, tgt), decoding, beam)
+
+
+def _bleu_report(model, text: Text | ParallelText, decoding, beam: int | None) -> BleuReport:
+    """BLEU of a loaded model on a text already read: translation BLEU for a pair, else continuation BLEU."""
+    from .evaluate.bleu import continuation_bleu, translation_bleu
+
     if isinstance(text, ParallelText):
         result = translation_bleu(model, text, decoding)
     else:
@@ -1142,15 +1198,12 @@ def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = _quiet) -> d
     record = read_record(run)
     if record.metrics.get("bleu"):
         return record.metrics["bleu"]
-    test = record.data.get("test") or {}
-    path = test.get("path")
-    if not path or not Path(path).is_file():
-        raise DataError(f"{run}: its test file {path or '(none recorded)'} is not available, so BLEU cannot be added")
+    from .evaluate.generate import Decoding
+
+    text = read_recorded(record.data.get("test"), run, "test", "BLEU not added")
     start = time.perf_counter()
-    report = bleu(run, path, device=device)
-    if report.sha256 != test.get("sha256"):
-        raise DataError(f"{run}: {path} changed since the run was scored on it (sha256 differs); BLEU not added")
-    result = report.result
+    model, _ = load_model(run, device=device)
+    result = _bleu_report(model, text, Decoding(strategy="greedy"), None).result
     record.metrics["bleu"] = {"score": result.score, "signature": result.signature, "decoding": "greedy",
                               "lines": result.lines}
     write_record(run, record)
@@ -1162,7 +1215,7 @@ def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:
     """Learning curves (valid perplexity vs tokens seen and vs time) of comparable runs as an image."""
     from .plot import plot_runs
 
-    check_output_file(output)
+    check_output_file(output, inputs=runs, run_folders=[r for r in runs if Path(r).is_dir()])
     return plot_runs(runs, output, log=log)
 
 
@@ -1201,12 +1254,16 @@ def curve(corpus: str | Path | None = None, models: list[str] | None = None,
 def corpus_list() -> list[dict]:
     """One row per known corpus: name, sizes, how downloads are checked, licence, source, cached folder."""
     from .datasets.registry import CORPORA
-    from .datasets.store import cached_path
+    from .datasets.store import DamagedCorpus, cached_path
 
     rows = []
     for corpus in CORPORA.values():
-        cached = cached_path(corpus.name)
-        rows.append({"name": corpus.name, "layout": corpus.layout, "download_bytes": corpus.download_size,
+        try:
+            cached, damaged = cached_path(corpus.name), False
+        except DamagedCorpus:  # listed as not cached: `lmkit corpus download NAME` fetches it again
+            cached, damaged = None, True
+        rows.append({"damaged": damaged, "name": corpus.name, "layout": corpus.layout,
+                     "download_bytes": corpus.download_size,
                      "size_bytes": corpus.unpacked_size, "size_exact": corpus.size_exact,
                      "checksum": corpus.verified, "licence": corpus.licence, "origin": corpus.origin,
                      "source": corpus.source, "cached": cached is not None,

@@ -13,10 +13,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from .errors import LmkitError
 
@@ -64,10 +65,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+def clean_stale_temps(folder: str | Path, name: str | None = None, log: Callable[[str], None] | None = None
+                      ) -> list[Path]:
     """Remove temp files/folders in `folder` (for target `name`, or any) whose writer process is gone.
 
-    A write in progress in another live process is never touched (its pid is in the name)."""
+    A write in progress in another live process is never touched (its pid is in the name). Folders
+    removed are reported through `log` in one line (they are what a killed run left behind)."""
     removed = []
     try:
         entries = list(Path(folder).iterdir())
@@ -82,7 +85,42 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]
         else:
             p.unlink(missing_ok=True)
         removed.append(p)
+    if log is not None and removed:
+        log(f"removed {len(removed)} temporary item(s) left in {folder} by a killed lmkit process: "
+            f"{', '.join(sorted(p.name for p in removed))}")
     return removed
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
+def scratch_dir(root: str | Path, prefix: str, log: Callable[[str], None] | None = None) -> Path:
+    """A private scratch folder in `root` named after this host and process (`<prefix><host>-<pid>-...`);
+    the stale ones of `prefix` are removed first (remove_stale_scratch)."""
+    remove_stale_scratch(root, prefix, log)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host_tag()}-{os.getpid()}-", dir=root))
+
+
+def remove_stale_scratch(root: str | Path, prefix: str, log: Callable[[str], None] | None = None) -> list[str]:
+    """Remove scratch folders of `prefix` left in `root` by a killed process of this host (pid gone), with
+    one line through `log`: spill files never accumulate. Folders of live processes, or of other hosts
+    sharing `root`, are never touched."""
+    root, host = Path(root), _host_tag()
+    pattern = re.compile(re.escape(prefix) + r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-")
+    stale = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        entries = []
+    for p in entries:
+        m = pattern.match(p.name)
+        if m and m["host"] == host and not _alive(int(m["pid"])) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            stale.append(p.name)
+    if stale and log is not None:
+        log(f"removed {len(stale)} scratch folder(s) left in {root} by a killed lmkit process: {', '.join(stale)}")
+    return stale
 
 
 def _umask() -> int:
@@ -132,31 +170,17 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, replace: bool = False, log: Callable[[str], None] | None = None
+               ) -> Iterator[Path]:
     """Build a directory under a temp name and move it into place when the block succeeds.
 
     With replace=True an existing directory at `path` is replaced (only after success)."""
     path = Path(path)
     created = missing_parents(path.parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path.parent, path.name)
-    tmp = temp_path(path, directory=True)
-    publish_mode(tmp, directory=True)
+    tmp = staging_dir(path, log)
     try:
         yield tmp
-        if path.exists():
-            if not replace and any(path.iterdir()):
-                raise LmkitError(f"{path}: folder appeared while this run was being written (another process?); "
-                                 "nothing replaced, use --force to replace it")
-            if _exchange(tmp, path):  # one atomic step: the old folder now sits under the temp name
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                old = temp_path(path, directory=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        publish_dir(tmp, path, replace=replace)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_if_empty(created)
@@ -165,6 +189,34 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
         if is_disk_full(exc):
             raise DiskFullError(path) from None
         raise
+
+
+def staging_dir(path: Path, log: Callable[[str], None] | None = None) -> Path:
+    """A fresh hidden temp folder beside `path` to build its next version in (the parent is created,
+    and temp folders of `path` left by killed processes are removed first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent, path.name, log)
+    tmp = temp_path(path, directory=True)
+    publish_mode(tmp, directory=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, path: Path, *, replace: bool = False) -> None:
+    """Move the finished folder `tmp` to `path`; an existing `path` is swapped out in one step where the
+    system allows (renameat2), so a reader sees the old folder or the new one, never neither."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    if not replace and any(path.iterdir()):
+        raise LmkitError(f"{path}: folder appeared while this run was being written (another process?); "
+                         "nothing replaced, use --force to replace it")
+    if _exchange(tmp, path):  # one atomic step: the old folder now sits under the temp name
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        old = temp_path(path, directory=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def missing_parents(folder: Path) -> list[Path]:

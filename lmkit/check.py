@@ -311,7 +311,7 @@ def check_run(path: str | Path, text: str | Path | None = None, quick: bool = Fa
               device: str = "cpu") -> CheckReport:
     """Check a run folder (or ARPA file) on `text`, by default the test file the run was scored on."""
     from .api import load_model
-    from .data.corpus import encode, read_pair, read_text
+    from .data.corpus import encode, read_recorded, read_text
 
     model, record = load_model(path, device=device)
     data = record.data if record is not None else {}
@@ -321,12 +321,7 @@ def check_run(path: str | Path, text: str | Path | None = None, quick: bool = Fa
         split = "test" if data.get("test") else "valid" if data.get("valid") else None
         if split is None:
             raise UsageError(f"{path}: no test file recorded; give the TEXTFILE to check on")
-        info = data[split]
-        files = [info["source"], info["target"]] if "source" in info else [info["path"]]
-        missing = [f for f in files if not Path(f).is_file()]
-        if missing:
-            raise DataError(f"{missing[0]}: the run's {split} file is not available; give the TEXTFILE to check on")
-        loaded = read_pair(*files) if len(files) == 2 else read_text(files[0])
+        loaded = read_recorded(data[split], path, split, "give the TEXTFILE to check on")
     encoded = encode(loaded, model.vocab, model.protocol)
     if not encoded.sequences:
         raise DataError(f"{loaded.name}: has no non-blank lines to check on")

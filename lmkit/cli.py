@@ -6,6 +6,7 @@ LmkitGroup.main does the same for typer's own parse errors and, as a last resort
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -15,7 +16,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .distributed import error_line, is_main_process
-from .errors import LmkitError, UsageError
+from .errors import LmkitError, Terminated, UsageError, on_sigterm
 from .render import FORMATS, Messages, default_format, write_record, write_rows
 
 
@@ -71,9 +72,9 @@ class LmkitGroup(TyperGroup):
             if line:
                 typer.echo(line, err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            typer.echo("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted", err=True)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
         except BrokenPipeError:  # `lmkit score ... | head`
             sys.stderr.close()
             ctx.exit(0)
@@ -1027,6 +1028,7 @@ def main() -> None:
     """Console-script entry point."""
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")
+    signal.signal(signal.SIGTERM, on_sigterm)  # unwind like Ctrl-C: locks released, temps removed, exit 143
     app(prog_name="lmkit")
 
 

@@ -530,7 +530,7 @@ def train_lineup(
     train once."""
     from .api import TrainRequest, build_vocab, train
     from .data.corpus import bundled_corpus, is_parallel, locate, locate_pairs
-    from .runs import check_output_dir
+    from .outputs import check_output_dir
 
     check_seeds(seeds)
     if sort:
@@ -543,7 +543,7 @@ def train_lineup(
     min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
     Protocol(level=level, context=context, task=task)  # a bad --context or --task fails here, before any work
     out = _lineup_dir(runs_dir)
-    check_output_dir(out, force=False)
+    out = check_output_dir(out, force=False, inputs=[corpus])
     if task == "translate":
         pairs = locate_pairs(corpus, src, tgt, need=("train", "valid"))
         vocab_files, splits = list(pairs.train), {"corpus": corpus, "task": task, "src": pairs.src, "tgt": pairs.tgt}

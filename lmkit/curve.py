@@ -185,7 +185,7 @@ def learning_curve(
     from .data.corpus import bundled_corpus, is_parallel, locate, read_text
     from .protocol import Protocol
     from .render import clean
-    from .runs import check_output_dir
+    from .outputs import check_output_dir
 
     # every option is checked before anything is trained
     fractions = parse_fractions(fractions)
@@ -203,7 +203,7 @@ def learning_curve(
     min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
     protocol = Protocol(level=level, context=context)  # a bad --context or --level fails here
     out = _lineup_dir(runs_dir, prefix="curve")
-    check_output_dir(out, force=False)
+    out = check_output_dir(out, force=False, inputs=[corpus])
     files = locate(corpus, need=("train", "valid", "test"))
 
     neural_kinds = list(dict.fromkeys(kind for _, kind, is_neural in lineup if is_neural))

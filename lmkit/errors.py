@@ -36,6 +36,18 @@ class IncomparableError(LmkitError):
     """Numbers that were not measured the same way and must not be put side by side."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `kill`) outside the training loop: unwinds like Ctrl-C, so locks
+    are released and temp files removed, and the command exits with 143 (128 + SIGTERM)."""
+
+    exit_code = 143
+
+
+def on_sigterm(signum, frame) -> None:
+    """The process-wide SIGTERM handler the CLI installs (the training loop installs its own)."""
+    raise Terminated()
+
+
 def only_for(flags: list[str], target: str) -> str:
     """'--a applies only to X' / '--a, --b apply only to X': one wording for every misplaced option."""
     return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to {target}"

@@ -22,7 +22,8 @@ from .errors import DataError, IncomparableError, ModelError, UsageError
 from .evaluate.perplexity import score_encoded
 from .models.mix import MixConfig, MixtureModel, fit_weights
 from .protocol import Protocol
-from .runs import RunRecord, append_metrics, check_output_dir, load_run, versions, write_record
+from .outputs import check_output_dir
+from .runs import RunRecord, append_metrics, load_run, versions, write_record
 
 Log = Callable[[str], None]
 MIX_ASPECTS = ("protocol", "vocabulary", "valid", "test")
@@ -41,19 +42,15 @@ def _check_mixable(runs: list[tuple[str, RunRecord]]) -> None:
 
 
 def _recorded_text(runs: list[tuple[str, RunRecord]], split: str) -> Text | ParallelText:
-    """The split's file as the runs recorded it, from the first recorded path that still holds it unchanged."""
+    """The split's file as the runs recorded it, from the first recorded path that still holds it unchanged:
+    a mixture fitted or scored on other bytes would carry the components' hashes for data it never saw."""
     problems = []
     for path, record in runs:
-        info = record.data[split]
         try:
-            text = read_recorded(info)
+            return read_recorded(record.data[split], path, split)
         except DataError as exc:
             problems.append(exc.message)
-            continue
-        if text.sha256 == info.get("sha256"):
-            return text
-        problems.append(f"{text.name}: changed since {path} was scored on it (sha256 differs)")
-    raise DataError(f"the {split} file the runs were measured on is not available ({problems[0]})")
+    raise DataError(f"cannot mix: {problems[0]}")
 
 
 def _component_entry(path: str, record: RunRecord, out: Path) -> dict:
@@ -71,12 +68,12 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
     if len(runs) < 2:
         raise UsageError("give at least two run folders to mix")
     out = Path(output)
-    check_output_dir(out, force)
     for p in runs:
         if Path(p).is_file():
             raise UsageError(f"{p}: lmkit mix needs run folders (their run.json records protocol and data files)")
         if Path(p).resolve() == out.resolve():
             raise UsageError(f"{p}: the output folder cannot be one of the mixed runs")
+    out = check_output_dir(out, force, run_folders=runs)
     records = read_runs([str(p) for p in runs])
     _check_mixable(records)
     models = []
@@ -118,7 +115,7 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
         train_seconds=sum(r.train_seconds or 0.0 for _, r in records) + seconds,
         tokens_seen=sum(r.tokens_seen or 0 for _, r in records), seed=None, device=device,
         fit_info=mixture.fit_info(), versions=versions())
-    with atomic_dir(out, replace=force) as tmp:
+    with atomic_dir(out, replace=force, log=log) as tmp:
         vocab.save(tmp / "vocab.json")
         mixture.save(tmp)
         _save_test_scores(tmp, scores, data)  # per-sequence test NLLs for compare --bootstrap, as train does

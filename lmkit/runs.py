@@ -7,6 +7,7 @@ A run is loaded only when run.json, the vocabulary and the weights agree with ea
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -85,9 +86,11 @@ _FIELD_TYPES = {"kind": str, "label": str, "vocab_id": str, "status": str, "data
 
 
 def _number(value: Any, integer: bool = False) -> bool:
+    """A finite JSON number (an int when `integer`): json reads 1e999, Infinity and NaN as non-finite
+    floats, which lmkit never writes (it writes null), so they are damage."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return isinstance(value, int) if integer else value == value
+    return isinstance(value, int) if integer else math.isfinite(value)
 
 
 def _bad_field(rec: "RunRecord") -> str | None:
@@ -99,8 +102,9 @@ def _bad_field(rec: "RunRecord") -> str | None:
     if rec.status not in STATUSES:
         return f"status {rec.status!r} is not one of {', '.join(STATUSES)}"
     for name, integer in (("parameters", True), ("tokens_seen", True), ("train_seconds", False)):
-        if not _number(getattr(rec, name), integer) or getattr(rec, name) < 0:
-            return f"{name} = {getattr(rec, name)!r}"
+        value = getattr(rec, name)
+        if not (_number(value, integer) and value >= 0):
+            return f"{name} = {value!r} is not {'a whole' if integer else 'a finite'} number >= 0"
     if rec.seed is not None and not _number(rec.seed, True):
         return f"seed = {rec.seed!r}"
     for group in ("data", "metrics"):
@@ -108,17 +112,116 @@ def _bad_field(rec: "RunRecord") -> str | None:
             if entry is not None and not isinstance(entry, dict):
                 return f"{group}.{split} is {type(entry).__name__}, expected an object"
     for split, entry in rec.data.items():
-        if isinstance(entry, dict) and not isinstance(entry.get("sha256"), (str, type(None))):
-            return f"data.{split}.sha256 is not a string"
+        bad = entry and _bad_data(f"data.{split}", entry)
+        if bad:
+            return bad
     for split, entry in rec.metrics.items():
-        if split == "bleu" or not isinstance(entry, dict):
+        if not entry:
             continue
-        for key in ("perplexity", "perplexity_excl_oov", "nll_nats", "cross_entropy_bits"):
-            if entry.get(key) is not None and not _number(entry[key]):
-                return f"metrics.{split}.{key} = {entry[key]!r}"
-        for key in ("tokens", "oov"):
-            if entry.get(key) is not None and not _number(entry[key], True):
-                return f"metrics.{split}.{key} = {entry[key]!r}"
+        bad = (_bad_bleu(entry) if split == "bleu"
+               else _bad_metrics(f"metrics.{split}", entry) or _bad_counts(split, entry, rec.data.get(split)))
+        if bad:
+            return bad
+    fit = rec.fit_info  # compare shows these for runs that stopped early
+    return _bad_range("fit_info", fit, ("train_seconds", "tokens_seen"), 0) or _bad_range(
+        "fit_info", fit, ("best_valid_ppl",), 1)
+
+
+def _bad_range(where: str, entry: dict, keys: tuple[str, ...], low: float, integer: bool = False) -> str | None:
+    """The first of `keys` in `entry` that is neither null nor a finite number >= low, described."""
+    for key in keys:
+        value = entry.get(key)
+        if value is not None and not (_number(value, integer) and value >= low):
+            what = "a whole number" if integer else "a finite number"
+            return f"{where}.{key} = {value!r} is not {what} >= {low:g}"
+    return None
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _bad_data(where: str, entry: dict) -> str | None:
+    """A split's data record: the hashes compare and every re-reading command trust, and its counts."""
+    for key in ("sha256", "source_sha256", "target_sha256"):
+        if (key == "sha256" or key in entry) and not _is_sha256(entry.get(key)):
+            return f"{where}.{key} = {entry.get(key)!r} is not a sha256 (64 hex digits)"
+    if not isinstance(entry.get("path"), str):
+        return f"{where}.path = {entry.get('path')!r} is not a file name"
+    return _bad_range(where, entry, ("sequences", "tokens", "skipped_blank_lines"), 0, integer=True)
+
+
+# A perplexity is exp(nll_nats / tokens) (evaluate/perplexity.py, the one place that computes it); a value
+# read back must be that, up to JSON's exact float round trip and this slack for other platforms' exp.
+DERIVED_RTOL = 1e-9
+# float32 models may give an OOV position a log-probability a rounding error above 0
+OOV_BOUND_RTOL = 1e-6
+
+
+def _bad_bleu(entry: dict) -> str | None:
+    score = entry.get("score")  # sacrebleu's perfect score can come out as 100.00000000000004
+    if not (_number(score) and 0 <= score <= 100 * (1 + DERIVED_RTOL)):
+        return f"metrics.bleu.score = {score!r} is not a BLEU score (0 to 100)"
+    return _bad_range("metrics.bleu", entry, ("lines",), 0, integer=True)
+
+
+def _bad_metrics(where: str, m: dict) -> str | None:
+    """A split's score summary (Score.summary): counts, ranges, and the numbers derivable from nll_nats and
+    tokens agreeing with them, so a hand-edited perplexity cannot pass for a measured one."""
+    from .evaluate.perplexity import LN2, exp_or_inf
+
+    bad = _bad_range(where, m, ("tokens", "oov", "sequences", "skipped_blank_lines"), 0, integer=True)
+    if bad:
+        return bad
+    if "normalised" in m and not isinstance(m["normalised"], bool):
+        return f"{where}.normalised = {m['normalised']!r} is not true or false"
+    # Probabilities give nll >= 0 and perplexities >= 1; stupid backoff's scores are not probabilities.
+    normalised = m.get("normalised", True)
+    bad = (_bad_range(where, m, ("score_seconds", "tokens_per_second"), 0)
+           or _bad_range(where, m, ("nll_nats", "cross_entropy_nats", "cross_entropy_bits", "bits_per_char"),
+                         0 if normalised else -math.inf)
+           or _bad_range(where, m, ("perplexity", "perplexity_excl_oov"), 1 if normalised else 0))
+    if bad:
+        return bad
+    tokens, oov, nll = m.get("tokens"), m.get("oov"), m.get("nll_nats")
+    if tokens is None:
+        return None
+    if oov is not None and oov > tokens:
+        return f"{where}.oov = {oov} is more than its tokens ({tokens})"
+    mean = nll / tokens if nll is not None and tokens else None  # None: no tokens, or an infinite NLL
+    ppl = exp_or_inf(mean) if mean is not None else math.inf
+    # key -> (its value from nll_nats and tokens, how it is derived); null where the value is not finite
+    derived = {"cross_entropy_nats": (mean, "nll_nats / tokens"),
+               "cross_entropy_bits": (None if mean is None else mean / LN2, "nll_nats / tokens / ln 2"),
+               "perplexity": (ppl if math.isfinite(ppl) else None, "exp(nll_nats / tokens)")}
+    if oov == 0:  # no OOV position to drop: excl. OOV is the same number
+        derived["perplexity_excl_oov"] = (derived["perplexity"][0], "the perplexity when no token is OOV")
+    elif oov == tokens:
+        derived["perplexity_excl_oov"] = (None, "undefined when every token is OOV")
+    for key, (want, how) in derived.items():
+        have = m.get(key)
+        if key in m and ((have is None) != (want is None) or (
+                want is not None and not math.isclose(have, want, rel_tol=DERIVED_RTOL))):
+            shown = "null" if want is None else f"{want:.12g}"
+            return (f"{where}.{key} = {'null' if have is None else repr(have)}, but {how} = {shown} "
+                    f"(nll_nats {nll!r}, tokens {tokens}): edited by hand?")
+    excl = m.get("perplexity_excl_oov")
+    if normalised and excl is not None and mean is not None and oov is not None and 0 < oov < tokens:
+        # OOV positions add NLL >= 0, so dropping them cannot raise the NLL: a bound, not a value
+        bound = exp_or_inf(nll / (tokens - oov))
+        if excl > bound * (1 + OOV_BOUND_RTOL):
+            return (f"{where}.perplexity_excl_oov = {excl!r} is above exp(nll_nats / (tokens - oov)) = "
+                    f"{bound:.12g}, which it cannot exceed: edited by hand?")
+    return None
+
+
+def _bad_counts(split: str, m: dict, data: dict | None) -> str | None:
+    """A split's metrics count the scored tokens of the file data.<split> records: the same numbers."""
+    if not data:
+        return None
+    for key in ("tokens", "sequences"):
+        if m.get(key) is not None and data.get(key) is not None and m[key] != data[key]:
+            return f"metrics.{split}.{key} = {m[key]} but data.{split}.{key} = {data[key]}"
     return None
 
 
@@ -146,14 +249,6 @@ def to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy scalars
         return to_jsonable(obj.item())
     return obj
-
-
-def check_output_dir(path: Path, force: bool) -> None:
-    """-o DIR must not silently overwrite a non-empty folder."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path}: exists and is not a directory")
-    if path.exists() and any(path.iterdir()) and not force:
-        raise UsageError(f"{path}: folder exists and is not empty (use --force to replace it)")
 
 
 def write_record(run_dir: Path, record: RunRecord) -> None:

@@ -391,14 +391,17 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
         log(f"data parallel: {ranks.describe()}, global batch {cfg.batch_size} = {ranks.world_size} x "
             f"{cfg.batch_size // ranks.world_size} rows; budgets count the tokens of all processes")
 
-    interrupted = {"flag": False, "agreed": False}
+    interrupted = {"flag": False, "agreed": False, "signal": signal.SIGINT}
 
-    def on_sigint(signum, frame):
+    def on_stop_signal(signum, frame):
+        """Ctrl-C or SIGTERM (a scheduler, `timeout`, `kill`): stop at the next step boundary and
+        checkpoint; the same signal twice stops at once."""
         if interrupted["flag"]:
             raise KeyboardInterrupt
-        interrupted["flag"] = True
+        interrupted["flag"], interrupted["signal"] = True, signum
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    old_handlers = {s: signal.signal(s, on_stop_signal) for s in stop_signals} if _main_thread() else {}
     bar = _Progress(progress and ranks.is_main, float(total_steps or cfg.time_budget or 1), model.label)
     metrics_rows: list[dict] = _read_metrics(run_dir, state["step"]) if (resume and run_dir) else []
 
@@ -557,13 +560,16 @@ def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log=p
             if writes:
                 _save_checkpoint(run_dir, net, optimizer, scaler, state, saved_rnn, rank_rng)
         written = run_dir is not None and collective
-        raise Interrupted(f"interrupted at step {state['step']}; "
+        signum = interrupted["signal"]
+        name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        raise Interrupted(f"interrupted{name} at step {state['step']}; "
                           + ("checkpoint written" if written else "the last checkpoint is kept")
-                          + (f" — resume with: lmkit train --resume {run_dir}" if run_dir else "")) from None
+                          + (f" — resume with: lmkit train --resume {run_dir}" if run_dir else ""),
+                          exit_code=128 + int(signum)) from None
     finally:
         bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
     if state["stopped"] == "diverged":
         _report_divergence(state, run_dir, log if ranks.is_main else None)
     if writes and (run_dir / WEIGHTS).exists():  # rank 0 scores the final numbers; the others are done

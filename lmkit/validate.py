@@ -11,7 +11,7 @@ import math
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import UsageError
 
@@ -75,12 +75,17 @@ def check_train_config(cfg: Any) -> None:
     check_device_name(cfg.device)
 
 
-def check_output_file(path: str | Path, flag: str = "-o") -> None:
-    """An output file must be a regular file or not exist yet.
+def check_output_file(path: str | Path, flag: str = "-o", *, inputs: Iterable = (),
+                      run_folders: Iterable = ()) -> None:
+    """An output file must be a regular file or not exist yet, and never one of the command's inputs
+    (nor inside an input run folder: lmkit.outputs.check_distinct).
 
     lmkit publishes outputs by renaming a finished temp file over the target: over a directory that
     fails, and over a device or a pipe (run as root: /dev/null) it would replace the special file."""
+    from .outputs import check_distinct
+
     p = Path(path)
+    check_distinct(p, inputs, flag=flag, run_folders=run_folders)
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:

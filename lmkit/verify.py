@@ -788,7 +788,7 @@ def verify(*, quick: bool = False, corpus: str | Path | None = None, reference: 
            names: list[str] | None = None, skip_neural: bool = False, keep: str | Path | None = None,
            log: Log = _quiet, progress: bool = False) -> VerifyReport:
     """Choose the cases (see `plan`), run them in a scratch folder (kept in `keep` if given)."""
-    from .runs import check_output_dir
+    from .outputs import check_output_dir
 
     chosen = plan(quick=quick, corpus=corpus, reference=reference, names=names, skip_neural=skip_neural)
     for note in chosen.notes:

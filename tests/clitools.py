@@ -32,3 +32,60 @@ def one_error_line(result, code: int = 1, match: str = "") -> str:
 def train(corpus: Path, out: Path, model: str, **kw) -> Path:
     """A run trained through the library API, without progress output."""
     return api.train(api.TrainRequest(model=model, corpus=corpus, output=out, progress=False, **kw))
+
+
+# -- lmkit in a real child process (signals, kills, exit codes, file-size limits) ----------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of a child `lmkit`: this checkout importable, no colour."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "NO_COLOR": "1", **extra}
+
+
+def spawn(*args, cwd: Path | None = None, env: dict | None = None, preexec_fn=None):
+    """`lmkit ARGS` started in a new process (stdout and stderr piped, text)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "lmkit", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env or child_env(),
+                            preexec_fn=preexec_fn)
+
+
+def run(*args, cwd: Path | None = None, timeout: float = 180, **kw) -> tuple[int, str, str]:
+    """`lmkit ARGS` in a new process, waited for: (exit code, stdout, stderr)."""
+    p = spawn(*args, cwd=cwd, **kw)
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def one_line(err: str, *fragments: str) -> None:
+    """A child's refusal: exactly one stderr line starting 'error: ', with each fragment in it."""
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+
+
+def wait_for(proc, predicate, timeout: float = 90) -> None:
+    """Poll until `predicate()` holds while `proc` runs; fail (and kill it) when it ends or times out."""
+    import time
+
+    import pytest
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended early (rc {proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail("timed out waiting for the process")
+        time.sleep(0.01)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` (hidden ones too) with its bytes: 'nothing was touched' made checkable."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

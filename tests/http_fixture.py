@@ -1,8 +1,9 @@
 """A local HTTP file server for download tests: 127.0.0.1, port 0, a daemon thread, no internet.
 
 Each path serves bytes with a chosen behaviour: normal (with Range support), an HTTP error status, a body
-cut short after N bytes (the server closes the connection), Range requests ignored, or a stall before the
-body. Every request is recorded (path and Range header) so tests can see what the client asked for."""
+cut short after N bytes (the server closes the connection), Range requests ignored, no Content-Length or a
+false one, or a stall before the body or after its first N bytes (so a client can be killed mid-body).
+Every request is recorded (path and Range header) so tests can see what the client asked for."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ class Route:
     status: int = 200
     truncate_at: int | None = None  # total bytes of the file sent before the connection is closed
     ignore_range: bool = False
-    stall: float = 0.0  # seconds to wait after the headers, before the body
+    stall: float = 0.0  # seconds to wait after the headers, before the body (or after `stall_after` bytes of it)
+    stall_after: int = 0  # bytes of the body sent before the stall
+    send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
+    claim_length: int | None = None  # a Content-Length to announce instead of the true one
 
 
 class FileServer:
@@ -54,14 +58,19 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                if route.send_length:
+                    claimed = route.claim_length if route.claim_length is not None else len(body) - start
+                    self.send_header("Content-Length", str(claimed))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
-                if route.stall:
-                    time.sleep(route.stall)
                 end = len(body) if route.truncate_at is None else max(start, route.truncate_at)
+                first = min(end, start + route.stall_after)
                 try:
-                    self.wfile.write(body[start:end])
+                    self.wfile.write(body[start:first])
+                    self.wfile.flush()
+                    if route.stall:
+                        time.sleep(route.stall)
+                    self.wfile.write(body[first:end])
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass

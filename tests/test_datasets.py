@@ -4,6 +4,7 @@ folder and reach the user as one `error:` line."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -28,10 +29,10 @@ from http_fixture import FileServer
 from lmkit import api
 from lmkit.data.corpus import is_parallel, locate_pairs
 from lmkit.datasets import registry, store
-from lmkit.datasets.download import fetch, part_path
+from lmkit.datasets.download import MAX_DOWNLOAD_BYTES, download_bound, fetch, part_path
 from lmkit.datasets.registry import Corpus, Output, RemoteFile, SplitRule
 from lmkit.datasets.split import contiguous_bounds, parse_ratios, split_file
-from lmkit.datasets.unpack import UnsafeArchive, extract
+from lmkit.datasets.unpack import UnsafeArchive, cap_for, extract
 from lmkit.errors import DataError, UsageError
 
 TRAIN = "".join(f"the cat number {i} sat on the mat\n" for i in range(300))
@@ -503,7 +504,7 @@ def test_split_cli_output_folder_rules_and_errors(raw: Path, tmp_path: Path):
     assert [row["lines"] for row in rows] == [900, 50, 50] and rows[0]["file"] == str(out / "train.txt")
     one_error_line(cli("corpus", "split", raw, "-o", out), code=2, match="--force")
     assert cli("corpus", "split", raw, "--ratios", "50/50/0", "-o", out, "--force", "-q").exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["train.txt", "valid.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".lmkit", "train.txt", "valid.txt"]
     inside = out / "raw.txt"
     inside.write_text("a\nb\n")
     one_error_line(cli("corpus", "split", inside, "-o", out, "--force"), code=2, match="holds the input")
@@ -542,21 +543,27 @@ def test_split_stdin_by_line(tmp_path: Path):
 
 
 # -- failures of the machine: a full disk, Ctrl-C ---------------------------------------------------------------
-SPAWN = """
-import sys
-from lmkit.datasets import registry
-from lmkit.datasets.registry import Corpus, Output, RemoteFile
-size, digest = int(sys.argv[1]), sys.argv[2]
-registry.CORPORA["big"] = Corpus(name="big", description="", licence="", source="", files=(RemoteFile(
-    name="big.txt", urls=("https://upstream.invalid/big.txt",), members={"big.txt": Output("train.txt")},
-    size=size, sha256=digest),))
+CHILD = """
+import json, sys
+from lmkit.datasets import download, registry
+from lmkit.datasets.registry import Corpus, Output, RemoteFile, SplitRule
+spec = json.loads(sys.argv[1])
+if sys.argv[2]:
+    download.MAX_DOWNLOAD_BYTES = int(sys.argv[2])
+files = tuple(RemoteFile(**{**f, "urls": tuple(f["urls"]),
+                            "members": {k: Output(**o) for k, o in f["members"].items()}}) for f in spec["files"])
+split = SplitRule(**{**spec["split"], "ratios": tuple(spec["split"]["ratios"])}) if spec["split"] else None
+registry.CORPORA[spec["name"]] = Corpus(**{**spec, "files": files, "split": split})
 from lmkit.cli import main
-sys.argv = ["lmkit", "corpus", "download", "big", "-q"]
+sys.argv = ["lmkit", *sys.argv[3:]]
 main()
 """
 
 
-def spawn_download(server: FileServer, body: bytes, cache: Path, limit: int | None = None):
+def spawn_cli(server: FileServer, cache: Path, corpus: Corpus, *args, limit: int | None = None,
+              max_download: int | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """`lmkit ARGS...` in a child process with `corpus` in its registry, its cache at `cache` and every download
+    going to `server` (a file-size limit `limit` makes a write past it fail with EFBIG: a full disk)."""
     def preexec():
         if limit:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
@@ -564,8 +571,43 @@ def spawn_download(server: FileServer, body: bytes, cache: Path, limit: int | No
 
     env = {**os.environ, "LMKIT_CACHE": str(cache), "LMKIT_CORPUS_MIRROR": server.url + "/m"}
     env.pop("LMKIT_OFFLINE", None)
-    return subprocess.Popen([sys.executable, "-c", SPAWN, str(len(body)), sha(body)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
+    spec = json.dumps(dataclasses.asdict(corpus))
+    return subprocess.Popen([sys.executable, "-c", CHILD, spec, str(max_download or ""), *map(str, args)], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec, cwd=cwd)
+
+
+def run_cli(server: FileServer, cache: Path, corpus: Corpus, *args, **kw) -> subprocess.CompletedProcess:
+    proc = spawn_cli(server, cache, corpus, *args, **kw)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def one_child_error(result: subprocess.CompletedProcess, match: str = "") -> str:
+    """A child's refusal: exit 1, exactly one stderr line `error: ...` containing `match`, nothing on stdout."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert match in lines[0] and result.stdout == "", (lines[0], result.stdout)
+    return lines[0]
+
+
+def plain_corpus(name: str, body: bytes, *, size: int | None = "auto", sha256: str | None = "auto",
+                 unpacked: int | None = None) -> Corpus:
+    """One plain file `<name>.txt` that becomes train.txt."""
+    return Corpus(name=name, description="", licence="", source="", files=(RemoteFile(
+        name=f"{name}.txt", urls=(f"https://upstream.invalid/{name}.txt",),
+        members={f"{name}.txt": Output("train.txt")}, size=len(body) if size == "auto" else size,
+        sha256=sha(body) if sha256 == "auto" else sha256, unpacked_size=unpacked),))
+
+
+def spawn_download(server: FileServer, body: bytes, cache: Path, limit: int | None = None):
+    return spawn_cli(server, cache, plain_corpus("big", body), "corpus", "download", "big", "-q", limit=limit)
+
+
+def leftovers(root: Path) -> list[str]:
+    """Every file and folder under the corpora cache `root` except lock files: what a failure left."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(".lock"))
 
 
 def test_disk_full_and_interrupt_publish_nothing(server: FileServer, tmp_path: Path):
@@ -595,10 +637,214 @@ def test_force_replaces_and_a_second_downloader_is_refused(mirror: FileServer, m
     corpus = register(monkeypatch, zip_corpus())
     mirror.serve(f"/m/{corpus.name}/{corpus.name}.zip", ZIP_BODY)
     folder = api.corpus_download(corpus.name)
-    (folder / "train.txt").write_text("tampered\n")
-    assert api.corpus_download(corpus.name) == folder and (folder / "train.txt").read_text() == "tampered\n"
-    assert api.corpus_download(corpus.name, force=True) == folder
+    (folder / "train.txt").write_text("tampered\n")  # detected and replaced (see test_a_damaged_cached_corpus...)
+    assert api.corpus_download(corpus.name) == folder and (folder / "train.txt").read_text() == TRAIN
+    (folder / "extra.txt").write_text("not a corpus file\n")  # files the manifest does not list are ignored...
+    assert api.corpus_download(corpus.name) == folder and (folder / "extra.txt").exists()
+    assert api.corpus_download(corpus.name, force=True) == folder  # ...and gone once --force replaces the folder
+    assert not (folder / "extra.txt").exists()
     assert (folder / "train.txt").read_text() == TRAIN and published(store.corpora_root()) == [corpus.name]
     with run_lock(folder):  # another process holds the corpus
         with pytest.raises(DataError, match="another lmkit process is downloading it"):
             api.corpus_download(corpus.name, force=True)
+
+
+# -- bounded downloads ------------------------------------------------------------------------------------------
+def test_download_without_a_length_stops_at_the_registry_size(server: FileServer, tmp_path: Path):
+    """No Content-Length and far more bytes than the registry records: the download stops one byte past the
+    recorded size. The child may write 256 kB at most (RLIMIT_FSIZE): an unbounded download says `disk full`."""
+    body = b"right bytes\n" * 100  # 1,200 bytes in the registry
+    server.serve("/m/big/big.txt", body * 1000, send_length=False)  # 1.2 MB, no length
+    r = run_cli(server, tmp_path / "c", plain_corpus("big", body), "corpus", "download", "big", limit=256_000)
+    line = one_child_error(r, f"cannot download big.txt: {server.url}/m/big/big.txt: ")
+    assert "more than 1,200 bytes (the size the registry records)" in line and "received 1,201" in line, line
+    assert leftovers(tmp_path / "c" / "corpora") == []  # no .part, no temp folder, no corpus folder
+
+
+def test_download_of_unknown_size_is_bounded_by_the_stated_maximum(server: FileServer, tmp_path: Path):
+    """A registry entry with neither a size nor an unpacked size: MAX_DOWNLOAD_BYTES bounds it (lowered to
+    50,000 in the child), with and without a Content-Length; an announced length past it is refused before
+    the body is read (the server stalls 30 s before sending it)."""
+    corpus = plain_corpus("big", b"", size=None, sha256=None)
+    server.serve("/m/big/big.txt", b"x" * 200_000, send_length=False)
+    r = run_cli(server, tmp_path / "c1", corpus, "corpus", "download", "big", "-q", max_download=50_000)
+    line = one_child_error(r, f"{server.url}/m/big/big.txt: sent more than 50,000 bytes")
+    assert "MAX_DOWNLOAD_BYTES" in line and "received 50,001" in line, line
+    assert leftovers(tmp_path / "c1" / "corpora") == []
+    server.serve("/m/big/big.txt", b"x" * 200_000, claim_length=10**10, stall=30)
+    started = time.monotonic()
+    r = run_cli(server, tmp_path / "c2", corpus, "corpus", "download", "big", "-q", max_download=50_000)
+    line = one_child_error(r, "announces 10,000,000,000 bytes, more than 50,000")
+    assert "refused before reading the body" in line and time.monotonic() - started < 20, line
+    assert leftovers(tmp_path / "c2" / "corpora") == []
+
+
+def test_download_bound_and_fetch_stop(server: FileServer, tmp_path: Path):
+    """The bound: the registry's size (exact), else 1.5x the unpacked size + 1 MiB (the unpack cap), else
+    MAX_DOWNLOAD_BYTES. fetch stops past it and deletes what it wrote."""
+    assert download_bound(1000, 5000)[0] == 1000
+    assert download_bound(None, 2_000_000)[0] == cap_for(2_000_000, MAX_DOWNLOAD_BYTES) == 4_048_576
+    assert download_bound(None, None)[0] == MAX_DOWNLOAD_BYTES
+    url = server.serve("/f.bin", b"y" * 300_000, send_length=False)
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DataError, match="sent more than 1,000 bytes .* received 1,001"):
+        fetch([url], dest, size=1000)
+    assert list(tmp_path.iterdir()) == []
+    part_path(dest).write_bytes(b"y" * 600)  # a kept part is counted too: the body continues past the bound
+    with pytest.raises(DataError, match="received 1,001"):
+        fetch([server.serve("/f.bin", b"y" * 300_000, send_length=False, ignore_range=False)], dest, size=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- re-verified caches -----------------------------------------------------------------------------------------
+def flipped(data: bytes, at: int = 100) -> bytes:
+    """`data` with one byte inverted: same size, other bytes."""
+    out = bytearray(data)
+    out[at] ^= 0xFF
+    return bytes(out)
+
+
+def messages(result: subprocess.CompletedProcess, word: str) -> list[str]:
+    return [line for line in result.stderr.splitlines() if word in line]
+
+
+def test_cached_download_with_flipped_bytes_is_downloaded_again(server: FileServer, tmp_path: Path):
+    """A download kept from an earlier attempt (right size, one byte flipped) is re-hashed against the registry,
+    deleted and fetched again, with one line; offline, the corpus is refused in one line without a request."""
+    corpus = zip_corpus()
+    path = f"/m/{corpus.name}/{corpus.name}.zip"
+    server.serve(path, ZIP_BODY)
+    cache = tmp_path / "c"
+    kept = cache / "corpora" / store.DOWNLOADS / corpus.name / f"{corpus.name}.zip"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(flipped(ZIP_BODY))
+    one_child_error(run_cli(server, cache, corpus, "corpus", "download", corpus.name, "--offline"), "offline")
+    assert server.requests == []
+    r = run_cli(server, cache, corpus, "corpus", "download", corpus.name)
+    assert r.returncode == 0, r.stderr
+    (line,) = messages(r, "downloading it again")
+    assert line == (f"{corpus.name}.zip: the copy kept from an earlier attempt fails verification: checksum "
+                    f"mismatch (sha256 {sha(flipped(ZIP_BODY))}, expected {sha(ZIP_BODY)}); deleted, downloading "
+                    "it again")
+    assert server.ranges(path) == [None] and (Path(r.stdout.strip()) / "train.txt").read_text() == TRAIN
+
+
+def gz_corpus(name: str = "tiny-gz") -> Corpus:
+    """Multi30k-like ("content" mode): a .gz with no known checksum whose unpacked bytes are known."""
+    text = TRAIN.encode()
+    return Corpus(name=name, description="", licence="", source="", files=(RemoteFile(
+        name="train.txt.gz", urls=("https://upstream.invalid/train.txt.gz",),
+        members={"train.txt.gz": Output("train.txt", len(text), sha(text))}, archive="gz",
+        unpacked_size=len(text)),))
+
+
+SAME_SIZE = TRAIN.replace("number 7 sat", "number 7 ate").encode()  # other bytes, same length
+
+
+def test_content_mode_checks_unpacked_bytes_by_hash(server: FileServer, tmp_path: Path):
+    """A same-size wrong payload is refused by the member's sha256, fresh or kept from an earlier attempt
+    (then deleted and fetched again, with one line)."""
+    corpus = gz_corpus()
+    assert corpus.verified == "content" and len(SAME_SIZE) == len(TRAIN.encode())
+    path = f"/m/{corpus.name}/train.txt.gz"
+    server.serve(path, gzip.compress(SAME_SIZE))
+    cache = tmp_path / "c"
+    one_child_error(run_cli(server, cache, corpus, "corpus", "download", corpus.name, "-q"),
+                    "train.txt.gz: unpacked train.txt fails its checksum")
+    assert leftovers(cache / "corpora") == []
+    kept = cache / "corpora" / store.DOWNLOADS / corpus.name / "train.txt.gz"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(gzip.compress(SAME_SIZE))
+    server.serve(path, gzip.compress(TRAIN.encode()))
+    r = run_cli(server, cache, corpus, "corpus", "download", corpus.name)
+    assert r.returncode == 0, r.stderr
+    (line,) = messages(r, "downloading it again")
+    assert line == ("train.txt.gz: the copy kept from an earlier attempt does not unpack to the files the registry "
+                    "describes; deleted, downloading it again")
+    assert (Path(r.stdout.strip()) / "train.txt").read_text() == TRAIN
+
+
+def test_a_damaged_cached_corpus_is_detected_on_use(server: FileServer, tmp_path: Path):
+    """Flipped bytes in an installed corpus (same size, manifest.json edited to match): `corpus path`, `train
+    --corpus NAME` and offline `corpus download` refuse in one line; `corpus download` downloads it again."""
+    corpus = gz_corpus()
+    path = f"/m/{corpus.name}/train.txt.gz"
+    server.serve(path, gzip.compress(TRAIN.encode()))
+    cache = tmp_path / "c"
+    r = run_cli(server, cache, corpus, "corpus", "download", corpus.name, "-q")
+    assert r.returncode == 0, r.stderr
+    folder = Path(r.stdout.strip())
+    (folder / "train.txt").write_bytes(SAME_SIZE)
+    manifest = json.loads((folder / "manifest.json").read_text())  # a copy whose record was "fixed" too:
+    manifest["outputs"]["train.txt"]["sha256"] = sha(SAME_SIZE)    # the registry's hash still holds
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    damaged = (f"corpus {corpus.name}: the cached copy in {folder} is damaged (train.txt: sha256 "
+               f"{sha(SAME_SIZE)}, expected {sha(TRAIN.encode())})")
+    for args in (("corpus", "path", corpus.name), ("train", "--model", "ngram:kn3", "--corpus", corpus.name,
+                                                   "-o", tmp_path / "run", "-q")):
+        line = one_child_error(run_cli(server, cache, corpus, *args, cwd=tmp_path))
+        assert line == f"error: {damaged}; run `lmkit corpus download {corpus.name}` to download it again"
+    line = one_child_error(run_cli(server, cache, corpus, "corpus", "download", corpus.name, "--offline"))
+    assert line.startswith(f"error: {damaged} and offline mode is on"), line
+    assert server.ranges(path) == [None] and not (tmp_path / "run").exists()
+    r = run_cli(server, cache, corpus, "corpus", "download", corpus.name)
+    assert r.returncode == 0, r.stderr
+    (line,) = messages(r, "downloading it again")
+    assert line == (f"{corpus.name}: the cached copy is damaged (train.txt: sha256 {sha(SAME_SIZE)}, expected "
+                    f"{sha(TRAIN.encode())}); downloading it again")
+    assert (folder / "train.txt").read_bytes() == TRAIN.encode() and server.ranges(path) == [None, None]
+    (folder / "train.txt").unlink()  # a missing file is damage too
+    one_child_error(run_cli(server, cache, corpus, "corpus", "path", corpus.name), "damaged (train.txt is missing)")
+
+
+def test_damaged_zip_corpus_is_checked_against_its_manifest(mirror: FileServer, monkeypatch):
+    """Outputs without a registry hash (WikiText-like) are checked against the sha256 manifest.json recorded."""
+    corpus = register(monkeypatch, zip_corpus())
+    mirror.serve(f"/m/{corpus.name}/{corpus.name}.zip", ZIP_BODY)
+    folder = api.corpus_download(corpus.name)
+    (folder / "valid.txt").write_text(VALID[:-1])
+    with pytest.raises(store.DamagedCorpus, match=rf"valid.txt has {len(VALID) - 1} bytes, expected {len(VALID)}"):
+        api.corpus_path(corpus.name)
+    logged: list[str] = []
+    assert api.corpus_download(corpus.name, log=logged.append) == folder
+    assert (folder / "valid.txt").read_text() == VALID and any("damaged" in m for m in logged)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for field, value in (("bytes", "12"), ("sha256", None)):  # hand-edited records: one line, not a crash
+        record = manifest["outputs"]["train.txt"]
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "outputs": {
+            **manifest["outputs"], "train.txt": {**record, field: value}}}))
+        with pytest.raises(store.DamagedCorpus, match="manifest.json has a malformed record for 'train.txt'"):
+            store.cached_path(corpus.name)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(store.DamagedCorpus, match="manifest.json is unreadable"):
+        store.cached_path(corpus.name)
+
+
+# -- a killed download ------------------------------------------------------------------------------------------
+def test_temps_of_a_killed_download_are_removed_by_the_next_one(server: FileServer, tmp_path: Path):
+    """SIGKILL while the body streams (the server stalls after 150 kB): the hidden temp corpus folder
+    `.big.PID.RANDOM.tmp` stays; the next download removes it with one line and resumes the kept part."""
+    body = bytes(range(256)) * 800  # 204,800 bytes
+    corpus = plain_corpus("big", body)
+    server.serve("/m/big/big.txt", body, stall_after=150_000, stall=30)
+    cache = tmp_path / "c"
+    part = part_path(cache / "corpora" / store.DOWNLOADS / "big" / "big.txt")
+    proc = spawn_cli(server, cache, corpus, "corpus", "download", "big")
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    kept = part.stat().st_size
+    (stale,) = [p.name for p in (cache / "corpora").iterdir() if p.name.endswith(".tmp")]
+    assert stale.startswith(f".big.{proc.pid}.")
+    server.serve("/m/big/big.txt", body)
+    r = run_cli(server, cache, corpus, "corpus", "download", "big")
+    assert r.returncode == 0, r.stderr
+    (line,) = messages(r, "removed")
+    assert line == f"removed 1 temporary item(s) left in {cache / 'corpora'} by a killed lmkit process: {stale}"
+    assert [p for p in (cache / "corpora").rglob("*") if p.name.endswith((".tmp", ".part"))] == []
+    assert (Path(r.stdout.strip()) / "train.txt").read_bytes() == body
+    assert server.ranges("/m/big/big.txt") == [None, f"bytes={kept}-"]

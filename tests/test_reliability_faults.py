@@ -12,13 +12,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from clitools import one_line, wait_for
 from lmkit import api
 from lmkit.cli import app
 
@@ -80,23 +80,6 @@ def run(*args, limit: int | None = None, timeout: float = 120) -> tuple[int, str
     p = spawn(*args, limit=limit)
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
-
-
-def one_line(err: str, *fragments: str) -> None:
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, err
-
-
-def wait_for(proc: subprocess.Popen, predicate, timeout: float = 90) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"process ended early (rc {proc.returncode}): {proc.stderr.read()}")
-        if time.monotonic() > end:
-            proc.kill()
-            pytest.fail("timed out waiting for the process")
-        time.sleep(0.01)
 
 
 def checkpoint_step(run_dir: Path) -> int:

@@ -208,8 +208,8 @@ DAMAGE = {"truncated ids.bin": (_damage_truncate, "ids.bin is"),
 
 @pytest.mark.parametrize("case", list(DAMAGE))
 def test_damaged_token_file_one_line_then_rebuilt_or_bypassed(tmp_path, grammar, case):
-    """open(): a one-line ModelError. score/train: one warning line, the text is read, results unchanged.
-    encode: one warning line, the token file is encoded again."""
+    """open(): a one-line ModelError. score/train and encode: one warning line, the token file is encoded
+    again, results unchanged."""
     damage, match = DAMAGE[case]
     vocab_path = tmp_path / "vocab.json"
     ok("vocab", "build", grammar / "train.txt", "-o", vocab_path, "-q")
@@ -224,8 +224,10 @@ def test_damaged_token_file_one_line_then_rebuilt_or_bypassed(tmp_path, grammar,
     assert "\n" not in str(err.value)
     r = ok("score", run, grammar / "test.txt", "--format", "json")
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
-    assert len(warnings) == 1 and match in warnings[0] and "reading the text instead" in warnings[0], r.stderr
+    assert len(warnings) == 1 and match in warnings[0] and "encoding it again" in warnings[0], r.stderr
     assert json.loads(r.stdout) == clean
+    TokenFile.open(folder)  # score rebuilt it
+    damage(folder)
     r = ok("encode", "--corpus", grammar, "--vocab", vocab_path, "--splits", "test", "--format", "json")
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")] == \
         [ln for ln in r.stderr.splitlines() if match in ln and "encoding it again" in ln]

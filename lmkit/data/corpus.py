@@ -259,10 +259,33 @@ def read_pair(source: str | Path, target: str | Path) -> ParallelText:
     return ParallelText(read_text(source), read_text(target))
 
 
-def read_recorded(info: dict) -> Text | ParallelText:
-    """The file (or source/target pair) a run.json data entry names, read again; the caller compares its
-    sha256 with the recorded one."""
-    return read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
+def read_recorded(info: dict, run: str | Path, split: str, hint: str = "") -> Text | ParallelText:
+    """The file (or source/target pair) run `run` recorded for `split` in run.json, read again and verified.
+
+    A run's numbers hold for the bytes it was measured on, and a recorded path may since hold other ones:
+    every command that re-reads a recorded file (check, score, resume, mix, analyze, compare --bleu) reads
+    it here, so a missing or changed file is one DataError naming the file and the run (and `hint`, what
+    to do instead), never data silently different from what the run's numbers describe."""
+    if not isinstance(info, dict) or not (info.get("path") or info.get("source")):
+        raise DataError(f"{run}: run.json records no {split} file{_then(hint)}")
+    try:
+        text = read_pair(info["source"], info["target"]) if "source" in info else read_text(info["path"])
+    except (DataError, KeyError) as exc:
+        why = exc.message if isinstance(exc, DataError) else f"no {exc.args[0]} recorded"
+        raise DataError(f"{run}: its {split} file is not available ({why}){_then(hint)}") from None
+    check_recorded(text.sha256, text.name, info, run, split, hint)
+    return text
+
+
+def check_recorded(sha256: str, name: str, info: dict, run: str | Path, split: str, hint: str = "") -> None:
+    """DataError unless `sha256` (of the file `name`, however it was read: text or token file) is the one
+    run `run` recorded for `split`; read_recorded's check, for callers that did not read the text."""
+    if sha256 != info.get("sha256"):
+        raise DataError(f"{name}: changed since {run} recorded its {split} file (sha256 differs){_then(hint)}")
+
+
+def _then(hint: str) -> str:
+    return f"; {hint}" if hint else ""
 
 
 def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:

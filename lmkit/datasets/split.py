@@ -11,13 +11,13 @@ bytes, invalid UTF-8 and over-long lines refused naming the line), one block of 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from contextlib import ExitStack
 from fractions import Fraction
 from pathlib import Path
 
 from ..atomic import atomic_dir
+from ..outputs import check_output_dir, write_marker
 from ..data.corpus import LineReader
 from ..data.tokenize import tokenize_lines
 from ..errors import DataError, UsageError
@@ -141,24 +141,12 @@ def split_file(source: str | Path, output: str | Path, ratios, *, by: str = "con
     check_seed(seed)
     if by not in METHODS:
         raise UsageError(f"--by {by!r}: use one of {', '.join(METHODS)}")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(f"-o {out}: folder exists and is not empty (use --force to replace it)")
-        if str(source) != "-" and _inside(Path(source), out):
-            raise UsageError(f"-o {out}: holds the input file {source}; --force would delete it, "
-                             "choose another output folder")
+    out = check_output_dir(out, force, inputs=[source])
     with atomic_dir(out, replace=force) as tmp:
         rows = split_into(source, tmp, ratios, by=by, seed=seed)
+        write_marker(tmp, "corpus split")  # lmkit made this folder: a later --force may replace it
     for row in rows:
         if row["file"]:
             row["file"] = str(out / Path(row["file"]).name)
     return rows
 
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-    except OSError:
-        return False

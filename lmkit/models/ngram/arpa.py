@@ -30,6 +30,10 @@ from .model import TableModel
 
 LN10 = math.log(10.0)
 LOG10_ZERO = -99.0
+# An ARPA line is a probability, at most N words and a back-off weight; KenLM's longest lines are well under
+# 100 bytes. A longer "line" is a file without line breaks or binary data, refused before it is held whole.
+MAX_LINE_BYTES = 1 << 20
+_READ_BLOCK = 1 << 20
 
 
 def is_arpa_path(path: str | Path) -> bool:
@@ -132,23 +136,54 @@ class ArpaModel(TableModel):
 
 
 class _Reader:
-    """Line-numbered access to an ARPA file's text for one-line errors."""
+    """Line-numbered access to an ARPA file's text for one-line errors.
+
+    The file (plain or gzip) is read in blocks and cut into lines as it streams, so no line longer than
+    MAX_LINE_BYTES is ever held whole, however long it runs on."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.lines: list[str] = []
         try:
-            raw = path.read_bytes()
-            if raw[:2] == b"\x1f\x8b":
-                raw = gzip.decompress(raw)
-            text = raw.decode("utf-8")
+            with path.open("rb") as fh:
+                packed = fh.read(2) == b"\x1f\x8b"
+            fh = gzip.open(path, "rb") if packed else path.open("rb")
         except FileNotFoundError:
             raise ModelError(f"{path}: ARPA file not found") from None
-        except (OSError, EOFError, zlib.error) as exc:
+        except OSError as exc:
             raise ModelError(f"{path}: cannot read ARPA file ({exc.__class__.__name__}: {exc})") from None
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            raise ModelError(f"{path}: line {line}: invalid UTF-8 in ARPA file") from None
-        self.lines = text.split("\n")
+        with fh:
+            try:
+                self._read(fh)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise self.fail(len(self.lines) + 1, f"cannot read ARPA file ({exc.__class__.__name__}: "
+                                                     f"{exc})") from None
+
+    def _read(self, fh) -> None:
+        tail = b""  # the unfinished last line, at most MAX_LINE_BYTES
+        while True:
+            block = fh.read(_READ_BLOCK)
+            data = tail + block
+            cut = data.rfind(b"\n") if block else len(data)
+            body, tail = data[:max(cut, 0)], data[cut + 1:]
+            # Only the first line of `data` can be too long: it carries the tail on; every later one lies
+            # inside `block`, which is no longer than the limit.
+            first = body.find(b"\n")
+            too_long = None  # 1-based within this step: lines of `body`, then `tail`
+            if cut >= 0 and (len(body) if first < 0 else first) > MAX_LINE_BYTES:
+                too_long = 1
+            elif len(tail) > MAX_LINE_BYTES:
+                too_long = (body.count(b"\n") + 1 if cut >= 0 else 0) + 1
+            if too_long is not None:
+                raise self.fail(len(self.lines) + too_long, f"longer than {MAX_LINE_BYTES:,} bytes; not an ARPA "
+                                                            "line (binary data, or no line breaks?)")
+            try:
+                self.lines += body.decode("utf-8").split("\n") if cut >= 0 else []
+            except UnicodeDecodeError as exc:
+                line = len(self.lines) + body.count(b"\n", 0, exc.start) + 1
+                raise self.fail(line, "invalid UTF-8 in ARPA file") from None
+            if not block:
+                return
 
     def fail(self, lineno: int, msg: str) -> ModelError:
         return ModelError(f"{self.path}: line {lineno}: {msg}")
@@ -158,7 +193,9 @@ def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
     """Read an ARPA file (plain or gzip) into an ArpaModel with a vocabulary built from its unigrams.
 
     Specials map to lmkit's reserved ids, other words keep the file's order. Damage (truncation,
-    wrong \\data\\ counts, non-numeric fields, missing \\end\\) -> ModelError naming file and line."""
+    wrong \\data\\ counts, non-numeric or non-finite fields, a log10 probability above 0, a line over
+    MAX_LINE_BYTES, missing \\end\\) -> ModelError naming file and line: the model is reported as normalised,
+    so a file that cannot be one is refused rather than scored."""
     path = Path(path)
     rd = _Reader(path)
     lines = rd.lines
@@ -178,6 +215,10 @@ def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
             n, count = int(parts[1]), int(val)
         except ValueError:
             raise rd.fail(i + 1, f"expected 'ngram N=count' in \\data\\, got {ln[:60]!r}") from None
+        if n in declared:
+            raise rd.fail(i + 1, f"\\data\\ lists ngram {n} twice (also on line {declared[n][1]})")
+        if count < 0:
+            raise rd.fail(i + 1, f"\\data\\ says ngram {n}={count}: a count cannot be negative")
         declared[n] = (count, i + 1)
     N = len(declared)
     if N == 0 or sorted(declared) != list(range(1, N + 1)):
@@ -200,20 +241,27 @@ def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
     return _build(path, sections, protocol or Protocol())
 
 
-def _floats(rd: _Reader, values: list[str], linenos: list[int], what: str) -> np.ndarray:
+def _log10s(rd: _Reader, values: list[str], linenos: list[int], what: str) -> np.ndarray:
+    """The log10 values of one column, each a finite number (inf, nan and 1e999 are damage, not values)."""
     try:
         out = np.array(values, dtype=np.float64)
-        if np.isnan(out).any():
-            raise ValueError
     except ValueError:
+        out = None
+    if out is None or not np.isfinite(out).all():
         for v, i in zip(values, linenos):
             try:
-                if math.isnan(float(v)):
-                    raise ValueError
+                x = float(v)
             except ValueError:
                 raise rd.fail(i + 1, f"{what} {v[:30]!r} is not a number") from None
+            if not math.isfinite(x):
+                raise rd.fail(i + 1, f"{what} {v[:30]!r} is not a finite number") from None
         raise rd.fail(linenos[0] + 1, f"unreadable {what}s in this section") from None
-    return np.where(out <= LOG10_ZERO, -np.inf, out * LN10)
+    return out
+
+
+def _ln(log10: np.ndarray) -> np.ndarray:
+    """Natural logs; values <= LOG10_ZERO (-99, SRILM's log 0) are log 0."""
+    return np.where(log10 <= LOG10_ZERO, -np.inf, log10 * LN10)
 
 
 def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
@@ -226,14 +274,19 @@ def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
         k = int(bad[0])
         raise rd.fail(linenos[k] + 1, f"a {n}-gram entry needs {' or '.join(map(str, allowed))} fields, "
                                       f"got {lens[k]}")
-    logp = _floats(rd, [p[0] for p in parts], linenos, "probability")
+    log10p = _log10s(rd, [p[0] for p in parts], linenos, "probability")
+    above = np.flatnonzero(log10p > 0)  # KenLM and SRILM write at most 0 (<s>'s dummy): no rounding slack
+    if above.size:
+        k = int(above[0])
+        raise rd.fail(linenos[k] + 1, f"log10 probability {parts[k][0][:30]} is above 0 (a probability above 1), "
+                                      "so this is not a normalised model")
     words = [w for p in parts for w in p[1:n + 1]]
     bo_idx = np.flatnonzero(lens == n + 2)
     logbo = np.zeros(len(parts))
     if bo_idx.size:
-        logbo[bo_idx] = _floats(rd, [parts[k][n + 1] for k in bo_idx.tolist()],
-                                [linenos[k] for k in bo_idx.tolist()], "back-off weight")
-    return rd, linenos, words, logp, logbo
+        logbo[bo_idx] = _ln(_log10s(rd, [parts[k][n + 1] for k in bo_idx.tolist()],
+                                    [linenos[k] for k in bo_idx.tolist()], "back-off weight"))
+    return rd, linenos, words, _ln(log10p), logbo
 
 
 def _build(path: Path, sections: list, protocol: Protocol) -> ArpaModel:

@@ -33,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ...atomic import scratch_dir
 from ...data.vocab import BOS, EOS
 from ...errors import LmkitError, UsageError
 from .counts import NgramCounts, flatten
@@ -223,7 +224,7 @@ def connect(scheduler: str, log: Callable[[str], None]):
     if scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1])
         log(f"dask: starting a LocalCluster of {n} worker process{'es' if n > 1 else ''} (1 thread each)")
-        scratch = tempfile.mkdtemp(prefix="lmkit-dask-")  # Dask's scratch space (not /tmp/dask-scratch-space)
+        scratch = str(scratch_dir(tempfile.gettempdir(), "lmkit-dask-", log))  # Dask's scratch (not dask-scratch-space)
         try:
             try:
                 with dask.config.set({"temporary-directory": scratch}):

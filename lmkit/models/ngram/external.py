@@ -43,7 +43,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ...atomic import is_disk_full
+from ...atomic import is_disk_full, remove_stale_scratch, scratch_dir
 from ...data.vocab import BOS, EOS
 from ...errors import LmkitError, UsageError
 from .counts import NgramCounts, count_ngrams, flatten
@@ -183,9 +183,13 @@ def _pieces(sequences: Sequence, context: str, order: int, capacity: int):
             yield toks, depth, 0, len(chunk)
 
 
+SPILL_PREFIX = "lmkit-ngram-"  # + host + pid: remove_stale_scratch finds what a killed run left
+
+
 def make_spill_folder(root: Path) -> Path:
+    """This process's spill folder in `root` (named after host and pid, so a killed run's is found later)."""
     try:
-        return Path(tempfile.mkdtemp(prefix="lmkit-ngram-", dir=root))
+        return scratch_dir(root, SPILL_PREFIX)
     except OSError as exc:
         raise UsageError(f"--tmp {root}: cannot create a spill folder there ({exc.strerror or exc})") from None
 
@@ -197,6 +201,8 @@ def count_external(sequences: Sequence, vocab_size: int, order: int, context: st
     capacity = max(memory // bytes_per_token(order), 1)
     total = text_tokens(sequences, context)
     stats = ExternalStats(chunk_tokens=capacity, rss_before=current_rss_bytes())
+    root = Path(tmp) if tmp is not None else Path(tempfile.gettempdir())
+    remove_stale_scratch(root, SPILL_PREFIX, log)  # also when this text needs no spill
     if total <= capacity:
         start = time.perf_counter()
         counts = count_ngrams(sequences, vocab_size, order, context)
@@ -204,7 +210,6 @@ def count_external(sequences: Sequence, vocab_size: int, order: int, context: st
         stats.count_seconds = time.perf_counter() - start
         log(f"counting: the text ({total:,} tokens) fits --memory {human_bytes(memory)}; no spill")
         return counts, stats.to_dict(memory, order, counts)
-    root = Path(tmp) if tmp is not None else Path(tempfile.gettempdir())
     folder = make_spill_folder(root)
     try:
         counts = _count_spilled(sequences, vocab_size, order, context, memory, capacity, total,
