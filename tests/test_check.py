@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clitools import cli
+from internals import count_forward_rows
 
 from lmkit import api
 from lmkit.check import CheckReport, check_model
@@ -154,8 +155,7 @@ def test_batch_size_really_bounds_the_rows_per_pass(runs):
     """Otherwise the batch-invariance check of the torch families would compare a pass with itself."""
     model, enc = _loaded(runs["lstm"])
     rows: list[int] = []
-    inner = model._logprobs_of
-    model._logprobs_of = lambda x, y, state=None: (rows.append(len(x)), inner(x, y, state))[1]
+    count_forward_rows(model, rows)
     default = model.sequence_logprobs(enc.sequences)
     assert rows == [len(enc.sequences)]
     rows.clear()

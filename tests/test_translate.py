@@ -168,12 +168,13 @@ def test_source_and_sep_targets_are_masked():
 
 
 def test_epoch_batches_train_every_target_once(tf_run):
-    from lmkit.train import TrainConfig, _epoch_batches
+    from internals import epoch_batches
+    from lmkit.train import TrainConfig
 
     model, record = api.load_model(tf_run)
     info = record.data["train"]
     enc = encode(read_pair(info["source"], info["target"]), model.vocab, model.protocol)
-    batches = _epoch_batches(model, enc, TrainConfig(batch_size=16, seed=0), 0)
+    batches = epoch_batches(model, enc, TrainConfig(batch_size=16, seed=0), 0)
     assert sum(b.num_targets for b in batches) == enc.num_tokens == 400 * (4 + 1)
     assert all((b.y[b.x == SEP] != PAD).all() for b in batches)  # the token after <sep> is trained
 
