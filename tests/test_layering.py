@@ -1,0 +1,162 @@
+"""The package's imports point one way (docs/architecture.md): cli → api → experiments → reporting →
+pipeline → training and runs → evaluate → models → datasets → data → core.
+
+Every import of every module is read with `ast` (also those inside functions: a lazy import is still a
+dependency), and three rules are checked: no module imports a higher layer, no import circle, and no
+private name (`_x`) imported from another module (tests included, except through tests/internals.py).
+ALLOWED lists the violations still being removed; it may only shrink, and ends empty."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lmkit"
+TESTS = Path(__file__).resolve().parent
+
+# layer of a module: the longest matching prefix wins; higher layers may import lower ones only
+LAYERS = [
+    ("core", ["lmkit", "lmkit.errors", "lmkit.protocol", "lmkit.config", "lmkit.validate", "lmkit.atomic",
+              "lmkit.artifacts", "lmkit.cache", "lmkit.device", "lmkit.outputs", "lmkit.logs", "lmkit.render",
+              "lmkit.runlock"]),
+    ("data", ["lmkit.data"]),
+    ("datasets", ["lmkit.datasets"]),
+    ("models", ["lmkit.models"]),
+    ("evaluate", ["lmkit.evaluate"]),
+    ("training", ["lmkit.train", "lmkit.training", "lmkit.distributed", "lmkit.runs"]),
+    ("pipeline", ["lmkit.pipeline", "lmkit.check"]),
+    ("reporting", ["lmkit.compare", "lmkit.analyze", "lmkit.plot"]),
+    ("experiments", ["lmkit.lineup", "lmkit.curve", "lmkit.mixing", "lmkit.verify"]),
+    ("api", ["lmkit.api"]),
+    ("cli", ["lmkit.cli", "lmkit.__main__"]),
+]
+RANK = {prefix: rank for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
+
+# violations still to be removed by the redesign (issue 17); these lists may only shrink, and end empty
+ALLOWED: set[tuple[str, str]] = {
+    ("lmkit.check", "lmkit.api"), ("lmkit.compare", "lmkit.api"), ("lmkit.curve", "lmkit.api"),
+    ("lmkit.data.corpus", "lmkit.datasets.registry"), ("lmkit.data.corpus", "lmkit.datasets.store"),
+    ("lmkit.mixing", "lmkit.api"), ("lmkit.models.mix", "lmkit.runs"), ("lmkit.models.torchlm", "lmkit.train"),
+    ("lmkit.verify", "lmkit.api"),
+}
+ALLOWED_CIRCLES = 3
+ALLOWED_PRIVATE = 11
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> int:
+    best = max((p for p in RANK if module == p or module.startswith(p + ".")), key=len, default=None)
+    assert best is not None, f"{module} belongs to no layer: add it to LAYERS"
+    return RANK[best]
+
+
+def imports(path: Path, name: str) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for every lmkit import in the file."""
+    is_package = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.split(".")[0] == "lmkit"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "lmkit":
+                continue
+            names = [a.name for a in node.names]
+            submodules = [f"{target}.{n}" for n in names if (PACKAGE.parent / f"{target}.{n}".replace(".", "/")).exists()
+                          or (PACKAGE.parent / (f"{target}.{n}".replace(".", "/") + ".py")).exists()]
+            found += [(m, []) for m in submodules]
+            rest = [n for n in names if f"{target}.{n}" not in submodules]
+            if rest:
+                found.append((target, rest))
+    return found
+
+
+def graph() -> dict[str, list[tuple[str, list[str]]]]:
+    return {module_name(p): imports(p, module_name(p)) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def known(module: str, modules: set[str]) -> str:
+    """The package module an import names (an import of a name inside a module maps to that module)."""
+    while module not in modules and "." in module:
+        module = module.rsplit(".", 1)[0]
+    return module
+
+
+def test_imports_point_down_the_layers():
+    g = graph()
+    upward = set()
+    for importer, edges in g.items():
+        for target, _ in edges:
+            target = known(target, set(g))
+            if target != importer and layer(target) > layer(importer):
+                upward.add((importer, target))
+    assert upward <= ALLOWED, "imports of a higher layer: " + ", ".join(f"{a} -> {b}" for a, b in
+                                                                      sorted(upward - ALLOWED))
+
+
+def test_no_import_circles():
+    g = graph()
+    edges = {m: {known(t, set(g)) for t, _ in e} - {m} for m, e in g.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert len(circles) <= ALLOWED_CIRCLES, f"import circles: {circles}"
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    crossing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for target, names in imports(path, module_name(path)):
+            crossing += [f"{module_name(path)} imports {n} from {target}" for n in names
+                         if n.startswith("_") and not n.startswith("__")]
+    for path in sorted(TESTS.glob("*.py")):
+        if path.name == "internals.py":
+            continue
+        for target, names in imports(path, "tests." + path.stem):
+            crossing += [f"tests/{path.name} imports {n} from {target}" for n in names if n.startswith("_")
+                         and not n.startswith("__")]
+    assert len(crossing) <= ALLOWED_PRIVATE, crossing
+
+
+def test_the_checker_sees_a_violation():
+    """The rules above are not vacuous: an upward import and a private import are found in a sample."""
+    sample = PACKAGE / "data" / "_layering_sample.py"
+    sample.write_text("from ..api import _quiet\n", encoding="utf-8")
+    try:
+        edges = imports(sample, module_name(sample))
+    finally:
+        sample.unlink()
+    assert edges == [("lmkit.api", ["_quiet"])]
+    assert layer("lmkit.api") > layer("lmkit.data.vocab")
