@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -28,8 +28,8 @@ from .errors import DataError, UsageError
 from .evaluate.perplexity import exp_or_inf
 from .protocol import Protocol
 from .runs import RunRecord
+from .logs import Log
 
-Log = Callable[[str], None]
 SCHEMA = 1
 DIMENSIONS = ("context-frequency", "length", "oov")
 DEFAULT_ORDER = 3  # the two-word history of a trigram model

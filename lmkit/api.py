@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .atomic import atomic_dir
 from .config import build_config, parse_sets
@@ -26,12 +26,9 @@ from .protocol import Protocol
 from .runs import RunRecord, append_metrics, load_run, read_record, versions, write_record
 from .validate import (check_device_name, check_model_config, check_output_file, check_seed,
                        check_train_config)
+from .logs import Log, quiet
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # -- vocabularies -----------------------------------------------------------------------------------
@@ -126,7 +123,7 @@ class EncodedSplit:
 def encode_corpus(corpus: str | Path | None = None, vocab: str | Path | None = None, *,
                   train: str | Path | None = None, valid: str | Path | None = None, test: str | Path | None = None,
                   splits: list[str] | str | None = None, context: str = "sentence", keep_blank_lines: bool = False,
-                  log: Log = _quiet) -> list[EncodedSplit]:
+                  log: Log = quiet) -> list[EncodedSplit]:
     """Encode each split once into a memory-mapped token file in the cache, or find the one already there;
     `lmkit train --vocab` and `lmkit score` then read ids from it instead of the text (lmkit.data.tokenfile).
 
@@ -489,7 +486,7 @@ def counting_plan(req: TrainRequest, cls):
     return CountingPlan.from_options(req.memory, req.tmp, req.engine, req.scheduler)
 
 
-def train(req: TrainRequest, log: Log = _quiet) -> Path:
+def train(req: TrainRequest, log: Log = quiet) -> Path:
     """Fit a model on a corpus, score valid/test under the one scoring path, write a run folder.
 
     The run folder is locked while it is written (lmkit.runlock): a second writer is refused, not mixed in."""
@@ -509,7 +506,7 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
                          "(add --context stream, or drop --seq-len)")
     launch = _check_launch(cls, tcfg, req.model)
     if not launch.is_main:
-        log = _quiet  # under torchrun rank 0 speaks (and writes) for the run
+        log = quiet  # under torchrun rank 0 speaks (and writes) for the run
     task = _task_for(req)
     files = _locate_splits(req, task)
     out = Path(req.output) if req.output else None
@@ -674,7 +671,7 @@ def _train_torch_into(cls, config, tcfg, vocab, protocol, encoded, data, out: Pa
 
     with session(tcfg.device) as ranks:
         if not ranks.is_main:
-            log, progress = _quiet, False
+            log, progress = quiet, False
         model, record, info = _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out, log, ranks,
                                          progress=progress, resume_record=resume_record, replacing=replacing)
     if not ranks.is_main:
@@ -741,7 +738,7 @@ def _fit_torch(cls, config, tcfg, vocab, protocol, encoded, data, out: Path, log
     return model, record, info
 
 
-def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = _quiet,
+def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = quiet,
            progress: bool = True) -> Path:
     """Continue an interrupted, killed (status 'training') or finished neural run from its last checkpoint.
 
@@ -753,7 +750,7 @@ def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = _q
     run_dir = Path(run_dir)
     read_record(run_dir)  # a missing or foreign folder is refused before a lock file appears beside it
     if not is_main_process():  # under torchrun rank 0 holds the lock and speaks for the run
-        return _resume(run_dir, train_options, _quiet, False)
+        return _resume(run_dir, train_options, quiet, False)
     with run_lock(run_dir):
         return _resume(run_dir, train_options, log, progress)
 
@@ -865,7 +862,7 @@ def _eval_text(model, record: RunRecord | None, model_path, text_path, src, tgt)
 
 def score(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
           tgt: str | Path | None = None, device: str = "cpu", keep_words: bool = False,
-          stride: int | None = None, save: bool = False, log: Log = _quiet) -> ScoreResult:
+          stride: int | None = None, save: bool = False, log: Log = quiet) -> ScoreResult:
     """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol.
 
     A file with a cached token file (`lmkit encode`) is scored from it, the same ids without reading text.
@@ -928,7 +925,7 @@ def check(run: str | Path, text: str | Path | None = None, *, quick: bool = Fals
 
 def verify(*, quick: bool = False, corpus: str | Path | None = None, reference: str | Path | None = None,
            cases: list[str] | None = None, skip_neural: bool = False, keep: str | Path | None = None,
-           log: Log = _quiet, progress: bool = False):
+           log: Log = quiet, progress: bool = False):
     """lmkit.verify.VerifyReport: lmkit's numbers against references it does not compute (hand values,
     nltk.lm, sacrebleu, published and KenLM perplexities). Quick cases always; `corpus` (PTB) adds the
     full ones; `cases` are names or globs. Run folders go to a temporary folder unless `keep`."""
@@ -960,7 +957,7 @@ def export_arpa(run_path: str | Path, output: str | Path) -> Path:
 
 
 def mix(runs: list[str | Path], output: str | Path, *, device: str = "cpu", force: bool = False,
-        log: Log = _quiet) -> Path:
+        log: Log = quiet) -> Path:
     """Linear interpolation of comparable runs (any families), weights fitted by EM on their valid file;
     writes a run folder that score, generate and compare read like any other (see lmkit.mixing)."""
     from .mixing import build_mixture
@@ -987,7 +984,7 @@ def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
              prompt_file: str | Path | None = None, max_tokens: int = 40, strategy: str | None = None,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              beam: int | None = None, length_penalty: float | None = None, seed: int | None = None,
-             ban_unk: bool = False, num: int = 1, device: str = "cpu", log: Log = _quiet) -> GenerateResult:
+             ban_unk: bool = False, num: int = 1, device: str = "cpu", log: Log = quiet) -> GenerateResult:
     """Continue prompts (strings, and/or one per line of `prompt_file`, '-' = stdin) with a model.
 
     Prompts are tokenised under the model's protocol; no prompt at all means one unconditional
@@ -1110,7 +1107,7 @@ def compare(
     task: str | None = None,
     src: str | None = None,
     tgt: str | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
     progress: bool = False,
     bleu: bool = False,
     bootstrap: int | None = None,
@@ -1189,7 +1186,7 @@ def _check_lineup_options(models: list[str] | None, time_budget, max_tokens: int
         raise UsageError(f"--time-budget must be a finite positive duration, got {time_budget}")
 
 
-def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = _quiet) -> dict:
+def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = quiet) -> dict:
     """BLEU of a run on the test file it was scored on, stored in its run.json (metrics['bleu']).
 
     Greedy continuation BLEU for a monolingual corpus (translation runs store theirs at training).
@@ -1211,7 +1208,7 @@ def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = _quiet) -> d
     return record.metrics["bleu"]
 
 
-def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:
+def plot(runs: list[str | Path], output: str | Path, log: Log = quiet) -> Path:
     """Learning curves (valid perplexity vs tokens seen and vs time) of comparable runs as an image."""
     from .plot import plot_runs
 
@@ -1221,7 +1218,7 @@ def plot(runs: list[str | Path], output: str | Path, log: Log = _quiet) -> Path:
 
 def analyze(runs: list[str | Path], by: str | list[str] | None = None, *, order: int = 3,
             text: str | Path | None = None, train: str | Path | None = None, device: str = "cpu",
-            log: Log = _quiet):
+            log: Log = quiet):
     """Where each family wins: per-token NLL of comparable runs on their test file (or `text`), bucketed by
     train frequency of the (order-1)-token history, line length and OOV (lmkit.analyze.Analysis).
 
@@ -1237,7 +1234,7 @@ def curve(corpus: str | Path | None = None, models: list[str] | None = None,
           max_tokens: int | None = None, epochs: float | None = None, context: str | None = None,
           level: str = "word", min_count: int | None = None, sets: list[str] | None = None,
           device: str | None = None, seed: int = 0, runs_dir: str | Path | None = None,
-          image: str | Path | None = None, log: Log = _quiet, progress: bool = False) -> list[dict]:
+          image: str | Path | None = None, log: Log = quiet, progress: bool = False) -> list[dict]:
     """Learning curves: each model trained on nested fractions of the train split (one vocabulary from the
     full split, one protocol), scored on the full test split; one row per (model, fraction), optionally
     drawn into `image` (test perplexity vs training tokens). See lmkit.curve."""
@@ -1272,7 +1269,7 @@ def corpus_list() -> list[dict]:
 
 
 def corpus_download(name: str, *, offline: bool | None = None, force: bool = False, mirror: str | None = None,
-                    timeout: float | None = None, log: Log = _quiet, progress: bool = False) -> Path:
+                    timeout: float | None = None, log: Log = quiet, progress: bool = False) -> Path:
     """Download, verify and unpack a known corpus into the cache (lmkit.cache.cache_dir('corpora'));
     its folder. Offline (`offline` or env LMKIT_OFFLINE=1) never connects: fine when cached, else
     DataError. `mirror` (or env LMKIT_CORPUS_MIRROR) fetches `<mirror>/<name>/<file>` instead of upstream."""

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import IncomparableError, ModelError, UsageError
 from .protocol import Protocol
 from .runs import RunRecord, read_record
+from .logs import Log
 
-Log = Callable[[str], None]
 
 DEFAULT_CONFIDENCE = 0.95  # level of the paired-bootstrap intervals
 

@@ -19,11 +19,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import DataError, UsageError
+from .logs import Log
 
-Log = Callable[[str], None]
 
 DEFAULT_MODELS = ("ngram:kn5", "lstm")
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -24,8 +24,8 @@ from .models.mix import MixConfig, MixtureModel, fit_weights
 from .protocol import Protocol
 from .outputs import check_output_dir
 from .runs import RunRecord, append_metrics, load_run, versions, write_record
+from .logs import Log
 
-Log = Callable[[str], None]
 MIX_ASPECTS = ("protocol", "vocabulary", "valid", "test")
 
 

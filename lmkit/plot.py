@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .atomic import atomic_open
 from .compare import check_comparable, read_runs
 from .errors import ModelError, UsageError
 from .runs import METRICS_FILE
+from .logs import Log
 
-Log = Callable[[str], None]
 FORMATS = ("png", "svg", "pdf")
 
 

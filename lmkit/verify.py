@@ -25,16 +25,13 @@ from typing import Callable
 
 from .atomic import atomic_open
 from .errors import DataError, LmkitError, UsageError
+from .logs import Log, quiet
 
-Log = Callable[[str], None]
 QUICK, FULL = "quick", "full"
 PASS, FAIL = "pass", "fail"
 PTB_TEST_TOKENS = 82_430  # 78,669 words + 3,761 </s> of the Mikolov PTB test split
 REFERENCE_PARTS = ("reference", "kenlm", "tinyshakespeare")
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # -- the registry's types ---------------------------------------------------------------------------
@@ -83,7 +80,7 @@ class Env:
     workdir: Path
     corpus: Path | None = None  # the PTB folder
     reference: Path | None = None  # KenLM's tiny-shakespeare reference folder
-    log: Log = _quiet
+    log: Log = quiet
     progress: bool = False
     cache: dict = field(default_factory=dict)  # e.g. one KN5 run shared by two cases
 
@@ -786,7 +783,7 @@ class VerifyReport:
 
 def verify(*, quick: bool = False, corpus: str | Path | None = None, reference: str | Path | None = None,
            names: list[str] | None = None, skip_neural: bool = False, keep: str | Path | None = None,
-           log: Log = _quiet, progress: bool = False) -> VerifyReport:
+           log: Log = quiet, progress: bool = False) -> VerifyReport:
     """Choose the cases (see `plan`), run them in a scratch folder (kept in `keep` if given)."""
     from .outputs import check_output_dir
 

@@ -33,7 +33,6 @@ import shutil
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -46,6 +45,7 @@ from ..protocol import Protocol
 from .corpus import Encoded, LineReader, Text, encode, file_sha256
 from .batching import stream_layout
 from .vocab import Vocab
+from ..logs import Log, quiet
 
 FORMAT = 1
 KIND = "lmkit-tokens"
@@ -58,11 +58,7 @@ BLOCK_BYTES = 1 << 20  # text read and encoded per step of encode_file
 _SCAN = 1 << 22  # elements per step when a whole .bin file is checked
 _COUNTS = ("sequences", "ids", "tokens", "lines", "skipped_blank_lines", "reserved_tokens", "characters")
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -396,7 +392,7 @@ def _check_encodable(path: str | Path, protocol: Protocol) -> None:
         raise UsageError("a token file is encoded from a file, not stdin ('-'): its cache key is the file's hash")
 
 
-def encode_file(path: str | Path, vocab: Vocab, protocol: Protocol, *, log: Log = _quiet,
+def encode_file(path: str | Path, vocab: Vocab, protocol: Protocol, *, log: Log = quiet,
                 block_bytes: int = BLOCK_BYTES) -> tuple[TokenFile, bool]:
     """(token file, reused): the cached token file of `path` under `vocab` and `protocol`, written now unless
     a sound one exists. A damaged one is encoded again and replaced (with a warning through `log`)."""
@@ -495,7 +491,7 @@ def _write(folder: Path, path: str | Path, sha256: str, vocab: Vocab, protocol: 
     write_json(folder / META, meta)
 
 
-def lookup(path: str | Path, vocab: Vocab, protocol: Protocol, log: Log = _quiet) -> TokenFile | None:
+def lookup(path: str | Path, vocab: Vocab, protocol: Protocol, log: Log = quiet) -> TokenFile | None:
     """The cached token file for this file's content, vocabulary and protocol, or None.
 
     Nothing is hashed while the cache holds no token file at all. A damaged entry (an edited ids.bin

@@ -20,12 +20,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__
 from ..atomic import DiskFullError, is_disk_full
 from ..errors import DataError
 from .unpack import cap_for
+from ..logs import Log, quiet
 
 CHUNK = 1 << 16
 DEFAULT_TIMEOUT = 30.0  # seconds without progress (connect, or between two reads) before giving up
@@ -35,11 +35,7 @@ MAX_DOWNLOAD_BYTES = 1 << 30
 ALREADY = "(already downloaded)"  # Fetched.url of a file kept from an earlier attempt
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class FetchFailed(Exception):
@@ -90,7 +86,7 @@ def part_path(dest: Path) -> Path:
 
 def fetch(urls: list[str] | tuple[str, ...], dest: Path, *, size: int | None = None, sha256: str | None = None,
           unpacked_size: int | None = None, timeout: float = DEFAULT_TIMEOUT, progress: bool = False,
-          log: Log = _quiet) -> Fetched:
+          log: Log = quiet) -> Fetched:
     """Download the first URL that yields the right bytes into `dest` (mirrors tried in order).
 
     A complete `dest` from an earlier run is reused when it still verifies. A `.part` left by an

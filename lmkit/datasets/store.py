@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__
 from ..atomic import atomic_dir, remove_if_empty, write_json
@@ -22,16 +21,13 @@ from ..errors import DataError, UsageError
 from .download import DEFAULT_TIMEOUT, Fetched, fetch, sha256_file
 from .registry import CORPORA, Corpus, RemoteFile
 from .unpack import DEFAULT_MAX_RATIO, cap_for
+from ..logs import Log, quiet
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
 DOWNLOADS = ".downloads"
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def corpora_root() -> Path:
@@ -142,7 +138,7 @@ def file_urls(corpus: Corpus, remote: RemoteFile, mirror: str | None) -> tuple[s
 
 def install(corpus: Corpus, *, offline: bool | None = None, force: bool = False, mirror: str | None = None,
             timeout: float = DEFAULT_TIMEOUT, max_unpack_bytes: int | None = None,
-            max_ratio: float = DEFAULT_MAX_RATIO, log: Log = _quiet, progress: bool = False) -> Path:
+            max_ratio: float = DEFAULT_MAX_RATIO, log: Log = quiet, progress: bool = False) -> Path:
     """Download, verify, unpack and publish `corpus` into the cache; the folder's path.
 
     Already cached and intact: returned at once (`force` downloads it again and replaces it once the new

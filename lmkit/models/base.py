@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from ..data.corpus import Encoded
 from ..data.vocab import BOS, EOS, Vocab
 from ..protocol import Protocol
+from ..logs import Log, quiet
 
-Log = Callable[[str], None]
+_quiet = quiet  # for lmkit.models.torchlm and ngram.model until they import lmkit.logs
 
 
-def _quiet(_: str) -> None:
-    pass
 
 
 class LanguageModel(ABC):
@@ -46,7 +45,7 @@ class LanguageModel(ABC):
         return None
 
     @abstractmethod
-    def fit(self, train: Encoded, valid: Encoded | None, log: Log = _quiet) -> dict:
+    def fit(self, train: Encoded, valid: Encoded | None, log: Log = quiet) -> dict:
         """Estimate the model; returns facts worth recording in run.json (tuned k, discounts...)."""
 
     @abstractmethod

@@ -23,7 +23,8 @@ from ...data.corpus import Encoded
 from ...data.vocab import BOS, PAD, Vocab
 from ...errors import DataError, ModelError, UsageError
 from ...protocol import Protocol
-from ..base import LanguageModel, Log, _quiet
+from ...logs import Log, quiet
+from ..base import LanguageModel
 from . import smoothing as sm
 from .counts import NgramIndex, count_ngrams, flatten
 from .resources import CountingPlan
@@ -336,7 +337,7 @@ class NgramModel(TableModel):
     def label(self) -> str:
         return f"ngram:{self.config.smoothing}{self.config.order}"
 
-    def fit(self, train: Encoded, valid: Encoded | None, log: Log = _quiet) -> dict:
+    def fit(self, train: Encoded, valid: Encoded | None, log: Log = quiet) -> dict:
         cfg, V = self.config, len(self.vocab)
         if not train.sequences:
             raise DataError(f"{train.name}: no sequences to train on")
