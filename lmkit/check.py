@@ -310,7 +310,7 @@ def check_model(model, encoded_sample: Encoded | Sequence[np.ndarray], *, quick:
 def check_run(path: str | Path, text: str | Path | None = None, quick: bool = False,
               device: str = "cpu") -> CheckReport:
     """Check a run folder (or ARPA file) on `text`, by default the test file the run was scored on."""
-    from .api import load_model
+    from .pipeline.use import load_model
     from .data.corpus import encode, read_recorded, read_text
 
     model, record = load_model(path, device=device)

@@ -528,7 +528,9 @@ def train_lineup(
     `seeds` K > 1 trains each neural model K times (seeds seed..seed+K-1, folders <model>-seed<s>), each
     run with 1/K of the model's share of the budget and `max_tokens` each; n-grams are deterministic and
     train once."""
-    from .api import TrainRequest, build_vocab, train
+    from .pipeline.fit import train
+    from .pipeline.prepare import build_vocab
+    from .pipeline.request import TrainRequest
     from .data.corpus import bundled_corpus, is_parallel, locate, locate_pairs
     from .outputs import check_output_dir
 

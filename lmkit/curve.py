@@ -178,7 +178,9 @@ def learning_curve(
     natural learning-curve budget), `max_tokens`, `time_budget` (seconds or '90s'); with none of them,
     DEFAULT_RUN_BUDGET seconds per run. Rows follow COLUMNS, one per (model, fraction), models in the
     given order; `image` also draws test perplexity against training tokens."""
-    from .api import TrainRequest, build_vocab, check_request, train
+    from .pipeline.fit import train
+    from .pipeline.prepare import build_vocab
+    from .pipeline.request import TrainRequest, check_request
     from .atomic import write_json
     from .compare import (DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, LINEUP_TRAIN, _classify, _folder_name,
                           _lineup_dir, lineup_model_options)

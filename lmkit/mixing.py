@@ -63,7 +63,8 @@ def _component_entry(path: str, record: RunRecord, out: Path) -> dict:
 def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str = "cpu", force: bool = False,
                   log: Log = lambda _: None) -> Path:
     """Fit interpolation weights for `runs` on their valid file by EM, score valid/test, write a run folder."""
-    from .api import _encode_splits, _final_metrics, _save_test_scores
+    from .pipeline.measure import final_metrics, record_test_scores
+    from .pipeline.prepare import encode_splits
 
     if len(runs) < 2:
         raise UsageError("give at least two run folders to mix")
@@ -85,7 +86,7 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
         models.append(model)
     vocab, protocol = models[0].vocab, models[0].protocol
     texts = {s: _recorded_text(records, s) for s in ("valid", "test") if isinstance(records[0][1].data.get(s), dict)}
-    encoded = _encode_splits(texts, vocab, protocol, log)
+    encoded = encode_splits(texts, vocab, protocol, log)
 
     start = time.perf_counter()
     valid = []
@@ -108,7 +109,7 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
     if trains[0].get("sha256") and all(t.get("sha256") == trains[0]["sha256"] for t in trains):
         data["train"] = trains[0]  # components trained on different texts: none of them is the mixture's
     scores: dict = {}
-    metrics = _final_metrics(mixture, encoded, log, data, scores)
+    metrics = final_metrics(mixture, encoded, log, data, scores)
     record = RunRecord(
         kind=MixtureModel.kind, label=mixture.label, config=asdict(config), protocol=protocol.to_dict(),
         vocab_id=vocab.vocab_id, data=data, metrics=metrics, parameters=mixture.num_parameters(),
@@ -118,7 +119,7 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
     with atomic_dir(out, replace=force, log=log) as tmp:
         vocab.save(tmp / "vocab.json")
         mixture.save(tmp)
-        _save_test_scores(tmp, scores, data)  # per-sequence test NLLs for compare --bootstrap, as train does
+        record_test_scores(tmp, scores, data)  # per-sequence test NLLs for compare --bootstrap, as train does
         append_metrics(tmp, [{"step": 0, "tokens_seen": record.tokens_seen, "seconds": record.train_seconds,
                               "valid_ppl": metrics.get("valid", {}).get("perplexity")}])
         write_record(tmp, record)

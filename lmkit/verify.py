@@ -6,7 +6,7 @@ in the case), nltk.lm and sacrebleu run live beside lmkit, a BLEU written here f
 definition, char-level and perplexity arithmetic. Full cases need the PTB folder (`--corpus`): KN5
 against the published 141.2, KN5/KN3 against KenLM's lmplz, the LSTM and Transformer recipes of
 docs/results.md; and, when KenLM's reference folder is present, KN3/KN5 on tiny-shakespeare against
-KenLM's `query` summary. Full cases train through the public API (`lmkit.api.train`), the path users
+KenLM's `query` summary. Full cases train through the public API (`lmkit.pipeline.fit.train`), the path users
 take, into a temporary folder (or `keep`).
 
 No torch import here: the neural cases import it through the API when they run."""
@@ -26,6 +26,9 @@ from typing import Callable
 from .atomic import atomic_open
 from .errors import DataError, LmkitError, UsageError
 from .logs import Log, quiet
+from .pipeline import fit as pipeline_fit
+from .pipeline import use as pipeline_use
+from .pipeline.request import TrainRequest
 
 QUICK, FULL = "quick", "full"
 PASS, FAIL = "pass", "fail"
@@ -189,12 +192,11 @@ def _corpus_dir(env: Env, name: str, lines: list[str], valid: list[str] | None =
 
 def _train(env: Env, run: str, **request) -> dict:
     """Train through lmkit.api.train (the user path) into the scratch space; the run's record as a dict."""
-    from . import api
     from .runs import read_record
 
     out = env.workdir / "runs" / run
-    req = api.TrainRequest(output=out, progress=env.progress, **request)
-    api.train(req, log=env.log)
+    req = TrainRequest(output=out, progress=env.progress, **request)
+    pipeline_fit.train(req, log=env.log)
     return read_record(out).to_dict()
 
 
@@ -281,14 +283,13 @@ PPL_EXCL_EXPECTED = (0.4 ** 3 * 0.2 ** 2 * 0.3 ** 3) ** (-1 / 8)
 
 def _arpa_score(env: Env) -> dict:
     if "arpa" not in env.cache:
-        from . import api
 
         d = env.workdir / "inputs" / "arpa"
         d.mkdir(parents=True, exist_ok=True)
         entries = "".join(f"{math.log10(p)!r}\t{w}\n" for w, p in ARPA_PROBS.items())
         arpa = _write(d / "unigram.arpa", "\\data\\\nngram 1=5\n\n\\1-grams:\n" + entries + "0\t<s>\n\n\\end\\\n")
         text = _write(d / "text.txt", ARPA_TEXT)
-        env.cache["arpa"] = api.score(arpa, text).summary()
+        env.cache["arpa"] = pipeline_use.score(arpa, text).summary()
     return env.cache["arpa"]
 
 
@@ -315,12 +316,11 @@ UNIFORM_EXPECTED = 4 + 2
 
 
 def _score_char_run(env: Env, name: str, model: str, train: list[str], test: list[str], sets: list[str]) -> dict:
-    from . import api
 
     corpus = _corpus_dir(env, name, train, test=test)
     run = env.workdir / "runs" / name
-    api.train(api.TrainRequest(model=model, corpus=corpus, level="char", sets=sets, output=run, progress=False))
-    return api.score(run, corpus / "test.txt").summary()
+    pipeline_fit.train(TrainRequest(model=model, corpus=corpus, level="char", sets=sets, output=run, progress=False))
+    return pipeline_use.score(run, corpus / "test.txt").summary()
 
 
 def _measure_bpc(env: Env) -> Measurement:
@@ -469,12 +469,11 @@ DETERMINISTIC = [" ".join(f"l{i}w{j}" for j in range(8)) for i in range(6)]
 
 
 def _measure_continuation(env: Env) -> Measurement:
-    from . import api
 
     corpus = _corpus_dir(env, "deterministic", DETERMINISTIC)
     run = env.workdir / "runs" / "deterministic"
-    api.train(api.TrainRequest(model="ngram:mle2", corpus=corpus, output=run, progress=False))
-    result = api.bleu(run, corpus / "test.txt").result
+    pipeline_fit.train(TrainRequest(model="ngram:mle2", corpus=corpus, output=run, progress=False))
+    result = pipeline_use.bleu(run, corpus / "test.txt").result
     problems = [] if result.lines == len(DETERMINISTIC) else [f"{result.lines} lines scored, expected 6"]
     return Measurement(result.score, problems=problems, detail=f"{result.lines} lines, {result.signature}")
 
@@ -491,7 +490,7 @@ def _bleu_cases() -> list[Case]:
              "signatures equal", None, Tolerance(1e-9, relative=False), _measure_sacrebleu,
              why="BLEU points; lmkit calls sacrebleu, so anything above rounding is a settings difference"),
         Case("bleu-continuation", QUICK, "construction",
-             "continuation BLEU (api.bleu) of a bigram MLE run on its own training lines of distinct words: "
+             "continuation BLEU (lmkit bleu) of a bigram MLE run on its own training lines of distinct words: "
              "greedy continuations equal the references", 100.0, Tolerance(1e-9, relative=False),
              _measure_continuation, why="BLEU points; identical text scores exactly 100"),
     ]
@@ -563,20 +562,18 @@ NEURAL_COMMANDS = {
 
 def neural_request(family: str, corpus: Path | str, output: Path | str | None = None, progress: bool = False):
     """The TrainRequest of a neural full case (what `NEURAL_COMMANDS[family]` asks the CLI for)."""
-    from . import api
 
     recipe = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
               for k, v in NEURAL_RECIPES[family].items()}
-    return api.TrainRequest(corpus=corpus, output=output, progress=progress, **recipe)
+    return TrainRequest(corpus=corpus, output=output, progress=progress, **recipe)
 
 
 def _ptb_neural(family: str) -> Callable[[Env], Measurement]:
     def measure(env: Env) -> Measurement:
-        from . import api
         from .runs import read_record
 
         out = env.workdir / "runs" / f"ptb-{family}"
-        api.train(neural_request(family, env.corpus, out, env.progress), log=env.log)
+        pipeline_fit.train(neural_request(family, env.corpus, out, env.progress), log=env.log)
         record = read_record(out).to_dict()
         ppl, problems = _ptb_test(record)
         return Measurement(ppl, problems=problems, detail=f"{record['tokens_seen']:,} tokens trained, "

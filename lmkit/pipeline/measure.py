@@ -1,0 +1,73 @@
+"""The final numbers of a run, measured the same way for every family: valid/test scores through the one
+scoring path, per-sequence test scores for the bootstrap, translation BLEU, the quick checks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data.corpus import (Encoded, read_recorded)
+from ..evaluate.perplexity import Score, score_encoded
+from ..logs import Log
+
+
+def final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | None = None,
+                   scores: dict[str, Score] | None = None) -> dict[str, dict]:
+    """Summaries per split; `scores` (if given) receives the Score objects, e.g. for test_scores.npz."""
+    metrics: dict[str, dict] = {}
+    for split in ("valid", "test"):
+        if split in encoded:
+            start = time.perf_counter()
+            result = score_encoded(model, encoded[split], keep=False)
+            metrics[split] = result.summary()
+            if scores is not None:
+                scores[split] = result
+            seconds = time.perf_counter() - start  # scoring speed: a column of `lmkit compare`
+            metrics[split]["score_seconds"] = seconds
+            metrics[split]["tokens_per_second"] = metrics[split]["tokens"] / seconds if seconds > 0 else None
+            log(f"{split} perplexity: {metrics[split]['perplexity']:.3f}")
+    test = (data or {}).get("test")
+    if model.protocol.task == "translate" and test and "source" in test:
+        metrics["bleu"] = _test_bleu(model, test, log)
+    return metrics
+
+
+def record_test_scores(run_dir: Path, scores: dict[str, Score], data: dict) -> None:
+    """Per-sequence test NLLs next to run.json: compare --bootstrap resamples them without rescoring."""
+    from ..evaluate.per_sequence import SequenceScores, save_test_scores
+
+    if "test" in scores and (data.get("test") or {}).get("sha256"):
+        save_test_scores(run_dir, SequenceScores.from_score(scores["test"], data["test"]["sha256"]))
+
+
+def _test_bleu(model, test: dict, log: Log) -> dict:
+    """Greedy translation BLEU on the run's test pair, the number `compare` shows."""
+    from ..evaluate.bleu import translation_bleu
+
+    start = time.perf_counter()
+    result = translation_bleu(model, read_recorded(test, model.label, "test"))  # unchanged since it was scored
+    log(f"test BLEU: {result.score:.2f} (greedy, {result.lines} pairs, {time.perf_counter() - start:.0f} s)")
+    return {"score": result.score, "signature": result.signature, "decoding": "greedy", "lines": result.lines}
+
+
+def quick_checks(model, encoded: dict[str, Encoded], log: Log) -> dict:
+    """`lmkit check --quick` on the test split (else valid) for run.json. Never fatal: a failed or crashed
+    check is recorded and shown by `compare`, and the trained model is kept."""
+    from ..check import check_model
+
+    split = "test" if "test" in encoded else "valid"
+    skip = {}
+    if getattr(model, "memory", None) is not None:  # n-gram --memory: no model-sized extras
+        skip = {"normalisation": "not run under --memory: full rows need an index of every n-gram by context "
+                                 "(as big as the model); `lmkit check RUN` runs it",
+                "save-load": "not run under --memory: it loads a second copy of the model; `lmkit check RUN` runs it"}
+    try:
+        report = check_model(model, encoded[split], quick=True, skip=skip)
+    except Exception as exc:  # a bug in a check must not throw away a finished training run
+        log(f"warning: checks could not run ({exc.__class__.__name__}: {exc})")
+        return {"ok": False, "quick": True, "error": f"{exc.__class__.__name__}: {exc}"}
+    for r in report.failed:
+        log(f"warning: check failed: {r.name}: {r.evidence}")
+    if report.ok:
+        log(f"checks passed ({len(report.results)} quick checks, {report.seconds:.1f} s)")
+    return report.to_dict()

@@ -1,0 +1,208 @@
+"""A train request and its checks: the model family and config, the training config, the protocol and
+the task resolved from options alone, before any data is read (so a lineup can refuse a bad option
+before its first run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import build_config, parse_sets
+from ..data.corpus import (is_parallel)
+from ..data.vocab import Vocab
+from ..errors import UsageError, only_for
+from ..models import family, parse_spec
+from ..protocol import Protocol
+from ..validate import (check_model_config, check_seed,
+                       check_train_config)
+
+
+@dataclass
+class TrainRequest:
+    """Everything `lmkit train` needs; fields mirror the CLI flags (None = default)."""
+
+    model: str = "ngram"
+    corpus: str | Path | None = None
+    train: str | Path | None = None
+    valid: str | Path | None = None
+    test: str | Path | None = None
+    vocab: str | Path | None = None
+    level: str | None = None
+    lowercase: bool | None = None
+    normalize: str | None = None
+    min_count: int = 1
+    max_size: int | None = None
+    context: str = "sentence"
+    keep_blank_lines: bool = False
+    task: str | None = None  # lm | translate; None: translate when src/tgt are given or the corpus is a pair
+    src: str | None = None  # parallel corpus: suffix of the source files (de for train.de)
+    tgt: str | None = None  # parallel corpus: suffix of the target files
+    options: dict = field(default_factory=dict)  # family options from flags (order, layers, ...)
+    train_options: dict = field(default_factory=dict)  # TrainConfig fields from flags (lr, epochs, ...)
+    sets: list[str] = field(default_factory=list)  # --set key=value (model or training field)
+    output: str | Path | None = None
+    runs_dir: str | Path = "runs"
+    force: bool = False
+    seed: int = 0
+    progress: bool = True
+    # n-gram counting resources (not model settings: they never change the counts or the run's identity)
+    memory: str | int | None = None  # bound on counting/smoothing buffers, e.g. "4G": count out of core
+    tmp: str | Path | None = None  # folder for the spill files (default: the system temp folder)
+    engine: str | None = None  # local (default) or dask
+    scheduler: str | None = None  # dask: tcp://host:port or local[:N]
+
+
+def _parse_k(value: Any) -> Any:
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--k expects a number or 'auto', got {value!r}") from None
+
+
+def is_torch_family(cls) -> bool:
+    return bool(getattr(cls, "checkpoints", False))
+
+
+def _split_sets(cls, sets: list[str]) -> tuple[list[str], list[str]]:
+    """--set pairs for the model's Config vs the TrainConfig (torch families only)."""
+    if not is_torch_family(cls):
+        return list(sets), []
+    import dataclasses
+
+    from ..train import TrainConfig
+
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_keys = {f.name for f in dataclasses.fields(cls.Config)}
+    model_sets, train_sets = [], []
+    for pair in sets:
+        key = pair.partition("=")[0].strip().replace("-", "_")
+        if key in train_keys and key not in model_keys:
+            train_sets.append(pair)
+        elif key in model_keys:
+            model_sets.append(pair)
+        else:
+            raise UsageError(f"unknown setting {key!r}; valid keys: {', '.join(sorted(model_keys | train_keys))}")
+    return model_sets, train_sets
+
+
+def resolve_model(spec: str, options: dict, sets: list[str]):
+    """(family class, config) from a spec like 'ngram:kn5' plus flags and --set pairs."""
+    kind, from_spec = parse_spec(spec)
+    cls = family(kind)
+    values = dict(from_spec)
+    for key, val in options.items():
+        if val is None:
+            continue
+        if key in from_spec and from_spec[key] != val:
+            raise UsageError(f"--{key.replace('_', '-')} {val} contradicts --model {spec}")
+        values[key] = val
+    if "k" in values:
+        values["k"] = _parse_k(values["k"])
+    set_values = parse_sets(cls.Config, _split_sets(cls, sets)[0])
+    for key, val in set_values.items():
+        if key in values and values[key] != val:
+            raise UsageError(f"--set {key}={val} contradicts {'--model ' + spec if key in from_spec else '--' + key}")
+    values.update(set_values)
+    try:
+        config = build_config(cls.Config, values)
+    except ValueError as exc:  # a module's own validation (e.g. d_model % heads)
+        raise UsageError(f"{spec}: {exc}") from None
+    if kind == "ngram":
+        _check_smoothing_options(config, values)
+    check_model_config(spec, config)
+    return cls, config
+
+
+# n-gram options that only one smoothing family reads: given with another, they would be silently ignored
+_SMOOTHING_OPTIONS = {"k": ("addk",), "alpha": ("stupid",), "katz_k": ("katz",), "jm_lambdas": ("jm",),
+                      "discount_fallback": ("kn", "kn-basic")}
+
+
+def _check_smoothing_options(config, values: dict) -> None:
+    for key, smoothings in _SMOOTHING_OPTIONS.items():
+        if values.get(key) is not None and config.smoothing not in smoothings:
+            flag = "--k" if key == "k" else f"--set {key}"
+            raise UsageError(f"{flag} applies to {' and '.join(smoothings)} smoothing, not {config.smoothing}")
+
+
+def train_config(cls, req: TrainRequest):
+    from ..train import TrainConfig, parse_duration
+
+    values = {k: v for k, v in req.train_options.items() if v is not None}
+    if "time_budget" in values:
+        values["time_budget"] = parse_duration(values["time_budget"])
+    values.update(parse_sets(TrainConfig, _split_sets(cls, req.sets)[1]))
+    values.setdefault("seed", req.seed)
+    cfg = build_config(TrainConfig, values)
+    cfg.validate()
+    check_train_config(cfg)
+    return cfg
+
+
+def protocol_for(req: TrainRequest, vocab: Vocab | None, task: str = "lm") -> Protocol:
+    if vocab is None:
+        return Protocol(level=req.level or "word", lowercase=bool(req.lowercase), normalize=req.normalize,
+                        context=req.context, keep_blank_lines=req.keep_blank_lines, task=task)
+    for name, asked, have in (("level", req.level, vocab.level), ("lowercase", req.lowercase, vocab.lowercase),
+                              ("normalize", req.normalize, vocab.normalize)):
+        if asked is not None and asked != have:
+            raise UsageError(f"--vocab was built with {name}={have} but this run asks for {name}={asked}; "
+                             "use a matching vocabulary or drop the option")
+    protocol = Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize,
+                        context=req.context, keep_blank_lines=req.keep_blank_lines, task=task)
+    if task == "translate" and not vocab.has_sep:
+        raise UsageError(f"--vocab {req.vocab} has no <sep> (id 4): --task translate needs a joint vocabulary "
+                         "built for a parallel corpus")
+    return protocol
+
+
+def task_for(req: TrainRequest) -> str:
+    """The task asked for, or inferred: translate when --src/--tgt are given or --corpus is a pair."""
+    if req.task is not None:
+        return req.task
+    if req.src is not None or req.tgt is not None:
+        return "translate"
+    if req.corpus is not None and req.train is None and is_parallel(req.corpus):
+        return "translate"
+    return "lm"
+
+
+def check_request(req: TrainRequest):
+    """(family class, model config, TrainConfig or None) with every option checked and no data read, so
+    a lineup or a learning curve can refuse a bad option before its first training run."""
+    check_seed(req.seed)
+    if req.vocab is not None and (req.min_count != 1 or req.max_size is not None):
+        raise UsageError("--min-count and --max-size build a vocabulary; with --vocab that vocabulary is used as "
+                         "it is (drop them, or drop --vocab)")
+    Vocab.check_options(req.min_count, req.max_size)
+    cls, config = resolve_model(req.model, req.options, req.sets)
+    counting_plan(req, cls)  # --memory/--engine with a neural family: refused before torch is imported
+    tcfg = train_config(cls, req) if is_torch_family(cls) else None
+    if tcfg is None and any(v is not None for v in req.train_options.values()):
+        given = [f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None]
+        raise UsageError(only_for(given, "neural models (mlp, lstm, transformer)"))
+    if tcfg is not None:  # fail on an unusable device before reading any data
+        from ..device import resolve_device, resolve_precision
+
+        resolve_precision(tcfg.precision, resolve_device(tcfg.device))
+    return cls, config, tcfg
+
+
+def counting_plan(req: TrainRequest, cls):
+    """The n-gram CountingPlan of --memory/--tmp/--engine/--scheduler (None when none is given); refused
+    for families that do not count n-grams."""
+    given = {f"--{k}": v for k, v in (("memory", req.memory), ("tmp", req.tmp), ("engine", req.engine),
+                                      ("scheduler", req.scheduler)) if v is not None}
+    if not given:
+        return None
+    if cls.kind != "ngram":
+        raise UsageError(only_for(list(given), f"n-gram counting, not to {cls.kind}") +
+                         f" (drop {'them' if len(given) > 1 else 'it'}, or train an ngram model)")
+    from ..models.ngram.resources import CountingPlan
+
+    return CountingPlan.from_options(req.memory, req.tmp, req.engine, req.scheduler)
