@@ -5,10 +5,8 @@ printing here: progress goes through the `log` callable, results are returned as
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from .data.vocab import Vocab
 from .errors import DataError, UsageError
 from .logs import Log, quiet
 from .models import family
@@ -17,7 +15,7 @@ from .pipeline.prepare import EncodedSplit, build_vocab, encode_corpus, vocab_re
 from .pipeline.request import TrainRequest, check_request, counting_plan, is_torch_family, resolve_model
 from .pipeline.use import (BleuReport, GenerateResult, ScoreResult, bleu, export_arpa, generate, load_model,
                            record_bleu, score)
-from .validate import check_device_name, check_output_file, check_seed
+from .validate import check_output_file
 
 __all__ = ["BleuReport", "EncodedSplit", "GenerateResult", "Log", "ScoreResult", "TrainRequest", "analyze", "bleu",
            "build_vocab", "check", "check_request", "compare", "corpus_download", "corpus_list", "corpus_path",
@@ -112,74 +110,19 @@ def compare(
 ) -> list[dict]:
     """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus.
 
-    No runs and no corpus means the default lineup on the bundled corpus (see lmkit.compare).
+    No runs and no corpus means the default lineup on the bundled corpus (see lmkit.lineup).
     `bleu` adds continuation BLEU on each run's own test file (translation runs already have BLEU),
     stored in the run records so that it is computed once.
     `bootstrap` N adds paired-bootstrap intervals at `confidence` (default 0.95) from each run's stored
     per-sequence test scores (resampling seeded by `seed`; no model is rescored).
     `seeds` K (lineup only) trains each neural model K times, seeds seed..seed+K-1, within the same total
     time budget, and gives one row per model: means over seeds plus sd columns (lmkit.compare.compare_seeded)."""
-    from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, DEFAULT_CONFIDENCE, SEED_COLUMNS, _sort_column,
-                          check_bootstrap, check_seeds, compare_runs, compare_trained, train_lineup)
+    from .lineup import compare as compare_or_train
 
-    # every option is checked before a lineup spends minutes training
-    check_seed(seed)
-    if confidence is not None and bootstrap is None:
-        raise UsageError("--confidence sets the level of --bootstrap intervals; give --bootstrap N too")
-    confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
-    if bootstrap is not None:
-        check_bootstrap(bootstrap, confidence)
-    if not runs:
-        _check_lineup_options(models, time_budget, max_tokens, min_count, device)
-    if seeds is not None and not runs:
-        check_seeds(seeds)
-    if sort:
-        _sort_column(sort, COLUMNS + (BOOTSTRAP_COLUMNS if bootstrap is not None else ())
-                     + (SEED_COLUMNS if (seeds or 1) > 1 else ()))
-    groups = None
-    if runs:
-        lineup_only = {"--corpus": corpus, "--models": models, "--time-budget": time_budget,
-                       "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
-                       "-o": runs_dir, "--device": None if bleu else device,  # --bleu decodes on --device
-                       "--task": task, "--src": src, "--tgt": tgt, "--seeds": seeds}
-        given = [flag for flag, value in lineup_only.items() if value is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} train a lineup; they do not apply to existing run folders "
-                             "(give either RUNS or a lineup)")
-        paths = list(runs)
-    else:
-        groups = train_lineup(corpus, models, time_budget, max_tokens=max_tokens, context=context,
-                              min_count=min_count, device=device, seed=seed, runs_dir=runs_dir,
-                              task=task, src=src, tgt=tgt, seeds=seeds or 1, log=log, progress=progress)
-        paths = [path for group in groups for path in group.runs]
-    if bleu:
-        if runs:
-            compare_runs(paths)  # refuse incomparable runs before spending time on decoding
-        for path in paths:
-            record_bleu(path, device=device or "cpu", log=log)
-    if groups is not None:  # several seeds of a model make one row
-        return compare_trained(groups, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
-    return compare_runs(paths, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
-
-
-def _check_lineup_options(models: list[str] | None, time_budget, max_tokens: int | None, min_count: int | None,
-                          device: str | None) -> None:
-    """A lineup's own options, before its first model trains (each model's options are checked by train)."""
-    if models is not None and not models:
-        raise UsageError("--models lists no model; give a comma-separated lineup such as ngram:kn5,lstm")
-    for spec in models or ():  # a bad spec late in the lineup must not cost the training of the first ones
-        resolve_model(spec, {}, [])
-    if max_tokens is not None and max_tokens < 1:
-        raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
-    if min_count is not None:
-        Vocab.check_options(min_count, None)
-    check_device_name(device)
-    if time_budget is not None and not isinstance(time_budget, (int, float)):
-        from .train import parse_duration
-
-        time_budget = parse_duration(time_budget)
-    if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
-        raise UsageError(f"--time-budget must be a finite positive duration, got {time_budget}")
+    return compare_or_train(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
+                            context=context, min_count=min_count, sort=sort, runs_dir=runs_dir, device=device,
+                            seed=seed, task=task, src=src, tgt=tgt, log=log, progress=progress, bleu=bleu,
+                            bootstrap=bootstrap, confidence=confidence, seeds=seeds)
 
 
 def plot(runs: list[str | Path], output: str | Path, log: Log = quiet) -> Path:

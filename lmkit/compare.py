@@ -1,17 +1,13 @@
 """Side-by-side tables of runs, refused unless every number in them was measured the same way.
 
-`compare_runs` reads run.json files only (no weights, no torch) and checks DESIGN.md §2's contract --
-same protocol hash, vocabulary id and evaluated files -- before it builds a single row.
-`compare_lineup` trains a lineup itself under one protocol and one shared vocabulary, then compares it;
-with several seeds per neural model, `compare_seeded` makes one row per model (mean and sd over seeds)."""
+`compare_runs` reads run.json files only (no weights, no torch) and checks the contract of
+docs/protocol.md -- same protocol hash, vocabulary id and evaluated files -- before it builds a single
+row. A lineup trained here (lmkit.lineup) is compared the same way; with several seeds per neural model,
+`compare_seeded` makes one row per model (mean and sd over seeds)."""
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -19,7 +15,6 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import IncomparableError, ModelError, UsageError
 from .protocol import Protocol
 from .runs import RunRecord, read_record
-from .logs import Log
 
 
 DEFAULT_CONFIDENCE = 0.95  # level of the paired-bootstrap intervals
@@ -39,23 +34,6 @@ MEAN_COLUMNS = ("train_seconds", "tokens_seen", "valid_ppl", "test_ppl", "test_p
                 "bits_per_char", "bleu", "tokens_per_second")
 SD_OF = {"valid_ppl": "valid_ppl_sd", "test_ppl": "test_ppl_sd"}
 
-# The default lineup (`lmkit compare` without arguments): five families on the bundled corpus.
-DEFAULT_LINEUP = ("ngram:laplace3", "ngram:kn5", "mlp", "lstm", "transformer")
-DEFAULT_NEURAL_BUDGET = 180.0  # seconds of neural training in total: 60 s each for mlp, lstm, transformer
-DEFAULT_CONTEXT = "stream"  # verse lines are short; every family may use the lines before (docs/guide.md)
-DEFAULT_MIN_COUNT = 2  # singletons become <unk>: a 14.7k-id output layer is affordable on a CPU
-# Small models sized for ~70 s on two CPU cores; the output layer over the vocabulary dominates the cost.
-LINEUP_OPTIONS: dict[str, dict] = {
-    "mlp": {"window": 5, "embed": 64, "hidden": 128},
-    "lstm": {"layers": 1, "hidden": 128, "tie_weights": True},
-    "transformer": {"layers": 2, "d_model": 128, "heads": 4, "block_size": 64},
-}
-# The same recipe for every neural model: ~1k tokens per step so a minute holds a few hundred updates,
-# and a warm-up short enough to end early in the budget (each family keeps its own learning rate).
-LINEUP_TRAIN: dict = {"batch_size": 16, "warmup_steps": 20}
-# Families given an adaptive softmax (models/adaptive.py) when the vocabulary is large: the output layer
-# over ~15k ids would otherwise eat most of a one-minute budget.
-ADAPTIVE_FAMILIES = ("lstm", "transformer")
 
 
 # -- reading and checking ---------------------------------------------------------------------------
@@ -190,7 +168,7 @@ def _default_order(row: dict, key: str) -> tuple:
     return (not row["normalised"], value is None, value if value is not None else 0.0)
 
 
-def _sort_column(column: str, columns: Iterable[str] = COLUMNS) -> str:
+def check_sort_column(column: str, columns: Iterable[str] = COLUMNS) -> str:
     name = column.lstrip("-").replace("-", "_")
     if name not in columns:
         raise UsageError(f"cannot sort by {column!r}; choose one of: {', '.join(columns)} (prefix - for descending)")
@@ -200,7 +178,7 @@ def _sort_column(column: str, columns: Iterable[str] = COLUMNS) -> str:
 def sort_rows(rows: list[dict], column: str) -> list[dict]:
     """Sort by one column ('-col' for descending); empty cells always go last."""
     descending = column.startswith("-")
-    name = _sort_column(column, list(rows[0]) if rows else COLUMNS)
+    name = check_sort_column(column, list(rows[0]) if rows else COLUMNS)
     present = [r for r in rows if r[name] is not None]
     empty = [r for r in rows if r[name] is None]
     return sorted(present, key=lambda r: r[name], reverse=descending) + empty
@@ -449,150 +427,3 @@ def table_view(rows: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]
     display = [{TABLE_VIEW[c][0]: cell(r, c) for c in cols} for r in rows]
     highlight = {TABLE_VIEW[c][0]: i for c, i in best_cells(rows).items() if c in cols}
     return display, [TABLE_VIEW[c][0] for c in cols], highlight
-
-
-# -- training a lineup ------------------------------------------------------------------------------
-def _folder_name(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-")
-
-
-def _lineup_dir(runs_dir: str | Path | None, prefix: str = "compare") -> Path:
-    if runs_dir is not None:
-        return Path(runs_dir)
-    return Path(os.environ.get("LMKIT_RUNS", "runs")) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """(spec, kind, is_neural) per model; every spec is checked before anything is trained."""
-    from .models import family, parse_spec
-
-    out, seen = [], set()
-    for spec in models:
-        kind, _ = parse_spec(spec)
-        if spec in seen:
-            raise UsageError(f"model {spec!r} is listed twice in the lineup")
-        seen.add(spec)
-        out.append((spec, kind, bool(getattr(family(kind), "checkpoints", False))))
-    return out
-
-
-def lineup_model_options(kind: str, vocab_size: int, options: dict[str, dict] | None = None) -> dict:
-    """Model options a lineup gives a neural family (`lmkit compare` and `lmkit curve` alike): the caller's
-    for that family, else LINEUP_OPTIONS plus an adaptive softmax when the vocabulary is large (exact, and
-    ~2-3x faster to train)."""
-    from .models.adaptive import suggested_cutoffs
-
-    if kind in (options or {}):
-        return dict(options[kind])
-    model_opts = dict(LINEUP_OPTIONS.get(kind, {}))
-    if kind in ADAPTIVE_FAMILIES:
-        model_opts["adaptive_cutoffs"] = suggested_cutoffs(vocab_size)
-    return model_opts
-
-
-def compare_lineup(*args: Any, sort: str | None = None, **kwargs: Any) -> list[dict]:
-    """Train a lineup (train_lineup's arguments) and return its comparison table, one row per model."""
-    return compare_trained(train_lineup(*args, sort=sort, **kwargs), sort=sort)
-
-
-def train_lineup(
-    corpus: str | Path | None = None,
-    models: Sequence[str] | None = None,
-    time_budget: str | float | None = None,
-    *,
-    max_tokens: int | None = None,
-    context: str | None = None,
-    level: str = "word",
-    min_count: int | None = None,
-    options: dict[str, dict] | None = None,
-    train_options: dict | None = None,
-    device: str | None = None,
-    seed: int = 0,
-    sort: str | None = None,
-    runs_dir: str | Path | None = None,
-    task: str | None = None,
-    src: str | None = None,
-    tgt: str | None = None,
-    seeds: int = 1,
-    log: Log = lambda _: None,
-    progress: bool = False,
-) -> list[LineupRuns]:
-    """Train every model on one corpus under ONE protocol and ONE vocabulary; the run folders per model.
-
-    A parallel corpus (`task` translate, inferred from --src/--tgt or a train.src/train.tgt pair) gets a
-    joint vocabulary with <sep>, sentence context by default, and every run records its test BLEU.
-
-    `time_budget` is the total neural training time, split evenly between the neural training runs
-    (n-grams need none); `options` maps a family to model options replacing LINEUP_OPTIONS for it;
-    `train_options` (batch_size, lr, ...) replace LINEUP_TRAIN's and apply to every neural model alike.
-    `seeds` K > 1 trains each neural model K times (seeds seed..seed+K-1, folders <model>-seed<s>), each
-    run with 1/K of the model's share of the budget and `max_tokens` each; n-grams are deterministic and
-    train once."""
-    from .pipeline.fit import train
-    from .pipeline.prepare import build_vocab
-    from .pipeline.request import TrainRequest
-    from .data.corpus import bundled_corpus, is_parallel, locate, locate_pairs
-    from .outputs import check_output_dir
-
-    check_seeds(seeds)
-    if sort:
-        _sort_column(sort, COLUMNS + (SEED_COLUMNS if seeds > 1 else ()))  # a typo must not cost a training run
-    corpus = Path(corpus) if corpus is not None else bundled_corpus()
-    lineup = _classify(list(models) if models else DEFAULT_LINEUP)
-    if task is None:
-        task = "translate" if src is not None or tgt is not None or is_parallel(corpus) else "lm"
-    context = context or ("sentence" if task == "translate" else DEFAULT_CONTEXT)  # pairs are scored one by one
-    min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
-    Protocol(level=level, context=context, task=task)  # a bad --context or --task fails here, before any work
-    out = _lineup_dir(runs_dir)
-    out = check_output_dir(out, force=False, inputs=[corpus])
-    if task == "translate":
-        pairs = locate_pairs(corpus, src, tgt, need=("train", "valid"))
-        vocab_files, splits = list(pairs.train), {"corpus": corpus, "task": task, "src": pairs.src, "tgt": pairs.tgt}
-    else:
-        if src is not None or tgt is not None:
-            raise UsageError("--src/--tgt choose the two sides of a parallel corpus; they apply to --task translate")
-        files = locate(corpus, need=("train", "valid"))
-        vocab_files, splits = [files.train], {"train": files.train, "valid": files.valid, "test": files.test}
-
-    neural = [spec for spec, _, is_neural in lineup if is_neural]
-    per_run, budget_text = None, "n-grams only"
-    if neural:
-        from .train import parse_duration
-
-        total = parse_duration(time_budget) if time_budget is not None else DEFAULT_NEURAL_BUDGET
-        per_run = total / (len(neural) * seeds)
-        budget_text = (f"{per_run:.0f} s per neural model" if seeds == 1 else
-                       f"{per_run:.0f} s per neural seed run ({total:.0f} s split over {len(neural)} neural model(s) "
-                       f"x {seeds} seeds)")
-    elif time_budget is not None:
-        log("note: --time-budget ignored: n-gram models train on the whole corpus and need no budget")
-    if seeds > 1:
-        log(f"note: {seeds} seeds per neural model ({seed}..{seed + seeds - 1}); n-grams are deterministic and "
-            "train once")
-    jobs = [(spec, kind, is_neural, s if is_neural and seeds > 1 else None)
-            for spec, kind, is_neural in lineup for s in (range(seed, seed + seeds) if is_neural else (seed,))]
-
-    with tempfile.TemporaryDirectory(prefix="lmkit-lineup-") as tmp:
-        vocab_path = Path(tmp) / "vocab.json"
-        vocab = build_vocab(vocab_files, level=level, min_count=min_count, output=vocab_path,
-                            with_sep=task == "translate")
-        log(f"lineup on {corpus}: {len(vocab):,} ids (min-count {min_count}), {level} level, {context} context, "
-            f"{budget_text}; runs in {out}")
-        paths: dict[str, list[Path]] = {spec: [] for spec, _, _ in lineup}
-        for i, (spec, kind, is_neural, run_seed) in enumerate(jobs, 1):
-            name = spec if run_seed is None else f"{spec} seed {run_seed}"
-            budget = f", {per_run:.0f} s budget" if is_neural else ""
-            log(f"[{i}/{len(jobs)}] training {name}{budget}")
-            start = time.perf_counter()
-            neural_opts = {**LINEUP_TRAIN, **(train_options or {}), "time_budget": per_run,
-                           "max_tokens": max_tokens, "device": device} if is_neural else {}
-            model_opts = lineup_model_options(kind, len(vocab), options) if is_neural else {}
-            folder = _folder_name(spec) + ("" if run_seed is None else f"-seed{run_seed}")
-            req = TrainRequest(model=spec, **splits, vocab=vocab_path, context=context, options=dict(model_opts),
-                               train_options=neural_opts, output=out / folder,
-                               seed=seed if run_seed is None else run_seed, progress=progress)
-            paths[spec].append(train(req, log=lambda msg: log(f"  {msg}")))
-            log(f"[{i}/{len(jobs)}] {name} done in {time.perf_counter() - start:.0f} s")
-    return [LineupRuns(spec, tuple(paths[spec]), tuple(range(seed, seed + seeds)) if is_neural else None)
-            for spec, _, is_neural in lineup]

@@ -182,8 +182,8 @@ def learning_curve(
     from .pipeline.prepare import build_vocab
     from .pipeline.request import TrainRequest, check_request
     from .atomic import write_json
-    from .compare import (DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, LINEUP_TRAIN, _classify, _folder_name,
-                          _lineup_dir, lineup_model_options)
+    from .lineup import (DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, LINEUP_TRAIN, classify, folder_name, lineup_dir,
+                         lineup_model_options)
     from .data.corpus import bundled_corpus, is_parallel, locate, read_text
     from .protocol import Protocol
     from .render import clean
@@ -191,7 +191,7 @@ def learning_curve(
 
     # every option is checked before anything is trained
     fractions = parse_fractions(fractions)
-    lineup = _classify(list(models) if models else DEFAULT_MODELS)
+    lineup = classify(list(models) if models else DEFAULT_MODELS)
     if image is not None:
         from .plot import image_format, require_matplotlib
 
@@ -204,7 +204,7 @@ def learning_curve(
     context = context or DEFAULT_CONTEXT
     min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
     protocol = Protocol(level=level, context=context)  # a bad --context or --level fails here
-    out = _lineup_dir(runs_dir, prefix="curve")
+    out = lineup_dir(runs_dir, prefix="curve")
     out = check_output_dir(out, force=False, inputs=[corpus])
     files = locate(corpus, need=("train", "valid", "test"))
 
@@ -249,7 +249,7 @@ def learning_curve(
             req = TrainRequest(model=job.spec, train=train_files[p.fraction], valid=files.valid, test=files.test,
                                vocab=vocab_path, context=context, options=dict(job.options),
                                train_options=dict(job.train_options), sets=list(job.sets),
-                               output=out / f"{_folder_name(job.spec)}-f{p.fraction:g}", seed=seed,
+                               output=out / f"{folder_name(job.spec)}-f{p.fraction:g}", seed=seed,
                                progress=progress)
             runs.append((job, p, train(req, log=lambda msg: log(f"  {msg}"))))
             log(f"[{i}/{n}] {job.spec} on {p.fraction:g} done in {time.perf_counter() - start:.0f} s")

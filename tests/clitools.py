@@ -89,3 +89,11 @@ def wait_for(proc, predicate, timeout: float = 90) -> None:
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` (hidden ones too) with its bytes: 'nothing was touched' made checkable."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def lineup_table(*args, sort: str | None = None, **kwargs) -> list[dict]:
+    """Train a lineup (lmkit.lineup.train_lineup's arguments, incl. per-family options) and compare it."""
+    from lmkit.compare import compare_trained
+    from lmkit.lineup import train_lineup
+
+    return compare_trained(train_lineup(*args, sort=sort, **kwargs), sort=sort)

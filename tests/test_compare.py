@@ -13,9 +13,10 @@ import pytest
 from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.compare import best_cells, compare_lineup, compare_runs, table_view
+from lmkit.compare import best_cells, compare_runs, table_view
 from lmkit.errors import IncomparableError, ModelError, UsageError
 from lmkit.render import write_rows
+from clitools import lineup_table
 
 
 def train(corpus: Path, out: Path, model: str, **kw) -> Path:
@@ -211,7 +212,7 @@ def test_usage_errors(ngram_runs, tmp_path):
 def test_lineup_shares_one_vocabulary_and_protocol(tiny_corpus, tmp_path):
     out = tmp_path / "lineup"
     messages: list[str] = []
-    rows = compare_lineup(
+    rows = lineup_table(
         tiny_corpus, ["ngram:laplace3", "ngram:kn3", "mlp", "lstm"], "4s", max_tokens=64,
         options={"mlp": {"window": 2, "embed": 8, "hidden": 16}, "lstm": {"layers": 1, "hidden": 16}},
         train_options={"batch_size": 2, "seq_len": 8}, runs_dir=out, log=messages.append)

@@ -16,9 +16,10 @@ import pytest
 from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.compare import LineupRuns, compare_lineup, compare_runs, compare_seeded, table_view
+from lmkit.compare import LineupRuns, compare_runs, compare_seeded, table_view
 from lmkit.errors import UsageError
 from lmkit.render import write_rows
+from clitools import lineup_table
 
 SEEDS = (0, 1, 2)
 NEURAL = ("mlp", "lstm")
@@ -157,7 +158,7 @@ def test_bad_seeds_and_seeds_with_run_folders_are_usage_errors(lineup, tmp_path)
                           code=2)
     assert "--seeds" in line
     with pytest.raises(UsageError, match="--seeds"):
-        compare_lineup(lineup["corpus"], ["mlp"], seeds=0, runs_dir=fresh)
+        lineup_table(lineup["corpus"], ["mlp"], seeds=0, runs_dir=fresh)
     with pytest.raises(UsageError, match="--seeds"):
         api.compare([lineup["out"] / "mlp-seed0"], seeds=1)
 

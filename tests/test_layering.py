@@ -38,7 +38,7 @@ ALLOWED: set[tuple[str, str]] = {
     ("lmkit.models.mix", "lmkit.runs"),
 }
 ALLOWED_CIRCLES = 1
-ALLOWED_PRIVATE = 8
+ALLOWED_PRIVATE = 2
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -50,6 +50,11 @@ def layer(module: str) -> int:
     best = max((p for p in RANK if module == p or module.startswith(p + ".")), key=len, default=None)
     assert best is not None, f"{module} belongs to no layer: add it to LAYERS"
     return RANK[best]
+
+
+def is_module(dotted: str) -> bool:
+    base = PACKAGE.parent / dotted.replace(".", "/")
+    return base.is_dir() or base.with_suffix(".py").exists()
 
 
 def imports(path: Path, name: str) -> list[tuple[str, list[str]]]:
@@ -68,8 +73,7 @@ def imports(path: Path, name: str) -> list[tuple[str, list[str]]]:
             if target.split(".")[0] != "lmkit":
                 continue
             names = [a.name for a in node.names]
-            submodules = [f"{target}.{n}" for n in names if (PACKAGE.parent / f"{target}.{n}".replace(".", "/")).exists()
-                          or (PACKAGE.parent / (f"{target}.{n}".replace(".", "/") + ".py")).exists()]
+            submodules = [f"{target}.{n}" for n in names if is_module(f"{target}.{n}")]
             found += [(m, []) for m in submodules]
             rest = [n for n in names if f"{target}.{n}" not in submodules]
             if rest:

@@ -14,12 +14,13 @@ import sacrebleu
 from clitools import cli, one_error_line
 
 from lmkit import api
-from lmkit.compare import compare_lineup, compare_runs
+from lmkit.compare import compare_runs
 from lmkit.data.batching import prefix_examples, sentence_batches
 from lmkit.data.corpus import count_tokens, encode, locate_pairs, read_pair
 from lmkit.data.vocab import BOS, EOS, PAD, SEP, UNK, Vocab
 from lmkit.errors import DataError, IncomparableError, UsageError
 from lmkit.protocol import Protocol
+from clitools import lineup_table
 
 WORDS = "a b c d e f".split()
 # A tiny transformer learns this copy-with-mapping task in a couple of seconds (fixed length 4).
@@ -258,7 +259,7 @@ def test_translate_and_lm_runs_refuse_to_compare(toy, tiny_corpus, tmp_path):
 def test_lineup_on_a_parallel_corpus_records_bleu(tmp_path):
     d = write_pairs(tmp_path / "de-en", {"train": mapping_pairs(100, 0), "valid": mapping_pairs(10, 1),
                                          "test": mapping_pairs(10, 2)}, "de", "en")
-    rows = compare_lineup(d, ["ngram:kn3", "ngram:laplace2"], src="de", tgt="en", min_count=1,
+    rows = lineup_table(d, ["ngram:kn3", "ngram:laplace2"], src="de", tgt="en", min_count=1,
                           runs_dir=tmp_path / "runs")
     assert sorted(r["model"] for r in rows) == ["ngram:kn3", "ngram:laplace2"]
     assert all(r["bleu"] is not None and r["bleu_signature"].startswith("nrefs:1") for r in rows)
