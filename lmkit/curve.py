@@ -185,6 +185,7 @@ def learning_curve(
     from .lineup import (DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, LINEUP_TRAIN, classify, folder_name, lineup_dir,
                          lineup_model_options)
     from .data.corpus import bundled_corpus, is_parallel, locate, read_text
+    from .datasets.store import resolve_corpus
     from .protocol import Protocol
     from .render import clean
     from .outputs import check_output_dir
@@ -197,7 +198,7 @@ def learning_curve(
 
         image_format(image)
         require_matplotlib("lmkit curve -o")
-    corpus = Path(corpus) if corpus is not None else bundled_corpus()
+    corpus = Path(resolve_corpus(corpus)) if corpus is not None else bundled_corpus()
     if is_parallel(corpus):
         raise UsageError(f"{corpus}: a parallel corpus; lmkit curve trains language models on one "
                          "monolingual train/valid/test corpus")

@@ -179,9 +179,10 @@ class LineupPlan:
 def plan_lineup(corpus, models, *, context, level, min_count, runs_dir, task, src, tgt) -> LineupPlan:
     """Resolve and check a lineup's corpus, task, context and folder; nothing is trained or written."""
     from .data.corpus import bundled_corpus, is_parallel, locate, locate_pairs
+    from .datasets.store import resolve_corpus
     from .outputs import check_output_dir
 
-    corpus = Path(corpus) if corpus is not None else bundled_corpus()
+    corpus = Path(resolve_corpus(corpus)) if corpus is not None else bundled_corpus()
     lineup = classify(list(models) if models else DEFAULT_LINEUP)
     if task is None:
         task = "translate" if src is not None or tgt is not None or is_parallel(corpus) else "lm"

@@ -711,11 +711,12 @@ def plan(*, quick: bool = False, corpus: str | Path | None = None, reference: st
          names: list[str] | None = None, skip_neural: bool = False, listing: bool = False) -> Plan:
     """Which cases run (or are listed), and one-line notes about those that do not."""
     from .data.corpus import locate
+    from .datasets.store import resolve_corpus
 
     if quick and (corpus is not None or reference is not None):
         given = "--corpus" if corpus is not None else "--reference"
         raise UsageError(f"--quick runs only the quick cases; {given} adds full cases: give one or the other")
-    corpus = Path(corpus) if corpus is not None else None
+    corpus = Path(resolve_corpus(corpus)) if corpus is not None else None  # a downloaded corpus by name too
     if corpus is not None and not listing:
         locate(corpus, need=("train", "valid", "test"))  # a bad folder fails before anything runs
     notes: list[str] = []

@@ -431,7 +431,8 @@ def test_real_manifest_entries_against_shared_bytes(mirror: FileServer, tmp_path
         for f in files:  # byte-identical to the shared copies: tiny-shakespeare's 90/5/5 split included
             assert (folder / f).read_bytes() == (shared / f).read_bytes(), (name, f)
     assert api.corpus_path("ptb") == store.corpus_folder("ptb")
-    assert is_parallel("multi30k") and locate_pairs("multi30k", "de", "en").train[0].name == "train.de"
+    named = store.resolve_corpus("multi30k")  # a corpus given by name is its downloaded folder
+    assert named == folder and is_parallel(named) and locate_pairs(named, "de", "en").train[0].name == "train.de"
     # a file whose bytes differ from the manifest's (a fake WikiText zip) is refused
     mirror.serve("/m/wikitext-2/wikitext-2-v1.zip", b"x" * registry.WIKITEXT_2.files[0].size)
     with pytest.raises(DataError, match="checksum mismatch"):

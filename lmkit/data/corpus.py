@@ -389,17 +389,10 @@ def find_split(directory: Path, split: str) -> Path | None:
 
 
 def _corpus_dir(corpus: str | Path) -> Path:
+    """A corpus folder (a downloaded corpus given by name is resolved above this layer, by
+    lmkit.datasets.store.resolve_corpus, before it reaches here)."""
     d = Path(corpus)
     if not d.exists():
-        from ..datasets.registry import CORPORA
-
-        if str(corpus) in CORPORA:  # a known corpus name, no such local folder: the downloaded copy
-            from ..datasets.store import cached_path
-
-            cached = cached_path(str(corpus))
-            if cached is None:
-                raise DataError(f"corpus {corpus} is not downloaded yet; run `lmkit corpus download {corpus}`")
-            return cached
         raise DataError(f"{d}: corpus directory not found")
     if not d.is_dir():
         raise DataError(f"{d}: --corpus expects a directory with train/valid/test files")

@@ -48,6 +48,17 @@ class DamagedCorpus(DataError):
                          f"run `lmkit corpus download {name}` to download it again")
 
 
+def resolve_corpus(corpus: str | Path | None) -> str | Path | None:
+    """`--corpus` as a folder: a known corpus name with no local folder of that name is its downloaded
+    copy (refused with one line when it is not downloaded yet); anything else is returned as given."""
+    if corpus is None or Path(corpus).exists() or str(corpus) not in CORPORA:
+        return corpus
+    cached = cached_path(str(corpus))
+    if cached is None:
+        raise DataError(f"corpus {corpus} is not downloaded yet; run `lmkit corpus download {corpus}`")
+    return cached
+
+
 def cached_path(name: str) -> Path | None:
     """The cached folder of corpus `name`, or None when it has not been downloaded (completely).
 

@@ -3,6 +3,7 @@ folder (n-gram in one atomic step; neural as it trains, a --force replacement sw
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import asdict
@@ -11,6 +12,7 @@ from pathlib import Path
 from ..atomic import atomic_dir
 from ..data.corpus import (Encoded, check_recorded, count_tokens, read_recorded)
 from ..data.vocab import Vocab
+from ..datasets.store import resolve_corpus
 from ..errors import ModelError, UsageError
 from ..evaluate.perplexity import Score
 from ..models import family
@@ -38,6 +40,7 @@ def _train(req: TrainRequest, log: Log, locks) -> Path:
     from ..runlock import run_lock
 
     cls, config, tcfg = check_request(req)
+    req = dataclasses.replace(req, corpus=resolve_corpus(req.corpus))  # a downloaded corpus given by name
     counting = counting_plan(req, cls)
     if tcfg is not None and tcfg.seq_len is not None and req.context != "stream":
         raise UsageError("--seq-len sets the window of --context stream; sentence context trains on whole lines "

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate,
                           locate_pairs, read_pair, read_text)
+from ..datasets.store import resolve_corpus
 from ..data.vocab import Vocab
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
@@ -128,6 +129,7 @@ def encode_corpus(corpus: str | Path | None = None, vocab: str | Path | None = N
         raise UsageError(f"--splits takes train, valid and/or test, comma-separated; got {','.join(splits or [])!r}")
     if corpus is None and train is None and valid is None and test is None:
         raise UsageError("give --corpus DIR, or the files with --train/--valid/--test FILE")
+    corpus = resolve_corpus(corpus)  # a downloaded corpus given by name
     if corpus is not None and train is None and is_parallel(corpus):
         raise UsageError(f"{corpus} is a parallel corpus; token files hold plain language-model text, so "
                          "translation runs read their pairs from the text files")
