@@ -304,7 +304,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     except (TypeError, ValueError, UsageError) as exc:
         raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
     check_vocab_matches(run_dir, vocab, protocol)
-    model = cls.load(run_dir, config, vocab, protocol, device=device)
+    readers = {"read_record": read_record, "load_run": load_run} if getattr(cls, "needs_run_reader", False) else {}
+    model = cls.load(run_dir, config, vocab, protocol, device=device, **readers)
     return model, record
 
 

@@ -141,10 +141,16 @@ class MixtureModel(LanguageModel):
     def save(self, run_dir: Path) -> None:
         """Nothing to write: the component paths and weights are the config, which run.json holds."""
 
-    @classmethod
-    def load(cls, run_dir: Path, config: MixConfig, vocab: Vocab, protocol: Protocol, device: str = "cpu"):
-        from ..runs import load_run, read_record
+    # run folders are read by the runs layer above this one: it hands load() its two readers
+    needs_run_reader = True
 
+    @classmethod
+    def load(cls, run_dir: Path, config: MixConfig, vocab: Vocab, protocol: Protocol, device: str = "cpu", *,
+             read_record=None, load_run=None):
+        """The mixture of the component runs its config names, each checked to be the run it was fitted on;
+        `read_record`/`load_run` are lmkit.runs' (a model does not reach up into run folders itself)."""
+        if read_record is None or load_run is None:
+            raise ModelError(f"{run_dir}: a mixture is loaded from its run folder (lmkit.runs.load_run)")
         run_dir = Path(run_dir)
         w = config.weights
         valid = all(isinstance(x, (int, float)) and x >= 0 for x in w) and math.isclose(sum(w), 1.0, rel_tol=1e-9)
