@@ -9,10 +9,9 @@ from pathlib import Path
 
 from .errors import DataError, UsageError
 from .logs import Log, quiet
-from .models import family
 from .pipeline.fit import resume, train
 from .pipeline.prepare import EncodedSplit, build_vocab, encode_corpus, vocab_report
-from .pipeline.request import TrainRequest, check_request, counting_plan, is_torch_family, resolve_model
+from .pipeline.request import TrainRequest, check_request, counting_plan, list_models, resolve_model
 from .pipeline.use import (BleuReport, GenerateResult, ScoreResult, bleu, export_arpa, generate, load_model,
                            record_bleu, score)
 from .validate import check_output_file
@@ -63,25 +62,6 @@ def mix(runs: list[str | Path], output: str | Path, *, device: str = "cpu", forc
 
 
 # -- generation and BLEU ----------------------------------------------------------------------------
-
-
-def list_models() -> list[dict]:
-    """Every registered family, its description and its Config fields with defaults."""
-    from .config import describe
-    from .models import REGISTRY
-
-    rows = []
-    for kind in REGISTRY:
-        cls = family(kind)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        options = describe(cls.Config)
-        if is_torch_family(cls):
-            from .train import TrainConfig
-
-            defaults = getattr(cls.module, "train_defaults", {})
-            options += [{**o, "default": defaults.get(o["name"], o["default"])} for o in describe(TrainConfig)]
-        rows.append({"family": kind, "description": doc, "options": options})
-    return rows
 
 
 # -- comparing and plotting -------------------------------------------------------------------------

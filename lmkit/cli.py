@@ -17,6 +17,9 @@ from typer.core import TyperGroup
 from . import __version__
 from .distributed import error_line, is_main_process
 from .errors import LmkitError, Terminated, UsageError, on_sigterm
+from .lineup import default_lineup
+from .models import families, flag_options, neural_kinds, owners
+from .models.ngram.smoothing import SMOOTHINGS, arpa_exportable
 from .render import FORMATS, Messages, default_format, write_record, write_rows
 
 
@@ -196,8 +199,14 @@ def vocab_show(
 
 
 # -- train ------------------------------------------------------------------------------------------
-NEURAL = "Neural models (mlp, lstm, transformer)"
+# Help texts name the families from the registry (lmkit/models/__init__.py): no family list lives here.
+NEURAL = f"Neural models ({', '.join(neural_kinds())})"
 BUDGET = "Training (neural models)"
+
+
+def _owned(text: str, option: str) -> str:
+    """A model flag's help, naming the families that own it."""
+    return f"{text} ({', '.join(owners(option))})."
 
 
 def _refuse_beside_resume(ctx: typer.Context, allowed: set[str]) -> None:
@@ -216,8 +225,8 @@ def _refuse_beside_resume(ctx: typer.Context, allowed: set[str]) -> None:
 @app.command(rich_help_panel="Models")
 def train(
     ctx: typer.Context,
-    model: str = typer.Option("ngram", "--model", "-m", help="Model spec: ngram:kn5, ngram:laplace3, "
-                              "ngram (= ngram:kn3), mlp, lstm, transformer."),
+    model: str = typer.Option("ngram", "--model", "-m", help="Model spec: "
+                              f"{', '.join(s for f in families() for s in f.spellings)}."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and (optionally) test files."),
     train_file: Optional[str] = typer.Option(None, "--train", help="Training file (overrides --corpus)."),
     valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
@@ -238,8 +247,8 @@ def train(
     tgt: Optional[str] = typer.Option(None, "--tgt", help="Parallel corpus: suffix of the target files "
                                       "(en for train.en)."),
     order: Optional[int] = typer.Option(None, help="n-gram order (1-10).", rich_help_panel="n-gram models"),
-    smoothing: Optional[str] = typer.Option(None, help="n-gram smoothing: mle laplace addk katz stupid "
-                                            "jm wb kn kn-basic.", rich_help_panel="n-gram models"),
+    smoothing: Optional[str] = typer.Option(None, help=f"n-gram smoothing: {' '.join(SMOOTHINGS)}.",
+                                            rich_help_panel="n-gram models"),
     k: Optional[str] = typer.Option(None, help="add-k constant, or 'auto' to tune it on valid.",
                                     rich_help_panel="n-gram models"),
     memory: Optional[str] = typer.Option(None, help="Bound n-gram counting and smoothing buffers (512M, 4G, "
@@ -251,9 +260,9 @@ def train(
                                          rich_help_panel="n-gram models"),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler: tcp://host:8786, or local:N for a "
                                             "LocalCluster of N worker processes.", rich_help_panel="n-gram models"),
-    layers: Optional[int] = typer.Option(None, help="Layers (lstm, transformer).", rich_help_panel=NEURAL),
-    hidden: Optional[int] = typer.Option(None, help="Hidden size (mlp, lstm).", rich_help_panel=NEURAL),
-    embed: Optional[int] = typer.Option(None, help="Embedding size (mlp, lstm).", rich_help_panel=NEURAL),
+    layers: Optional[int] = typer.Option(None, help=_owned("Layers", "layers"), rich_help_panel=NEURAL),
+    hidden: Optional[int] = typer.Option(None, help=_owned("Hidden size", "hidden"), rich_help_panel=NEURAL),
+    embed: Optional[int] = typer.Option(None, help=_owned("Embedding size", "embed"), rich_help_panel=NEURAL),
     d_model: Optional[int] = typer.Option(None, help="Transformer width.", rich_help_panel=NEURAL),
     heads: Optional[int] = typer.Option(None, help="Attention heads.", rich_help_panel=NEURAL),
     dropout: Optional[float] = typer.Option(None, help="Dropout probability.", rich_help_panel=NEURAL),
@@ -334,10 +343,7 @@ def train(
             model=model, corpus=corpus, train=train_file, valid=valid_file, test=test_file, vocab=vocab,
             level=level, lowercase=lowercase, normalize=normalize, min_count=min_count, max_size=max_size,
             context=context, keep_blank_lines=keep_blank_lines, task=task, src=src, tgt=tgt,
-            options={"order": order, "smoothing": smoothing, "k": k, "layers": layers, "hidden": hidden,
-                     "embed": embed, "d_model": d_model, "heads": heads, "dropout": dropout,
-                     "tie_weights": tie_weights, "window": window, "block_size": block_size, "cell": cell,
-                     "positions": positions},
+            options={name: ctx.params[name] for name in flag_options()},  # the flags some family owns
             train_options=train_options, sets=sets, output=output, runs_dir=runs_dir, force=force,
             seed=seed, progress=not quiet, memory=memory, tmp=tmp, engine=engine, scheduler=scheduler,
         )
@@ -553,7 +559,7 @@ def mix(
 # -- export -----------------------------------------------------------------------------------------
 @app.command("export-arpa", rich_help_panel="Models")
 def export_arpa(
-    run: Path = typer.Argument(..., help="Run folder of an n-gram model (kn, kn-basic, wb, jm, katz)."),
+    run: Path = typer.Argument(..., help=f"Run folder of an n-gram model ({', '.join(arpa_exportable())})."),
     output: Path = typer.Option(..., "-o", "--output", help="ARPA file to write (.gz compresses)."),
     quiet: bool = QuietOpt,
 ) -> None:
@@ -615,8 +621,8 @@ def compare(
     runs: Optional[List[Path]] = typer.Argument(None, help="Run folders to compare. None: train a lineup."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder for the lineup (default: the bundled "
                                           "Shakespeare corpus).", rich_help_panel=LINEUP),
-    models: Optional[str] = typer.Option(None, help="Comma-separated lineup (default: ngram:laplace3,ngram:kn5,"
-                                         "mlp,lstm,transformer).", rich_help_panel=LINEUP),
+    models: Optional[str] = typer.Option(None, help=f"Comma-separated lineup (default: {','.join(default_lineup())}).",
+                                         rich_help_panel=LINEUP),
     time_budget: Optional[str] = typer.Option(None, help="Total neural training time, split evenly between the "
                                               "neural models and their --seeds runs (default 3m).",
                                               rich_help_panel=LINEUP),

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import DataError, UsageError
 from .logs import Log
@@ -178,19 +178,57 @@ def learning_curve(
     natural learning-curve budget), `max_tokens`, `time_budget` (seconds or '90s'); with none of them,
     DEFAULT_RUN_BUDGET seconds per run. Rows follow COLUMNS, one per (model, fraction), models in the
     given order; `image` also draws test perplexity against training tokens."""
-    from .pipeline.fit import train
-    from .pipeline.prepare import build_vocab
-    from .pipeline.request import TrainRequest, check_request
     from .atomic import write_json
-    from .lineup import (DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, LINEUP_TRAIN, classify, folder_name, lineup_dir,
-                         lineup_model_options)
-    from .data.corpus import bundled_corpus, is_parallel, locate, read_text
-    from .datasets.store import resolve_corpus
-    from .protocol import Protocol
     from .render import clean
-    from .outputs import check_output_dir
 
-    # every option is checked before anything is trained
+    plan = plan_curve(corpus, models, fractions, image=image, context=context, level=level, min_count=min_count,
+                      sets=sets, epochs=epochs, max_tokens=max_tokens, time_budget=time_budget, runs_dir=runs_dir,
+                      log=log)
+    _, data, prefixes, vocab = _read_train(plan)
+    jobs = curve_jobs(plan, len(vocab), device, seed)
+    log(f"learning curve on {plan.corpus}: fractions {', '.join(f'{f:g}' for f in plan.fractions)} of the train "
+        f"split ({', '.join(f'{p.lines:,}' for p in prefixes)} lines); {len(vocab):,} ids (min-count "
+        f"{plan.min_count}, from the full train split), {level} level, {plan.protocol.context} context; runs in "
+        f"{plan.out}")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    vocab.save(plan.out / "vocab.json")
+    train_files = write_prefixes(plan.out / "data", Path(plan.files.train), data, prefixes)
+    runs = train_curve(plan, jobs, prefixes, train_files, seed=seed, progress=progress, log=log)
+    rows = curve_rows(runs, [j.spec for j in jobs])
+    write_json(plan.out / CURVE_FILE, clean({
+        "schema": 1, "corpus": str(plan.corpus), "protocol": plan.protocol.to_dict(), "vocab_id": vocab.vocab_id,
+        "vocab_size": len(vocab), "min_count": plan.min_count, "fractions": plan.fractions,
+        "neural_budget": {k: v for k, v in plan.budget.items() if v is not None}, "rows": rows}))
+    if image is not None:
+        plot_curve(rows, image, title=curve_title(plan.corpus, plan.protocol, len(vocab)))
+        log(f"wrote {image}")
+    return rows
+
+
+@dataclass
+class CurvePlan:
+    """A learning curve resolved before any training: every option checked, the folder chosen."""
+
+    corpus: Path
+    lineup: list[tuple[str, str, bool]]
+    fractions: list[float]
+    protocol: Any
+    min_count: int
+    out: Path
+    files: Any  # CorpusFiles
+    per_kind: dict[str, list[str]]  # --set pairs per family
+    budget: dict  # neural budget options for every neural run
+
+
+def plan_curve(corpus, models, fractions, *, image, context, level, min_count, sets, epochs, max_tokens,
+               time_budget, runs_dir, log: Log) -> CurvePlan:
+    """Every option checked before anything is trained; nothing written yet."""
+    from .data.corpus import bundled_corpus, is_parallel, locate
+    from .datasets.store import resolve_corpus
+    from .lineup import DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, classify, lineup_dir
+    from .outputs import check_output_dir
+    from .protocol import Protocol
+
     fractions = parse_fractions(fractions)
     lineup = classify(list(models) if models else DEFAULT_MODELS)
     if image is not None:
@@ -202,43 +240,56 @@ def learning_curve(
     if is_parallel(corpus):
         raise UsageError(f"{corpus}: a parallel corpus; lmkit curve trains language models on one "
                          "monolingual train/valid/test corpus")
-    context = context or DEFAULT_CONTEXT
-    min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
-    protocol = Protocol(level=level, context=context)  # a bad --context or --level fails here
-    out = lineup_dir(runs_dir, prefix="curve")
-    out = check_output_dir(out, force=False, inputs=[corpus])
+    protocol = Protocol(level=level, context=context or DEFAULT_CONTEXT)  # a bad --context or --level fails here
+    out = check_output_dir(lineup_dir(runs_dir, prefix="curve"), force=False, inputs=[corpus])
     files = locate(corpus, need=("train", "valid", "test"))
-
     neural_kinds = list(dict.fromkeys(kind for _, kind, is_neural in lineup if is_neural))
     per_kind = split_sets(list(sets), list(dict.fromkeys(k for _, k, _ in lineup)), neural_kinds)
     budget = neural_budget(epochs, max_tokens, time_budget, sets) if neural_kinds else {}
     if not neural_kinds and any(v is not None for v in (epochs, max_tokens, time_budget)):
         log("note: neural budgets ignored: n-gram models count their whole training set")
+    return CurvePlan(corpus, lineup, fractions, protocol, DEFAULT_MIN_COUNT if min_count is None else min_count,
+                     out, files, per_kind, budget)
 
-    train_text = read_text(files.train)
-    data = Path(files.train).read_bytes()
-    prefixes = nested_prefixes(data, train_text.lines, fractions)
-    vocab = build_vocab(train_text, level=level, min_count=min_count)  # the text read above, not read again
+
+def _read_train(plan: CurvePlan):
+    """(train text, its bytes, the nested prefixes, the vocabulary of the full train split)."""
+    from .data.corpus import read_text
+    from .pipeline.prepare import build_vocab
+
+    train_text = read_text(plan.files.train)
+    data = Path(plan.files.train).read_bytes()
+    prefixes = nested_prefixes(data, train_text.lines, plan.fractions)
+    vocab = build_vocab(train_text, level=plan.protocol.level, min_count=plan.min_count)  # not read again
+    return train_text, data, prefixes, vocab
+
+
+def curve_jobs(plan: CurvePlan, vocab_size: int, device: str | None, seed: int) -> list[_Job]:
+    """One job per model, its options checked (adaptive cutoffs against this vocabulary) before training."""
+    from .lineup import LINEUP_TRAIN, lineup_model_options
+    from .pipeline.request import TrainRequest, check_request
+
     jobs = []
-    for spec, kind, is_neural in lineup:
-        opts = _without(lineup_model_options(kind, len(vocab)), per_kind[kind]) if is_neural else {}
-        topts = {**_without(LINEUP_TRAIN, per_kind[kind]), **budget, "device": device} if is_neural else {}
-        job = _Job(spec, opts, topts, per_kind[kind])
+    for spec, kind, is_neural in plan.lineup:
+        opts = _without(lineup_model_options(kind, vocab_size), plan.per_kind[kind]) if is_neural else {}
+        topts = {**_without(LINEUP_TRAIN, plan.per_kind[kind]), **plan.budget, "device": device} if is_neural else {}
+        job = _Job(spec, opts, topts, plan.per_kind[kind])
         _, config, _ = check_request(TrainRequest(model=spec, options=dict(opts), train_options=dict(topts),
                                                   sets=list(job.sets), seed=seed))
         if getattr(config, "adaptive_cutoffs", None):
             from .models.adaptive import check_cutoffs
 
-            check_cutoffs(tuple(config.adaptive_cutoffs), len(vocab))
+            check_cutoffs(tuple(config.adaptive_cutoffs), vocab_size)
         jobs.append(job)
+    return jobs
 
-    log(f"learning curve on {corpus}: fractions {', '.join(f'{f:g}' for f in fractions)} of the train split "
-        f"({', '.join(f'{p.lines:,}' for p in prefixes)} lines); {len(vocab):,} ids (min-count {min_count}, "
-        f"from the full train split), {level} level, {context} context; runs in {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    vocab_path = out / "vocab.json"
-    vocab.save(vocab_path)
-    train_files = write_prefixes(out / "data", Path(files.train), data, prefixes)
+
+def train_curve(plan: CurvePlan, jobs: list[_Job], prefixes, train_files: dict, *, seed: int, progress: bool,
+                log: Log) -> list[tuple[_Job, Prefix, Path]]:
+    """Every job on every prefix, through the pipeline's train request like `lmkit train`."""
+    from .lineup import folder_name
+    from .pipeline.fit import train
+    from .pipeline.request import TrainRequest
 
     runs: list[tuple[_Job, Prefix, Path]] = []
     n, i = len(prefixes) * len(jobs), 0
@@ -247,23 +298,14 @@ def learning_curve(
             i += 1
             log(f"[{i}/{n}] training {job.spec} on {p.fraction:g} of train ({p.lines:,} lines)")
             start = time.perf_counter()
-            req = TrainRequest(model=job.spec, train=train_files[p.fraction], valid=files.valid, test=files.test,
-                               vocab=vocab_path, context=context, options=dict(job.options),
-                               train_options=dict(job.train_options), sets=list(job.sets),
-                               output=out / f"{folder_name(job.spec)}-f{p.fraction:g}", seed=seed,
-                               progress=progress)
+            req = TrainRequest(model=job.spec, train=train_files[p.fraction], valid=plan.files.valid,
+                               test=plan.files.test, vocab=plan.out / "vocab.json", context=plan.protocol.context,
+                               options=dict(job.options), train_options=dict(job.train_options),
+                               sets=list(job.sets), output=plan.out / f"{folder_name(job.spec)}-f{p.fraction:g}",
+                               seed=seed, progress=progress)
             runs.append((job, p, train(req, log=lambda msg: log(f"  {msg}"))))
             log(f"[{i}/{n}] {job.spec} on {p.fraction:g} done in {time.perf_counter() - start:.0f} s")
-
-    rows = curve_rows(runs, [j.spec for j in jobs])
-    write_json(out / CURVE_FILE, clean({
-        "schema": 1, "corpus": str(corpus), "protocol": protocol.to_dict(), "vocab_id": vocab.vocab_id,
-        "vocab_size": len(vocab), "min_count": min_count, "fractions": fractions,
-        "neural_budget": {k: v for k, v in budget.items() if v is not None}, "rows": rows}))
-    if image is not None:
-        plot_curve(rows, image, title=curve_title(corpus, protocol, len(vocab)))
-        log(f"wrote {image}")
-    return rows
+    return runs
 
 
 def write_prefixes(folder: Path, train: Path, data: bytes, prefixes: Sequence[Prefix]) -> dict[float, Path]:

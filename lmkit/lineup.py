@@ -21,23 +21,22 @@ from .errors import UsageError
 from .logs import Log, quiet
 from .protocol import Protocol
 
-# The default lineup (`lmkit compare` without arguments): five families on the bundled corpus.
-DEFAULT_LINEUP = ("ngram:laplace3", "ngram:kn5", "mlp", "lstm", "transformer")
-DEFAULT_NEURAL_BUDGET = 180.0  # seconds of neural training in total: 60 s each for mlp, lstm, transformer
+# Each family's part in the default lineup and the small model a lineup trains of it (sized for ~70 s on two
+# CPU cores; the output layer over the vocabulary dominates the cost) are its descriptor's `lineup` preset
+# (lmkit/models/family.py), declared in its model file.
+DEFAULT_NEURAL_BUDGET = 180.0  # seconds of neural training in total: 60 s each for the default lineup's three
 DEFAULT_CONTEXT = "stream"  # verse lines are short; every family may use the lines before (docs/guide.md)
 DEFAULT_MIN_COUNT = 2  # singletons become <unk>: a 14.7k-id output layer is affordable on a CPU
-# Small models sized for ~70 s on two CPU cores; the output layer over the vocabulary dominates the cost.
-LINEUP_OPTIONS: dict[str, dict] = {
-    "mlp": {"window": 5, "embed": 64, "hidden": 128},
-    "lstm": {"layers": 1, "hidden": 128, "tie_weights": True},
-    "transformer": {"layers": 2, "d_model": 128, "heads": 4, "block_size": 64},
-}
 # The same recipe for every neural model: ~1k tokens per step so a minute holds a few hundred updates,
 # and a warm-up short enough to end early in the budget (each family keeps its own learning rate).
 LINEUP_TRAIN: dict = {"batch_size": 16, "warmup_steps": 20}
-# Families given an adaptive softmax (models/adaptive.py) when the vocabulary is large: the output layer
-# over ~15k ids would otherwise eat most of a one-minute budget.
-ADAPTIVE_FAMILIES = ("lstm", "transformer")
+
+
+def default_lineup() -> tuple[str, ...]:
+    """`lmkit compare` without arguments: every registered family's lineup specs, in registry order."""
+    from .models import families
+
+    return tuple(spec for fam in families() for spec in fam.default_specs)
 
 
 # -- compare: existing runs, or a lineup trained first ------------------------------------------------
@@ -133,8 +132,8 @@ def lineup_dir(runs_dir: str | Path | None, prefix: str = "compare") -> Path:
 
 
 def classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """(spec, kind, is_neural) per model; every spec is checked before anything is trained."""
-    from .models import family, parse_spec
+    """(spec, kind, is_neural) per model; every spec is checked before anything is trained (no torch import)."""
+    from .models import is_neural, parse_spec
 
     out, seen = [], set()
     for spec in models:
@@ -142,20 +141,22 @@ def classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
         if spec in seen:
             raise UsageError(f"model {spec!r} is listed twice in the lineup")
         seen.add(spec)
-        out.append((spec, kind, bool(getattr(family(kind), "checkpoints", False))))
+        out.append((spec, kind, is_neural(kind)))
     return out
 
 
 def lineup_model_options(kind: str, vocab_size: int, options: dict[str, dict] | None = None) -> dict:
     """Model options a lineup gives a neural family (`lmkit compare` and `lmkit curve` alike): the caller's
-    for that family, else LINEUP_OPTIONS plus an adaptive softmax when the vocabulary is large (exact, and
-    ~2-3x faster to train)."""
+    for that family, else its descriptor's lineup preset, plus an adaptive softmax when the preset asks for
+    one and the vocabulary is large (exact, and ~2-3x faster to train)."""
+    from .models import descriptor
     from .models.adaptive import suggested_cutoffs
 
     if kind in (options or {}):
         return dict(options[kind])
-    model_opts = dict(LINEUP_OPTIONS.get(kind, {}))
-    if kind in ADAPTIVE_FAMILIES:
+    preset = descriptor(kind).lineup
+    model_opts = dict(preset.options)
+    if preset.adaptive:
         model_opts["adaptive_cutoffs"] = suggested_cutoffs(vocab_size)
     return model_opts
 
@@ -183,7 +184,7 @@ def plan_lineup(corpus, models, *, context, level, min_count, runs_dir, task, sr
     from .outputs import check_output_dir
 
     corpus = Path(resolve_corpus(corpus)) if corpus is not None else bundled_corpus()
-    lineup = classify(list(models) if models else DEFAULT_LINEUP)
+    lineup = classify(list(models) if models else default_lineup())
     if task is None:
         task = "translate" if src is not None or tgt is not None or is_parallel(corpus) else "lm"
     context = context or ("sentence" if task == "translate" else DEFAULT_CONTEXT)  # pairs are scored one by one
@@ -232,7 +233,7 @@ def train_lineup(corpus: str | Path | None = None, models: Sequence[str] | None 
     A parallel corpus (`task` translate, inferred from --src/--tgt or a train.src/train.tgt pair) gets a
     joint vocabulary with <sep>, sentence context by default, and every run records its test BLEU.
     `time_budget` is the total neural training time, split evenly between the neural training runs
-    (n-grams need none); `options` maps a family to model options replacing LINEUP_OPTIONS for it;
+    (n-grams need none); `options` maps a family to model options replacing its lineup preset;
     `train_options` (batch_size, lr, ...) replace LINEUP_TRAIN's and apply to every neural model alike.
     `seeds` K > 1 trains each neural model K times (seeds seed..seed+K-1, folders <model>-seed<s>), each
     run with 1/K of the model's share of the budget and `max_tokens` each; n-grams train once."""

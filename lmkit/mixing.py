@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_dir
 from .compare import ASPECTS, read_runs
 from .data.corpus import ParallelText, Text, read_recorded
 from .errors import DataError, IncomparableError, ModelError, UsageError
@@ -23,7 +22,8 @@ from .evaluate.perplexity import score_encoded
 from .models.mix import MixConfig, MixtureModel, fit_weights
 from .protocol import Protocol
 from .outputs import check_output_dir
-from .runs import RunRecord, append_metrics, load_run, versions, write_record
+from .runs import RunRecord, load_run, versions
+from .runwriter import RunWriter
 from .logs import Log
 
 MIX_ASPECTS = ("protocol", "vocabulary", "valid", "test")
@@ -63,7 +63,7 @@ def _component_entry(path: str, record: RunRecord, out: Path) -> dict:
 def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str = "cpu", force: bool = False,
                   log: Log = lambda _: None) -> Path:
     """Fit interpolation weights for `runs` on their valid file by EM, score valid/test, write a run folder."""
-    from .pipeline.measure import final_metrics, record_test_scores
+    from .pipeline.measure import final_metrics
     from .pipeline.prepare import encode_splits
 
     if len(runs) < 2:
@@ -116,11 +116,6 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
         train_seconds=sum(r.train_seconds or 0.0 for _, r in records) + seconds,
         tokens_seen=sum(r.tokens_seen or 0 for _, r in records), seed=None, device=device,
         fit_info=mixture.fit_info(), versions=versions())
-    with atomic_dir(out, replace=force, log=log) as tmp:
-        vocab.save(tmp / "vocab.json")
-        mixture.save(tmp)
-        record_test_scores(tmp, scores, data)  # per-sequence test NLLs for compare --bootstrap, as train does
-        append_metrics(tmp, [{"step": 0, "tokens_seen": record.tokens_seen, "seconds": record.train_seconds,
-                              "valid_ppl": metrics.get("valid", {}).get("perplexity")}])
-        write_record(tmp, record)
-    return out
+    row = {"step": 0, "tokens_seen": record.tokens_seen, "seconds": record.train_seconds,
+           "valid_ppl": metrics.get("valid", {}).get("perplexity")}
+    return RunWriter(out, replace=force, log=log).publish(vocab, mixture, record, scores, row)

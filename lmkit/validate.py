@@ -1,9 +1,10 @@
 """Option checks the library calls share: refuse values that cannot work before any data is read.
 
 Lower bounds live with each config (a family's __post_init__, TrainConfig.validate, Decoding); this module
-adds what those leave open: non-finite numbers, sizes so large that torch overflows or a machine cannot
-hold the model, seeds that numpy or torch refuse, device names, and output paths that are not regular
-files. Each failure is a UsageError naming the option (exit code 2). No torch import here."""
+adds what those leave open: non-finite numbers, sizes beyond a family's declared limits (so large that torch
+overflows or a machine cannot hold the model), seeds that numpy or torch refuse, device names, and output
+paths that are not regular files. Each failure is a UsageError naming the option (exit code 2). No torch
+import here, and no model import: this is the core layer, so callers pass a family's limits in."""
 
 from __future__ import annotations
 
@@ -11,18 +12,13 @@ import math
 import re
 import stat
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .errors import UsageError
 
 MAX_SEED = 2**63 - 1  # numpy takes any seed >= 0, torch.manual_seed at most 2**64 - 1
 MAX_THREADS = 1024
 MAX_LR = 1000.0  # far above any working rate (SGD on LSTMs uses 1-40); a typo such as 1e30 diverges at once
-# Model sizes: far beyond any model lmkit trains (GPT-3 has 96 layers of width 12288), small enough that a
-# typo (an extra zero or three) is refused here instead of hanging while torch builds a million layers or
-# failing on a shape that overflows.
-MODEL_LIMITS = {"layers": 1024, "heads": 1024, "hidden": 65536, "embed": 65536, "d_model": 65536,
-                "window": 65536, "block_size": 1 << 20}
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -38,9 +34,11 @@ def check_device_name(device: str | None) -> None:
         raise UsageError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
-def check_model_config(label: str, config: Any) -> None:
-    """Upper bounds on a model config's size fields (their lower bounds are the family's own checks)."""
-    for name, limit in MODEL_LIMITS.items():
+def check_model_config(label: str, config: Any, limits: Mapping[str, int]) -> None:
+    """Upper bounds on a model config's size fields: `limits` is the family's own (Family.limits, declared in
+    its model file; lower bounds are its Config's checks). Far beyond any model lmkit trains, they refuse a
+    typo (an extra zero or three) here instead of hanging while torch builds a million layers."""
+    for name, limit in limits.items():
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             raise UsageError(f"{label}: {name} {value} is beyond lmkit's limit of {limit:,}")

@@ -4,10 +4,10 @@ A registry of cases, each with its source, protocol, expected value and a stated
 cases take seconds and need no data: probabilities computed by hand (the arithmetic is written out
 in the case), nltk.lm and sacrebleu run live beside lmkit, a BLEU written here from Papineni et al.'s
 definition, char-level and perplexity arithmetic. Full cases need the PTB folder (`--corpus`): KN5
-against the published 141.2, KN5/KN3 against KenLM's lmplz, the LSTM and Transformer recipes of
-docs/results.md; and, when KenLM's reference folder is present, KN3/KN5 on tiny-shakespeare against
-KenLM's `query` summary. Full cases train through the public API (`lmkit.pipeline.fit.train`), the path users
-take, into a temporary folder (or `keep`).
+against the published 141.2, KN5/KN3 against KenLM's lmplz, and every family's verify recipe (Family.recipe
+in its model file: the LSTM and Transformer recipes of docs/results.md); and, when KenLM's reference folder
+is present, KN3/KN5 on tiny-shakespeare against KenLM's `query` summary. Full cases train through the
+public API (`lmkit.pipeline.fit.train`), the path users take, into a temporary folder (or `keep`).
 
 No torch import here: the neural cases import it through the API when they run."""
 
@@ -536,39 +536,20 @@ def _ptb_ngram(order: int) -> Callable[[Env], Measurement]:
     return measure
 
 
-# The recipes of docs/results.md ("PTB LSTM", "PTB Transformer"), with the token budget their
-# 12-minute runs reached instead of the time budget, so the result does not depend on machine speed.
-NEURAL_RECIPES: dict[str, dict] = {
-    "lstm": dict(model="lstm", context="stream", min_count=1, seed=0,
-                 options={"layers": 2, "hidden": 256, "dropout": 0.1, "tie_weights": True},
-                 sets=["embed_dropout=0.1", "adaptive_cutoffs=2000,5000"],
-                 train_options={"batch_size": 32, "seq_len": 35, "lr": 3e-3, "warmup_steps": 100,
-                                "max_tokens": 5_340_000, "device": "cpu"}),
-    "transformer": dict(model="transformer", context="stream", min_count=1, seed=0,
-                        options={"layers": 2, "d_model": 256, "heads": 4, "block_size": 64, "dropout": 0.15},
-                        sets=["adaptive_cutoffs=2000,5000"],
-                        train_options={"batch_size": 32, "lr": 1.5e-3, "warmup_steps": 100,
-                                       "max_tokens": 4_100_000, "device": "cpu"}),
-}
-NEURAL_COMMANDS = {
-    "lstm": "lmkit train --model lstm --layers 2 --hidden 256 --dropout 0.1 --set embed_dropout=0.1 --tie-weights "
-            "--set adaptive_cutoffs=2000,5000 --context stream --corpus PTB --batch-size 32 --seq-len 35 --lr 3e-3 "
-            "--warmup 100 --max-tokens 5340000 --device cpu --seed 0",
-    "transformer": "lmkit train --model transformer --layers 2 --d-model 256 --heads 4 --block-size 64 --dropout 0.15 "
-                   "--set adaptive_cutoffs=2000,5000 --context stream --corpus PTB --batch-size 32 --lr 1.5e-3 "
-                   "--warmup 100 --max-tokens 4100000 --device cpu --seed 0",
-}
-
-
 def neural_request(family: str, corpus: Path | str, output: Path | str | None = None, progress: bool = False):
-    """The TrainRequest of a neural full case (what `NEURAL_COMMANDS[family]` asks the CLI for)."""
+    """The TrainRequest of a neural full case: the family's verify recipe (Family.recipe, declared in its model
+    file) on `corpus` (what the recipe's `command` asks the CLI for)."""
+    from .models import descriptor
 
-    recipe = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-              for k, v in NEURAL_RECIPES[family].items()}
-    return TrainRequest(corpus=corpus, output=output, progress=progress, **recipe)
+    recipe = descriptor(family).recipe
+    if recipe is None:
+        raise UsageError(f"model {family!r} has no verify recipe")
+    fields = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+              for k, v in recipe.request.items()}
+    return TrainRequest(corpus=corpus, output=output, progress=progress, **fields)
 
 
-def _ptb_neural(family: str) -> Callable[[Env], Measurement]:
+def _ptb_recipe(family: str) -> Callable[[Env], Measurement]:
     def measure(env: Env) -> Measurement:
         from .runs import read_record
 
@@ -584,7 +565,7 @@ def _ptb_neural(family: str) -> Callable[[Env], Measurement]:
 NEURAL_WHY = ("±3 %: the recipe's 12-minute runs are replaced by their token budget, so the LR schedule "
               "spans a slightly different number of steps, and seed-0 float32 numerics differ across CPUs "
               "and torch builds")
-PTB_CASES: list[Case] = [
+NGRAM_PTB_CASES: list[Case] = [
     Case("ptb-kn5-published", FULL, "Mikolov et al. 2011", "lmkit train --model ngram:kn5 --corpus PTB "
          "(sentence context, min-count 1): test perplexity, 82,430 scored tokens", 141.2, Tolerance(0.01),
          _ptb_ngram(5), why="±1 %: the published toolkit's KN5 (SRILM) differs from lmplz's in details",
@@ -597,14 +578,18 @@ PTB_CASES: list[Case] = [
          "lmkit train --model ngram:kn3 --corpus PTB (sentence context, min-count 1): test perplexity",
          148.28, Tolerance(0.001), _ptb_ngram(3), why="±0.1 %: the same estimator", needs="corpus",
          citation="KenLM lmplz -o 3 on PTB: 148.28 (docs/results.md, tests/test_ngram_ptb.py)"),
-    Case("ptb-lstm", FULL, "docs/results.md", NEURAL_COMMANDS["lstm"] + " (about 12 min on a 2-core CPU)", 113.7,
-         Tolerance(0.03), _ptb_neural("lstm"), why=NEURAL_WHY, needs="corpus", neural=True,
-         citation="docs/results.md, 'PTB LSTM' recipe: test 113.7 after 12 minutes (5.34 M tokens), 2026-11-23"),
-    Case("ptb-transformer", FULL, "docs/results.md", NEURAL_COMMANDS["transformer"] + " (about 12 min on a 2-core "
-         "CPU)", 111.8, Tolerance(0.03), _ptb_neural("transformer"), why=NEURAL_WHY, needs="corpus", neural=True,
-         citation="docs/results.md, 'PTB Transformer' recipe: test 111.8 after 12 minutes (4.10 M tokens), "
-         "2026-11-23"),
 ]
+
+
+def recipe_cases() -> list[Case]:
+    """One PTB case per family that declares a verify recipe (Family.recipe), in registry order; listing them
+    reads the declarations only, so `lmkit verify --list` imports no torch."""
+    from .models import families
+
+    return [Case(f"ptb-{fam.kind}", FULL, "docs/results.md", f"{fam.recipe.command} (about 12 min on a 2-core CPU)",
+                 fam.recipe.expected, Tolerance(0.03), _ptb_recipe(fam.kind), why=NEURAL_WHY, needs="corpus",
+                 neural=fam.neural, citation=fam.recipe.citation)
+            for fam in families() if fam.recipe is not None]
 
 
 # -- full: KenLM's tiny-shakespeare reference -------------------------------------------------------
@@ -684,7 +669,8 @@ def kenlm_cases(reference: Path) -> list[Case]:
 
 def registry(reference: Path | None = None) -> list[Case]:
     """Every case: quick, PTB full cases, and the KenLM reference cases when `reference` is given."""
-    return [*QUICK_CASES, *PTB_CASES, *(kenlm_cases(reference) if reference is not None else [])]
+    kenlm = kenlm_cases(reference) if reference is not None else []
+    return [*QUICK_CASES, *NGRAM_PTB_CASES, *recipe_cases(), *kenlm]
 
 
 # -- choosing and running ---------------------------------------------------------------------------

@@ -44,3 +44,32 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"reference data not present: {p}")
     return p
+
+
+# hypothesis keeps no example database in the checkout: a suite run writes only into temporary folders
+try:
+    from hypothesis import settings
+
+    settings.register_profile("lmkit", database=None)
+    settings.load_profile("lmkit")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+
+
+def _leftovers() -> set[str]:
+    """What a run could leave outside its temporary folders: new entries at the checkout's top level and
+    lmkit's own scratch names in the system temp folder."""
+    import tempfile
+
+    top = {p.name for p in REPO.iterdir()} - {".pytest_cache", "__pycache__"}
+    scratch = {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("lmkit-", ".lmkit"))}
+    return top | {f"tmp/{n}" for n in scratch}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_nothing_behind():
+    """The suite leaves no file outside its temporary folders (checked when the session ends)."""
+    before = _leftovers()
+    yield
+    left = _leftovers() - before
+    assert not left, f"the test suite left files behind: {sorted(left)}"

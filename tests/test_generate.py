@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clitools import cli
+from familytools import as_flags, neural_families
 from typer.testing import CliRunner
 
 from lmkit import api
@@ -18,11 +19,15 @@ from lmkit.cli import app
 from lmkit.data.vocab import BOS, EOS, PAD, UNK
 from lmkit.errors import UsageError
 from lmkit.evaluate.generate import Decoding, generate
+from lmkit.models import families
 
 runner = CliRunner()
+# sizes that learn the grammar below; other registered neural families train at their declared `tiny` options
 NEURAL = {"mlp": ["--window", "3", "--embed", "16", "--hidden", "32"],
           "lstm": ["--layers", "1", "--hidden", "32"],
           "transformer": ["--layers", "1", "--d-model", "16", "--heads", "2", "--block-size", "8"]}
+NEURAL.update({f.kind: as_flags(f.tiny) for f in neural_families() if f.kind not in NEURAL})
+SPECS = ["ngram:kn3", *(f.kind for f in families() if f.kind != "ngram")]  # every registered family
 GRAMMAR = ["the cat sees the ball today", "the dog likes a tree", "a bird chases the river at night",
            "my friend finds some bread again", "the old man hears the moon", "a child sees a tree in the park"]
 
@@ -164,7 +169,7 @@ def _train(corpus: Path, out: Path, spec: str) -> Path:
 def runs(corpus, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("runs")
     return {spec: _train(corpus, base / spec.replace(":", "-"), spec)
-            for spec in ("ngram:kn3", "mlp", "lstm", "transformer")}
+            for spec in SPECS}
 
 
 def _ids(model, text: str) -> list[int]:
@@ -174,7 +179,7 @@ def _ids(model, text: str) -> list[int]:
 PROMPTS = ["the", "a bird", "the old man hears", "", "zebra the"]
 
 
-@pytest.mark.parametrize("spec", ["ngram:kn3", "mlp", "lstm", "transformer"])
+@pytest.mark.parametrize("spec", SPECS)
 def test_every_family_greedy_equals_argmax_by_hand(spec, runs):
     model, _ = api.load_model(runs[spec])
     prompts = [_ids(model, p) for p in PROMPTS]
@@ -188,7 +193,7 @@ def test_every_family_greedy_equals_argmax_by_hand(spec, runs):
     assert [o[0].ids for o in again] == [o[0].ids for o in outs]  # deterministic
 
 
-@pytest.mark.parametrize("spec", ["ngram:kn3", "mlp", "lstm", "transformer"])
+@pytest.mark.parametrize("spec", SPECS)
 def test_every_family_top_k_1_is_greedy_and_beam_beats_greedy(spec, runs):
     """beam >= greedy is not a theorem (greedy's prefix can be pruned for ones that all end worse; an
     under-trained, near-uniform MLP showed it), but it holds on these trained models; TableLM above

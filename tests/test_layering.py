@@ -23,7 +23,7 @@ LAYERS = [
     ("datasets", ["lmkit.datasets"]),
     ("models", ["lmkit.models"]),
     ("evaluate", ["lmkit.evaluate"]),
-    ("training", ["lmkit.train", "lmkit.training", "lmkit.distributed", "lmkit.runs"]),
+    ("training", ["lmkit.train", "lmkit.training", "lmkit.distributed", "lmkit.runs", "lmkit.runwriter"]),
     ("pipeline", ["lmkit.pipeline", "lmkit.check"]),
     ("reporting", ["lmkit.compare", "lmkit.analyze", "lmkit.plot"]),
     ("experiments", ["lmkit.lineup", "lmkit.curve", "lmkit.mixing", "lmkit.verify"]),

@@ -16,9 +16,12 @@ from lmkit.cli import app
 from lmkit.data.corpus import count_tokens, encode, read_text
 from lmkit.data.vocab import BOS, PAD, Vocab
 from lmkit.models.base import LanguageModel
+from lmkit.models import kinds
 from lmkit.models.torchlm import MLPModel, RNNModel, TransformerModel
 from lmkit.protocol import Protocol
+from familytools import neural_families
 
+# name -> (class, config): chosen sizes and variants, then every other registered neural family at its `tiny`
 FAMILIES = {
     "mlp": (MLPModel, {"window": 3, "embed": 8, "hidden": 16}),
     "lstm": (RNNModel, {"layers": 2, "hidden": 16}),
@@ -28,6 +31,8 @@ FAMILIES = {
     "transformer-adaptive": (TransformerModel, {"layers": 1, "d_model": 16, "heads": 2, "block_size": 8,
                                                 "adaptive_cutoffs": (12,)}),
 }
+for _fam in neural_families():
+    FAMILIES.setdefault(_fam.kind, (_fam.model_class, dict(_fam.tiny)))
 TINY = {"mlp": ["--window", "3", "--embed", "16", "--hidden", "64"],
         "lstm": ["--layers", "1", "--hidden", "48"],
         "transformer": ["--layers", "2", "--d-model", "48", "--heads", "2", "--block-size", "16"],
@@ -203,7 +208,7 @@ def test_models_command_lists_every_family():
     r = CliRunner().invoke(app, ["models", "--format", "json"])
     assert r.exit_code == 0
     rows = {row["family"]: row for row in json.loads(r.stdout)}
-    assert set(rows) >= {"ngram", "mlp", "lstm", "transformer"}
+    assert list(rows) == kinds()  # every registered family, in registry order
     names = {o["name"] for o in rows["transformer"]["options"]}
     assert {"block_size", "d_model", "heads", "lr", "epochs", "time_budget"} <= names
 

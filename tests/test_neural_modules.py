@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 from lmkit.models.mlp import MLPConfig, MLPLM  # noqa: E402
 from lmkit.models.rnn import RNNConfig, RNNLM  # noqa: E402
 from lmkit.models.transformer import TransformerConfig, TransformerLM, sinusoidal_table  # noqa: E402
+from familytools import neural_families  # noqa: E402
 
 V = 23  # tiny vocabulary: 4 specials + 19 words
 
@@ -34,6 +35,11 @@ TINY = {
     "transformer-adaptive": (TransformerLM, TransformerConfig(layers=1, d_model=16, heads=2, block_size=16,
                                                               adaptive_cutoffs=(10,))),
 }
+# every registered neural family is covered: those not sized above at their declared `tiny` options
+FAMILY_NAMES = [f.kind for f in neural_families()]
+for _fam in neural_families():
+    _module = _fam.model_class.module
+    TINY.setdefault(_fam.kind, (_module, _module.Config(**_fam.tiny)))
 
 
 def make(name: str, seed: int = 0):
@@ -68,7 +74,8 @@ def test_shapes_and_state(name):
     else:
         assert state is None and not model.stateful
         assert model.init_state(B, "cpu") is None and model.detach_state(None) is None
-        assert model.history == (cfg.window if isinstance(model, MLPLM) else cfg.block_size)
+        bound = {MLPLM: "window", TransformerLM: "block_size"}.get(type(model))  # other families: any bound
+        assert model.history == getattr(cfg, bound) if bound else model.history is None or model.history >= 1
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -186,7 +193,7 @@ def test_deterministic_given_seed(name):
 
 def test_initial_predictions_are_near_uniform():
     """Init choices documented in the files: the first loss is close to ln V, not a confident guess."""
-    for name in ("mlp", "lstm", "transformer"):
+    for name in FAMILY_NAMES:
         model = make(name).eval()
         x = ids(4, 10)
         with torch.no_grad():
@@ -232,7 +239,7 @@ def test_transformer_refuses_more_than_block_size():
 def test_every_config_default_is_usable():
     """Default configs build with a real vocabulary size and produce logits."""
     x = ids(1, 5)
-    for cls in (MLPLM, RNNLM, TransformerLM):
+    for cls in (f.model_class.module for f in neural_families()):
         torch.manual_seed(0)
         model = cls(cls.Config(), V).eval()
         assert model(x)[0].shape == (1, 5, V)
@@ -298,7 +305,7 @@ def test_flops_per_token():
 
 
 def test_optim_groups_cover_every_parameter_once():
-    for name in ("mlp", "lstm", "transformer"):
+    for name in FAMILY_NAMES:
         model = make(name)
         groups = model.optim_groups(0.1)
         seen = [id(p) for g in groups for p in g["params"]]

@@ -1,37 +1,79 @@
-"""Model registry: spec strings such as 'ngram:kn5' -> (family class, config).
+"""The model registry: the one list of model families, and spec strings such as 'ngram:kn5'.
 
-Families are imported lazily so n-gram commands never import torch."""
+Each family declares itself in its own model file (`FAMILY = Family(...)`, lmkit/models/family.py); the
+registry names those files, in the order `lmkit models` and the default lineup show them. The CLI, the
+option checks, lineups, `lmkit verify` and the test suite iterate `families()`: adding a family is its
+model file plus one line below. Declarations are read from source, so nothing here imports torch."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-import re
 
 from ..errors import UsageError
+from .family import Family, read_family
 
-# kind -> "module:Class"; adding a family is one file plus one line here.
-REGISTRY: dict[str, str] = {
-    "ngram": "lmkit.models.ngram.model:NgramModel",
-    "mlp": "lmkit.models.torchlm:MLPModel",
-    "lstm": "lmkit.models.torchlm:RNNModel",
-    "transformer": "lmkit.models.torchlm:TransformerModel",
-}
+# One line per family: the module whose FAMILY declares it.
+FAMILY_MODULES: tuple[str, ...] = (
+    "lmkit.models.ngram.model",
+    "lmkit.models.mlp",
+    "lmkit.models.rnn",
+    "lmkit.models.transformer",
+)
 # Kinds built from other runs instead of trained (`lmkit mix`): a run folder of this kind loads like any
 # other, but it is no --model spec and has no training options, so `lmkit models` does not list it.
 DERIVED: dict[str, str] = {
     "mix": "lmkit.models.mix:MixtureModel",
 }
 
-NGRAM_SMOOTHINGS = ("mle", "laplace", "addk", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
-_NGRAM_SPEC = re.compile(r"^(?P<smoothing>[a-z]+(?:-basic)?)(?P<order>\d+)$")
+
+@functools.cache
+def families() -> tuple[Family, ...]:
+    """Every registered family, in registry order."""
+    found = tuple(read_family(module) for module in FAMILY_MODULES)
+    kinds = [f.kind for f in found]
+    if len(set(kinds)) != len(kinds) or set(kinds) & set(DERIVED):
+        raise RuntimeError(f"model registry: a kind is declared twice ({', '.join(kinds)})")
+    return found
+
+
+def kinds() -> list[str]:
+    return [f.kind for f in families()]
+
+
+def descriptor(kind: str) -> Family:
+    """The declaration of a registered (trainable) family."""
+    for f in families():
+        if f.kind == kind:
+            return f
+    raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(sorted(kinds()))}")
+
+
+def is_neural(kind: str | None) -> bool:
+    """Trained by lmkit.train with a TrainConfig (False for n-grams, mixtures and unknown kinds)."""
+    return any(f.kind == kind and f.neural for f in families())
+
+
+def neural_kinds() -> list[str]:
+    return [f.kind for f in families() if f.neural]
+
+
+def flag_options() -> tuple[str, ...]:
+    """Config fields some family lets `lmkit train` flags set: the union of the families' options."""
+    return tuple(dict.fromkeys(o for f in families() for o in f.options))
+
+
+def owners(option: str) -> list[str]:
+    """Kinds of the families owning an `lmkit train` option (for help texts)."""
+    return [f.kind for f in families() if option in f.options]
 
 
 def family(kind: str):
-    """The class registered for `kind` (imported on first use)."""
-    if kind not in REGISTRY and kind not in DERIVED:
-        raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(sorted(REGISTRY))}")
-    module, _, name = (REGISTRY.get(kind) or DERIVED[kind]).partition(":")
-    return getattr(importlib.import_module(module), name)
+    """The class registered for `kind`, trained or derived (imported on first use)."""
+    if kind in DERIVED:
+        module, _, name = DERIVED[kind].partition(":")
+        return getattr(importlib.import_module(module), name)
+    return descriptor(kind).model_class
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -40,17 +82,15 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     if kind in DERIVED:
         raise UsageError(f"{kind!r} is not trained: build a mixture from trained runs with "
                          "lmkit mix RUN RUN... -o OUT")
-    if kind not in REGISTRY:
-        raise UsageError(f"unknown model {spec!r}; choose one of {', '.join(sorted(REGISTRY))} "
-                         "(n-grams as ngram:<smoothing><order>, e.g. ngram:kn5)")
+    if kind not in kinds():
+        hints = "; ".join(f.variant_hint for f in families() if f.variant_hint)
+        raise UsageError(f"unknown model {spec!r}; choose one of {', '.join(sorted(kinds()))}"
+                         + (f" ({hints})" if hints else ""))
     if not variant:
         if colon:
             raise UsageError(f"model spec {spec!r} ends in ':'; give a variant (ngram:kn5) or none (ngram)")
         return kind, {}
-    if kind != "ngram":
+    fam = descriptor(kind)
+    if fam.variant is None:
         raise UsageError(f"model {kind!r} takes no ':variant' (got {spec!r})")
-    m = _NGRAM_SPEC.match(variant)
-    if not m or m.group("smoothing") not in NGRAM_SMOOTHINGS:
-        raise UsageError(f"bad n-gram spec {spec!r}; expected ngram:<smoothing><order> with smoothing one of "
-                         f"{', '.join(NGRAM_SMOOTHINGS)}, e.g. ngram:kn5")
-    return kind, {"smoothing": m.group("smoothing"), "order": int(m.group("order"))}
+    return kind, fam.parse_variant(spec, variant)

@@ -3,7 +3,9 @@
 The base class owns what must be identical across families: how contexts are formed under the
 protocol (sentence vs stream), which ids are predictable, and the reference scoring loop. Families
 implement `fit`, `next_logprobs`, `save`/`load`; fast families override `sequence_logprobs` with a
-batched pass that a contract test checks against the reference loop."""
+batched pass that a contract test checks against the reference loop. What the rest of lmkit knows about a
+family besides this interface (its flags, limits, defaults, lineup, verify recipe) is its `FAMILY`
+declaration (family.py), listed by the registry (lmkit/models/__init__.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,9 @@ from ..data.vocab import BOS, EOS, Vocab
 from ..protocol import Protocol
 from ..logs import Log, quiet
 
-_quiet = quiet  # for lmkit.models.torchlm and ngram.model until they import lmkit.logs
-
-
-
 
 class LanguageModel(ABC):
-    kind: ClassVar[str]  # registry key: "ngram", "mlp", "lstm", "transformer"
+    kind: ClassVar[str]  # registry key: its FAMILY.kind (lmkit/models/family.py)
     Config: ClassVar[type]  # dataclass of hyperparameters
     normalised: ClassVar[bool] = True  # False only for scores that are not probabilities (stupid backoff)
 
@@ -113,7 +111,3 @@ class LanguageModel(ABC):
         if pending:
             flush()
         return out
-
-    def generate_step(self, context: Sequence[int]) -> np.ndarray:
-        """ln P over the vocabulary after `context` (used by generation)."""
-        return self.next_logprobs([list(context)])[0]

@@ -23,13 +23,14 @@ torchlm.py turns it into a LanguageModel and train.py trains it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .family import Family, Lineup
 
 
 class ConfigError(UsageError, ValueError):
@@ -52,13 +53,17 @@ class MLPConfig:
             raise ConfigError(f"mlp dropout must be in [0, 1), got {self.dropout}")
 
 
-class MLPLM(nn.Module):
-    Config = MLPConfig
-    stateful: ClassVar[bool] = False
+FAMILY = Family(
+    kind="mlp",
+    model="lmkit.models.torchlm:MLPModel",
+    neural=True,
+    options=("window", "embed", "hidden", "dropout"),
+    # far beyond any model lmkit trains, small enough that a typo (an extra zero or three) is refused at once
+    limits={"window": 65536, "embed": 65536, "hidden": 65536},
     # What train.py uses unless the user overrides it. AdamW at 3e-3 trains this shallow net fast
     # (the paper's SGD needed weeks); the weight decay keeps the large output layer in check on
     # small corpora; 64 positions per row reuse each row's embeddings for many windows.
-    train_defaults: ClassVar[dict] = {
+    defaults={
         "optimizer": "adamw",  # decoupled weight decay (Loshchilov & Hutter 2019)
         "lr": 3e-3,  # peak learning rate
         "betas": (0.9, 0.99),  # beta2 0.99: small models on small data, as nanoGPT's char example
@@ -67,7 +72,17 @@ class MLPLM(nn.Module):
         "seq_len": 64,  # positions per row (each is its own window; no carried state)
         "clip": 1.0,  # max global gradient norm
         "warmup_steps": 100,  # linear warm-up, then cosine decay
-    }
+    },
+    # the full softmax over the vocabulary dominates; a narrow hidden layer keeps a lineup minute useful
+    lineup=Lineup(options={"window": 5, "embed": 64, "hidden": 128}),
+    tiny={"window": 3, "embed": 8, "hidden": 16},
+)
+
+
+class MLPLM(nn.Module):
+    Config = MLPConfig
+    stateful: ClassVar[bool] = False
+    train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
 
     def __init__(self, config: MLPConfig, vocab_size: int):
         super().__init__()

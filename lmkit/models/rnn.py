@@ -24,7 +24,7 @@ the top layer's output); the recurrent h_{t-1} -> h_t path is left intact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .adaptive import AdaptiveHead
+from .family import Family, Lineup, Recipe
 
 CELLS = ("lstm", "gru", "rnn")
 
@@ -86,9 +87,12 @@ class RNNConfig:
         return self.hidden if self.embed is None else int(self.embed)
 
 
-class RNNLM(nn.Module):
-    Config = RNNConfig
-    stateful: ClassVar[bool] = True
+FAMILY = Family(
+    kind="lstm",
+    model="lmkit.models.torchlm:RNNModel",
+    neural=True,
+    options=("cell", "layers", "embed", "hidden", "dropout", "tie_weights"),
+    limits={"layers": 1024, "embed": 65536, "hidden": 65536},  # far beyond any model lmkit trains; typos fail
     # Not the classic recipe (SGD lr 20, clip 0.25, lr/4 on plateaus: Zaremba et al. and the PyTorch
     # word_language_model example), which needs many epochs and a hand-run schedule. AdamW with gradient
     # clipping at 1.0 reaches a good perplexity in a fraction of the steps on a CPU. On a short run (char-
@@ -96,7 +100,7 @@ class RNNLM(nn.Module):
     # 2e-3 / 5e-3 / 1e-2; we take 3e-3 because word-level models, with their large sparse embedding and
     # output matrices, are usually less tolerant of high Adam rates. 32 rows x 64 BPTT steps keep the
     # sequential LSTM kernel busy without long truncated-BPTT chains.
-    train_defaults: ClassVar[dict] = {
+    defaults={
         "optimizer": "adamw",  # decoupled weight decay (Loshchilov & Hutter 2019)
         "lr": 3e-3,  # peak learning rate
         "betas": (0.9, 0.99),  # beta2 0.99: small data, noisy gradients, as nanoGPT's char example
@@ -105,7 +109,31 @@ class RNNLM(nn.Module):
         "seq_len": 64,  # BPTT length: gradients flow back at most this many steps
         "clip": 1.0,  # max global gradient norm; essential for RNNs (exploding gradients)
         "warmup_steps": 100,  # linear warm-up, then cosine decay
-    }
+    },
+    # small enough for ~1 min on two cores; the adaptive softmax pays off on a large word vocabulary
+    lineup=Lineup(options={"layers": 1, "hidden": 128, "tie_weights": True}, adaptive=True),
+    tiny={"layers": 1, "hidden": 16},
+    # docs/results.md "PTB LSTM", with the token budget its 12-minute run reached instead of the time budget,
+    # so the result does not depend on machine speed
+    recipe=Recipe(
+        expected=113.7,
+        command="lmkit train --model lstm --layers 2 --hidden 256 --dropout 0.1 --set embed_dropout=0.1 "
+                "--tie-weights --set adaptive_cutoffs=2000,5000 --context stream --corpus PTB --batch-size 32 "
+                "--seq-len 35 --lr 3e-3 --warmup 100 --max-tokens 5340000 --device cpu --seed 0",
+        citation="docs/results.md, 'PTB LSTM' recipe: test 113.7 after 12 minutes (5.34 M tokens), 2026-11-23",
+        request={"model": "lstm", "context": "stream", "min_count": 1, "seed": 0,
+                 "options": {"layers": 2, "hidden": 256, "dropout": 0.1, "tie_weights": True},
+                 "sets": ["embed_dropout=0.1", "adaptive_cutoffs=2000,5000"],
+                 "train_options": {"batch_size": 32, "seq_len": 35, "lr": 3e-3, "warmup_steps": 100,
+                                   "max_tokens": 5_340_000, "device": "cpu"}},
+    ),
+)
+
+
+class RNNLM(nn.Module):
+    Config = RNNConfig
+    stateful: ClassVar[bool] = True
+    train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
 
     def __init__(self, config: RNNConfig, vocab_size: int):
         super().__init__()

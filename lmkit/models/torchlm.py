@@ -22,7 +22,8 @@ from ..data.corpus import Encoded
 from ..data.vocab import BOS, EOS, PAD, Vocab
 from ..errors import ModelError
 from ..protocol import Protocol
-from .base import LanguageModel, Log, _quiet
+from ..logs import Log, quiet
+from .base import LanguageModel
 from .mlp import MLPLM
 from .rnn import RNNLM
 from .transformer import TransformerLM
@@ -103,8 +104,6 @@ class TorchLM(LanguageModel):
         super().__init__(config, vocab, protocol)
         self.device = device
         self.net = self.module(config, len(vocab)).to(device)
-        self.train_config = None  # set by api.train before fit
-        self.run_dir: Path | None = None
         self.train_state: dict = {}
         self.placement = None  # lmkit.device.Placement, set by api.train / api.score
         self.stride: int | None = None  # sliding-window stride for bounded-context scoring (None: half)
@@ -121,11 +120,10 @@ class TorchLM(LanguageModel):
     def num_parameters(self) -> int:
         return int(unwrap(self.net).num_parameters())
 
-    # -- training (the one loop lives in lmkit.train) -----------------------------------------------
-    def fit(self, train: Encoded, valid: Encoded | None, log: Log = _quiet) -> dict:
-        from ..train import fit
-
-        return fit(self, train, valid, self.train_config, log=log, run_dir=self.run_dir)
+    # -- training: the one loop is lmkit.train (the training layer); the models never import it ----------
+    def fit(self, train: Encoded, valid: Encoded | None, log: Log = quiet) -> dict:
+        """Not how a torch family trains (LanguageModel declares `fit` for the counted families)."""
+        raise NotImplementedError(f"{self.label}: torch families are trained by lmkit.train.fit (with a TrainConfig)")
 
     # -- scoring ------------------------------------------------------------------------------------
     @torch.no_grad()

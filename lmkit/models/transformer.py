@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .adaptive import AdaptiveHead
+from .family import Family, Lineup, Recipe
 
 POSITIONS = ("learned", "sinusoidal")
 
@@ -132,12 +133,17 @@ class Block(nn.Module):
         return x
 
 
-class TransformerLM(nn.Module):
-    Config = TransformerConfig
-    stateful: ClassVar[bool] = False
+FAMILY = Family(
+    kind="transformer",
+    model="lmkit.models.torchlm:TransformerModel",
+    neural=True,
+    options=("layers", "d_model", "heads", "block_size", "dropout", "positions", "tie_weights"),
+    # far beyond any model lmkit trains (GPT-3 has 96 layers of width 12288), small enough that a typo is
+    # refused instead of hanging while torch builds a million layers or overflowing a shape
+    limits={"layers": 1024, "heads": 1024, "d_model": 65536, "block_size": 1_048_576},  # 2**20
     # nanoGPT's recipe for small models on small data (its shakespeare-char config): AdamW 1e-3,
     # beta2 0.99, weight decay 0.1 on matrices, warm-up then cosine decay, clip 1.0.
-    train_defaults: ClassVar[dict] = {
+    defaults={
         "optimizer": "adamw",  # decoupled weight decay (Loshchilov & Hutter 2019)
         "lr": 1e-3,  # peak learning rate; small transformers tolerate more than GPT-2's 6e-4
         "betas": (0.9, 0.99),  # beta2 0.99: few tokens per step, as nanoGPT's char example
@@ -146,7 +152,32 @@ class TransformerLM(nn.Module):
         "seq_len": 128,  # tokens per row; must not exceed block_size (the loop uses min(seq_len, history))
         "clip": 1.0,  # max global gradient norm
         "warmup_steps": 100,  # linear warm-up (Adam's early steps are noisy), then cosine decay
-    }
+    },
+    # small enough for ~1 min on two cores; the adaptive softmax pays off on a large word vocabulary
+    lineup=Lineup(options={"layers": 2, "d_model": 128, "heads": 4, "block_size": 64}, adaptive=True),
+    tiny={"layers": 1, "d_model": 16, "heads": 2, "block_size": 16},
+    # docs/results.md "PTB Transformer", with the token budget its 12-minute run reached instead of the time
+    # budget, so the result does not depend on machine speed
+    recipe=Recipe(
+        expected=111.8,
+        command="lmkit train --model transformer --layers 2 --d-model 256 --heads 4 --block-size 64 --dropout 0.15 "
+                "--set adaptive_cutoffs=2000,5000 --context stream --corpus PTB --batch-size 32 --lr 1.5e-3 "
+                "--warmup 100 --max-tokens 4100000 --device cpu --seed 0",
+        citation="docs/results.md, 'PTB Transformer' recipe: test 111.8 after 12 minutes (4.10 M tokens), "
+                 "2026-11-23",
+        request={"model": "transformer", "context": "stream", "min_count": 1, "seed": 0,
+                 "options": {"layers": 2, "d_model": 256, "heads": 4, "block_size": 64, "dropout": 0.15},
+                 "sets": ["adaptive_cutoffs=2000,5000"],
+                 "train_options": {"batch_size": 32, "lr": 1.5e-3, "warmup_steps": 100, "max_tokens": 4_100_000,
+                                   "device": "cpu"}},
+    ),
+)
+
+
+class TransformerLM(nn.Module):
+    Config = TransformerConfig
+    stateful: ClassVar[bool] = False
+    train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
 
     def __init__(self, config: TransformerConfig, vocab_size: int):
         super().__init__()

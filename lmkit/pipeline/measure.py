@@ -4,7 +4,6 @@ scoring path, per-sequence test scores for the bootstrap, translation BLEU, the 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ..data.corpus import (Encoded, read_recorded)
 from ..evaluate.perplexity import Score, score_encoded
@@ -30,14 +29,6 @@ def final_metrics(model, encoded: dict[str, Encoded], log: Log, data: dict | Non
     if model.protocol.task == "translate" and test and "source" in test:
         metrics["bleu"] = _test_bleu(model, test, log)
     return metrics
-
-
-def record_test_scores(run_dir: Path, scores: dict[str, Score], data: dict) -> None:
-    """Per-sequence test NLLs next to run.json: compare --bootstrap resamples them without rescoring."""
-    from ..evaluate.per_sequence import SequenceScores, save_test_scores
-
-    if "test" in scores and (data.get("test") or {}).get("sha256"):
-        save_test_scores(run_dir, SequenceScores.from_score(scores["test"], data["test"]["sha256"]))
 
 
 def _test_bleu(model, test: dict, log: Log) -> dict:

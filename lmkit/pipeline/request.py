@@ -12,7 +12,7 @@ from ..config import build_config, parse_sets
 from ..data.corpus import (is_parallel)
 from ..data.vocab import Vocab
 from ..errors import UsageError, only_for
-from ..models import family, parse_spec
+from ..models import Family, descriptor, flag_options, is_neural, neural_kinds, parse_spec
 from ..protocol import Protocol
 from ..validate import (check_model_config, check_seed,
                        check_train_config)
@@ -65,7 +65,8 @@ def _parse_k(value: Any) -> Any:
 
 
 def is_torch_family(cls) -> bool:
-    return bool(getattr(cls, "checkpoints", False))
+    """Trained by lmkit.train with a TrainConfig: what the family's descriptor declares (Family.neural)."""
+    return is_neural(getattr(cls, "kind", None))
 
 
 def _split_sets(cls, sets: list[str]) -> tuple[list[str], list[str]]:
@@ -91,9 +92,11 @@ def _split_sets(cls, sets: list[str]) -> tuple[list[str], list[str]]:
 
 
 def resolve_model(spec: str, options: dict, sets: list[str]):
-    """(family class, config) from a spec like 'ngram:kn5' plus flags and --set pairs."""
+    """(family class, config) from a spec like 'ngram:kn5' plus flags and --set pairs; the family's
+    descriptor says which flags it owns and how large its sizes may be."""
     kind, from_spec = parse_spec(spec)
-    cls = family(kind)
+    fam = descriptor(kind)
+    cls = fam.model_class
     values = dict(from_spec)
     for key, val in options.items():
         if val is None:
@@ -108,26 +111,32 @@ def resolve_model(spec: str, options: dict, sets: list[str]):
         if key in values and values[key] != val:
             raise UsageError(f"--set {key}={val} contradicts {'--model ' + spec if key in from_spec else '--' + key}")
     values.update(set_values)
+    _refuse_foreign_options(fam, cls.Config, options)
     try:
         config = build_config(cls.Config, values)
     except ValueError as exc:  # a module's own validation (e.g. d_model % heads)
         raise UsageError(f"{spec}: {exc}") from None
-    if kind == "ngram":
-        _check_smoothing_options(config, values)
-    check_model_config(spec, config)
+    check_given = getattr(config, "check_given", None)  # options its other settings would ignore (n-gram k)
+    if check_given is not None:
+        check_given(k for k, v in values.items() if v is not None)
+    check_model_config(spec, config, fam.limits)
     return cls, config
 
 
-# n-gram options that only one smoothing family reads: given with another, they would be silently ignored
-_SMOOTHING_OPTIONS = {"k": ("addk",), "alpha": ("stupid",), "katz_k": ("katz",), "jm_lambdas": ("jm",),
-                      "discount_fallback": ("kn", "kn-basic")}
+def _refuse_foreign_options(fam: Family, config_cls: type, options: dict) -> None:
+    """A train flag the family does not own (Family.options), or a key its Config lacks, is refused in one line.
 
+    Library callers may pass any Config field in `options` (a lineup's adaptive_cutoffs); only the keys some
+    family owns as flags are held to the family's list."""
+    import dataclasses
 
-def _check_smoothing_options(config, values: dict) -> None:
-    for key, smoothings in _SMOOTHING_OPTIONS.items():
-        if values.get(key) is not None and config.smoothing not in smoothings:
-            flag = "--k" if key == "k" else f"--set {key}"
-            raise UsageError(f"{flag} applies to {' and '.join(smoothings)} smoothing, not {config.smoothing}")
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    flags = flag_options()
+    foreign = [k for k, v in options.items() if v is not None and
+               (k not in names or (k in flags and k not in fam.options))]
+    if foreign:
+        raise UsageError(f"option(s) {', '.join(foreign)} do not apply to {config_cls.__name__}; "
+                         f"valid keys: {', '.join(sorted(names))}")
 
 
 def train_config(cls, req: TrainRequest):
@@ -185,7 +194,7 @@ def check_request(req: TrainRequest):
     tcfg = train_config(cls, req) if is_torch_family(cls) else None
     if tcfg is None and any(v is not None for v in req.train_options.values()):
         given = [f"--{k.replace('_', '-')}" for k, v in req.train_options.items() if v is not None]
-        raise UsageError(only_for(given, "neural models (mlp, lstm, transformer)"))
+        raise UsageError(only_for(given, f"neural models ({', '.join(neural_kinds())})"))
     if tcfg is not None:  # fail on an unusable device before reading any data
         from ..device import resolve_device, resolve_precision
 
@@ -206,3 +215,21 @@ def counting_plan(req: TrainRequest, cls):
     from ..models.ngram.resources import CountingPlan
 
     return CountingPlan.from_options(req.memory, req.tmp, req.engine, req.scheduler)
+
+
+def list_models() -> list[dict]:
+    """Every registered family (lmkit.models.families), its description and its Config fields with
+    defaults; a neural family's training options with its own defaults."""
+    from ..config import describe
+    from ..models import families
+
+    rows = []
+    for fam in families():
+        doc = (fam.model_class.__doc__ or "").strip().splitlines()
+        options = describe(fam.config_class)
+        if fam.neural:
+            from ..train import TrainConfig
+
+            options += [{**o, "default": fam.defaults.get(o["name"], o["default"])} for o in describe(TrainConfig)]
+        rows.append({"family": fam.kind, "description": doc[0] if doc else "", "options": options})
+    return rows

@@ -62,11 +62,12 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 def write_arpa(model: TableModel, path: str | Path) -> None:
     """Write `model` as an ARPA file (gzip if the name ends in .gz), atomically."""
-    smoothing = getattr(model.config, "smoothing", "arpa")
+    smoothing = getattr(model.config, "smoothing", "arpa")  # "arpa": a model read from an ARPA file
+    entry = sm.SMOOTHINGS.get(smoothing)
     if not isinstance(model, TableModel) or not isinstance(model.est, sm.Estimate) or (
-            smoothing not in sm.ARPA_EXPORTABLE + ("arpa",)):
+            smoothing != "arpa" and not (entry is not None and entry.arpa)):
         raise UsageError(f"{model.label}: {smoothing} has no back-off form, so it cannot be written as ARPA "
-                         f"(exportable: {', '.join(sm.ARPA_EXPORTABLE)})")
+                         f"(exportable: {', '.join(sm.arpa_exportable())})")
     vocab = model.vocab
     bad = next((t for t in vocab.tokens[len(SPECIALS):] if not t or any(ch.isspace() for ch in t)), None)
     if bad is not None:

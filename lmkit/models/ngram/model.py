@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -25,13 +26,38 @@ from ...errors import DataError, ModelError, UsageError
 from ...protocol import Protocol
 from ...logs import Log, quiet
 from ..base import LanguageModel
+from ..family import Family, Lineup
 from . import smoothing as sm
 from .counts import NgramIndex, count_ngrams, flatten
 from .resources import CountingPlan
 
-MAX_ORDER = 10
+FAMILY = Family(
+    kind="ngram",
+    model="lmkit.models.ngram.model:NgramModel",
+    neural=False,
+    options=("order", "smoothing", "k"),  # the other smoothings' options are reached with --set
+    limits={"order": 10},
+    defaults={},
+    # Laplace shows why smoothing matters; modified Kneser-Ney is the n-gram to beat.
+    lineup=Lineup(specs=("ngram:laplace3", "ngram:kn5")),
+    tiny={"order": 3},
+    variant="lmkit.models.ngram.model:parse_variant",
+    variant_hint="n-grams as ngram:<smoothing><order>, e.g. ngram:kn5",
+    examples=("ngram:kn5", "ngram:laplace3", "ngram (= ngram:kn3)"),
+)
+MAX_ORDER = FAMILY.limits["order"]
 FORMAT = "lmkit-ngram"
 FORMAT_VERSION = 1
+_VARIANT = re.compile(r"^(?P<smoothing>[a-z]+(?:-[a-z]+)*)(?P<order>\d+)$")
+
+
+def parse_variant(spec: str, variant: str) -> dict:
+    """'kn5' of the spec 'ngram:kn5' -> {'smoothing': 'kn', 'order': 5} (the registry's parse_spec asks)."""
+    m = _VARIANT.match(variant)
+    if not m or m.group("smoothing") not in sm.SMOOTHINGS:
+        raise UsageError(f"bad n-gram spec {spec!r}; expected ngram:<smoothing><order> with smoothing one of "
+                         f"{', '.join(sm.SMOOTHINGS)}, e.g. ngram:kn5")
+    return {"smoothing": m.group("smoothing"), "order": int(m.group("order"))}
 
 
 @dataclass
@@ -80,6 +106,17 @@ class NgramConfig:
         if len(fb) != 3 or not all(0 <= d <= j for j, d in zip((1, 2, 3), fb)):
             raise UsageError(f"discount_fallback needs D1 D2 D3 with 0 <= Dj <= j, got {fb}")
         self.discount_fallback = tuple(fb)
+
+    def check_given(self, given: Iterable[str]) -> None:
+        """Refuse an option that only other smoothings read: with this one it would be silently ignored.
+
+        `given`: the fields the user set (resolve_model calls this after building the config)."""
+        given = set(given)
+        for name in (f.name for f in fields(self)):  # field order: which of two misplaced options is named
+            users = sm.readers(name)
+            if name in given and users and self.smoothing not in users:
+                flag = f"--{name}" if name in FAMILY.options else f"--set {name}"
+                raise UsageError(f"{flag} applies to {' and '.join(users)} smoothing, not {self.smoothing}")
 
 
 def _floats(value, name: str) -> list[float]:
@@ -322,12 +359,12 @@ class TableModel(LanguageModel):
 class NgramModel(TableModel):
     """n-gram language model with the smoothing named in its config (see module docstring)."""
 
-    kind = "ngram"
+    kind = FAMILY.kind
     Config = NgramConfig
 
     def __init__(self, config: NgramConfig, vocab: Vocab, protocol: Protocol):
         super().__init__(config, vocab, protocol)
-        self.normalised = config.smoothing != "stupid"  # stupid backoff scores are not probabilities
+        self.normalised = sm.SMOOTHINGS[config.smoothing].normalised  # stupid backoff: scores, not probabilities
         self.index = None
         self.est = None
         self.facts: dict = {}
@@ -345,31 +382,11 @@ class NgramModel(TableModel):
         c, counting = self._count(train, log)
         if self.memory is None:  # unbounded: keep the prefix ids counting found, for generation and checks
             c.index.keep_prefixes(c.ctx)  # (else found again by a binary search per n-gram)
-        s = cfg.smoothing
-        facts: dict = {"smoothing": s, "order": cfg.order}
-        step = self._smoothing_block()
-        if s in ("kn", "kn-basic"):
-            est = sm.estimate_kn(c, s == "kn", cfg.discount_fallback, step, consume=True)
-        elif s == "wb":
-            est = sm.estimate_wb(c, step, consume=True)
-        elif s == "katz":
-            est = sm.estimate_katz(c, cfg.katz_k, step, consume=True)
-        elif s == "stupid":
-            est = sm.estimate_stupid(c, cfg.alpha, step, consume=True)
-        elif s == "mle":
-            est = sm.estimate_mle(c, step, consume=True)
-        elif s == "jm":
-            est = sm.estimate_jm(c, self._jm_lambdas(c, valid, log, facts), step, consume=True)
-        else:  # laplace, addk
-            k = 1.0 if s == "laplace" else cfg.k
-            if k == "auto":
-                if valid is None or not valid.sequences:
-                    raise UsageError("addk with k=auto tunes k on the valid split, but none was given")
-                k = self._tune_k(c, valid)
-                facts["k_tuned_on"] = valid.name
-                log(f"addk: tuned k = {k:.4g} on {valid.name}")
-            est = sm.estimate_additive(c, float(k), step)
-            facts["k"] = float(k)
+        facts: dict = {"smoothing": cfg.smoothing, "order": cfg.order}
+        settings = self._settings(c, valid, log, facts)
+        est = sm.SMOOTHINGS[cfg.smoothing].estimate(c, settings, self._smoothing_block())
+        if isinstance(est, sm.Additive):
+            facts["k"] = est.k
         self._set_tables(c.index, est)
         facts.update({key: val for key, val in est.facts.items() if key != "warnings"})
         warnings = facts.setdefault("warnings", []) + list(est.facts.get("warnings", []))
@@ -406,6 +423,19 @@ class NgramModel(TableModel):
     def _smoothing_block(self) -> int:
         """n-grams per block of the smoothing's temporaries: --memory bounds them as it bounds counting."""
         return sm.SMOOTH_BLOCK if self.memory is None else max(self.memory // sm.SMOOTH_ROW_BYTES, 1024)
+
+    def _settings(self, c, valid: Encoded | None, log: Log, facts: dict) -> dict:
+        """The chosen smoothing's options, with those fitted on the valid split resolved (k=auto, JM lambdas)."""
+        settings = {name: getattr(self.config, name) for name in sm.SMOOTHINGS[self.config.smoothing].options}
+        if settings.get("k") == "auto":
+            if valid is None or not valid.sequences:
+                raise UsageError("addk with k=auto tunes k on the valid split, but none was given")
+            settings["k"] = self._tune_k(c, valid)
+            facts["k_tuned_on"] = valid.name
+            log(f"addk: tuned k = {settings['k']:.4g} on {valid.name}")
+        if "jm_lambdas" in settings:
+            settings["jm_lambdas"] = self._jm_lambdas(c, valid, log, facts)
+        return settings
 
     def _tune_k(self, c, valid: Encoded) -> float:
         toks, depth = flatten(valid.sequences, self.protocol.context)

@@ -10,6 +10,9 @@ Interpolated models (JM, WB, KN) fit this form exactly: bo(c) is the interpolati
 order and the stored probability already includes the interpolated lower-order term. Add-k cannot be
 written this way (its unseen mass is uniform, not proportional to a lower order), so it keeps counts.
 
+`SMOOTHINGS` at the end of this file is the one table of smoothings: name -> estimator, the NgramConfig
+options only it reads, whether its scores normalise and whether ARPA can hold it.
+
 Conventions shared by all (DESIGN.md §2): the predictable set P is the vocabulary minus <pad> and <s>;
 <s> is context only (its unigram count is never a target count); the unigram level backs off to (or is
 interpolated with) the uniform distribution 1/|P|, so <unk> gets mass even if it was never seen --
@@ -20,17 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ...data.vocab import BOS, PAD
 from .counts import NgramCounts
-
-SMOOTHINGS = ("mle", "laplace", "addk", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
-BACKOFF_FORM = ("mle", "katz", "stupid", "jm", "wb", "kn", "kn-basic")
-ARPA_EXPORTABLE = ("kn", "kn-basic", "wb", "jm", "katz")
-
 
 @dataclass
 class Estimate:
@@ -508,3 +506,79 @@ def fit_jm_lambdas(num: np.ndarray, den: np.ndarray, P: int, iters: int = 200,
         if done:
             break
     return [float(x) for x in lam]
+
+
+# -- the smoothing table ---------------------------------------------------------------------------------
+# Every estimator is called as estimate(counts, settings, step): `settings` holds the smoothing's own options
+# (Smoothing.options) with anything fitted on the valid split already resolved (addk's k=auto, jm's lambdas).
+Settings = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """One smoothing: its estimator and what it supports (the model, the option checks and ARPA read these)."""
+
+    estimate: Callable[[NgramCounts, Settings, int | None], Estimate | Additive]
+    options: tuple[str, ...] = ()  # NgramConfig fields only this smoothing reads; refused with any other
+    normalised: bool = True  # rows sum to one (stupid backoff gives scores, not probabilities)
+    arpa: bool = False  # a back-off form ARPA can hold (add-k's uniform unseen mass has none)
+
+
+def _mle(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_mle(c, step, consume=True)
+
+
+def _laplace(c: NgramCounts, s: Settings, step: int | None) -> Additive:
+    return estimate_additive(c, 1.0, step)
+
+
+def _addk(c: NgramCounts, s: Settings, step: int | None) -> Additive:
+    return estimate_additive(c, float(s["k"]), step)
+
+
+def _katz(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_katz(c, s["katz_k"], step, consume=True)
+
+
+def _stupid(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_stupid(c, s["alpha"], step, consume=True)
+
+
+def _jm(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_jm(c, list(s["jm_lambdas"]), step, consume=True)
+
+
+def _wb(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_wb(c, step, consume=True)
+
+
+def _kn(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_kn(c, True, s["discount_fallback"], step, consume=True)
+
+
+def _kn_basic(c: NgramCounts, s: Settings, step: int | None) -> Estimate:
+    return estimate_kn(c, False, s["discount_fallback"], step, consume=True)
+
+
+# name -> Smoothing; the order is the order every message and help text lists them in.
+SMOOTHINGS: dict[str, Smoothing] = {
+    "mle": Smoothing(_mle),
+    "laplace": Smoothing(_laplace),
+    "addk": Smoothing(_addk, options=("k",)),
+    "katz": Smoothing(_katz, options=("katz_k",), arpa=True),
+    "stupid": Smoothing(_stupid, options=("alpha",), normalised=False),
+    "jm": Smoothing(_jm, options=("jm_lambdas",), arpa=True),
+    "wb": Smoothing(_wb, arpa=True),
+    "kn": Smoothing(_kn, options=("discount_fallback",), arpa=True),
+    "kn-basic": Smoothing(_kn_basic, options=("discount_fallback",), arpa=True),
+}
+
+
+def arpa_exportable() -> list[str]:
+    """Smoothings `lmkit export-arpa` can write."""
+    return [name for name, entry in SMOOTHINGS.items() if entry.arpa]
+
+
+def readers(option: str) -> list[str]:
+    """Smoothings that read an NgramConfig option (empty: every smoothing, or none, reads it)."""
+    return [name for name, entry in SMOOTHINGS.items() if option in entry.options]

@@ -1,0 +1,225 @@
+"""Comparability rules and row arithmetic mutation testing found unpinned (docs/testing.md, bench/mutation.py
+compare): the per-model row of several runs (mean, sample sd, status, tokens), the refusal naming the
+differing evaluation file, sorting, ranking and the argument checks. Runs are tiny n-gram models."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from lmkit import api
+from lmkit.compare import (LineupRuns, add_intervals, best_cells, check_bootstrap, check_seeds, check_sort_column,
+                           compare_runs, compare_seeded, compare_trained, read_runs, sort_rows)
+from lmkit.errors import IncomparableError, UsageError
+
+TRAIN = "the cat sat on the mat\nthe dog sat on the log\na cat saw a dog\nthe cat ate\n"
+
+
+def corpus(root: Path, name: str, test: str | None = "the cat sat on the log\nthe bird sat\n") -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "train.txt").write_text(TRAIN)
+    (d / "valid.txt").write_text("the dog sat on the mat\na cat sat\n")
+    if test is not None:
+        (d / "test.txt").write_text(test)
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("kill-compare")
+    c = corpus(root, "c")
+    out = {}
+    for model in ("ngram:kn2", "ngram:wb2", "ngram:laplace2", "ngram:kn3", "ngram:addk2"):
+        out[model] = api.train(api.TrainRequest(model=model, corpus=c, output=root / model.replace(":", "-"),
+                                                progress=False))
+    out["other-test"] = api.train(api.TrainRequest(model="ngram:kn2", corpus=corpus(root, "c2", "a dog sat\n"),
+                                                   output=root / "other-test", progress=False))
+    out["no-test"] = api.train(api.TrainRequest(model="ngram:kn2", corpus=corpus(root, "c3", None),
+                                                output=root / "no-test", progress=False))
+    return out
+
+
+def test_a_model_row_over_several_runs_is_their_mean_and_sample_sd(runs):
+    group = (runs["ngram:kn2"], runs["ngram:wb2"], runs["ngram:laplace2"])
+    single = {r["run"]: r for r in compare_runs(list(group))}
+    rows = compare_seeded([LineupRuns("m", group, (0, 1, 2)), LineupRuns("k", (runs["ngram:kn3"],), None)])
+    m = next(r for r in rows if r["seeds"] == 3)
+    k = next(r for r in rows if r["seeds"] == 1)
+    for col in ("valid_ppl", "test_ppl"):
+        values = [single[str(p)][col] for p in group]
+        assert m[col] == pytest.approx(statistics.mean(values), rel=1e-12)
+        assert m[f"{col}_sd"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+        assert k[f"{col}_sd"] is None
+    assert m["tokens_seen"] == round(statistics.mean(single[str(p)]["tokens_seen"] for p in group))
+    assert isinstance(m["tokens_seen"], int)
+    assert m["status"] == "complete" and m["rank"] in (1, 2) and {m["rank"], k["rank"]} == {1, 2}
+    assert "mean ± sd of seeds 0, 1, 2" in m["note"] and "deterministic: trained once, no sd" in k["note"]
+    assert list(rows[0]).index("seeds") == list(rows[0]).index("normalised") + 1
+    assert list(rows[0]).index("test_ppl_sd") == list(rows[0]).index("test_ppl") + 1
+
+
+def test_two_runs_have_an_sd_one_run_none(runs):
+    two = (runs["ngram:kn2"], runs["ngram:wb2"])
+    single = {r["run"]: r for r in compare_runs(list(two))}
+    (row,) = compare_seeded([LineupRuns("m", two, (3, 4))])
+    values = [single[str(p)]["test_ppl"] for p in two]
+    assert row["test_ppl_sd"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+    assert row["seeds"] == 2
+
+
+def test_compare_trained_aggregates_only_with_several_seeds(runs):
+    groups = [LineupRuns("a", (runs["ngram:kn2"],), (0,)), LineupRuns("b", (runs["ngram:wb2"],), None)]
+    rows = compare_trained(groups)
+    assert "seeds" not in rows[0] and len(rows) == 2
+    rows = compare_trained([LineupRuns("a", (runs["ngram:kn2"], runs["ngram:wb2"]), (0, 1))])
+    assert rows[0]["seeds"] == 2
+
+
+def test_refusal_names_the_differing_test_files(runs):
+    with pytest.raises(IncomparableError) as err:
+        compare_runs([runs["ngram:kn2"], runs["other-test"]])
+    msg = str(err.value)
+    assert "test file differs (" in msg and " sha256 " in msg
+    first, second = msg.split("test file differs (")[1].split(")")[0].split(" vs ")
+    for text, folder in ((first, "c"), (second, "c2")):
+        path, sha = text.split(" sha256 ")
+        assert Path(path).parent.name == folder and Path(path).name == "test.txt"
+        assert len(sha) == 12 and sha != "None"
+    assert first != second
+    with pytest.raises(IncomparableError, match=r"test file differs \(.* sha256 \w{12} vs none\)"):
+        compare_runs([runs["ngram:kn2"], runs["no-test"]])
+
+
+def test_refusal_counts_the_other_offenders(runs):
+    with pytest.raises(IncomparableError, match=r"\(1 more run\(s\) differ from .* too\)"):
+        compare_runs([runs["ngram:kn2"], runs["other-test"], runs["no-test"]])
+
+
+def test_runs_without_a_test_file_are_ranked_by_valid_perplexity(runs, tmp_path):
+    c = corpus(tmp_path, "v", None)
+    a = api.train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "a", progress=False))
+    b = api.train(api.TrainRequest(model="ngram:laplace2", corpus=c, output=tmp_path / "b", progress=False))
+    rows = compare_runs([b, a])
+    assert [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["valid_ppl"] < rows[1]["valid_ppl"] and rows[0]["test_ppl"] is None
+
+
+def test_sorting_puts_empty_cells_last_either_way():
+    rows = [{"a": 2.0, "b": "x"}, {"a": None, "b": "y"}, {"a": 1.0, "b": "z"}]
+    assert [r["b"] for r in sort_rows(rows, "a")] == ["z", "x", "y"]
+    assert [r["b"] for r in sort_rows(rows, "-a")] == ["x", "z", "y"]
+    assert sort_rows([], "test-ppl") == []
+    assert check_sort_column("-test-ppl") == "test_ppl"
+    with pytest.raises(UsageError, match=r"cannot sort by 'nope'; choose one of: rank, model"):
+        check_sort_column("nope")
+
+
+def test_best_cells_lowest_perplexity_highest_bleu_normalised_only():
+    rows = [{"test_ppl": 5.0, "normalised": False, "bleu": 3.0},
+            {"test_ppl": 7.0, "normalised": True, "bleu": 9.0},
+            {"test_ppl": 6.0, "normalised": True, "bleu": 9.0},
+            {"test_ppl": None, "normalised": True, "bleu": None}]
+    best = best_cells(rows)
+    assert best["test_ppl"] == 2  # row 0 is lower but not normalised
+    assert best["bleu"] == 1  # ties go to the first row
+    assert "valid_ppl" not in best
+
+
+@pytest.mark.parametrize("n, confidence, match", [
+    (0, 0.95, "--bootstrap needs at least 1 resample, got 0"),
+    (1_000_001, 0.95, "--bootstrap 1000001 is beyond lmkit's limit of 1,000,000 resamples"),
+    (10, 0.0, "--confidence must be between 0 and 1, e.g. 0.95; got 0.0"),
+    (10, 1.0, "--confidence must be between 0 and 1"),
+])
+def test_bootstrap_arguments_are_checked(n, confidence, match):
+    with pytest.raises(UsageError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        check_bootstrap(n, confidence)
+
+
+def test_bootstrap_limits_are_inclusive():
+    check_bootstrap(1, 0.5)
+    check_bootstrap(1_000_000, 0.999)
+
+
+def test_seed_counts_are_checked():
+    check_seeds(1)
+    check_seeds(1000)
+    with pytest.raises(UsageError, match="--seeds needs at least 1 training run per neural model, got 0"):
+        check_seeds(0)
+    with pytest.raises(UsageError, match="--seeds 1001 is beyond lmkit's limit of 1,000 training runs"):
+        check_seeds(1001)
+
+
+# -- bootstrap columns -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lineup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("kill-compare-bootstrap")
+    c = corpus(root, "c")
+    return {m: api.train(api.TrainRequest(model=m, corpus=c, output=root / m.replace(":", "-"), progress=False))
+            for m in ("ngram:laplace2", "ngram:kn2", "ngram:mle2", "ngram:stupid2")}
+
+
+def test_bootstrap_notes_say_why_a_run_has_no_interval(lineup):
+    rows = {r["model"]: r for r in compare_runs(list(lineup.values()), bootstrap=30)}
+    assert rows["ngram:mle2"]["note"] == "infinite test perplexity; no confidence interval"
+    assert rows["ngram:stupid2"]["note"] == "not normalised, not ranked; no confidence interval"
+    for model in ("ngram:mle2", "ngram:stupid2"):
+        assert rows[model]["test_ppl_lo"] is None and rows[model]["p_worse_than_best"] is None
+    best, other = rows["ngram:kn2"], rows["ngram:laplace2"]
+    assert best["rank"] == 1 and other["rank"] == 2  # laplace2 is listed first: the reference is by rank
+    assert best["diff_to_best_lo"] == best["diff_to_best_hi"] == 0.0 and best["p_worse_than_best"] == 0.0
+    assert other["test_ppl_lo"] <= other["test_ppl"] <= other["test_ppl_hi"]
+    assert best["note"] is None and other["note"] is None
+
+
+def test_runs_without_test_scores_get_no_interval(tmp_path):
+    c = corpus(tmp_path, "v", None)
+    paths = [api.train(api.TrainRequest(model=m, corpus=c, output=tmp_path / m[-3:], progress=False))
+             for m in ("ngram:kn2", "ngram:wb2")]
+    for row in compare_runs(paths, bootstrap=10):
+        assert row["note"] == "no test score, no confidence interval" and row["test_ppl_lo"] is None
+
+
+def test_add_intervals_defaults_to_seed_zero_and_refuses_different_sequences(lineup, runs):
+    paths = [lineup["ngram:laplace2"], lineup["ngram:kn2"]]
+
+    def fresh_rows():
+        by_run = {r["run"]: r for r in compare_runs(paths)}
+        return [dict(by_run[str(p)]) for p in paths]
+
+    a, b = fresh_rows(), fresh_rows()
+    add_intervals(a, read_runs(paths), 25)
+    add_intervals(b, read_runs(paths), 25, seed=0)
+    assert [r["test_ppl_lo"] for r in a] == [r["test_ppl_lo"] for r in b]
+    # runs scored on different files (compare_runs refuses them before this point)
+    mixed = [runs["ngram:kn2"], runs["other-test"], runs["ngram:wb2"]]
+    by_run = {}
+    for p in mixed:
+        by_run.update({r["run"]: r for r in compare_runs([p])})
+    rows = [dict(by_run[str(p)]) for p in mixed]
+    with pytest.raises(IncomparableError, match=f"^{runs['ngram:kn2']} and {runs['other-test']} stored "
+                                                r"per-sequence scores of different sequences \(token counts "
+                                                "differ\\); they cannot be resampled together$"):
+        add_intervals(rows, read_runs(mixed), 10)
+    swapped = [runs["ngram:kn2"], runs["ngram:wb2"], runs["other-test"]]
+    rows = [dict(by_run[str(p)]) for p in swapped]
+    with pytest.raises(IncomparableError, match=f"^{runs['ngram:kn2']} and {runs['other-test']} stored"):
+        add_intervals(rows, read_runs(swapped), 10)
+
+
+def test_protocol_refusal_lists_every_differing_field(tmp_path, runs):
+    c = corpus(tmp_path, "p")
+    other = api.train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "s", context="stream",
+                                       lowercase=True, progress=False))
+    with pytest.raises(IncomparableError, match=r"protocol differs \(lowercase False vs True, context sentence "
+                                                r"vs stream\)|protocol differs \(context sentence vs stream, "
+                                                r"lowercase False vs True\)"):
+        compare_runs([runs["ngram:kn2"], other])
+
+
+def test_best_cells_count_a_row_without_the_flag_as_normalised_and_sort_one_row():
+    assert best_cells([{"test_ppl": 9.0, "normalised": True}, {"test_ppl": 3.0}]) == {"test_ppl": 1}
+    assert sort_rows([{"a": 1.0}], "-a") == [{"a": 1.0}]
