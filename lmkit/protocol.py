@@ -1,6 +1,6 @@
 """The evaluation protocol: everything besides the model that changes a perplexity.
 
-Two numbers are comparable only when their protocols hash the same (DESIGN.md §1)."""
+Two numbers are comparable only when their protocols hash the same (docs/protocol.md)."""
 
 from __future__ import annotations
 

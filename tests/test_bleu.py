@@ -1,4 +1,4 @@
-"""Continuation BLEU (DESIGN.md §1): the halves, the greedy continuation, and sacrebleu's own numbers."""
+"""Continuation BLEU (docs/protocol.md): the halves, the greedy continuation, and sacrebleu's own numbers."""
 
 from __future__ import annotations
 

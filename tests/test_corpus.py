@@ -1,4 +1,4 @@
-"""Reading text: every unreadable input is one clear DataError; corpus discovery follows DESIGN.md §5."""
+"""Reading text: every unreadable input is one clear DataError; corpus discovery follows docs/protocol.md."""
 
 import pytest
 

@@ -6,7 +6,7 @@ Conventions differ, so the setup is aligned to compare the *math*:
   c(<s> <s> .) = c(<s> .) = number of sentences. Only the n-grams lmkit scores are compared (each word
   and the first `</s>`); nltk's extra `</s> </s>` is ignored.
 - nltk's vocabulary counts `<s>` (it is in the padded text) plus its own `<UNK>`; lmkit's predictable
-  set excludes `<s>` (DESIGN.md §2). One extra lmkit vocabulary word that never occurs makes the two
+  set excludes `<s>` (docs/protocol.md). One extra lmkit vocabulary word that never occurs makes the two
   |V| equal, so the denominators c(h) + k|V| are the same.
 - OOV words are `<UNK>` / `<unk>` in both, never seen in training.
 - For unigrams nltk pads nothing (no `</s>` at all), so there each training sentence gets an explicit

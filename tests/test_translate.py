@@ -1,4 +1,4 @@
-"""Parallel corpora (DESIGN.md §1): every family as a prefix LM over `source <sep> target`, scored and
+"""Parallel corpora (docs/protocol.md): every family as a prefix LM over `source <sep> target`, scored and
 trained on the target side only, with translation BLEU."""
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass
 class ParallelText:
-    """A source and a target file whose line i is one translation pair (DESIGN.md §1)."""
+    """A source and a target file whose line i is one translation pair (docs/protocol.md)."""
 
     source: Text
     target: Text
@@ -373,7 +373,7 @@ class CorpusFiles:
 
 
 def find_split(directory: Path, split: str) -> Path | None:
-    """The single file in `directory` that holds `split`, by the naming rules of DESIGN.md §5."""
+    """The single file in `directory` that holds `split`, by the naming rules of docs/guide.md."""
     candidates = []
     for alias in SPLIT_ALIASES[split]:
         pat = _split_pattern(alias)

@@ -1,6 +1,6 @@
 """Vocabulary: token <-> id with reserved ids, built from the training split only.
 
-Ids 0..3 are <pad> <unk> <s> </s> (DESIGN.md §5); a parallel corpus adds <sep> as id 4.
+Ids 0..3 are <pad> <unk> <s> </s> (docs/protocol.md); a parallel corpus adds <sep> as id 4.
 The JSON file records level, options, counts and a content hash (`vocab_id`) that runs carry, so a
 model is never scored with a vocabulary it was not trained with."""
 

@@ -1,4 +1,4 @@
-"""Continuation BLEU for a monolingual test file and translation BLEU for a parallel one (DESIGN.md §1).
+"""Continuation BLEU for a monolingual test file and translation BLEU for a parallel one (docs/protocol.md).
 
 Every line with at least MIN_TOKENS tokens (under the model's protocol) is cut in half: the first
 floor(n/2) tokens are the prompt, the rest is the reference. The model continues the prompt greedily

@@ -1,4 +1,4 @@
-"""Decoding for every model family, driven only by `model.next_logprobs` (DESIGN.md §2).
+"""Decoding for every model family, driven only by `model.next_logprobs` (docs/protocol.md).
 
 One module, no per-family code: a context is `<s>` followed by the prompt's ids and the tokens
 generated so far, and every step asks the model for the next-token rows of all live hypotheses of all

@@ -1,4 +1,4 @@
-"""The ONLY code that turns model log-probabilities into metrics (DESIGN.md §1, §5).
+"""The ONLY code that turns model log-probabilities into metrics (docs/protocol.md).
 
 Perplexity is exp(total NLL / total scored tokens) over the whole file -- never a mean of batch
 means -- with </s> scored, <s> not, OOV (<unk>) positions counted, and the excl.-OOV variant dropping
@@ -20,7 +20,7 @@ LN10 = math.log(10.0)
 
 @dataclass
 class Score:
-    """Everything a scoring run measured; `summary()` gives the DESIGN.md §5 keys."""
+    """Everything a scoring run measured; `summary()` gives the docs/protocol.md keys."""
 
     tokens: int
     oov: int
@@ -66,7 +66,7 @@ class Score:
             "perplexity_excl_oov": self.perplexity_excl_oov,
         }
         if self.level == "char":
-            # the line break counts as a character: chars + one per sequence (DESIGN.md §5)
+            # the line break counts as a character: chars + one per sequence (docs/protocol.md)
             denom = self.characters + self.sequences
             out["bits_per_char"] = self.nll_nats / LN2 / denom if denom else None
         out["normalised"] = self.normalised

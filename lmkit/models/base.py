@@ -1,4 +1,4 @@
-"""The one interface every model family implements (DESIGN.md §2).
+"""The one interface every model family implements (docs/protocol.md).
 
 The base class owns what must be identical across families: how contexts are formed under the
 protocol (sentence vs stream), which ids are predictable, and the reference scoring loop. Families

@@ -213,7 +213,7 @@ class BleuReport:
 def bleu(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
          tgt: str | Path | None = None, beam: int | None = None, length_penalty: float = 0.0,
          device: str = "cpu") -> BleuReport:
-    """BLEU of a model (DESIGN.md §1, evaluate.bleu): continuation BLEU on a monolingual text file or '-';
+    """BLEU of a model (docs/protocol.md, evaluate.bleu): continuation BLEU on a monolingual text file or '-';
     for a translation run, translation BLEU on a pair (src/tgt files; default: the run's test pair),
     greedy unless `beam` gives a beam width."""
     from ..evaluate.generate import Decoding

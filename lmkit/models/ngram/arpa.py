@@ -5,7 +5,7 @@ P(w | h) = bo(h) P(w | h[1:]). Models with a back-off or interpolated form expor
 kn-basic, wb, jm, katz). mle/laplace/addk/stupid do not: add-k's unseen mass is uniform rather than
 proportional to a lower order, MLE has zero back-off mass, and stupid backoff is not normalised.
 
-Conventions (DESIGN.md §5): `<s>` is written with KenLM's dummy log10 probability 0 (SRILM writes -99;
+Conventions (docs/protocol.md): `<s>` is written with KenLM's dummy log10 probability 0 (SRILM writes -99;
 both are read) and is never predicted, only its back-off weight matters; log10 0 is written -99 and
 values <= -99 are read as log 0. Word level only: a token containing whitespace cannot be written.
 """

@@ -6,7 +6,7 @@ suffix in the sorted keys of order n-1. Keys never overflow int64 whatever the o
 number of n-grams, so a key is below T * V), counting is one `np.unique` per order, and looking up
 "h[-k:] w" for many targets walks right to left: one `searchsorted` per order for all targets at once.
 
-Counted text (DESIGN.md §1, §5): `sentence` context makes every sequence a unit `<s> w1 .. wn </s>`
+Counted text (docs/protocol.md): `sentence` context makes every sequence a unit `<s> w1 .. wn </s>`
 (no padding with n-1 `<s>`: contexts at the start are just `<s>` plus what is available, as KenLM);
 `stream` context makes the whole text one unit `<s> w1 .. </s> w1' .. </s>`, counted across `</s>`.
 Every n-gram inside a unit is counted, so the stored n-grams are closed under prefix and suffix.

@@ -1,6 +1,6 @@
 """The n-gram family: count once with numpy, smooth per order, score targets by vectorised lookup.
 
-Smoothings (DESIGN.md §5 names): mle, laplace, addk (Lidstone), katz (Katz 1987), stupid (Brants et
+Smoothings (docs/protocol.md): mle, laplace, addk (Lidstone), katz (Katz 1987), stupid (Brants et
 al. 2007), jm (Jelinek & Mercer 1980), wb (Witten & Bell 1991), kn-basic and kn (interpolated
 Kneser-Ney, one or three discounts per order; Chen & Goodman 1998; `kn` reproduces KenLM's lmplz).
 The math lives in smoothing.py, the counting and lookup layout in counts.py (the same counts out of

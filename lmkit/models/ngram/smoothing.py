@@ -13,7 +13,7 @@ written this way (its unseen mass is uniform, not proportional to a lower order)
 `SMOOTHINGS` at the end of this file is the one table of smoothings: name -> estimator, the NgramConfig
 options only it reads, whether its scores normalise and whether ARPA can hold it.
 
-Conventions shared by all (DESIGN.md §2): the predictable set P is the vocabulary minus <pad> and <s>;
+Conventions shared by all (docs/protocol.md): the predictable set P is the vocabulary minus <pad> and <s>;
 <s> is context only (its unigram count is never a target count); the unigram level backs off to (or is
 interpolated with) the uniform distribution 1/|P|, so <unk> gets mass even if it was never seen --
 except MLE, whose unseen events are log 0 by design.
