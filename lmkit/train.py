@@ -45,8 +45,6 @@ __all__ = ["CHECKPOINT_DIR", "OPTIMIZERS", "SCHEDULES", "Interrupted", "LoopStat
            "check_checkpoint", "fit", "has_checkpoint", "load_checkpoint", "lr_factor", "parse_duration",
            "resolve_train_config"]
 
-_resolved = resolve_train_config  # the former private name, still imported by lmkit.api: to be removed
-_epoch_batches = epoch_batches  # the former private name, imported by tests/internals.py
 
 
 def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log: Log = print,

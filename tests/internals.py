@@ -9,10 +9,10 @@ from typing import Callable
 
 
 def epoch_batches(model, encoded, config, epoch: int):
-    """The batches the one training loop builds for one epoch (lmkit.train)."""
-    from lmkit.train import _epoch_batches
+    """The batches the one training loop builds for one epoch (lmkit.training.plan)."""
+    from lmkit.training.plan import epoch_batches as build
 
-    return _epoch_batches(model, encoded, config, epoch)
+    return build(model, encoded, config, epoch)
 
 
 def count_forward_rows(model, rows: list[int]) -> Callable[[], None]:

@@ -42,9 +42,10 @@ class LanguageModel(ABC):
         """How many previous tokens the model looks at (None: unbounded)."""
         return None
 
-    @abstractmethod
     def fit(self, train: Encoded, valid: Encoded | None, log: Log = quiet) -> dict:
-        """Estimate the model; returns facts worth recording in run.json (tuned k, discounts...)."""
+        """Estimate a counted model (n-grams); returns facts worth recording in run.json (tuned k,
+        discounts...). Neural families are not fitted here: lmkit.train trains them."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by lmkit.train, not by fit()")
 
     @abstractmethod
     def next_logprobs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:

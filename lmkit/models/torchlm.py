@@ -18,11 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batching import pad_examples, stream_ids, windows
-from ..data.corpus import Encoded
 from ..data.vocab import BOS, EOS, PAD, Vocab
 from ..errors import ModelError
 from ..protocol import Protocol
-from ..logs import Log, quiet
 from .base import LanguageModel
 from .mlp import MLPLM
 from .rnn import RNNLM
@@ -119,11 +117,6 @@ class TorchLM(LanguageModel):
 
     def num_parameters(self) -> int:
         return int(unwrap(self.net).num_parameters())
-
-    # -- training: the one loop is lmkit.train (the training layer); the models never import it ----------
-    def fit(self, train: Encoded, valid: Encoded | None, log: Log = quiet) -> dict:
-        """Not how a torch family trains (LanguageModel declares `fit` for the counted families)."""
-        raise NotImplementedError(f"{self.label}: torch families are trained by lmkit.train.fit (with a TrainConfig)")
 
     # -- scoring ------------------------------------------------------------------------------------
     @torch.no_grad()

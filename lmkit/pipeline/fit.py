@@ -86,7 +86,6 @@ def build_torch_model(job: Job, device: str | None = None):
                              f"smaller sizes ({text})") from None
         raise
     model.placement = placement
-    model.train_config = tcfg
     if tcfg.compile:
         model.net = torch.compile(model.net)
     return model
@@ -160,7 +159,6 @@ def _fit_torch(job: Job, writer: RunWriter | None, log: Log, ranks, progress: bo
         run_dir = writer.resume() if job.resume_record is not None else writer.begin(job.vocab, record)
         if job.resume_record is not None:
             writer.update(record)
-    model.run_dir = run_dir
     log(f"training {model.label} ({model.num_parameters():,} parameters) on {device_name}, "
         f"{model.placement.precision}, {job.protocol.context} context, "
         + (writer.where() if writer is not None else f"into {run_dir}"))
