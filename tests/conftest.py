@@ -56,20 +56,31 @@ except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
 
 
-def _leftovers() -> set[str]:
-    """What a run could leave outside its temporary folders: new entries at the checkout's top level and
-    lmkit's own scratch names in the system temp folder."""
-    import tempfile
-
-    top = {p.name for p in REPO.iterdir()} - {".pytest_cache", "__pycache__"}
-    scratch = {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("lmkit-", ".lmkit"))}
-    return top | {f"tmp/{n}" for n in scratch}
+def _top_level() -> set[str]:
+    return {p.name for p in REPO.iterdir()} - {".pytest_cache", "__pycache__"}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def leaves_nothing_behind():
-    """The suite leaves no file outside its temporary folders (checked when the session ends)."""
-    before = _leftovers()
+    """The suite leaves no file outside its temporary folders. The session (and every child process it
+    starts) gets its own TMPDIR, removed at the end, in which no lmkit temp or scratch folder may remain;
+    the checkout must have no new top-level entry."""
+    import shutil
+    import tempfile
+
+    session_tmp = Path(tempfile.mkdtemp(prefix="lmkit-tests-"))
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = str(session_tmp), None
+    before = _top_level()
     yield
-    left = _leftovers() - before
-    assert not left, f"the test suite left files behind: {sorted(left)}"
+    # lmkit's own temp and scratch names must be gone; torch's (torchelastic_*, the inductor cache) are
+    # its business, and go with the session's TMPDIR below
+    left = sorted(p.name for p in session_tmp.iterdir() if p.name.startswith(("lmkit", ".lmkit", ".")))
+    new_top = sorted(_top_level() - before)
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
+    shutil.rmtree(session_tmp, ignore_errors=True)
+    assert not left and not new_top, f"the test suite left files behind: {left + new_top}"

@@ -1,5 +1,6 @@
 """The wheel ships the bundled corpus, so `lmkit` works after a plain `pip install .`."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +21,14 @@ def test_bundled_corpus_is_found():
 def test_wheel_contains_corpus(tmp_path):
     pytest.importorskip("setuptools")
     pytest.importorskip("wheel")
+    src = tmp_path / "src"  # built from a copy: setuptools writes build/ and *.egg-info beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "lmkit", "corpora"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (REPO / name).is_dir() else {}))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        str(REPO), "-w", str(tmp_path)], capture_output=True, text=True)
+                        str(src), "-w", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("lmkit-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
