@@ -148,12 +148,19 @@ def test_no_output_may_be_an_input_or_lie_inside_an_input_run(work):
 
 
 # -- 2 and 9: replacing a neural run is atomic; SIGTERM behaves like SIGINT -----------------------------
-def test_killed_replacement_leaves_the_previous_run_and_its_temp_is_removed_next_time(work):
+def replacement_under_way(work: Path):
+    """(run folder, its files, the process) once a `--force` replacement of a finished run has checkpointed
+    in its temp folder."""
     out = work / "run"
     assert run("train", *LSTM, *SHORT, "--corpus", work / "corp", "-o", out, "-q")[0] == 0
     before = snapshot(out)
     p = spawn("train", *LSTM, *LONG, "--corpus", work / "corp", "-o", out, "--force", "-q")
     wait_for(p, lambda: (s := staging(work, "run")) is not None and state_step(s) >= 5)
+    return out, before, p
+
+
+def test_killed_replacement_leaves_the_previous_run_and_its_temp_is_removed_next_time(work):
+    out, before, p = replacement_under_way(work)
     p.kill()
     p.wait(timeout=30)
     assert snapshot(out) == before  # the previous run, byte for byte
@@ -166,11 +173,7 @@ def test_killed_replacement_leaves_the_previous_run_and_its_temp_is_removed_next
 
 
 def test_sigterm_during_a_replacement_keeps_both_runs(work):
-    out = work / "run"
-    assert run("train", *LSTM, *SHORT, "--corpus", work / "corp", "-o", out, "-q")[0] == 0
-    before = snapshot(out)
-    p = spawn("train", *LSTM, *LONG, "--corpus", work / "corp", "-o", out, "--force", "-q")
-    wait_for(p, lambda: (s := staging(work, "run")) is not None and state_step(s) >= 5)
+    out, before, p = replacement_under_way(work)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143
