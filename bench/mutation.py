@@ -166,10 +166,18 @@ def prepare(name: str, module: Module) -> Path:
     return work
 
 
-def environment() -> dict[str, str]:
+def environment(work: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         env[var] = "1"
+    if work is not None:
+        # a private temp folder: the suite checks that it leaves nothing in the temp folder, and other people's
+        # runs in the shared /tmp would otherwise fail that check now and then -- a mutant "killed" by chance
+        tmp = work / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmp)
+        # torch.compile's cache would otherwise appear in the suite's session temp folder, which must stay empty
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "inductor"))
     # tests find ../shared from their own location, which is inside the work folder: point them at the real one
     env.setdefault("LMKIT_SHARED", str(REPO.parent / "shared"))
     return env
@@ -197,7 +205,7 @@ def run(name: str, module: Module, fresh: bool, retest: bool, log) -> float:
     start = time.perf_counter()
     for attempt in range(1, RETRIES + 1):
         with open(work / "run.log", "w", encoding="utf-8") as out:
-            proc = subprocess.run(cmd, cwd=work, env=environment(), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=work, env=environment(work), stdout=out, stderr=subprocess.STDOUT)
         tail = log_tail(work / "run.log")
         if proc.returncode == 0 or not any(s in tail for s in CLEAN_FAILURES) or attempt == RETRIES:
             break
@@ -207,9 +215,11 @@ def run(name: str, module: Module, fresh: bool, retest: bool, log) -> float:
         time.sleep(RETRY_WAIT)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"[{name}] mutmut exited {proc.returncode} after {seconds:.0f} s; end of {work / 'run.log'}:"
-                         f"\n{log_tail(work / 'run.log')}\n(a failing test? run the tests above in {work / 'mutants'}"
-                         " with MUTANT_UNDER_TEST= set to nothing)")
+        log(f"[{name}] FAILED: mutmut exited {proc.returncode} after {seconds:.0f} s; end of {work / 'run.log'}:"
+            f"\n{log_tail(work / 'run.log')}\n(a failing test? run the tests above in {work / 'mutants'} with "
+            "MUTANT_UNDER_TEST= set to nothing); going on with the next module")
+        FAILED.append(name)
+        return seconds
     changed = drifted(work, module)
     if changed:
         log(f"[{name}] note: {', '.join(changed)} changed in the working tree during the run; the results are for "
@@ -222,6 +232,7 @@ def run(name: str, module: Module, fresh: bool, retest: bool, log) -> float:
 
 
 RETRIES, RETRY_WAIT = 3, 60
+FAILED: list[str] = []  # modules whose run did not complete
 CLEAN_FAILURES = ("failed to collect stats", "Failed to run clean test")
 
 
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in MODULES and not any(fnmatch.fnmatch(m, n) for m in MODULES)]
     if unknown:
         ap.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
-    names = [m for m in MODULES if any(m == n or fnmatch.fnmatch(m, n) for n in names)]
+    names = list(dict.fromkeys(m for n in names for m in MODULES if m == n or fnmatch.fnmatch(m, n)))  # as given
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -344,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         total = 0.0
         for n in names:
             total += run(n, MODULES[n], args.fresh, args.retest, log)
-        log(f"all done in {total / 60:.1f} min")
+        log(f"all done in {total / 60:.1f} min" + (f"; FAILED: {', '.join(FAILED)}" if FAILED else ""))
     report(names, args.show, print)
-    return 0
+    return 1 if FAILED else 0
 
 
 if __name__ == "__main__":

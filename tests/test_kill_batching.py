@@ -120,3 +120,34 @@ def test_sentence_batches_without_rng_are_sorted_by_length_in_order():
     batches = sentence_batches(examples, 2, None)
     assert [b.x.shape for b in batches] == [(2, 2), (2, 4)]
     assert batches[0].x[:, 1].tolist() == [4, 4] and batches[1].y[:, -1].tolist() == [PAD, EOS]
+
+
+def test_sentence_batches_without_rng_keep_the_order_of_equal_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 4, 60)
+    examples = [np.array([BOS, *[4 + i % 20] * int(k), EOS]) for i, k in enumerate(lengths)]
+    for i, e in enumerate(examples):
+        e[1] = 4 + i  # the first word numbers the example
+    batches = sentence_batches(examples, 7, None)
+    order = [int(x) - 4 for b in batches for x in b.x[:, 1]]
+    assert order == sorted(range(60), key=lambda i: lengths[i])  # stable: equal lengths keep their order
+
+
+@pytest.mark.parametrize("words, max_len", [(8, 4), (9, 4), (7, 3), (3, 3), (1, 1), (5, 2)])
+def test_long_sentences_are_cut_so_every_target_is_trained_exactly_once(words, max_len):
+    from lmkit.data.batching import sentence_examples
+
+    s = np.arange(4, 4 + words)
+    pieces = sentence_examples([s], max_len)
+    assert all(2 <= len(p) <= max_len + 1 for p in pieces)
+    assert [t for p in pieces for t in p[1:].tolist()] == [*s.tolist(), EOS]
+
+
+def test_rank_rows_when_the_stream_fills_the_batch_exactly():
+    seqs = [np.arange(4, 14)]  # <s> + 10 ids + </s>: 12 positions, 11 targets; 4 rows of 2
+    full = stream_batches(stream_ids(seqs), 4, 3)
+    for rank in range(2):
+        src = Stream(seqs)
+        mine = rank_stream_batches(src, 4, 3, rank, 2)
+        assert src.reads == [(rank * 2 * 2, (rank + 1) * 2 * 2 + 1)]
+        np.testing.assert_array_equal(mine[0].x, full[0].x[rank * 2:(rank + 1) * 2])

@@ -102,13 +102,14 @@ def test_one_resample_and_one_sequence_are_enough():
 
 @pytest.mark.parametrize("nll, tokens", [(np.zeros((1, 0)), np.zeros(0)), (np.zeros((0, 3)), np.ones(3))])
 def test_nothing_to_resample_is_refused(nll, tokens):
-    with pytest.raises(ValueError, match="nothing to resample: no models or no sequences"):
+    with pytest.raises(ValueError, match="^nothing to resample: no models or no sequences$"):
         paired_bootstrap(nll, tokens, 10)
 
 
 def test_bad_arguments_are_refused_with_their_reason():
     nll, tokens = two_models()
-    with pytest.raises(ValueError, match="per-sequence NLL must be finite"):
+    with pytest.raises(ValueError, match=r"^per-sequence NLL must be finite \(an infinite perplexity has no "
+                                         r"interval\)$"):
         paired_bootstrap(np.where(np.arange(30) == 3, np.inf, nll), tokens, 10)
     with pytest.raises(ValueError, match="must be at least 1, got 0"):
         paired_bootstrap(nll, tokens, 0)

@@ -129,8 +129,8 @@ def test_best_cells_lowest_perplexity_highest_bleu_normalised_only():
 
 
 @pytest.mark.parametrize("n, confidence, match", [
-    (0, 0.95, "--bootstrap needs at least 1 resample, got 0"),
-    (1_000_001, 0.95, "--bootstrap 1000001 is beyond lmkit's limit of 1,000,000 resamples"),
+    (0, 0.95, "--bootstrap needs at least 1 resample, got 0 (1000 is a good choice)$"),
+    (1_000_001, 0.95, "--bootstrap 1000001 is beyond lmkit's limit of 1,000,000 resamples (1000 is a good choice)$"),
     (10, 0.0, "--confidence must be between 0 and 1, e.g. 0.95; got 0.0"),
     (10, 1.0, "--confidence must be between 0 and 1"),
 ])
@@ -223,3 +223,98 @@ def test_protocol_refusal_lists_every_differing_field(tmp_path, runs):
 def test_best_cells_count_a_row_without_the_flag_as_normalised_and_sort_one_row():
     assert best_cells([{"test_ppl": 9.0, "normalised": True}, {"test_ppl": 3.0}]) == {"test_ppl": 1}
     assert sort_rows([{"a": 1.0}], "-a") == [{"a": 1.0}]
+
+
+# -- rows of edited run records: interrupted, unchecked, failed checks ----------------------------------------
+def copy_run(src: Path, dst: Path, **changes) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    record = json.loads((dst / "run.json").read_text())
+    record.update(changes)
+    (dst / "run.json").write_text(json.dumps(record))
+    return dst
+
+
+def test_notes_for_unchecked_failed_and_interrupted_runs(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    unchecked = copy_run(kn, tmp_path / "unchecked", checks={})
+    failed = copy_run(kn, tmp_path / "failed", checks={"ok": False})
+    no_ok = copy_run(kn, tmp_path / "no-ok", checks={"tests": []})
+    partly = copy_run(kn, tmp_path / "partly", status="interrupted")
+    rows = {Path(r["run"]).name: r for r in compare_runs([kn, unchecked, failed, no_ok, partly])}
+    assert rows["unchecked"]["note"] == "unchecked"
+    assert rows["failed"]["note"] == "check failed" and rows["no-ok"]["note"] == "check failed"
+    assert rows["partly"]["note"] == "partly trained" and rows["partly"]["status"] == "interrupted"
+    assert rows[kn.name]["note"] is None
+
+
+def test_a_model_row_is_interrupted_if_any_of_its_runs_is_and_keeps_every_note(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    partly = copy_run(kn, tmp_path / "partly", status="interrupted")
+    unchecked = copy_run(runs["ngram:wb2"], tmp_path / "unchecked", checks={})
+    (row,) = compare_seeded([LineupRuns("m", (kn, partly, unchecked), (0, 1, 2))])
+    assert row["status"] == "interrupted"
+    assert row["note"] == "partly trained; unchecked; mean ± sd of seeds 0, 1, 2"
+    assert row["rank"] == 1 and row["normalised"] is True
+
+
+# -- several seeds: sorting, bootstrap columns, forwarding ----------------------------------------------------
+@pytest.fixture(scope="module")
+def long_runs(tmp_path_factory) -> dict:
+    """Runs scored on a test file of 40 lines, so bootstrap intervals depend on the seed and the confidence."""
+    root = tmp_path_factory.mktemp("kill-compare-long")
+    lines = ["the cat sat on the mat", "the dog sat on the log", "a cat saw a dog", "the cat ate", "a dog sat"]
+    c = corpus(root, "c", "\n".join(lines[i % 5] if i % 3 else "the bird saw a cat" for i in range(40)) + "\n")
+    return {m: api.train(api.TrainRequest(model=m, corpus=c, output=root / m.replace(":", "-"), progress=False))
+            for m in ("ngram:kn2", "ngram:wb2", "ngram:laplace2", "ngram:addk2")}
+
+
+def test_seeded_rows_sort_and_carry_bootstrap_columns(long_runs):
+    groups = [LineupRuns("a", (long_runs["ngram:kn2"], long_runs["ngram:wb2"]), (0, 1)),
+              LineupRuns("b", (long_runs["ngram:laplace2"],), (0,))]
+    rows = compare_seeded(groups, "-test_ppl", bootstrap=40, seed=3, confidence=0.8)
+    assert [r["test_ppl"] for r in rows] == sorted((r["test_ppl"] for r in rows), reverse=True)
+    cols = list(rows[0])
+    i = cols.index("test_ppl_sd")
+    assert cols[i + 1:i + 6] == ["test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi",
+                                 "p_worse_than_best"]
+    by_model = {r["seeds"]: r for r in rows}
+    assert "bootstrap interval of the seed-0 run only" in by_model[2]["note"]
+    assert "bootstrap interval" not in by_model[1]["note"]
+    # compare_trained hands every argument on when any model has several seeds
+    assert compare_trained(groups, "-test_ppl", bootstrap=40, seed=3, confidence=0.8) == rows
+    other = compare_seeded(groups, "-test_ppl", bootstrap=40, seed=4, confidence=0.5)
+    assert [r["test_ppl_lo"] for r in other] != [r["test_ppl_lo"] for r in rows]
+
+
+def test_seeded_rows_without_a_test_file_rank_by_valid_perplexity(tmp_path):
+    c = corpus(tmp_path, "v", None)
+    a = api.train(api.TrainRequest(model="ngram:laplace2", corpus=c, output=tmp_path / "a", progress=False))
+    b = api.train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "b", progress=False))
+    rows = compare_seeded([LineupRuns("a", (a,), None), LineupRuns("b", (b,), None)])
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["valid_ppl"] < rows[1]["valid_ppl"]
+
+
+def test_interval_defaults_and_the_reference_without_scores(long_runs, tmp_path):
+    from lmkit.evaluate.per_sequence import TEST_SCORES_FILE
+
+    paths = [long_runs["ngram:kn2"], long_runs["ngram:laplace2"]]
+    by_run = {r["run"]: r for r in compare_runs(paths)}
+    a, b = [dict(by_run[str(p)]) for p in paths], [dict(by_run[str(p)]) for p in paths]
+    add_intervals(a, read_runs(paths), 60)
+    add_intervals(b, read_runs(paths), 60, seed=0, confidence=0.95)
+    assert a == b
+    c = [dict(by_run[str(p)]) for p in paths]
+    add_intervals(c, read_runs(paths), 60, seed=1)
+    assert [r["test_ppl_lo"] for r in c] != [r["test_ppl_lo"] for r in a]
+    # the best model lost its per-sequence scores: the next one is the reference, and says so
+    best = min(by_run.values(), key=lambda r: r["rank"])["run"]
+    bare = copy_run(Path(best), tmp_path / "bare")
+    (bare / TEST_SCORES_FILE).unlink()
+    others = [p for p in paths if str(p) != best]
+    rows = {r["run"]: r for r in compare_runs([bare, *others], bootstrap=20)}
+    ref = rows[str(others[0])]
+    assert ref["note"] == "bootstrap reference: the best model with per-sequence scores"
+    assert ref["diff_to_best_lo"] == ref["diff_to_best_hi"] == 0.0

@@ -61,10 +61,12 @@ def test_tokens_no_component_can_explain_are_left_out_and_counted():
 @pytest.mark.parametrize("L, error, match", [
     (np.zeros(3), ValueError, r"expected \(components, tokens\) log-probabilities, got shape \(3,\)"),
     (np.zeros((0, 4)), ValueError, r"got shape \(0, 4\)"),
-    (np.zeros((2, 0)), ModelError, "no valid token has non-zero probability under any component"),
-    (np.full((2, 3), NEG), ModelError, "no valid token has non-zero probability under any component"),
-    (np.array([[0.0, np.nan]]), ModelError, r"a component returned NaN or \+inf log-probabilities"),
-    (np.array([[0.0, np.inf]]), ModelError, r"a component returned NaN or \+inf log-probabilities"),
+    (np.zeros((2, 0)), ModelError, "^no valid token has non-zero probability under any component; cannot fit "
+                                   "weights$"),
+    (np.full((2, 3), NEG), ModelError, "^no valid token has non-zero probability under any component"),
+    (np.array([[0.0, np.nan]]), ModelError, r"^a component returned NaN or \+inf log-probabilities; cannot fit "
+                                            "mixture weights$"),
+    (np.array([[0.0, np.inf]]), ModelError, r"^a component returned NaN or \+inf log-probabilities"),
 ])
 def test_em_refusals(L, error, match):
     with pytest.raises(error, match=match):
@@ -221,3 +223,56 @@ def test_a_missing_component_says_where_it_was_looked_for(tmp_path):
     with pytest.raises(ModelError) as err:
         load(tmp_path, [{"vocab_id": "v"}], [1.0])
     assert str(err.value).endswith("is missing (looked in nothing recorded)")
+
+
+def test_float32_logprobs_are_fitted_in_float64():
+    rng = np.random.default_rng(1)
+    L = np.log(rng.dirichlet(np.ones(4), size=(3, 300))[..., 0]).astype(np.float32)
+    a, b = fit_weights(L), fit_weights(L.astype(np.float64))
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert a.nll == b.nll
+
+
+def test_em_stops_at_the_first_step_that_improves_less_than_tol():
+    rng = np.random.default_rng(2)
+    L = np.log(rng.dirichlet(np.ones(6), size=(3, 200))[..., 0])
+    res = fit_weights(L, tol=1e-4)
+    h = res.nll
+    assert h[0] > 1  # |NLL| above one: a relative tolerance, not an absolute one
+    for prev, cur in zip(h[:-2], h[1:-1]):
+        assert prev - cur >= 1e-4 * abs(prev)
+    assert h[-2] - h[-1] < 1e-4 * abs(h[-2])
+
+
+def test_with_no_tolerance_em_stops_when_rounding_would_raise_the_nll():
+    rng = np.random.default_rng(0)
+    L = np.log(rng.dirichlet(np.ones(5), size=(3, 200))[..., 0])
+    res = fit_weights(L, tol=0.0, max_iter=5000)
+    assert res is not None and 0 < res.iterations < 5000
+    assert all(b <= a for a, b in zip(res.nll, res.nll[1:]))
+
+
+def test_logsumexp_keeps_columns_of_very_different_scale():
+    a = np.array([[0.0, -1000.0], [0.0, -1000.0]])
+    np.testing.assert_allclose(logsumexp0(a), [math.log(2), math.log(2) - 1000.0], rtol=1e-15)
+
+
+def test_fit_info_and_fit():
+    m = mixture([1.0], [Part([1.0])])
+    assert m.fit_info() == {}
+    with pytest.raises(Exception, match=r"^a mixture is not trained: build it from trained runs with "
+                                        r"`lmkit mix RUN RUN\.\.\. -o OUT`$"):
+        m.fit(None, None)
+
+
+def test_components_load_on_the_cpu_by_default(tmp_path):
+    kw, loaded = readers()
+    MixtureModel.load(tmp_path, MixConfig([component(tmp_path, "a")], [1.0]), VOCAB, PROTOCOL, **kw)
+    assert loaded == [(tmp_path / "a", "cpu")]
+
+
+def test_a_component_without_a_given_name_is_named_by_its_path(tmp_path):
+    entry = {k: v for k, v in component(tmp_path, "a", vocab_id="v0").items() if k != "given"}
+    kw, _ = readers()
+    with pytest.raises(ModelError, match=f"^{re.escape(str(tmp_path))}: component {re.escape(str(tmp_path / 'a'))}: "):
+        MixtureModel.load(tmp_path, MixConfig([entry], [1.0]), VOCAB, PROTOCOL, **kw)

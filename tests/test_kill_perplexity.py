@@ -95,6 +95,7 @@ def test_targets_and_counts_are_integers_per_sequence():
     s = score(["a zz", "zz zz b"])
     assert [t.tolist() for t in s.targets] == [[4, UNK, EOS], [UNK, UNK, 5, EOS]]
     assert s.sequence_tokens.tolist() == [3, 4] and s.sequence_oov.tolist() == [1, 2]
+    assert s.sequence_tokens.dtype == s.sequence_oov.dtype == np.int64  # counts, as the Score fields declare
 
 
 def test_degenerate_logprobs_give_nan_without_numpy_warnings():

@@ -93,12 +93,23 @@ def test_good_turing_ratios_by_hand():
     ((10, 4, 0), "counts-of-counts n1..n3 include a zero"),
     ((3, 4, 2), "Good-Turing ratios out of (0, 1]"),  # common = 3 n3 / n1 = 2 >= 1
     ((10, 1, 5), "Good-Turing ratios out of (0, 1]"),  # d1 = (2/10 - 1.5) / (1 - 1.5) > 1
+    ((1, 2, 0), "counts-of-counts n1..n3 include a zero"),  # a single singleton still defines D = 1/5
+    ((3, 1, 1), "Good-Turing ratios out of (0, 1]"),  # common = 3 n3 / n1 = 1 exactly
 ])
 def test_good_turing_falls_back_to_absolute_discounting(n, reason):
-    d, D, why = sm.gt_ratios(with_counts(*n), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # common = 1 must not divide by zero on the way
+        d, D, why = sm.gt_ratios(with_counts(*n), 2)
     assert why == reason
     assert D == n[0] / (n[0] + 2 * n[1])
     np.testing.assert_allclose(d, [1.0, 1 - D, (2 - D) / 2], rtol=1e-15)
+
+
+def test_good_turing_ratio_above_one_is_refused_even_if_the_others_are_fine():
+    # n1..n4 = 7, 4, 2, 1 with K = 3: d = 1.33, 0.42, 0.22 -> out of (0, 1]: absolute discounting
+    d, D, why = sm.gt_ratios(with_counts(7, 4, 2, 1), 3)
+    assert why == "Good-Turing ratios out of (0, 1]" and D == 7 / 15
+    np.testing.assert_allclose(d, [1.0, 1 - D, (2 - D) / 2, (3 - D) / 3], rtol=1e-15)
 
 
 @pytest.mark.parametrize("n", [(0, 4, 2), (4, 0, 2), (1, 0, 0)])
@@ -115,6 +126,7 @@ def test_blocks_cover_the_range():
     assert sm.blocks(5, 0) == [(0, 5)]
     assert sm.blocks(0, None) == [(0, 0)] and sm.blocks(0, 3) == [(0, 0)]
     assert sm.blocks(1, None) == [(0, 1)]
+    assert sm.blocks(3, 1) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_predictable_set_is_everything_but_pad_and_bos():
@@ -257,3 +269,145 @@ def test_katz_rows_normalise_when_a_context_is_followed_by_everything_or_only_by
     rows = np.exp(model.next_logprobs(contexts))
     np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-12)
     assert (rows[:, [UNK, EOS, a, b]] > 0).all()  # no predictable word loses all its mass
+
+
+SETTINGS = {"addk": {"k": 0.5}, "katz": {"katz_k": 1}, "stupid": {"alpha": 0.4}, "jm": {"jm_lambdas": [0.3, 0.5, 0.7]},
+            "kn": {"discount_fallback": (0.5, 1.0, 1.5)}, "kn-basic": {"discount_fallback": (0.5, 1.0, 1.5)}}
+
+
+@pytest.mark.parametrize("name", list(sm.SMOOTHINGS))
+def test_the_table_estimators_free_the_count_tables_as_they_go(name):
+    """What the model fits through: back-off estimators drop each order's counts once used (so a big model's
+    count tables shrink while its probabilities grow); add-k keeps them, they are its model."""
+    c = counts()
+    est = sm.SMOOTHINGS[name].estimate(c, SETTINGS.get(name, {}), 2)
+    if isinstance(est, sm.Additive):
+        assert all(x is not None for x in c.counts)
+        assert est.k == (1.0 if name == "laplace" else 0.5)
+    else:
+        assert all(x is None for x in c.counts) and all(x is None for x in c.ctx)
+    if name in ("kn", "kn-basic"):
+        assert isinstance(est.facts["discounts"][0], list) == (name == "kn")
+
+
+def test_fallback_warnings_and_discounts_are_recorded_per_order():
+    c = count_ngrams([np.array([A]), np.array([B])], 7, 5, "sentence")  # one-word lines: no 4- or 5-grams
+    kn = sm.estimate_kn(c, True, (0.5, 1.0, 1.5))
+    assert kn.facts["discounts"] == [[0.5, 1.0, 1.5]] * 5
+    assert kn.facts["warnings"] == [f"order {n}: counts-of-counts n1..n3 include a zero; using discount fallback "
+                                    "0.5 1 1.5" for n in range(1, 6)]
+    basic = sm.estimate_kn(count_ngrams([np.array([A]), np.array([B])], 7, 5, "sentence"), False, (0.3, 0.9, 1.2))
+    assert basic.facts["discounts"][1:] == [0.3] * 4  # orders 2..5 have no n2: the first fallback value
+    assert basic.facts["warnings"][0] == ("order 2: counts-of-counts n1 or n2 is zero; using discount fallback "
+                                          "0.3 0.3 0.3")
+
+
+def test_katz_records_the_ratios_it_used_per_order():
+    c = counts()
+    want = []
+    for n in (1, 2, 3):
+        d, _, why = sm.gt_ratios(sm.target_counts(c, n).astype(np.int64), 5)
+        want.append((d[1:].tolist(), why))
+    est = sm.estimate_katz(counts(), 5)
+    assert est.facts["katz_ratios"] == [w[0] for w in want]
+    assert est.facts["warnings"] == [f"katz order {n}: {why}; used absolute discounting instead"
+                                     for n, (_, why) in enumerate(want, 1) if why]
+
+
+def test_heldout_levels_count_every_context_including_the_first_one():
+    from lmkit.models.ngram.counts import flatten
+
+    c = counts()  # the only bigram ending in <unk> is "a <unk>": context id 0 of the trigrams
+    toks, depth = flatten([np.array([A, UNK, B])], "sentence")
+    num, den = sm.heldout_levels(c, toks, depth)
+    # targets a, <unk>, b, </s>; row 2 is b after "a <unk>": c(a <unk> .) = 1 ("a <unk> </s>"), c(a <unk> b) = 0
+    assert den[2].tolist() == [c.tokens, 1.0, 1.0] and num[2].tolist() == [float(c.counts[0][B]), 0.0, 0.0]
+
+
+def test_jm_lambda_of_a_level_reached_by_less_than_one_token():
+    num, den = heldout()
+    den[:, 2] = num[:, 2] = 0
+    den[0, 2], num[0, 2] = 2.0, 1.0  # one held-out token has a seen trigram context
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lam = sm.fit_jm_lambdas(num, den, 20)
+    best = jm_loglik(lam, num, den, 20)
+    for step in (-0.05, 0.05):
+        other = list(lam)
+        other[2] = min(max(other[2] + step, 0.0), 1 - 1e-6)
+        assert jm_loglik(other, num, den, 20) <= best + 1e-6  # EM creeps towards a boundary optimum
+
+
+# -- Katz against a plain reference on a corpus that hits both corner cases ------------------------------------
+KATZ_TRAIN = ["a a", "a b a", "a zz", "b a", "a b a b a", "qq a a"]  # zz, qq: singletons, <unk> at min count 2
+
+
+def katz_reference(lines: list[str], K: int, N: int = 3):
+    """P(w | h) of Katz back-off as docs/ngram.md states it, from plain dicts (see estimate_katz's docstring)."""
+    from collections import Counter
+
+    raw: Counter = Counter()
+    for line in lines:
+        unit = ["<s>"] + line.split() + ["</s>"]
+        for n in range(1, N + 1):
+            for i in range(len(unit) - n + 1):
+                raw[tuple(unit[i:i + n])] += 1
+    del raw[("<s>",)]
+    predictable = sorted({g[-1] for g in raw} | {"<unk>", "</s>"})
+    P = len(predictable)
+    ratios, absd = {}, {}
+    for n in range(1, N + 1):
+        values = [k for g, k in raw.items() if len(g) == n]
+        cc = [sum(1 for v in values if v == j) for j in range(K + 2)]
+        D = cc[1] / (cc[1] + 2 * cc[2]) if cc[1] > 0 and cc[2] > 0 else 0.5
+        absd[n] = D
+        gt = None
+        if all(cc[1:]):
+            common = (K + 1) * cc[K + 1] / cc[1]
+            if common < 1:
+                gt = {r: ((r + 1) * cc[r + 1] / (r * cc[r]) - common) / (1 - common) for r in range(1, K + 1)}
+                gt = gt if all(0 < x <= 1 for x in gt.values()) else None
+        ratios[n] = gt or {r: (r - D) / r for r in range(1, K + 1)}
+
+    def prob(w, h):
+        f = {g[-1]: k for g, k in raw.items() if len(g) == len(h) + 1 and g[:-1] == h}
+        den = sum(f.values())
+        if h and den == 0:
+            return prob(w, h[1:])
+        n = len(h) + 1
+
+        def lower(v):
+            return prob(v, h[1:]) if h else 1 / P
+
+        if all(r > K for r in f.values()) and len(f) < P:  # nothing discounted: absolute discounting by D
+            disc = {v: max(r - absd[n], 0) / den for v, r in f.items()}
+        else:
+            disc = {v: (ratios[n][r] if r <= K else 1.0) * r / den for v, r in f.items()}
+        if len(f) >= P or 1 - sum(lower(v) for v in f) <= 1e-12:  # followed by everything: renormalise
+            return disc.get(w, 0.0) / sum(disc.values())
+        if w in disc:
+            return disc[w]
+        return (1 - sum(disc.values())) / (1 - sum(lower(v) for v in f)) * lower(w)
+
+    return prob, predictable
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_katz_equals_the_reference_where_contexts_are_full_or_frequent(tmp_path, K):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text("\n".join(KATZ_TRAIN) + "\n")
+    (corpus / "valid.txt").write_text("a b\n")
+    run = api.train(api.TrainRequest(model="ngram:katz3", corpus=corpus, output=tmp_path / "run",
+                                     sets=[f"katz_k={K}"], min_count=2, progress=False))
+    model, _ = api.load_model(run)
+    vocab = model.vocab
+    mapped = [" ".join(w if w in vocab.index else "<unk>" for w in line.split()) for line in KATZ_TRAIN]
+    prob, predictable = katz_reference(mapped, K)
+    contexts = [("<s>",), ("a",), ("b",), ("<unk>",), ("<s>", "a"), ("a", "a"), ("a", "b"), ("b", "a"),
+                ("<unk>", "a"), ("<s>", "<unk>")]
+    rows = model.next_logprobs([[vocab.index[t] for t in h] for h in contexts])
+    for row, h in zip(rows, contexts):
+        want = [prob(w, h) for w in predictable]
+        np.testing.assert_allclose(np.exp(row[[vocab.index[w] for w in predictable]]), want, rtol=1e-9,
+                                   atol=1e-12, err_msg=str(h))
