@@ -71,14 +71,19 @@ def _edit_offsets(folder: Path) -> None:
     del off
 
 
-@pytest.mark.parametrize("edit", [_edit_ids, _edit_offsets], ids=["ids.bin", "offsets.bin"])
-def test_tampered_token_cache_is_rebuilt_not_trusted(tmp_path, edit):
+def _kn3_with_vocab(tmp_path):
+    """(corpus, vocab.json, a kn3 run trained with it, that run's clean test score)."""
     corpus = _corpus(tmp_path / "c")
     vocab_path = tmp_path / "vocab.json"
     ok("vocab", "build", corpus / "train.txt", "-o", vocab_path, "-q")
     run = tmp_path / "kn3"
     ok("train", "--model", "ngram:kn3", "--corpus", corpus, "--vocab", vocab_path, "-o", run, "-q")
-    clean = json.loads(ok("score", run, corpus / "test.txt", "--format", "json").stdout)
+    return corpus, vocab_path, run, json.loads(ok("score", run, corpus / "test.txt", "--format", "json").stdout)
+
+
+@pytest.mark.parametrize("edit", [_edit_ids, _edit_offsets], ids=["ids.bin", "offsets.bin"])
+def test_tampered_token_cache_is_rebuilt_not_trusted(tmp_path, edit):
+    corpus, vocab_path, run, clean = _kn3_with_vocab(tmp_path)
     ok("encode", "--corpus", corpus, "--vocab", vocab_path, "-q")
     vocab = Vocab.load(vocab_path)
     folder = lookup(corpus / "test.txt", vocab, Protocol()).path
@@ -104,12 +109,7 @@ def test_tampered_token_cache_is_rebuilt_not_trusted(tmp_path, edit):
 
 
 def test_tampered_token_cache_in_a_read_only_cache_is_bypassed(tmp_path, monkeypatch):
-    corpus = _corpus(tmp_path / "c")
-    vocab_path = tmp_path / "vocab.json"
-    ok("vocab", "build", corpus / "train.txt", "-o", vocab_path, "-q")
-    run = tmp_path / "kn3"
-    ok("train", "--model", "ngram:kn3", "--corpus", corpus, "--vocab", vocab_path, "-o", run, "-q")
-    clean = json.loads(ok("score", run, corpus / "test.txt", "--format", "json").stdout)
+    corpus, vocab_path, run, clean = _kn3_with_vocab(tmp_path)
     ok("encode", "--corpus", corpus, "--vocab", vocab_path, "--splits", "test", "-q")
     folder = lookup(corpus / "test.txt", Vocab.load(vocab_path), Protocol()).path
     _edit_ids(folder)
