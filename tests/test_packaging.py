@@ -35,3 +35,7 @@ def test_wheel_contains_corpus(tmp_path):
     for split in ("train", "valid", "test"):
         assert f"lmkit/corpora/shakespeare/{split}.txt" in names
     assert "lmkit/cli.py" in names and "lmkit/models/ngram/__init__.py" in names
+    # every module of the package is in the wheel (pyproject lists the subpackages by hand)
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "lmkit").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert modules - names == set()
