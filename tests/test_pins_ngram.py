@@ -208,17 +208,21 @@ def corpus(tmp_path_factory) -> Path:
     return d
 
 
-_RUNS: dict = {}
+@pytest.fixture(scope="module")
+def run_for(corpus):
+    """Trains each smoothing's run once per module (inside the module's temp folder, never a global cache)."""
+    runs: dict[str, Path] = {}
 
+    def get(smoothing: str) -> Path:
+        if smoothing not in runs:
+            options, sets = OPTIONS[smoothing]
+            out = corpus.parent / f"run-{smoothing}"
+            api.train(api.TrainRequest(model=f"ngram:{smoothing}{N}", corpus=corpus, output=out,
+                                       options=options, sets=sets, progress=False))
+            runs[smoothing] = out
+        return runs[smoothing]
 
-def run_for(smoothing: str, corpus: Path):
-    if smoothing not in _RUNS:
-        options, sets = OPTIONS[smoothing]
-        out = corpus.parent / f"run-{smoothing}"
-        api.train(api.TrainRequest(model=f"ngram:{smoothing}{N}", corpus=corpus, output=out, options=options,
-                                   sets=sets, progress=False))
-        _RUNS[smoothing] = out
-    return _RUNS[smoothing]
+    return get
 
 
 def contexts(words: list[str]) -> list[tuple]:
@@ -233,8 +237,8 @@ def test_the_smoothing_registry_is_what_this_file_pins():
 
 
 @pytest.mark.parametrize("smoothing", list(OPTIONS))
-def test_probabilities_equal_the_formulas(smoothing, corpus):
-    model, _ = api.load_model(run_for(smoothing, corpus))
+def test_probabilities_equal_the_formulas(smoothing, corpus, run_for):
+    model, _ = api.load_model(run_for(smoothing))
     vocab = model.vocab
     predictable = [t for t in vocab.tokens if t not in ("<pad>", S)]
     assert sorted(predictable) == sorted([UNK, E] + sorted({w for line in TRAIN for w in line.split()}))
@@ -253,7 +257,7 @@ def test_probabilities_equal_the_formulas(smoothing, corpus):
         np.testing.assert_allclose(want.sum(axis=1), 1.0, atol=1e-12)  # the formulas themselves normalise
 
     # the scoring path (targets looked up, not rows) on a test file with OOV words and unseen n-grams
-    scored = api.score(run_for(smoothing, corpus), corpus / "test.txt").score
+    scored = api.score(run_for(smoothing), corpus / "test.txt").score
     expect = []
     for line in TEST:
         toks = [w if w in vocab.index else UNK for w in line.split()] + [E]
@@ -265,9 +269,9 @@ def test_probabilities_equal_the_formulas(smoothing, corpus):
         np.testing.assert_allclose(np.concatenate(scored.logprobs), np.log(expect), rtol=0, atol=1e-9)
 
 
-def test_modified_kn_discounts_by_hand(corpus):
+def test_modified_kn_discounts_by_hand(corpus, run_for):
     """The three discounts of every order, from counts-of-counts of the adjusted counts computed here."""
-    model, _ = api.load_model(run_for("kn", corpus))
+    model, _ = api.load_model(run_for("kn"))
     got = model.fit_info()["discounts"]
     adjusted = kn_adjusted()
     want = []
@@ -288,8 +292,8 @@ def test_modified_kn_discounts_by_hand(corpus):
     assert got[0] == pytest.approx([5 / 11, 17 / 11, 13 / 11], abs=1e-12)
 
 
-def test_kn_basic_discount_by_hand(corpus):
-    model, _ = api.load_model(run_for("kn-basic", corpus))
+def test_kn_basic_discount_by_hand(corpus, run_for):
+    model, _ = api.load_model(run_for("kn-basic"))
     got = model.fit_info()["discounts"]
     adjusted = kn_adjusted()
     want = []
@@ -299,8 +303,8 @@ def test_kn_basic_discount_by_hand(corpus):
     np.testing.assert_allclose(np.array(got, dtype=float), want, rtol=0, atol=1e-12)
 
 
-def test_katz_ratios_by_hand(corpus):
-    model, _ = api.load_model(run_for("katz", corpus))
+def test_katz_ratios_by_hand(corpus, run_for):
+    model, _ = api.load_model(run_for("katz"))
     got = model.fit_info()["katz_ratios"]
     want = []
     for n in range(1, N + 1):
@@ -310,11 +314,11 @@ def test_katz_ratios_by_hand(corpus):
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=0, atol=1e-12)
 
 
-def test_perplexity_of_the_test_file_is_the_hand_value(corpus):
+def test_perplexity_of_the_test_file_is_the_hand_value(corpus, run_for):
     """The run's recorded test perplexity (run.json) from the hand probabilities, for modified KN."""
     import json
 
-    run = run_for("kn", corpus)
+    run = run_for("kn")
     model, _ = api.load_model(run)
     predictable = [t for t in model.vocab.tokens if t not in ("<pad>", S)]
     ref = Reference("kn", predictable)
