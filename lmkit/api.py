@@ -13,13 +13,15 @@ from .pipeline.fit import resume, train
 from .pipeline.prepare import EncodedSplit, build_vocab, encode_corpus, vocab_report
 from .pipeline.request import TrainRequest, check_request, counting_plan, list_models, resolve_model
 from .pipeline.use import (BleuReport, GenerateResult, ScoreResult, bleu, export_arpa, generate, load_model,
-                           record_bleu, score)
+                           record_bleu, score, score_many, split_models_texts)
+from .pipeline.arpa_train import train_arpa
 from .validate import check_output_file
 
 __all__ = ["BleuReport", "EncodedSplit", "GenerateResult", "Log", "ScoreResult", "TrainRequest", "analyze", "bleu",
            "build_vocab", "check", "check_request", "compare", "corpus_download", "corpus_list", "corpus_path",
            "corpus_split", "counting_plan", "curve", "encode_corpus", "export_arpa", "generate", "list_models",
-           "load_model", "mix", "plot", "record_bleu", "resolve_model", "resume", "score", "train", "verify",
+           "load_model", "mix", "plot", "record_bleu", "resolve_model", "resume", "score", "score_many",
+           "split_models_texts", "train", "train_arpa", "verify",
            "verify_cases", "vocab_report"]
 
 

@@ -5,16 +5,18 @@ LmkitGroup.main does the same for typer's own parse errors and, as a last resort
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
-from . import __version__
+from . import __version__, defaults, logs
 from .distributed import error_line, is_main_process
 from .errors import LmkitError, Terminated, UsageError, on_sigterm
 from .lineup import default_lineup
@@ -25,6 +27,17 @@ from .render import FORMATS, Messages, default_format, write_record, write_rows
 
 # click's exception base, from the click that typer runs on (newer typer vendors its own copy)
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (`lmkit ... | head`): end quietly with exit code 0, no traceback and no
+    "Broken pipe" message; stdout now goes to /dev/null so the flush at exit cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or replaced by a test runner
+        pass
+    return 0
 
 
 def _one_line(text: str) -> str:
@@ -32,16 +45,82 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# -- help as people read it: NAME/[NAME]/NAME... and TEXT/INTEGER/PATH, never {name}, <bool> or <list[str]> ----
+TYPE_LABELS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "bool": ""}
+
+
+def _type_label(param: Any) -> str:
+    """What a value of `param` looks like: TEXT, INTEGER, FLOAT, PATH; nothing for a flag."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    bare = param.bare_type() if hasattr(param, "bare_type") else getattr(getattr(param, "type", None), "name", "")
+    inner = bare[len("list["):-1] if bare.startswith("list[") else bare
+    return TYPE_LABELS.get(inner, inner.upper())
+
+
+class HelpArgument(TyperArgument):
+    """An argument on the usage line as FILE, [FILE] or FILES..., with its type beside it in the table."""
+
+    usage_piece = ""
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.usage_piece]
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:
+        return _type_label(self)
+
+
+def tidy_help(command: Any) -> None:
+    """Help without typer's artifacts, for `command` and its subcommands: argument names in capitals,
+    option values as TEXT/INTEGER/FLOAT/PATH, flags without a value, and a one-line summary per command
+    in a group's list (the first sentence of its help)."""
+    for param in command.params:
+        if isinstance(param, TyperArgument) and not isinstance(param, HelpArgument):
+            explicit = param.metavar is not None
+            param.metavar = param.metavar or param.name.upper()
+            param.__class__ = HelpArgument  # same object, help-only methods replaced
+            piece = param.metavar if explicit or param.required else f"[{param.metavar}]"
+            param.usage_piece = piece + ("..." if param.nargs != 1 and not explicit else "")
+        elif param.param_type_name == "option" and param.metavar is None:
+            param.metavar = _type_label(param)
+    if "get_help_option" not in vars(command):  # -h/--help is made when first asked for: a flag too
+        made = command.get_help_option
+
+        def get_help_option(ctx: Any) -> Any:
+            option = made(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        if sub.help and sub.short_help is None:
+            first = inspect.cleandoc(sub.help).split("\n\n")[0].replace("\n", " ")
+            sub.short_help = re.split(r"(?<=\.)\s+(?=[A-Z])", first)[0]
+        tidy_help(sub)
+
+
 class LmkitGroup(TyperGroup):
     """Click group whose invoke is the CLI's single error boundary; main() catches what parsing raises
     before invoke (unknown options, bad numbers, missing arguments), so that is one line too."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tidy_help(self)
+
     def main(self, args: Optional[List[str]] = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        from typer.completion import completion_init
+
+        completion_init()  # tab completion (`_LMKIT_COMPLETE=complete_bash lmkit ...`) in typer's dialect
+        args = _with_shell(list(sys.argv[1:] if args is None else args))
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            sys.stdout.flush()  # here, where a reader that went away is handled, not at interpreter exit
+        except BrokenPipeError:
+            sys.exit(_reader_gone())
         except _ClickException as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # `lmkit vocab`: the help is the answer
                 if exc.format_message().strip():
@@ -79,8 +158,7 @@ class LmkitGroup(TyperGroup):
             typer.echo("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted", err=True)
             ctx.exit(143 if isinstance(exc, Terminated) else 130)
         except BrokenPipeError:  # `lmkit score ... | head`
-            sys.stderr.close()
-            ctx.exit(0)
+            ctx.exit(_reader_gone())
         except OSError as exc:  # a full disk / file-size limit / quota outside lmkit.atomic (e.g. stdout)
             from .atomic import DISK_FULL
 
@@ -116,6 +194,18 @@ app.add_typer(vocab_app, name="vocab", rich_help_panel="Data")
 FormatOpt = typer.Option(None, "--format", "-f", help=f"Output format: {', '.join(FORMATS)} "
                          "(default: table on a terminal, tsv in a pipe).", case_sensitive=False)
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress messages on stderr.")
+
+
+def _check_log_format(value: str) -> str:
+    if value.lower() not in logs.LOG_FORMATS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(logs.LOG_FORMATS)}", param_hint="--log-format")
+    return value.lower()
+
+
+LogFormatOpt = typer.Option("text", "--log-format", callback=_check_log_format, help="Progress and messages on "
+                            "stderr: text (a live bar on a terminal) or json (one JSON object per line, for scripts).")
+WideOpt = typer.Option(False, "--wide", help="Table: every column, however wide (without it the table fits the "
+                       "terminal and names the columns it leaves out).")
 # score and bleu on a translation run: which sentence pair to evaluate (train/compare's --src/--tgt are suffixes)
 PairSrcOpt = typer.Option(None, "--src", help="Translation run: source file of the pair to evaluate "
                           "(default: the run's test pair).")
@@ -134,9 +224,63 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+SHELLS = ("bash", "zsh", "fish")
+COMPLETION_OPTIONS = ("--install-completion", "--show-completion")
+
+
+def _current_shell() -> str:
+    """The user's shell by name: $SHELL, else the shell lmkit runs in, else '' (then asked for by name)."""
+    shell = os.path.basename(os.environ.get("SHELL", ""))
+    if shell:
+        return shell
+    try:
+        import shellingham  # typer's own shell detection
+
+        return shellingham.detect_shell()[0]
+    except (ImportError, OSError):  # not installed / ShellDetectionFailure
+        return ""
+
+
+def _with_shell(args: List[str]) -> List[str]:
+    """`lmkit --show-completion` (or --install-completion) without a shell name: add the current shell."""
+    for i, arg in enumerate(args):
+        if not arg.startswith("-"):  # a command: completion options belong to `lmkit` itself
+            break
+        if arg in COMPLETION_OPTIONS and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            return [*args[: i + 1], _current_shell(), *args[i + 1:]]
+    return args
+
+
+def _completion(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> None:
+    """--show-completion SHELL prints the script; --install-completion SHELL writes it where SHELL reads it."""
+    if value is None or ctx.resilient_parsing:
+        return
+    from typer.completion import completion_init, get_completion_script, install
+
+    if value not in SHELLS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(SHELLS)}" if value else
+                                 f"cannot tell which shell you use; name it: {param.opts[0]} bash|zsh|fish")
+    completion_init()
+    prog = ctx.find_root().info_name or "lmkit"
+    variable = f"_{prog.replace('-', '_').upper()}_COMPLETE"
+    if param.name == "show_completion":
+        typer.echo(get_completion_script(prog_name=prog, complete_var=variable, shell=value))
+    else:
+        shell, path = install(shell=value, prog_name=prog, complete_var=variable)
+        typer.echo(f"{shell} completion installed in {path}; it works in shells started from now on", err=True)
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+                                       help="Print the version and exit."),
+          install_completion: Optional[str] = typer.Option(
+              None, "--install-completion", metavar="[SHELL]", callback=_completion, is_eager=True,
+              expose_value=False, help="Install tab completion for bash, zsh or fish (default: $SHELL)."),
+          show_completion: Optional[str] = typer.Option(
+              None, "--show-completion", metavar="[SHELL]", callback=_completion, is_eager=True,
+              expose_value=False, help="Print the tab-completion script for bash, zsh or fish (default: "
+              "$SHELL), to install it by hand.")) -> None:
     """lmkit: comparable language models from the command line."""
 
 
@@ -145,11 +289,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def vocab_build(
     files: List[str] = typer.Argument(..., help="Training text file(s); '-' reads stdin."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Vocabulary JSON to write "
-                                          "(default: print it to stdout)."),
-    level: str = typer.Option("word", help="Tokenisation level: word or char."),
+                                          "(default, or '-': print it to stdout)."),
+    level: str = typer.Option(defaults.LEVEL, help="Tokenisation level: word or char."),
     lowercase: bool = typer.Option(False, "--lowercase", help="Lower-case text before counting."),
     normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
-    min_count: int = typer.Option(1, help="Keep tokens seen at least this often."),
+    min_count: int = typer.Option(defaults.MIN_COUNT, help="Keep tokens seen at least this often."),
     max_size: Optional[int] = typer.Option(None, help="Keep at most this many ids (incl. reserved)."),
     parallel: bool = typer.Option(False, "--parallel", help="Joint vocabulary for --task translate (give both "
                                   "sides' train files): adds <sep> as id 4."),
@@ -161,6 +305,7 @@ def vocab_build(
     """
     from . import api
 
+    output = None if str(output) == "-" else output
     vocab = api.build_vocab(files, level=level, lowercase=lowercase, normalize=normalize,
                             min_count=min_count, max_size=max_size, output=output, with_sep=parallel)
     if output is None:
@@ -175,12 +320,19 @@ def vocab_build(
 def vocab_show(
     vocab: Path = typer.Argument(..., help="Vocabulary JSON file."),
     coverage: Optional[str] = typer.Option(None, help="Also report the OOV rate on this text file."),
-    top: int = typer.Option(20, help="How many of the most frequent tokens to list."),
+    top: int = typer.Option(20, help="How many of the most frequent tokens to list (all when the vocabulary "
+                            "has fewer; 0: none)."),
     fmt: Optional[str] = FormatOpt,
 ) -> None:
     """Size, options, most frequent tokens and OOV rate of a vocabulary.
 
-    [dim]Example:[/] lmkit vocab show vocab.json --coverage corpora/shakespeare/test.txt
+    table: the summary, then the top tokens; tsv/csv/markdown: the top tokens, one row each (id, token,
+    count, share), most frequent first; json/jsonl: everything as one object.
+
+    [dim]Examples:[/]
+      lmkit vocab show vocab.json --coverage corpora/shakespeare/test.txt
+
+      lmkit vocab show vocab.json --top 1000 --format tsv > top1000.tsv
     """
     from . import api
 
@@ -190,12 +342,14 @@ def vocab_show(
         write_record(report, fmt)
         return
     top_rows = report.pop("top")
+    if fmt != "table":  # data for scripts: the tokens (the summary is in json)
+        write_rows(top_rows, fmt, columns=["id", "token", "count", "share"])
+        return
     cov = report.pop("coverage", None)
     if cov:
         report.update({f"coverage_{k}": v for k, v in cov.items()})
     write_record(report, fmt, title="vocabulary")
-    if fmt == "table":
-        write_rows(top_rows, fmt, title=f"top {len(top_rows)} tokens")
+    write_rows(top_rows, fmt, title=f"top {len(top_rows)} tokens")
 
 
 # -- train ------------------------------------------------------------------------------------------
@@ -207,6 +361,25 @@ BUDGET = "Training (neural models)"
 def _owned(text: str, option: str) -> str:
     """A model flag's help, naming the families that own it."""
     return f"{text} ({', '.join(owners(option))})."
+
+
+def _asked(ctx: typer.Context, name: str) -> Any:
+    """A shared-default option's value when the command line or a --config recipe gave it, else None: the request
+    then applies lmkit.defaults itself (by task for --context; the --vocab's own level and min-count)."""
+    return None if getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT" else ctx.params[name]
+
+
+def _read_recipe(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """--config FILE (eager): the recipe's values become this command's defaults (click's default_map), so a flag
+    given on the command line overrides the file; a bad file is one usage-error line (exit 2)."""
+    if value is not None:
+        from .pipeline.recipe import recipe_defaults
+
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **recipe_defaults(value, ctx.command.params)}
+        except LmkitError as exc:
+            raise _ClickUsageError(_one_line(exc.message), ctx=ctx) from None
+    return value
 
 
 def _refuse_beside_resume(ctx: typer.Context, allowed: set[str]) -> None:
@@ -227,17 +400,21 @@ def train(
     ctx: typer.Context,
     model: str = typer.Option("ngram", "--model", "-m", help="Model spec: "
                               f"{', '.join(s for f in families() for s in f.spellings)}."),
+    config: Optional[Path] = typer.Option(None, "--config", is_eager=True, callback=_read_recipe,
+                                          help="TOML recipe: any of these options as key = value (recipe.toml of a "
+                                          "run trains it again); flags given here override it."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder with train, valid and (optionally) test files."),
     train_file: Optional[str] = typer.Option(None, "--train", help="Training file (overrides --corpus)."),
     valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
     test_file: Optional[str] = typer.Option(None, "--test", help="Test file (scored after training)."),
     vocab: Optional[Path] = typer.Option(None, help="Use this vocabulary instead of building one."),
-    level: Optional[str] = typer.Option(None, help="word (default) or char."),
+    level: str = typer.Option(defaults.LEVEL, help="word or char (with --vocab: the vocabulary's)."),
     lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Lower-case text."),
     normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
-    min_count: int = typer.Option(1, help="Vocabulary: keep tokens seen at least this often."),
+    min_count: int = typer.Option(defaults.MIN_COUNT, help="Vocabulary: keep tokens seen at least this often."),
     max_size: Optional[int] = typer.Option(None, help="Vocabulary: at most this many ids."),
-    context: str = typer.Option("sentence", help="Protocol context: sentence or stream."),
+    context: str = typer.Option(defaults.CONTEXT, help="Protocol context: sentence or stream (--task translate: "
+                                f"{defaults.TRANSLATE_CONTEXT})."),
     keep_blank_lines: bool = typer.Option(False, help="Score blank lines as empty sequences."),
     task: Optional[str] = typer.Option(None, help="lm, or translate: a prefix LM over 'source <sep> target' "
                                        "of a parallel --corpus, scored on the target side (default: translate "
@@ -260,6 +437,9 @@ def train(
                                          rich_help_panel="n-gram models"),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler: tcp://host:8786, or local:N for a "
                                             "LocalCluster of N worker processes.", rich_help_panel="n-gram models"),
+    arpa: Optional[str] = typer.Option(None, "--arpa", help="Also write the model as an ARPA file ('-': to stdout, "
+                                       "like KenLM's lmplz); without -o the run folder is temporary and removed.",
+                                       rich_help_panel="n-gram models"),
     layers: Optional[int] = typer.Option(None, help=_owned("Layers", "layers"), rich_help_panel=NEURAL),
     hidden: Optional[int] = typer.Option(None, help=_owned("Hidden size", "hidden"), rich_help_panel=NEURAL),
     embed: Optional[int] = typer.Option(None, help=_owned("Embedding size", "embed"), rich_help_panel=NEURAL),
@@ -309,13 +489,14 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty -o folder."),
     seed: int = typer.Option(0, help="Random seed (same seed on CPU -> same numbers)."),
     quiet: bool = QuietOpt,
+    log_format: str = LogFormatOpt,
 ) -> None:
     """Train a model and write a run folder; prints only the run folder's path on stdout.
 
     [dim]Examples:[/]
       lmkit train --model ngram:kn5 --corpus corpora/shakespeare -o runs/kn5
 
-      lmkit train --model ngram --order 3 --smoothing addk --k auto --corpus ../shared/corpora/ptb
+      lmkit train --model ngram --order 3 --smoothing addk --k auto --corpus ptb
 
       lmkit train --model ngram:kn5 --corpus big/ --memory 4G --tmp /scratch
 
@@ -323,12 +504,13 @@ def train(
 
       lmkit train --model transformer --layers 4 --d-model 256 --heads 4 --time-budget 10m -o runs/tf
 
-      lmkit train --model transformer --corpus ../shared/corpora/multi30k --src de --tgt en -o runs/de-en
+      lmkit train --model transformer --corpus multi30k --src de --tgt en -o runs/de-en
 
       lmkit train --resume runs/tf
     """
     from . import api
 
+    progress = ctx.with_resource(logs.reporting(logs.reporter(quiet, log_format)))  # a bar, lines or JSON
     msgs = Messages(quiet)
     train_options = {"epochs": epochs, "max_tokens": max_tokens, "time_budget": time_budget,
                      "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
@@ -341,19 +523,28 @@ def train(
     else:
         req = api.TrainRequest(
             model=model, corpus=corpus, train=train_file, valid=valid_file, test=test_file, vocab=vocab,
-            level=level, lowercase=lowercase, normalize=normalize, min_count=min_count, max_size=max_size,
-            context=context, keep_blank_lines=keep_blank_lines, task=task, src=src, tgt=tgt,
+            level=_asked(ctx, "level"), lowercase=lowercase, normalize=normalize, min_count=_asked(ctx, "min_count"),
+            max_size=max_size, context=_asked(ctx, "context"), keep_blank_lines=keep_blank_lines, task=task, src=src,
+            tgt=tgt,
             options={name: ctx.params[name] for name in flag_options()},  # the flags some family owns
             train_options=train_options, sets=sets, output=output, runs_dir=runs_dir, force=force,
             seed=seed, progress=not quiet, memory=memory, tmp=tmp, engine=engine, scheduler=scheduler,
         )
-        run_dir = api.train(req, log=msgs.info)
+        if arpa is not None:  # stdout carries the ARPA text when it is '-': the folder is named on stderr
+            run_dir = api.train_arpa(req, arpa, log=msgs.info)
+            if run_dir is not None and arpa == "-":
+                msgs.info(f"run folder: {run_dir}")
+            if run_dir is None or arpa == "-":
+                return
+        else:
+            run_dir = api.train(req, log=msgs.info)
+    progress.close()  # the bar is gone before the path is printed
     if is_main_process():  # under torchrun: one path on stdout, from rank 0
         typer.echo(str(run_dir))
 
 
 @app.command(rich_help_panel="Models")
-def models(fmt: Optional[str] = FormatOpt) -> None:
+def models(fmt: Optional[str] = FormatOpt, wide: bool = WideOpt) -> None:
     """Every model family with its options and defaults.
 
     Mixtures are not listed: they are built from trained runs with `lmkit mix`, and have no options.
@@ -369,31 +560,46 @@ def models(fmt: Optional[str] = FormatOpt) -> None:
         return
     flat = [{"family": r["family"], "option": o["name"], "type": o["type"], "default": o["default"],
              "description": r["description"] if i == 0 else ""} for r in rows for i, o in enumerate(r["options"])]
-    write_rows(flat, fmt, title="model families")
+    write_rows(flat, fmt, title="model families", wide=wide)
 
 
 # -- score ------------------------------------------------------------------------------------------
+SCORE_TABLE = ("run", "model", "file", "tokens", "oov", "perplexity", "bits_per_char")
+
+
 @app.command(rich_help_panel="Models")
 def score(
-    model: Path = typer.Argument(..., help="Run folder, or an ARPA file (.arpa / .arpa.gz) from any tool."),
-    file: Optional[str] = typer.Argument(None, help="Text to score; '-' reads stdin (translation runs: "
-                                         "--src/--tgt instead)."),
+    paths: List[str] = typer.Argument(..., metavar="RUN... [FILE...]", help="Run folders or ARPA files "
+                                      "(.arpa / .arpa.gz, from any tool), then the text files to score ('-' reads "
+                                      "stdin). The first is always a model; a later folder or ARPA file is a "
+                                      "model too, anything else a text."),
+    text: List[str] = typer.Option([], "--text", "-t", help="Text to score (repeatable; `--text a.txt b.txt` "
+                                   "scores both). One row per (run, text) pair."),
     src: Optional[str] = PairSrcOpt,
     tgt: Optional[str] = PairTgtOpt,
     per_line: bool = typer.Option(False, "--per-line", help="One record per scored line."),
     per_token: bool = typer.Option(False, "--per-token", help="One record per scored token."),
     fmt: Optional[str] = FormatOpt,
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
+    wide: bool = WideOpt,
+    device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
+                               "(neural models; n-grams ignore it)."),
     stride: Optional[int] = typer.Option(None, help="Transformer: sliding-window stride for inputs longer "
                                          "than --block-size (default: half the block; 1 = full context)."),
     save: bool = typer.Option(False, "--save", help="FILE is the run's own test file: store its per-sequence "
                               "scores in the run folder (test_scores.npz) for compare --bootstrap. For runs "
                               "trained before lmkit stored them; refused unless they reproduce run.json."),
 ) -> None:
-    """Perplexity of a text under a model, measured by the protocol the model was trained with.
+    """Perplexity of texts under models, each measured by the protocol its model was trained with.
+
+    `lmkit score RUN FILE` prints one record; several runs and/or files (or --text) print one row per
+    (run, file) pair: --format jsonl gives one JSON line per pair, json a list.
 
     [dim]Examples:[/]
       lmkit score runs/kn5 corpora/shakespeare/test.txt
+
+      lmkit score runs/kn3 runs/kn5 --text valid.txt test.txt --format jsonl
+
+      lmkit score runs/kn5 - < test.txt
 
       lmkit score runs/old-kn5 corpora/shakespeare/test.txt --save   # per-sequence scores for --bootstrap
 
@@ -406,22 +612,35 @@ def score(
     fmt = _check_format(fmt)
     if per_line and per_token:
         raise typer.BadParameter("choose one of --per-line and --per-token")
-    result = api.score(model, file, src=src, tgt=tgt, device=device, keep_words=per_token, stride=stride,
-                       save=save, log=Messages().info)
-    if result.saved is not None:
-        Messages().info(f"wrote {result.saved}")
-    if per_line:
-        write_rows(result.score.per_line(), fmt)
-    elif per_token:
-        write_rows(result.score.per_token(result.words), fmt)
-    else:
-        summary = result.summary()
-        if not result.score.normalised:
-            Messages().warn(f"{result.model} is not normalised: its 'perplexity' is not a perplexity "
-                            "and must not be ranked against other models")
-        if fmt in ("tsv", "csv", "markdown", "table", None):
+    models, texts = api.split_models_texts(paths, text)
+    many = bool(text) or len(models) > 1 or len(texts) > 1
+    msgs = Messages()
+    with logs.reporting(logs.reporter()):  # a bar while a large ARPA file loads (on a terminal)
+        results = api.score_many(models, texts, src=src, tgt=tgt, device=device, keep_words=per_token,
+                                 stride=stride, save=save, log=msgs.info)
+    for result in results:
+        if result.saved is not None:
+            msgs.info(f"wrote {result.saved}")
+    for label in dict.fromkeys(r.model for r in results if not r.score.normalised):
+        msgs.warn(f"{label} is not normalised: its 'perplexity' is not a perplexity "
+                  "and must not be ranked against other models")
+    if per_line or per_token:
+        rows = [{**({"run": r.run, "file": r.file} if many else {}), **row} for r in results
+                for row in (r.score.per_line() if per_line else r.score.per_token(r.words))]
+        write_rows(rows, fmt, wide=wide)
+        return
+    summaries = [{"run": r.run, "model": r.model, "file": r.file, **r.summary()} if many else r.summary()
+                 for r in results]
+    if default_format(fmt) not in ("json", "jsonl"):
+        for summary in summaries:
             summary["protocol"] = ",".join(f"{k}={v}" for k, v in summary["protocol"].items())
-        write_record(summary, fmt, title=f"{result.model} on {result.file}")
+    if not many:
+        write_record(summaries[0], fmt, title=f"{results[0].model} on {results[0].file}")
+    elif default_format(fmt) == "table":  # the columns to read; the data formats carry every key
+        write_rows(summaries, fmt, columns=[c for c in SCORE_TABLE if any(c in s for s in summaries)],
+                   title="scores", wide=wide)
+    else:
+        write_rows(summaries, fmt)
 
 
 # -- generate and bleu ------------------------------------------------------------------------------
@@ -518,9 +737,13 @@ def bleu(
     fmt = _text_format(fmt)
     report = api.bleu(model, file, src=src, tgt=tgt, beam=beam, device=device)
     summary = report.summary()
-    if fmt == "text":
-        lines = f"{summary['lines']} line{'s' if summary['lines'] != 1 else ''}"
-        typer.echo(f"BLEU = {summary['bleu']:.2f} ({lines}; {report.model} on {report.file})")
+    if fmt == "text":  # sacrebleu's own line (score, 1-4-gram precisions, brevity penalty, lengths), then ours
+        ratio = summary["hyp_len"] / summary["ref_len"] if summary["ref_len"] else 0.0
+        typer.echo(f"BLEU = {summary['bleu']:.2f} {'/'.join(f'{p:.1f}' for p in summary['precisions'])} "
+                   f"(BP = {summary['brevity_penalty']:.3f} ratio = {ratio:.3f} hyp_len = {summary['hyp_len']:d} "
+                   f"ref_len = {summary['ref_len']:d})")
+        typer.echo(f"{summary['lines']} line{'s' if summary['lines'] != 1 else ''} scored, {summary['short_lines']} "
+                   f"left out (too short; translation: a blank side); {report.model} on {report.file}")
         typer.echo(summary["signature"])
         return
     if fmt not in ("json", "jsonl"):
@@ -560,17 +783,22 @@ def mix(
 @app.command("export-arpa", rich_help_panel="Models")
 def export_arpa(
     run: Path = typer.Argument(..., help=f"Run folder of an n-gram model ({', '.join(arpa_exportable())})."),
-    output: Path = typer.Option(..., "-o", "--output", help="ARPA file to write (.gz compresses)."),
+    output: str = typer.Option(..., "-o", "--output", help="ARPA file to write (.gz compresses; '-' writes "
+                               "plain ARPA text to stdout)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Write an n-gram model as an ARPA file that KenLM and SRILM read.
 
-    [dim]Example:[/] lmkit export-arpa runs/kn5 -o kn5.arpa
+    [dim]Examples:[/]
+      lmkit export-arpa runs/kn5 -o kn5.arpa
+
+      lmkit export-arpa runs/kn5 -o - | gzip > kn5.arpa.gz
     """
     from . import api
 
     path = api.export_arpa(run, output)
-    Messages(quiet).info(f"wrote {path}")
+    if output != "-":
+        Messages(quiet).info(f"wrote {path}")
 
 
 # -- check ------------------------------------------------------------------------------------------
@@ -583,6 +811,7 @@ def check(
                                "records in run.json."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
     fmt: Optional[str] = FormatOpt,
+    wide: bool = WideOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Verify that a run's numbers can be trusted: normalisation, causality, batch invariance, save -> load.
@@ -602,7 +831,7 @@ def check(
     rows = report.rows()
     if fmt in ("json", "jsonl"):
         rows = [{**row, "values": r.values} for row, r in zip(rows, report.results)]
-    write_rows(rows, fmt, title=f"checks of {report.model} ({'quick' if quick else 'full'})")
+    write_rows(rows, fmt, title=f"checks of {report.model} ({'quick' if quick else 'full'})", wide=wide)
     sample = report.sample
     Messages(quiet).info(f"{sample['sequences']} sequences ({sample['tokens']} tokens) of {sample['file']}, "
                          f"{report.seconds:.1f} s")
@@ -614,6 +843,9 @@ def check(
 
 # -- compare and plot -------------------------------------------------------------------------------
 LINEUP = "Lineup (no RUNS: train these models here)"
+# the comparison's most telling columns, the most telling first: the last to go from a table too wide
+COMPARE_KEEP = ("test_ppl", "test_ppl_lo", "test_ppl_hi", "p_worse_than_best", "valid_ppl", "bleu", "diff_to_best_lo",
+                "diff_to_best_hi", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
 
 
 @app.command(rich_help_panel="Experiments")
@@ -628,10 +860,11 @@ def compare(
                                               rich_help_panel=LINEUP),
     max_tokens: Optional[int] = typer.Option(None, help="Budget: training tokens per neural model.",
                                              rich_help_panel=LINEUP),
-    context: Optional[str] = typer.Option(None, help="Protocol context for every model: stream (default) or "
-                                          "sentence.", rich_help_panel=LINEUP),
+    context: Optional[str] = typer.Option(None, help=f"Protocol context for every model: sentence or stream "
+                                          f"(default {defaults.CONTEXT}; translation: {defaults.TRANSLATE_CONTEXT}).",
+                                          rich_help_panel=LINEUP),
     min_count: Optional[int] = typer.Option(None, help="Shared vocabulary: keep tokens seen at least this "
-                                            "often (default 2).", rich_help_panel=LINEUP),
+                                            f"often (default {defaults.MIN_COUNT}).", rich_help_panel=LINEUP),
     task: Optional[str] = typer.Option(None, help="lm or translate (parallel corpus; default: translate when "
                                        "--src/--tgt are given or the folder holds train.src + train.tgt).",
                                        rich_help_panel=LINEUP),
@@ -660,6 +893,7 @@ def compare(
                                         "mean ± sample sd over seeds; n-grams are deterministic and train once.",
                                         rich_help_panel=LINEUP),
     fmt: Optional[str] = FormatOpt,
+    wide: bool = WideOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Compare runs side by side; refused unless they share protocol, vocabulary and test file.
@@ -669,9 +903,9 @@ def compare(
 
       lmkit compare                      # the default lineup on the bundled corpus (about 5 minutes)
 
-      lmkit compare --corpus ../shared/corpora/ptb --models ngram:kn5,lstm --time-budget 20m -o runs/ptb
+      lmkit compare --corpus ptb --models ngram:kn5,lstm --time-budget 20m -o runs/ptb
 
-      lmkit compare --corpus ../shared/corpora/multi30k --src de --tgt en --models ngram:kn5,lstm,transformer
+      lmkit compare --corpus multi30k --src de --tgt en --models ngram:kn5,lstm,transformer
 
       lmkit compare runs/* --bleu        # add continuation BLEU to every run
 
@@ -682,11 +916,13 @@ def compare(
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
-    from .compare import DEFAULT_CONFIDENCE, table_view
+    from .compare import DEFAULT_CONFIDENCE, TABLE_VIEW, table_view
+    from .runs import run_folders
 
     fmt = default_format(_check_format(fmt))
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
-    rows = api.compare(runs or None, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
+    runs = run_folders(runs, log=Messages(quiet).info) if runs else None  # a lineup folder: its runs, noted
+    rows = api.compare(runs, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
                        task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu,
                        bootstrap=bootstrap, confidence=confidence, seeds=seeds)
@@ -697,7 +933,8 @@ def compare(
                                                         f"{bootstrap} resamples, seed {seed})")
         if seeds is not None and seeds > 1:
             title += f" -- neural models: mean ± sd over {seeds} seeds"
-        write_rows(display, fmt, columns=columns, highlight=highlight, title=title)
+        keep = [TABLE_VIEW[c][0] for c in COMPARE_KEEP]  # at 80 columns: the rest is left out first
+        write_rows(display, fmt, columns=columns, highlight=highlight, title=title, wide=wide)
     else:
         write_rows(rows, fmt)
 
@@ -705,18 +942,25 @@ def compare(
 @app.command(rich_help_panel="Experiments")
 def plot(
     runs: List[Path] = typer.Argument(..., help="Run folders whose learning curves to draw."),
-    output: Path = typer.Option(..., "-o", "--output", help="Image to write (.png, .svg or .pdf)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Image to write (.png, .svg or .pdf; '-' writes "
+                                "a PNG to stdout)."),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Valid perplexity against tokens seen and against training time (needs matplotlib).
+    """Valid perplexity against tokens seen and against training time (needs matplotlib). A folder of run
+    folders (a lineup written by `lmkit compare`) stands for its runs.
 
-    [dim]Example:[/] lmkit plot runs/compare-*/* -o curves.png
+    [dim]Examples:[/]
+      lmkit plot runs/compare-*/* -o curves.png
+
+      lmkit plot runs/* -o curves.png
     """
     from . import api
+    from .runs import run_folders
 
     msgs = Messages(quiet)
-    path = api.plot(runs, output, log=msgs.warn)
-    msgs.info(f"wrote {path}")
+    path = api.plot(run_folders(runs, log=msgs.info), output, log=msgs.warn)
+    if str(output) != "-":
+        msgs.info(f"wrote {path}")
 
 
 @app.command(rich_help_panel="Experiments")
@@ -784,11 +1028,11 @@ def curve(
                                              rich_help_panel=CURVE),
     time_budget: Optional[str] = typer.Option(None, help="Budget per neural run: wall time, e.g. 90s, 5m "
                                               "(default 60s when no budget is given).", rich_help_panel=CURVE),
-    context: Optional[str] = typer.Option(None, help="Protocol context for every run: stream (default) or "
-                                          "sentence.", rich_help_panel=CURVE),
-    level: str = typer.Option("word", help="word or char.", rich_help_panel=CURVE),
-    min_count: Optional[int] = typer.Option(None, help="Shared vocabulary (from the full train split): keep "
-                                            "tokens seen at least this often (default 2).", rich_help_panel=CURVE),
+    context: str = typer.Option(defaults.CONTEXT, help="Protocol context for every run: sentence or stream.",
+                                rich_help_panel=CURVE),
+    level: str = typer.Option(defaults.LEVEL, help="word or char.", rich_help_panel=CURVE),
+    min_count: int = typer.Option(defaults.MIN_COUNT, help="Shared vocabulary (from the full train split): keep "
+                                  "tokens seen at least this often.", rich_help_panel=CURVE),
     sets: List[str] = typer.Option([], "--set", help="KEY=VALUE for every neural model, FAMILY.KEY=VALUE for one "
                                    "(e.g. lstm.hidden=256, lr=3e-3); repeatable.", rich_help_panel=CURVE),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (neural models).",
@@ -800,6 +1044,7 @@ def curve(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also draw test perplexity vs training "
                                           "tokens into this image (.png, .svg or .pdf; needs matplotlib)."),
     fmt: Optional[str] = FormatOpt,
+    wide: bool = WideOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Learning curves: train models on nested fractions of the train split, score each on the full test split.
@@ -807,7 +1052,7 @@ def curve(
     One vocabulary (full train split) and one protocol for all runs; each training set is a prefix of the next.
 
     [dim]Examples:[/]
-      lmkit curve --corpus ../shared/corpora/ptb --models ngram:kn5,lstm --fractions 0.01,0.1,1 -o curve.png
+      lmkit curve --corpus ptb --models ngram:kn5,lstm --fractions 0.01,0.1,1 -o curve.png
 
       lmkit curve --models ngram:kn3,ngram:kn5 --fractions 0.1,0.3,1 --format json
 
@@ -824,7 +1069,7 @@ def curve(
                      runs_dir=runs_dir, image=output, log=msgs.info, progress=not quiet)
     if fmt == "table":
         display, columns = table_view(rows)
-        write_rows(display, fmt, columns=columns, title="learning curve")
+        write_rows(display, fmt, columns=columns, title="learning curve", wide=wide)
     else:
         write_rows(rows, fmt)
 
@@ -854,9 +1099,9 @@ def verify(
     [dim]Examples:[/]
       lmkit verify --quick
 
-      lmkit verify --corpus ../shared/corpora/ptb --skip-neural
+      lmkit verify --corpus ptb --skip-neural
 
-      lmkit verify --corpus ../shared/corpora/ptb --case 'ptb-kn*' --format json
+      lmkit verify --corpus ptb --case 'ptb-kn*' --format json
 
       lmkit verify --list
     """
@@ -1008,7 +1253,7 @@ def encode(
     train_file: Optional[str] = typer.Option(None, "--train", help="Training file (overrides --corpus)."),
     valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
     test_file: Optional[str] = typer.Option(None, "--test", help="Test file."),
-    context: str = typer.Option("sentence", help="Protocol context: sentence or stream (the ids are the same; "
+    context: str = typer.Option(defaults.CONTEXT, help="Protocol context: sentence or stream (the ids are the same; "
                                 "one token file serves both)."),
     keep_blank_lines: bool = typer.Option(False, help="Keep blank lines as empty sequences (a separate token "
                                           "file: runs must use the same setting to find it)."),
@@ -1018,9 +1263,9 @@ def encode(
     """Encode a corpus once into memory-mapped token files in the cache; train and score then stream from them.
 
     [dim]Examples:[/]
-      lmkit encode --corpus ../shared/corpora/ptb --vocab vocab.json
+      lmkit encode --corpus ptb --vocab vocab.json
 
-      lmkit train --model lstm --corpus ../shared/corpora/ptb --vocab vocab.json   # "tokens: reusing ..."
+      lmkit train --model lstm --corpus ptb --vocab vocab.json   # "tokens: reusing ..."
     """
     from . import api
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .errors import IncomparableError, ModelError, UsageError
 from .protocol import Protocol
-from .runs import RunRecord, read_record
+from .runs import RunRecord, read_record, run_folders
 
 
 DEFAULT_CONFIDENCE = 0.95  # level of the paired-bootstrap intervals
@@ -42,7 +42,7 @@ def read_runs(paths: Sequence[str | Path]) -> list[tuple[str, RunRecord]]:
     if not paths:
         raise UsageError("give at least one run folder to compare")
     runs = []
-    for p in paths:
+    for p in run_folders(paths):  # a lineup folder stands for its run folders
         record = read_record(p)
         if record.status == "training":
             raise ModelError(f"{p}: this run is still training or never finished writing (status 'training'); "

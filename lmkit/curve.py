@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .defaults import LEVEL
 from .errors import DataError, UsageError
 from .logs import Log
 
@@ -161,7 +162,7 @@ def learning_curve(
     max_tokens: int | None = None,
     epochs: float | None = None,
     context: str | None = None,
-    level: str = "word",
+    level: str = LEVEL,
     min_count: int | None = None,
     sets: Sequence[str] = (),
     device: str | None = None,
@@ -225,7 +226,8 @@ def plan_curve(corpus, models, fractions, *, image, context, level, min_count, s
     """Every option checked before anything is trained; nothing written yet."""
     from .data.corpus import bundled_corpus, is_parallel, locate
     from .datasets.store import resolve_corpus
-    from .lineup import DEFAULT_CONTEXT, DEFAULT_MIN_COUNT, classify, lineup_dir
+    from .defaults import context_for, min_count_or_default
+    from .lineup import classify, lineup_dir
     from .outputs import check_output_dir
     from .protocol import Protocol
 
@@ -240,7 +242,7 @@ def plan_curve(corpus, models, fractions, *, image, context, level, min_count, s
     if is_parallel(corpus):
         raise UsageError(f"{corpus}: a parallel corpus; lmkit curve trains language models on one "
                          "monolingual train/valid/test corpus")
-    protocol = Protocol(level=level, context=context or DEFAULT_CONTEXT)  # a bad --context or --level fails here
+    protocol = Protocol(level=level, context=context_for("lm", context))  # a bad --context or --level fails here
     out = check_output_dir(lineup_dir(runs_dir, prefix="curve"), force=False, inputs=[corpus])
     files = locate(corpus, need=("train", "valid", "test"))
     neural_kinds = list(dict.fromkeys(kind for _, kind, is_neural in lineup if is_neural))
@@ -248,7 +250,7 @@ def plan_curve(corpus, models, fractions, *, image, context, level, min_count, s
     budget = neural_budget(epochs, max_tokens, time_budget, sets) if neural_kinds else {}
     if not neural_kinds and any(v is not None for v in (epochs, max_tokens, time_budget)):
         log("note: neural budgets ignored: n-gram models count their whole training set")
-    return CurvePlan(corpus, lineup, fractions, protocol, DEFAULT_MIN_COUNT if min_count is None else min_count,
+    return CurvePlan(corpus, lineup, fractions, protocol, min_count_or_default(min_count),
                      out, files, per_kind, budget)
 
 

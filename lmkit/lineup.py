@@ -2,7 +2,8 @@
 
 `compare` is what `lmkit compare` runs: existing run folders, or a lineup trained first. A lineup builds
 its runs through the pipeline's train request like `lmkit train` does; lmkit.compare makes the table.
-The defaults below are the lineup's recipe (docs/guide.md, "The comparison table")."""
+Protocol and vocabulary defaults are every command's (lmkit.defaults); the sizes below are the lineup's recipe
+(docs/guide.md, "The default lineup")."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .defaults import LEVEL, context_for, min_count_or_default
 from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, DEFAULT_CONFIDENCE, SEED_COLUMNS, LineupRuns, check_bootstrap,
                       check_seeds, check_sort_column, compare_runs, compare_trained)
 from .errors import UsageError
@@ -25,8 +27,6 @@ from .protocol import Protocol
 # CPU cores; the output layer over the vocabulary dominates the cost) are its descriptor's `lineup` preset
 # (lmkit/models/family.py), declared in its model file.
 DEFAULT_NEURAL_BUDGET = 180.0  # seconds of neural training in total: 60 s each for the default lineup's three
-DEFAULT_CONTEXT = "stream"  # verse lines are short; every family may use the lines before (docs/guide.md)
-DEFAULT_MIN_COUNT = 2  # singletons become <unk>: a 14.7k-id output layer is affordable on a CPU
 # The same recipe for every neural model: ~1k tokens per step so a minute holds a few hundred updates,
 # and a warm-up short enough to end early in the budget (each family keeps its own learning rate).
 LINEUP_TRAIN: dict = {"batch_size": 16, "warmup_steps": 20}
@@ -187,8 +187,8 @@ def plan_lineup(corpus, models, *, context, level, min_count, runs_dir, task, sr
     lineup = classify(list(models) if models else default_lineup())
     if task is None:
         task = "translate" if src is not None or tgt is not None or is_parallel(corpus) else "lm"
-    context = context or ("sentence" if task == "translate" else DEFAULT_CONTEXT)  # pairs are scored one by one
-    min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
+    context = context_for(task, context)  # lmkit.defaults, as for `lmkit train`: pairs are scored one by one
+    min_count = min_count_or_default(min_count)
     Protocol(level=level, context=context, task=task)  # a bad --context or --task fails here, before any work
     out = check_output_dir(lineup_dir(runs_dir), force=False, inputs=[corpus])
     if task == "translate":
@@ -223,7 +223,7 @@ def neural_share(plan: LineupPlan, time_budget, seeds: int, seed: int, log: Log)
 
 def train_lineup(corpus: str | Path | None = None, models: Sequence[str] | None = None,
                  time_budget: str | float | None = None, *, max_tokens: int | None = None,
-                 context: str | None = None, level: str = "word", min_count: int | None = None,
+                 context: str | None = None, level: str = LEVEL, min_count: int | None = None,
                  options: dict[str, dict] | None = None, train_options: dict | None = None,
                  device: str | None = None, seed: int = 0, sort: str | None = None,
                  runs_dir: str | Path | None = None, task: str | None = None, src: str | None = None,

@@ -45,7 +45,8 @@ def read_curve(run_dir: str | Path) -> list[dict]:
 
 
 def image_format(output: str | Path) -> str:
-    """png, svg or pdf from the file name; checked before any work so a typo costs nothing."""
+    """png, svg or pdf from the file name (none, as '-' for stdout: png); checked before any work so a typo
+    costs nothing."""
     fmt = Path(output).suffix.lstrip(".").lower() or "png"
     if fmt not in FORMATS:
         raise UsageError(f"{output}: the image format follows the file name; use .png, .svg or .pdf")
@@ -71,7 +72,16 @@ def plain_log_ticks(axis, LogFormatter) -> None:
 
 
 def save_figure(fig, output: str | Path) -> Path:
-    """Write the figure atomically in the format its file name asks for."""
+    """Write the figure atomically in the format its file name asks for; '-' writes a PNG to stdout."""
+    if str(output) == "-":
+        import io
+        import sys
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")  # complete before the first byte goes out
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return Path(output)
     output = Path(output)
     with atomic_open(output, "wb") as fh:
         fig.savefig(fh, format=image_format(output))

@@ -279,6 +279,21 @@ def read_record(run_dir: str | Path) -> RunRecord:
     return RunRecord.from_dict(data, str(path))
 
 
+def run_folders(paths, log=None) -> list:
+    """`paths` with each folder of run folders replaced by its runs (in name order): a lineup written by
+    `lmkit compare`, a learning curve's folder, so `lmkit compare runs/*` reads them rather than failing on a
+    folder without run.json. `log` gets one note per folder read this way. Anything else is kept as given."""
+    out = []
+    for p in paths:
+        d = Path(p)
+        inner = [] if not d.is_dir() or (d / RUN_FILE).exists() else sorted(
+            c.name for c in d.iterdir() if not c.name.startswith(".") and (c / RUN_FILE).is_file())
+        if inner and log is not None:
+            log(f"note: {p} holds {len(inner)} run folder(s) (a lineup), read as runs: {', '.join(inner)}")
+        out.extend([str(d / name) for name in inner] or [p])
+    return out
+
+
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model, record) for a run folder; every inconsistency is a one-line ModelError."""
     from .config import config_from_dict

@@ -12,9 +12,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_dir, publish_dir, staging_dir
+from .atomic import atomic_dir, atomic_open, publish_dir, staging_dir
 from .logs import Log, quiet
 from .runs import VOCAB_FILE, RunRecord, append_metrics, write_record
+
+RECIPE_FILE = "recipe.toml"
 
 
 def save_test_scores(run_dir: Path, scores: dict, data: dict) -> None:
@@ -29,8 +31,9 @@ def save_test_scores(run_dir: Path, scores: dict, data: dict) -> None:
 class RunWriter:
     """Writes one run folder `out`; `replace` (--force) lets it replace an lmkit run already there."""
 
-    def __init__(self, out: str | Path, *, replace: bool = False, log: Log = quiet):
+    def __init__(self, out: str | Path, *, replace: bool = False, log: Log = quiet, recipe: str | None = None):
         self.out, self.replace, self.log = Path(out), replace, log
+        self.recipe = recipe  # recipe.toml's text (lmkit.pipeline.recipe): trains the run again; None: no file
         self.work = self.out  # where files go: `out`, or the temp folder of a replacement
         self.replacing = False
 
@@ -42,6 +45,7 @@ class RunWriter:
             model.save(tmp)
             append_metrics(tmp, [metrics_row])
             save_test_scores(tmp, scores, record.data)
+            self.write_recipe(tmp)
             write_record(tmp, record)
         return self.out
 
@@ -52,8 +56,14 @@ class RunWriter:
         self.work = staging_dir(self.out, self.log) if self.replacing else self.out
         with atomic_dir(self.work, log=self.log) as tmp:  # vocab.json and run.json appear together
             vocab.save(tmp / VOCAB_FILE)
+            self.write_recipe(tmp)
             write_record(tmp, record)
         return self.work
+
+    def write_recipe(self, folder: Path) -> None:
+        if self.recipe is not None:
+            with atomic_open(folder / RECIPE_FILE) as f:
+                f.write(self.recipe)
 
     def resume(self) -> Path:
         """Continue an existing run in place (train --resume)."""

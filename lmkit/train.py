@@ -29,7 +29,7 @@ from .data.corpus import Encoded
 from .distributed import SINGLE, Ranks, check_global_batch, rank_seed
 from .errors import ModelError
 from .evaluate.perplexity import score_encoded
-from .logs import Log
+from .logs import NOTHING, Log, Progress
 from .models.torchlm import WEIGHTS, forward_target_logprobs, load_weights, save_weights, unwrap
 from .runs import append_metrics
 from .training.checkpoint import (CHECKPOINT_DIR, check_checkpoint, has_checkpoint, load_checkpoint, read_metrics,
@@ -37,7 +37,9 @@ from .training.checkpoint import (CHECKPOINT_DIR, check_checkpoint, has_checkpoi
 from .training.config import OPTIMIZERS, SCHEDULES, TrainConfig, parse_duration, resolve_train_config
 from .training.optim import lr_factor, make_optimizer
 from .training.plan import Plan, epoch_batches
-from .training.progress import ProgressBar
+from .training.budget import (LONG_RUN_SECONDS, PROBE_TOKENS, Clock, Reserve, long_run_warning, run_estimate,
+                              too_short, training_limit, validation_interval)
+from .training.progress import Ticker, training_reporter
 from .training.signals import Interrupted, StopSignals
 from .training.state import LoopState
 
@@ -49,13 +51,18 @@ __all__ = ["CHECKPOINT_DIR", "OPTIMIZERS", "SCHEDULES", "Interrupted", "LoopStat
 
 def fit(model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log: Log = print,
         run_dir: Path | None = None, progress: bool = True, resume: bool = False,
-        on_eval=None, ranks: Ranks | None = None) -> dict:
+        on_eval=None, ranks: Ranks | None = None, clock: Clock | None = None, scored: dict | None = None) -> dict:
     """Train `model` (a TorchLM) in place; returns facts for run.json. Writes checkpoints to run_dir.
 
     `ranks` (lmkit.distributed.Ranks, from api's session) makes this one process of a data-parallel run:
-    every rank reads run_dir, rank 0 alone writes it."""
-    trainer = Trainer(model, train, valid, cfg, log=log, run_dir=run_dir, on_eval=on_eval, ranks=ranks)
-    return trainer.run(resume=resume, progress=progress)
+    every rank reads run_dir, rank 0 alone writes it. `clock` is the command's (--time-budget bounds it
+    all; default: it starts now). `scored` (if given) receives {"valid": (Score, seconds)} when this process
+    scored the weights the run ends with, so the final measurement need not score valid again."""
+    trainer = Trainer(model, train, valid, cfg, log=log, run_dir=run_dir, on_eval=on_eval, ranks=ranks, clock=clock)
+    info = trainer.run(resume=resume, progress=progress)
+    if scored is not None:
+        scored.update(trainer.final_scored())
+    return info
 
 
 class Trainer:
@@ -63,7 +70,7 @@ class Trainer:
     early stopping, divergence or a signal ends it. All progress is in `state` (a LoopState)."""
 
     def __init__(self, model, train: Encoded, valid: Encoded | None, cfg: TrainConfig, *, log: Log,
-                 run_dir: Path | None, on_eval=None, ranks: Ranks | None = None):
+                 run_dir: Path | None, on_eval=None, ranks: Ranks | None = None, clock: Clock | None = None):
         self.model, self.train_data, self.valid, self.log, self.on_eval = model, train, valid, log, on_eval
         self.ranks = ranks or SINGLE
         self.cfg = resolve_train_config(cfg, getattr(unwrap(model.net), "train_defaults", {}))
@@ -82,10 +89,19 @@ class Trainer:
         self.rnn_state = None  # a stateful stream's (detached) state, carried from batch to batch
         self.metrics_rows: list[dict] = []  # the validation curve (metrics.jsonl)
         self.signals = StopSignals()
-        self.bar: ProgressBar | None = None
+        self.progress: Progress = NOTHING
+        self.ticker = Ticker()
         self.loss_sum: torch.Tensor | None = None  # training loss since the last report, on the device
         self.loss_count = 0
+        self.record_sum: torch.Tensor | None = None  # training loss since the last metrics record, on the device
+        self.record_count = 0
         self.last_loss: float | None = None
+        self.clock = clock or Clock(time.monotonic(), valid.num_tokens if valid is not None else 0)
+        self.reserve: Reserve | None = None  # the final measurement's cost (estimate() sets it)
+        self.started_at: tuple[int, float] = (0, 0.0)  # (step, train_seconds) when this process started training
+        self.warned = False
+        self.reloaded = False  # the best weights were reloaded at the end
+        self.scored: dict = {}  # "best" / "last": (Score, seconds, step) of validations this process ran
 
     # -- the parts ------------------------------------------------------------------------------------
     def make_plan(self) -> Plan:
@@ -145,6 +161,8 @@ class Trainer:
             self.rnn_state = unwrap(self.net).detach_state(out_state)
         self.loss_sum += loss.detach()  # stays on the device: no host sync per step
         self.loss_count += 1
+        self.record_sum += loss.detach()
+        self.record_count += 1
         s.step += 1
         s.batch += 1
         s.tokens_seen += targets
@@ -159,22 +177,26 @@ class Trainer:
         Data-parallel: rank 0 scores alone (the one scoring path, exact in every context) and every rank
         takes its number, so all ranks keep the same state and stop at the same step."""
         s = self.state
-        loss = self.last_loss if self.last_loss is not None and math.isfinite(self.last_loss) else None
         row = {"step": s.step, "epoch": s.step / max(1, self.plan.steps_per_epoch), "tokens_seen": s.tokens_seen,
-               "seconds": s.train_seconds, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss}
+               "seconds": s.train_seconds, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": self._record_loss()}
         carried = self.gather()  # collectives first, on every rank
         if self.valid is not None:
-            main = self.ranks.is_main
-            ppl = self.ranks.from_main(score_encoded(self.model, self.valid, keep=False).perplexity if main else None)
+            self.progress.phase("validating", label=self.model.label)
+            ppl = self.ranks.from_main(self._score_valid() if self.ranks.is_main else None)
             if not math.isfinite(ppl):  # diverged weights: never kept, never written as the best
                 s.stopped = "diverged"
                 return False
             row["valid_ppl"] = ppl
             if s.count_validation(ppl):
                 self._save_best()
+                self.scored["best"] = self.scored.get("last")
+            self._set_limit()
         else:
             self._save_best()
         self.metrics_rows.append(row)
+        self.progress.event("validation", **row, loss=row["train_loss"], eta_seconds=self._eta(),
+                            budget_seconds=self.cfg.time_budget)
+        self.progress.phase("training", **self._bar())
         s.last_eval_seconds = s.train_seconds
         if self.writes:
             append_metrics(self.run_dir, self.metrics_rows)
@@ -207,17 +229,133 @@ class Trainer:
             cfg, ranks = self.cfg, self.ranks
             self.log(f"data parallel: {ranks.describe()}, global batch {cfg.batch_size} = {ranks.world_size} x "
                      f"{cfg.batch_size // ranks.world_size} rows; budgets count the tokens of all processes")
+        self.progress, owned = training_reporter(progress and self.ranks.is_main)
         with self.signals:
-            self.bar = ProgressBar(progress and self.ranks.is_main, self.plan.bar_total(), self.model.label)
             self.loss_sum = torch.zeros((), device=self.device)
-            self.net.train()
+            self.record_sum = torch.zeros((), device=self.device)
+            self.started_at = (self.state.step, self.state.train_seconds)
             try:
+                self.estimate()
+                self.progress.phase("training", **self._bar())
+                self.net.train()
                 self._train()
             except KeyboardInterrupt:
                 raise self._interrupted() from None
             finally:
-                self.bar.close()
+                if owned:
+                    self.progress.close()
         return self._finish()
+
+    # -- the budget -----------------------------------------------------------------------------------
+    def estimate(self) -> None:
+        """The final measurement's cost from a short scoring probe (rank 0's, on every rank); under a time budget,
+        the training limit it leaves, and a warning when the budget cannot hold it."""
+        rate = self.ranks.from_main(self._probe() if self.ranks.is_main else None)
+        self.reserve = Reserve(rate, self.clock.valid_tokens, self.clock.test_tokens)
+        budget = self.cfg.time_budget
+        if budget is None:
+            return
+        if too_short(budget, self.clock.elapsed(), self.reserve):
+            self.reserve.checks = False  # the quick checks give way first
+            if self.ranks.is_main and not too_short(budget, self.clock.elapsed(), self.reserve):
+                self.log("note: the quick checks are skipped to fit --time-budget (`lmkit check RUN` runs them)")
+        if self.ranks.is_main and too_short(budget, self.clock.elapsed(), self.reserve):
+            need = self.clock.elapsed() + self.reserve.final()
+            self.log(f"warning: --time-budget {budget:g}s is too short for {self.model.label} here: reading the data "
+                     f"and the final scoring alone take about {need:.0f} s; training stops after its first step "
+                     f"(give --time-budget {need * 1.5 + 10:.0f}s or more, or a smaller model)")
+        self._set_limit(first=True)
+
+    def _probe(self) -> float:
+        """Seconds per scored token: the start of valid (else of train), PROBE_TOKENS tokens, scored once."""
+        text = self.valid if self.valid is not None and self.valid.sequences else self.train_data
+        seqs, tokens = [], 0
+        for seq in text.sequences:
+            seqs.append(np.asarray(seq)[:PROBE_TOKENS - tokens])
+            tokens += len(seqs[-1]) + 1
+            if tokens >= PROBE_TOKENS:
+                break
+        start = time.perf_counter()
+        self.model.sequence_logprobs(seqs)
+        return (time.perf_counter() - start) / max(1, tokens)
+
+    def _set_limit(self, first: bool = False) -> None:
+        """Under a time budget: the training seconds left after the final reserve, from rank 0's clock and
+        speed; the validation interval (a time budget alone) set at the start, widened if validations are slow."""
+        if self.cfg.time_budget is None or self.reserve is None:
+            return
+        s, main = self.state, self.ranks.is_main
+        self.reserve.rate = self.ranks.from_main(self.reserve.rate)
+        limit = training_limit(self.cfg.time_budget, self.clock.elapsed(), s.train_seconds, self.reserve)
+        self.plan.time_limit = self.ranks.from_main(limit if main else None)
+        if self.plan.eval_seconds is not None:
+            previous = None if first else self.plan.eval_seconds
+            self.plan.eval_seconds = validation_interval(self.plan.time_limit, s.train_seconds, self.reserve, previous)
+
+    def _validation_fits(self) -> bool:
+        """Under a time budget, a validation runs only when training continues after it (the last one is reserved)."""
+        if self.cfg.time_budget is None or self.reserve is None or self.plan.time_limit is None:
+            return True
+        return self.plan.time_limit - self.state.train_seconds > self.reserve.validation()
+
+    def _score_valid(self) -> float:
+        """Rank 0: the valid perplexity, timed; its speed replaces the probe's estimate."""
+        start = time.perf_counter()
+        score = score_encoded(self.model, self.valid, keep=False)
+        seconds = time.perf_counter() - start
+        self.scored["last"] = (score, seconds, self.state.step)
+        if self.reserve is not None and score.tokens:
+            self.reserve.rate = seconds / score.tokens
+        return score.perplexity
+
+    def final_scored(self) -> dict:
+        """{"valid": (Score, seconds)} of the weights the run ends with, when this process scored them: the best
+        validation's when its weights were reloaded, else the last validation's if it was at the last step."""
+        got = self.scored.get("best" if self.reloaded else "last")
+        if got is None or (not self.reloaded and got[2] != self.state.step):
+            return {}
+        return {"valid": got[:2]}
+
+    # -- what it shows ----------------------------------------------------------------------------------
+    def _bar(self) -> dict:
+        """The training phase's bar: the command's time against --time-budget, else the steps."""
+        return {"total": self.cfg.time_budget or self.plan.total_steps, "label": self.model.label}
+
+    def _refresh(self) -> None:
+        """The numbers on the bar (rank 0; one host sync of the loss, at most every TICK seconds)."""
+        s = self.state
+        loss = float(self.record_sum) / self.record_count * self.ranks.world_size if self.record_count else None
+        rows = self.metrics_rows
+        self.progress.update(self.clock.elapsed() if self.cfg.time_budget else s.step, step=s.step,
+                             steps=self.plan.total_steps, tokens_per_second=s.tokens_seen / max(s.train_seconds, 1e-9),
+                             loss=loss, valid_ppl=rows[-1].get("valid_ppl") if rows else None,
+                             eta_seconds=self._eta(), budget_seconds=self.cfg.time_budget)
+
+    def _eta(self) -> float | None:
+        """Seconds until the command ends: what is left of --time-budget, else estimated from the steps so far."""
+        if self.cfg.time_budget is not None:
+            return max(0.0, self.cfg.time_budget - self.clock.elapsed())
+        s, plan = self.state, self.plan
+        steps = s.step - self.started_at[0]
+        if not plan.total_steps or self.reserve is None or steps <= 0:
+            return None
+        left = max(0, plan.total_steps - s.step)
+        validations = left // plan.eval_every if plan.eval_every else 0
+        return run_estimate(left, (s.train_seconds - self.started_at[1]) / steps, validations, self.reserve)
+
+    def _maybe_warn(self) -> None:
+        """Once, after the first steps: a run without --time-budget that will take longer than LONG_RUN_SECONDS
+        says so, with the estimate and how to bound it."""
+        s = self.state
+        steps, seconds = s.step - self.started_at[0], s.train_seconds - self.started_at[1]
+        if steps < 3 and seconds < 5:
+            return
+        self.warned = True
+        eta = self._eta()
+        if self.cfg.time_budget is None and self.ranks.is_main and eta is not None:
+            total = self.clock.elapsed() + eta
+            if total > LONG_RUN_SECONDS:
+                self.log(long_run_warning(total, self.plan.total_steps, seconds / steps, self.reserve))
 
     def _train(self) -> None:
         """Epochs of steps until a budget ends them, then a last validation if the last step had none."""
@@ -254,7 +392,11 @@ class Trainer:
         stop = self.step(b)
         if not self._report_loss():
             return False
-        if self.plan.validation_due(self.state) and not self.validate():
+        if not self.warned:
+            self._maybe_warn()
+        if self.progress is not NOTHING and self.ticker.due():
+            self._refresh()
+        if self.plan.validation_due(self.state) and self._validation_fits() and not self.validate():
             return False
         if stop or (self.signals.requested and not self.ranks.distributed):  # one process: also during validation
             self.signals.agreed = True
@@ -302,11 +444,17 @@ class Trainer:
         if not math.isfinite(self.last_loss):
             s.stopped = "diverged"
             return False
-        tps = s.tokens_seen / max(s.train_seconds, 1e-9)
-        best = s.best_valid_ppl
-        self.bar.update(self.plan.bar_position(s), f"loss {self.last_loss:.3f}  valid ppl "
-                        f"{'-' if best is None else f'{best:.2f}'}  {tps:,.0f} tok/s")
         return True
+
+    def _record_loss(self) -> float | None:
+        """The mean training loss over the steps since the last metrics record (or since this process started);
+        None without any. Every rank calls it (the sum is over the ranks)."""
+        if not self.record_count:
+            return None
+        loss = float(self.ranks.sum_(self.record_sum)) / self.record_count
+        self.record_sum.zero_()
+        self.record_count = 0
+        return loss if math.isfinite(loss) else None
 
     def _save_best(self) -> None:
         if self.writes:
@@ -327,15 +475,22 @@ class Trainer:
         s = self.state
         if s.stopped == "diverged":
             _report_divergence(s, self.run_dir, self.log if self.ranks.is_main else None)
-        if self.writes and (self.run_dir / WEIGHTS).exists():  # rank 0 scores the final numbers; the others are done
+        self.reloaded = self.writes and (self.run_dir / WEIGHTS).exists()
+        if self.reloaded:  # rank 0 scores the final numbers; the others are done
             load_weights(unwrap(self.net), self.run_dir / WEIGHTS)  # final numbers come from the best checkpoint
         self.net.eval()
         self.model.train_state = {**self.fit_info(), "train_config": asdict(self.cfg)}
         return dict(self.model.train_state)
 
     def fit_info(self) -> dict:
-        """What run.json records of the loop's progress (also when interrupted)."""
-        return {**self.state.recorded(), "parallel": self.ranks.info(self.cfg.batch_size)}
+        """What run.json records of the loop's progress (also when interrupted); under a time budget, what was
+        reserved for the final measurement and the training limit it left."""
+        info = {**self.state.recorded(), "parallel": self.ranks.info(self.cfg.batch_size)}
+        if self.cfg.time_budget is not None and self.reserve is not None:
+            info["budget"] = {"seconds": self.cfg.time_budget, "reserve_seconds": self.reserve.final(),
+                              "seconds_per_token": self.reserve.rate, "training_limit": self.plan.time_limit,
+                              "checks": self.reserve.checks}
+        return info
 
 
 def _report_divergence(state: LoopState, run_dir: Path | None, log: Log | None) -> None:

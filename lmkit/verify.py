@@ -319,7 +319,8 @@ def _score_char_run(env: Env, name: str, model: str, train: list[str], test: lis
 
     corpus = _corpus_dir(env, name, train, test=test)
     run = env.workdir / "runs" / name
-    pipeline_fit.train(TrainRequest(model=model, corpus=corpus, level="char", sets=sets, output=run, progress=False))
+    pipeline_fit.train(TrainRequest(model=model, corpus=corpus, level="char", min_count=1, context="sentence",
+                                    sets=sets, output=run, progress=False))  # the hand arithmetic's protocol
     return pipeline_use.score(run, corpus / "test.txt").summary()
 
 
@@ -472,7 +473,8 @@ def _measure_continuation(env: Env) -> Measurement:
 
     corpus = _corpus_dir(env, "deterministic", DETERMINISTIC)
     run = env.workdir / "runs" / "deterministic"
-    pipeline_fit.train(TrainRequest(model="ngram:mle2", corpus=corpus, output=run, progress=False))
+    pipeline_fit.train(TrainRequest(model="ngram:mle2", corpus=corpus, min_count=1, context="sentence", output=run,
+                                    progress=False))  # every word once: each line its own, every word kept
     result = pipeline_use.bleu(run, corpus / "test.txt").result
     problems = [] if result.lines == len(DETERMINISTIC) else [f"{result.lines} lines scored, expected 6"]
     return Measurement(result.score, problems=problems, detail=f"{result.lines} lines, {result.signature}")

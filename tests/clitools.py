@@ -30,7 +30,12 @@ def one_error_line(result, code: int = 1, match: str = "") -> str:
 
 
 def train(corpus: Path, out: Path, model: str, **kw) -> Path:
-    """A run trained through the library API, without progress output."""
+    """A run trained through the library API, without progress output, under the protocol the tests that use it
+    pin their numbers in: KenLM's conventions, sentence context and every training word kept (min-count 1),
+    unless a test asks otherwise. lmkit's own defaults (lmkit.defaults) are held by tests/test_defaults.py."""
+    kw.setdefault("context", "sentence")
+    if kw.get("vocab") is None:
+        kw.setdefault("min_count", 1)
     return api.train(api.TrainRequest(model=model, corpus=corpus, output=out, progress=False, **kw))
 
 

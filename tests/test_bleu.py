@@ -62,7 +62,7 @@ def test_a_model_that_memorised_the_lines_scores_100(tmp_path):
     d.mkdir()
     for split in ("train", "valid", "test"):
         (d / f"{split}.txt").write_text("\n".join(MEMO) + "\n")
-    res = api.bleu(_train(d, tmp_path / "kn5", "--model", "ngram:kn5"), d / "test.txt").result
+    res = api.bleu(_train(d, tmp_path / "kn5", "--model", "ngram:kn5", "--min-count", "1"), d / "test.txt").result
     assert res.hypotheses == res.references == ["gamma delta epsilon", "three four", "cyan magenta yellow black",
                                                 "west up down"]
     assert res.score == pytest.approx(100.0)
@@ -73,7 +73,7 @@ def test_char_level_joins_without_spaces(tmp_path):
     d.mkdir()
     for split in ("train", "valid", "test"):
         (d / f"{split}.txt").write_text("\n".join(MEMO) + "\n")
-    run = _train(d, tmp_path / "char", "--model", "ngram:kn9", "--level", "char")
+    run = _train(d, tmp_path / "char", "--model", "ngram:kn9", "--level", "char", "--min-count", "1")
     res = api.bleu(run, d / "test.txt").result
     assert res.lines == len(MEMO)
     for line, prompt, ref in zip(MEMO, res.prompts, res.references):
@@ -114,8 +114,9 @@ def test_cli_bleu_text_json_and_stdin(kn3, tiny_corpus):
     lib = api.bleu(kn3, tiny_corpus / "train.txt").summary()
     r = cli("bleu", kn3, tiny_corpus / "train.txt")
     assert r.exit_code == 0, r.stderr
-    first, signature = r.stdout.splitlines()
-    assert first.startswith(f"BLEU = {lib['bleu']:.2f} (3 lines; ngram:kn3") and signature == lib["signature"]
+    first, counts, signature = r.stdout.splitlines()  # the breakdown's format: tests/test_output.py
+    assert first.startswith(f"BLEU = {lib['bleu']:.2f} ") and counts.startswith("3 lines scored")
+    assert "; ngram:kn3 on " in counts and signature == lib["signature"]
     r = cli("bleu", kn3, "-", "--format", "json", input=(tiny_corpus / "train.txt").read_text())
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)

@@ -44,7 +44,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for spec in SPECS:
         extra = NEURAL[spec] + ["--max-tokens", "1500", "--device", "cpu"] if spec in NEURAL else []
         path = root / spec.replace(":", "-")
-        r = cli("train", "--model", spec, "--corpus", corpus, "-o", path, "-q", *extra)
+        r = cli("train", "--model", spec, "--corpus", corpus, "--context", "sentence", "-o", path, "-q", *extra)
         assert r.exit_code == 0, r.stderr
         out[spec] = path
     return out

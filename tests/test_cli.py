@@ -38,7 +38,9 @@ def fails(*args: str, code: int = 1, match: str = "", input: str | None = None) 
 @pytest.fixture
 def kn_run(tiny_corpus: Path, tmp_path: Path) -> Path:
     out = tmp_path / "runs" / "kn3"
-    printed = ok("train", "--model", "ngram:kn3", "--corpus", tiny_corpus, "-o", out, "-q")
+    # KenLM's conventions (sentence context, every word kept): what an ARPA file and its OOV count assume
+    printed = ok("train", "--model", "ngram:kn3", "--corpus", tiny_corpus, "--context", "sentence", "--min-count", "1",
+                 "-o", out, "-q")
     assert printed.strip() == str(out)  # train prints only the run folder
     return out
 
@@ -136,7 +138,7 @@ def test_bad_inputs_one_line_errors(tiny_corpus, tmp_path, kn_run):
     assert err.count("\n") == 1  # one line
     nosplit = tmp_path / "nosplit"
     nosplit.mkdir()
-    (nosplit / "train.txt").write_text("a b\n")
+    (nosplit / "train.txt").write_text("a b a b\n")
     fails("train", "--corpus", nosplit, "-o", tmp_path / "r1", match="no valid split")
     fails("train", "--model", "ngram", "--order", "0", "--corpus", tiny_corpus, code=2, match="order")
     fails("train", "--model", "ngram:kn99", "--corpus", tiny_corpus, code=2, match="order")

@@ -12,9 +12,17 @@ import pytest
 from lmkit import api
 from lmkit.compare import (LineupRuns, add_intervals, best_cells, check_bootstrap, check_seeds, check_sort_column,
                            compare_runs, compare_seeded, compare_trained, read_runs, sort_rows)
-from lmkit.errors import IncomparableError, UsageError
+from lmkit.errors import IncomparableError, ModelError, UsageError
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\na cat saw a dog\nthe cat ate\n"
+
+
+def train(req: api.TrainRequest) -> Path:
+    """A run of the request with the settings these tests were written for (sentence context, every word kept),
+    whatever lmkit's defaults are."""
+    import dataclasses
+
+    return api.train(dataclasses.replace(req, context=req.context or "sentence", min_count=1))
 
 
 def corpus(root: Path, name: str, test: str | None = "the cat sat on the log\nthe bird sat\n") -> Path:
@@ -33,11 +41,11 @@ def runs(tmp_path_factory) -> dict:
     c = corpus(root, "c")
     out = {}
     for model in ("ngram:kn2", "ngram:wb2", "ngram:laplace2", "ngram:kn3", "ngram:addk2"):
-        out[model] = api.train(api.TrainRequest(model=model, corpus=c, output=root / model.replace(":", "-"),
+        out[model] = train(api.TrainRequest(model=model, corpus=c, output=root / model.replace(":", "-"),
                                                 progress=False))
-    out["other-test"] = api.train(api.TrainRequest(model="ngram:kn2", corpus=corpus(root, "c2", "a dog sat\n"),
+    out["other-test"] = train(api.TrainRequest(model="ngram:kn2", corpus=corpus(root, "c2", "a dog sat\n"),
                                                    output=root / "other-test", progress=False))
-    out["no-test"] = api.train(api.TrainRequest(model="ngram:kn2", corpus=corpus(root, "c3", None),
+    out["no-test"] = train(api.TrainRequest(model="ngram:kn2", corpus=corpus(root, "c3", None),
                                                 output=root / "no-test", progress=False))
     return out
 
@@ -100,8 +108,8 @@ def test_refusal_counts_the_other_offenders(runs):
 
 def test_runs_without_a_test_file_are_ranked_by_valid_perplexity(runs, tmp_path):
     c = corpus(tmp_path, "v", None)
-    a = api.train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "a", progress=False))
-    b = api.train(api.TrainRequest(model="ngram:laplace2", corpus=c, output=tmp_path / "b", progress=False))
+    a = train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "a", progress=False))
+    b = train(api.TrainRequest(model="ngram:laplace2", corpus=c, output=tmp_path / "b", progress=False))
     rows = compare_runs([b, a])
     assert [r["rank"] for r in rows] == [1, 2]
     assert rows[0]["valid_ppl"] < rows[1]["valid_ppl"] and rows[0]["test_ppl"] is None
@@ -158,7 +166,7 @@ def test_seed_counts_are_checked():
 def lineup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("kill-compare-bootstrap")
     c = corpus(root, "c")
-    return {m: api.train(api.TrainRequest(model=m, corpus=c, output=root / m.replace(":", "-"), progress=False))
+    return {m: train(api.TrainRequest(model=m, corpus=c, output=root / m.replace(":", "-"), progress=False))
             for m in ("ngram:laplace2", "ngram:kn2", "ngram:mle2", "ngram:stupid2")}
 
 
@@ -177,7 +185,7 @@ def test_bootstrap_notes_say_why_a_run_has_no_interval(lineup):
 
 def test_runs_without_test_scores_get_no_interval(tmp_path):
     c = corpus(tmp_path, "v", None)
-    paths = [api.train(api.TrainRequest(model=m, corpus=c, output=tmp_path / m[-3:], progress=False))
+    paths = [train(api.TrainRequest(model=m, corpus=c, output=tmp_path / m[-3:], progress=False))
              for m in ("ngram:kn2", "ngram:wb2")]
     for row in compare_runs(paths, bootstrap=10):
         assert row["note"] == "no test score, no confidence interval" and row["test_ppl_lo"] is None
@@ -212,7 +220,7 @@ def test_add_intervals_defaults_to_seed_zero_and_refuses_different_sequences(lin
 
 def test_protocol_refusal_lists_every_differing_field(tmp_path, runs):
     c = corpus(tmp_path, "p")
-    other = api.train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "s", context="stream",
+    other = train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "s", context="stream",
                                        lowercase=True, progress=False))
     with pytest.raises(IncomparableError, match=r"protocol differs \(lowercase False vs True, context sentence "
                                                 r"vs stream\)|protocol differs \(context sentence vs stream, "
@@ -267,7 +275,7 @@ def long_runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("kill-compare-long")
     lines = ["the cat sat on the mat", "the dog sat on the log", "a cat saw a dog", "the cat ate", "a dog sat"]
     c = corpus(root, "c", "\n".join(lines[i % 5] if i % 3 else "the bird saw a cat" for i in range(40)) + "\n")
-    return {m: api.train(api.TrainRequest(model=m, corpus=c, output=root / m.replace(":", "-"), progress=False))
+    return {m: train(api.TrainRequest(model=m, corpus=c, output=root / m.replace(":", "-"), progress=False))
             for m in ("ngram:kn2", "ngram:wb2", "ngram:laplace2", "ngram:addk2")}
 
 
@@ -291,8 +299,8 @@ def test_seeded_rows_sort_and_carry_bootstrap_columns(long_runs):
 
 def test_seeded_rows_without_a_test_file_rank_by_valid_perplexity(tmp_path):
     c = corpus(tmp_path, "v", None)
-    a = api.train(api.TrainRequest(model="ngram:laplace2", corpus=c, output=tmp_path / "a", progress=False))
-    b = api.train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "b", progress=False))
+    a = train(api.TrainRequest(model="ngram:laplace2", corpus=c, output=tmp_path / "a", progress=False))
+    b = train(api.TrainRequest(model="ngram:kn2", corpus=c, output=tmp_path / "b", progress=False))
     rows = compare_seeded([LineupRuns("a", (a,), None), LineupRuns("b", (b,), None)])
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["valid_ppl"] < rows[1]["valid_ppl"]
 
@@ -318,3 +326,230 @@ def test_interval_defaults_and_the_reference_without_scores(long_runs, tmp_path)
     ref = rows[str(others[0])]
     assert ref["note"] == "bootstrap reference: the best model with per-sequence scores"
     assert ref["diff_to_best_lo"] == ref["diff_to_best_hi"] == 0.0
+
+
+# -- rows of hand-written run records: exact values, fallbacks, order, refusals -------------------------------
+# compare reads run.json only (no weights), so a record written here is a run as far as compare is concerned.
+# Each keeps the template run's data entries (same files), protocol and vocabulary: all are comparable.
+def fake_run(root: Path, name: str, template: Path, **changes) -> Path:
+    import json
+
+    record = json.loads((template / "run.json").read_text())
+    record.update(changes)
+    d = root / name
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps(record))
+    return d
+
+
+def scored(test: float | None = None, valid: float | None = None, **more) -> dict:
+    """A metrics entry with only perplexities (no counts, so nothing is re-derived from an NLL)."""
+    out = {}
+    if test is not None:
+        out["test"] = {"perplexity": test, "normalised": True, **more}
+    if valid is not None:
+        out["valid"] = {"perplexity": valid, "normalised": True}
+    return out
+
+
+def test_a_row_holds_exactly_the_recorded_numbers(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    run = fake_run(tmp_path, "a", kn, label="fake:a", kind="ngram", parameters=123, train_seconds=2.5,
+                   tokens_seen=1000, fit_info={"train_seconds": 9.0, "tokens_seen": 9, "best_valid_ppl": 9.0},
+                   metrics={"valid": {"perplexity": 45.0, "normalised": True},
+                            "test": {"perplexity": 40.0, "perplexity_excl_oov": 38.0, "cross_entropy_bits": 5.25,
+                                     "tokens_per_second": 900.0, "normalised": True},
+                            "bleu": {"score": 12.5, "signature": "nrefs:1"}})
+    (row,) = compare_runs([run])
+    assert row == {"rank": 1, "model": "fake:a", "kind": "ngram", "status": "complete", "normalised": True,
+                   "parameters": 123, "train_seconds": 2.5, "tokens_seen": 1000, "valid_ppl": 45.0,
+                   "test_ppl": 40.0, "test_ppl_excl_oov": 38.0, "test_bits_per_token": 5.25, "bleu": 12.5,
+                   "bleu_signature": "nrefs:1", "tokens_per_second": 900.0, "note": None, "run": str(run)}
+
+
+def test_rows_fall_back_to_fit_info_only_where_the_record_has_nothing(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    fit = {"best_valid_ppl": 12.5, "train_seconds": 3.5, "tokens_seen": 700}
+    # stopped before its valid score and before the record's own counters were written: fit_info fills them
+    stopped = fake_run(tmp_path, "stopped", kn, status="interrupted", metrics=scored(30.0), train_seconds=0.0,
+                       tokens_seen=0, fit_info=fit)
+    # stopped with its own numbers: they win over fit_info
+    own = fake_run(tmp_path, "own", kn, status="interrupted", metrics=scored(31.0, 20.0), train_seconds=2.0,
+                   tokens_seen=500, fit_info=fit)
+    # complete without a valid score: the best checkpoint's valid perplexity is not a complete run's score
+    complete = fake_run(tmp_path, "complete", kn, metrics=scored(32.0), tokens_seen=0,
+                        fit_info={"best_valid_ppl": 12.5})
+    rows = {Path(r["run"]).name: r for r in compare_runs([complete, own, stopped])}
+    assert [rows[n]["valid_ppl"] for n in ("stopped", "own", "complete")] == [12.5, 20.0, None]
+    assert [rows[n]["train_seconds"] for n in ("stopped", "own")] == [3.5, 2.0]
+    assert [rows[n]["tokens_seen"] for n in ("stopped", "own", "complete")] == [700, 500, 0]
+    assert [rows[n]["rank"] for n in ("stopped", "own", "complete")] == [1, 2, 3]
+    assert rows["stopped"]["note"] == rows["own"]["note"] == "partly trained"
+    assert rows["complete"]["note"] is None and rows["complete"]["status"] == "complete"
+
+
+def test_a_record_without_the_normalised_flag_counts_as_normalised(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    old = fake_run(tmp_path, "old", kn, metrics={"test": {"perplexity": 30.0}, "valid": {"perplexity": 33.0}})
+    # the flag is read from the test score even when there is no valid score
+    test_only = fake_run(tmp_path, "test-only", kn, metrics={"test": {"perplexity": 5.0, "normalised": False}})
+    rows = {Path(r["run"]).name: r for r in compare_runs([test_only, old])}
+    assert rows["old"]["normalised"] is True and rows["old"]["rank"] == 1 and rows["old"]["note"] is None
+    assert rows["test-only"]["normalised"] is False and rows["test-only"]["rank"] is None
+    assert rows["test-only"]["note"] == "not normalised, not ranked"
+
+
+def test_every_note_of_one_row_is_kept_in_order(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    two = fake_run(tmp_path, "two", kn, status="interrupted", checks={})
+    four = fake_run(tmp_path, "four", kn, status="interrupted", checks={"ok": False},
+                    metrics={"test": {"perplexity": None, "normalised": False}})
+    rows = {Path(r["run"]).name: r for r in compare_runs([two, four])}
+    assert rows["two"]["note"] == "partly trained; unchecked"
+    assert rows["four"]["note"] == ("not normalised, not ranked; partly trained; infinite test perplexity; "
+                                    "check failed")
+
+
+def test_default_order_is_ranked_then_unscored_then_not_normalised(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    infinite = fake_run(tmp_path, "infinite", kn, metrics={"test": {"perplexity": None, "normalised": True}})
+    stupid = fake_run(tmp_path, "stupid", kn, metrics={"test": {"perplexity": 5.0, "normalised": False}})
+    worse = fake_run(tmp_path, "worse", kn, metrics=scored(30.0))
+    better = fake_run(tmp_path, "better", kn, metrics=scored(20.0))
+    rows = compare_runs([infinite, stupid, worse, better])
+    assert [Path(r["run"]).name for r in rows] == ["better", "worse", "infinite", "stupid"]
+    assert [r["rank"] for r in rows] == [1, 2, None, None]
+    assert [r["test_ppl"] for r in rows] == [20.0, 30.0, None, 5.0]
+
+
+def test_rank_follows_test_perplexity_when_valid_disagrees(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    a = fake_run(tmp_path, "a", kn, label="a", metrics=scored(30.0, 50.0))  # better on test, worse on valid
+    b = fake_run(tmp_path, "b", kn, label="b", metrics=scored(40.0, 45.0))
+    rows = compare_runs([b, a])
+    assert [(r["model"], r["rank"]) for r in rows] == [("a", 1), ("b", 2)]
+    rows = compare_seeded([LineupRuns("b", (b,), None), LineupRuns("a", (a,), None)])
+    assert [(r["model"], r["rank"]) for r in rows] == [("a", 1), ("b", 2)]
+
+
+def test_refusal_names_every_difference_of_one_run_exactly(runs, tmp_path):
+    import copy
+    import json
+
+    kn = runs["ngram:kn2"]
+    record = json.loads((kn / "run.json").read_text())
+    data = copy.deepcopy(record["data"])
+    data["test"].update(path="elsewhere/test.txt", sha256="ab" * 32)
+    data["valid"].update(path="elsewhere/valid.txt", sha256="cd" * 32)
+    other = fake_run(tmp_path, "other", kn, data=data, vocab_id="0123456789abcdef")
+    t, v = record["data"]["test"], record["data"]["valid"]
+    expected = (f"{kn} and {other} were not measured the same way: "
+                f"vocabulary differs (vocab_id {record['vocab_id']} vs 0123456789abcdef); "
+                f"test file differs ({t['path']} sha256 {t['sha256'][:12]} vs elsewhere/test.txt sha256 abababababab); "
+                f"valid file differs ({v['path']} sha256 {v['sha256'][:12]} vs elsewhere/valid.txt sha256 "
+                "cdcdcdcdcdcd); only runs with the same protocol, vocabulary and evaluation files can be compared")
+    with pytest.raises(IncomparableError) as err:
+        compare_runs([kn, other])
+    assert str(err.value) == expected
+    missing = fake_run(tmp_path, "missing", kn, data={**record["data"], "valid": None})
+    with pytest.raises(IncomparableError) as err:
+        compare_runs([kn, missing])
+    assert str(err.value) == (f"{kn} and {missing} were not measured the same way: valid file differs "
+                              f"({v['path']} sha256 {v['sha256'][:12]} vs none); only runs with the same "
+                              "protocol, vocabulary and evaluation files can be compared")
+
+
+def test_read_refusals_are_worded_exactly(runs, tmp_path):
+    with pytest.raises(UsageError) as err:
+        compare_runs([])
+    assert str(err.value) == "give at least one run folder to compare"
+    busy = fake_run(tmp_path, "busy", runs["ngram:kn2"], status="training")
+    with pytest.raises(ModelError) as err:
+        compare_runs([runs["ngram:kn2"], busy])
+    assert str(err.value) == (f"{busy}: this run is still training or never finished writing (status 'training'); "
+                              "wait for it, or resume it with lmkit train --resume")
+
+
+def test_a_model_row_leaves_a_column_empty_if_any_seed_left_it_empty(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    a = fake_run(tmp_path, "a", kn, label="m", metrics=scored(30.0, 40.0))
+    b = fake_run(tmp_path, "b", kn, label="m", metrics={"test": {"perplexity": None, "normalised": True},
+                                                        "valid": {"perplexity": 44.0, "normalised": True}})
+    c = fake_run(tmp_path, "c", kn, label="k", metrics=scored(35.0, 41.0))
+    rows = compare_seeded([LineupRuns("m", (a, b), (0, 1)), LineupRuns("k", (c,), None)])
+    m, k = rows[1], rows[0]
+    assert (m["model"], m["rank"], m["test_ppl"], m["test_ppl_sd"]) == ("m", None, None, None)
+    assert m["valid_ppl"] == 42.0 and m["valid_ppl_sd"] == pytest.approx(statistics.stdev([40.0, 44.0]), rel=1e-12)
+    assert m["note"] == "infinite test perplexity; mean ± sd of seeds 0, 1"
+    assert (k["model"], k["rank"], k["test_ppl"], k["seeds"]) == ("k", 1, 35.0, 1)
+    assert k["note"] == "deterministic: trained once, no sd"
+
+
+def test_a_model_row_of_runs_that_saw_no_tokens_says_zero(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    group = tuple(fake_run(tmp_path, f"s{i}", kn, tokens_seen=0, fit_info={}) for i in range(2))
+    (row,) = compare_seeded([LineupRuns("m", group, (0, 1))])
+    assert row["tokens_seen"] == 0 and type(row["tokens_seen"]) is int
+
+
+def test_interval_notes_of_records_without_a_usable_test_score(long_runs, tmp_path):
+    import json
+
+    kn = long_runs["ngram:kn2"]
+    # a test file recorded but never scored
+    unscored = fake_run(tmp_path, "unscored", kn, metrics={})
+    (row,) = compare_runs([unscored], bootstrap=10)
+    assert row["note"] == "no test score, no confidence interval" and row["test_ppl_lo"] is None
+    # per-sequence scores present and finite, but the record has no test perplexity: no interval either
+    bare = copy_run(kn, tmp_path / "bare")
+    record = json.loads((bare / "run.json").read_text())
+    del record["metrics"]["test"]["perplexity"]
+    (bare / "run.json").write_text(json.dumps(record))
+    (row,) = compare_runs([bare], bootstrap=10)
+    assert row["test_ppl"] is None and row["test_ppl_lo"] is None and row["p_worse_than_best"] is None
+    assert row["note"] == "infinite test perplexity; no confidence interval"
+
+
+# -- bootstrap arguments and columns of compare_runs / compare_seeded / compare_trained --------------------------
+BASE = ["rank", "model", "kind", "status", "normalised", "parameters", "train_seconds", "tokens_seen", "valid_ppl",
+        "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bleu", "tokens_per_second", "note", "run"]
+INTERVALS = ["test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi", "p_worse_than_best"]
+
+
+def test_compare_runs_interval_defaults_confidence_and_columns(long_runs):
+    paths = [long_runs["ngram:kn2"], long_runs["ngram:laplace2"], long_runs["ngram:wb2"]]
+    rows = compare_runs(paths, bootstrap=40)
+    at = BASE.index("test_ppl") + 1
+    assert list(rows[0]) == BASE[:at] + INTERVALS + BASE[at:]
+    assert rows == compare_runs(paths, bootstrap=40, seed=0, confidence=0.95)
+    assert [r["test_ppl_lo"] for r in compare_runs(paths, bootstrap=40, seed=1)] != [r["test_ppl_lo"] for r in rows]
+    narrow = compare_runs(paths, bootstrap=40, confidence=0.5)
+    assert [r["test_ppl_lo"] for r in narrow] != [r["test_ppl_lo"] for r in rows]
+    for wide, n in zip(rows, narrow):
+        assert wide["test_ppl_lo"] <= n["test_ppl_lo"] <= n["test_ppl_hi"] <= wide["test_ppl_hi"]
+    assert list(compare_runs(paths)[0]) == BASE
+
+
+def test_compare_seeded_interval_defaults_and_columns(long_runs):
+    groups = [LineupRuns("a", (long_runs["ngram:kn2"], long_runs["ngram:wb2"]), (0, 1)),
+              LineupRuns("b", (long_runs["ngram:laplace2"],), None)]
+    rows = compare_seeded(groups, bootstrap=40)
+    seeded = BASE[:5] + ["seeds"] + BASE[5:9] + ["valid_ppl_sd", "test_ppl", "test_ppl_sd"] + BASE[10:]
+    at = seeded.index("test_ppl_sd") + 1
+    assert list(rows[0]) == seeded[:at] + INTERVALS + seeded[at:]
+    assert list(compare_seeded(groups)[0]) == seeded
+    assert rows == compare_seeded(groups, bootstrap=40, seed=0, confidence=0.95)
+    assert compare_trained(groups, bootstrap=40) == rows
+    assert [r["test_ppl_lo"] for r in compare_seeded(groups, bootstrap=40, seed=1)] != [r["test_ppl_lo"] for r in rows]
+
+
+def test_compare_trained_with_one_run_per_model_is_compare_runs_with_every_argument(long_runs):
+    groups = [LineupRuns(m, (long_runs[m],), (0,)) for m in ("ngram:kn2", "ngram:laplace2", "ngram:wb2")]
+    paths = [g.runs[0] for g in groups]
+    rows = compare_trained(groups, "-test_ppl", bootstrap=40, seed=3, confidence=0.8)
+    assert rows == compare_runs(paths, "-test_ppl", bootstrap=40, seed=3, confidence=0.8)
+    assert [r["test_ppl"] for r in rows] == sorted((r["test_ppl"] for r in rows), reverse=True)
+    assert rows != compare_runs(paths, "-test_ppl", bootstrap=40, seed=3)  # the confidence is passed on
+    assert rows != compare_runs(paths, "-test_ppl", bootstrap=40, seed=0, confidence=0.8)  # and the seed
+    assert compare_trained(groups, bootstrap=40) == compare_runs(paths, bootstrap=40, seed=0, confidence=0.95)
+    assert "test_ppl_lo" not in compare_trained(groups)[0]

@@ -229,7 +229,9 @@ def test_jm_lambdas_maximise_the_heldout_likelihood():
 def test_jm_lambda_of_a_level_never_reached_stays_at_one_half():
     num, den = heldout()
     den[:, 2] = num[:, 2] = 0  # no held-out token has a seen trigram context
-    lam = sm.fit_jm_lambdas(num, den, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no 0/0 on the way (numpy would print a RuntimeWarning)
+        lam = sm.fit_jm_lambdas(num, den, 20)
     assert lam[2] == 0.5
 
 
@@ -262,7 +264,7 @@ def test_katz_rows_normalise_when_a_context_is_followed_by_everything_or_only_by
     (corpus / "valid.txt").write_text("a b\n")
     run = tmp_path / "run"
     api.train(api.TrainRequest(model="ngram:katz3", corpus=corpus, output=run, sets=["katz_k=1"], min_count=2,
-                               progress=False))
+                               context="sentence", progress=False))
     model, _ = api.load_model(run)
     a, b = model.vocab.index["a"], model.vocab.index["b"]
     contexts = [[BOS], [a], [b], [BOS, a], [a, a], [a, b], [b, a], [UNK], [UNK, a]]
@@ -399,7 +401,8 @@ def test_katz_equals_the_reference_where_contexts_are_full_or_frequent(tmp_path,
     (corpus / "train.txt").write_text("\n".join(KATZ_TRAIN) + "\n")
     (corpus / "valid.txt").write_text("a b\n")
     run = api.train(api.TrainRequest(model="ngram:katz3", corpus=corpus, output=tmp_path / "run",
-                                     sets=[f"katz_k={K}"], min_count=2, progress=False))
+                                     sets=[f"katz_k={K}"], min_count=2, context="sentence",
+                                     progress=False))
     model, _ = api.load_model(run)
     vocab = model.vocab
     mapped = [" ".join(w if w in vocab.index else "<unk>" for w in line.split()) for line in KATZ_TRAIN]
@@ -411,3 +414,39 @@ def test_katz_equals_the_reference_where_contexts_are_full_or_frequent(tmp_path,
         want = [prob(w, h) for w in predictable]
         np.testing.assert_allclose(np.exp(row[[vocab.index[w] for w in predictable]]), want, rtol=1e-9,
                                    atol=1e-12, err_msg=str(h))
+
+
+def test_katz_unigram_discounts_leave_out_the_sentence_starts():
+    # two sentences: <s> is counted twice as a context, but it is never a target and must not add to n2
+    c = count_ngrams([np.array(s) for s in ([A, B, A], [B, A, A, C])], 7, 2, "sentence")
+    est = sm.estimate_katz(c, 5)
+    # targets A 4, B 2, C 1, </s> 2: n1..n6 = 1, 2, 0, 1, 0, 0 -> absolute discounting with D = 1 / (1 + 2 * 2)
+    assert est.facts["katz_ratios"][0] == pytest.approx([(r - 0.2) / r for r in range(1, 6)], rel=1e-15)
+    assert est.facts["warnings"][0] == ("katz order 1: counts-of-counts n1..n6 include a zero; used absolute "
+                                        "discounting instead")
+
+
+def test_jm_lambda_of_a_level_reached_by_less_than_one_token_in_all():
+    # 12 held-out tokens (20 words): every one has a seen unigram context, 7 a trigram context, 2 a bigram
+    # context; the trigram level takes most of those two tokens, so less than one token's worth reaches the
+    # bigram level, and its lambda is that level's share of what reaches it (an interior optimum here)
+    num = np.array([[10, 2, 2], [7, 4, 1], [3, 0, 3], [5, 0, 4], [6, 0, 1], [0, 0, 4], [0, 0, 3], [5, 0, 0],
+                    [6, 0, 0], [2, 0, 0], [2, 0, 0], [1, 0, 0]], dtype=float)
+    den = np.array([[10, 4, 4]] * 2 + [[10, 0, 4]] * 5 + [[10, 0, 0]] * 5, dtype=float)
+    lam = sm.fit_jm_lambdas(num, den, 20)
+    assert 0.3 < lam[1] < 0.5
+    best = jm_loglik(lam, num, den, 20)
+    for n in range(3):
+        for step in (-0.05, 0.05):
+            other = list(lam)
+            other[n] = min(max(other[n] + step, 0.0), 1 - 1e-6)
+            assert jm_loglik(other, num, den, 20) <= best + 1e-9
+
+
+def test_katz_context_followed_by_every_word_keeps_no_back_off_mass():
+    # A is followed by <unk>, </s>, A, B and C: every predictable word, so nothing is left to back off with
+    c = count_ngrams([np.array(s) for s in ([A, UNK], [A, A], [A, B], [A, C, B], [A])], 7, 2, "sentence")
+    est = sm.estimate_katz(c, 1)
+    assert est.logbo[0][A] == -np.inf  # written as -99 (log10 0) in an ARPA export
+    assert np.isfinite(est.logbo[0][[B, C]]).all() and est.logbo[0][B] < 0  # B and C back off
+    np.testing.assert_allclose(np.exp(est.logp[1][c.index.prefix(2) == A]).sum(), 1.0, rtol=1e-12)

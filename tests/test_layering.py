@@ -16,9 +16,9 @@ TESTS = Path(__file__).resolve().parent
 
 # layer of a module: the longest matching prefix wins; higher layers may import lower ones only
 LAYERS = [
-    ("core", ["lmkit", "lmkit.errors", "lmkit.protocol", "lmkit.config", "lmkit.validate", "lmkit.atomic",
-              "lmkit.artifacts", "lmkit.cache", "lmkit.device", "lmkit.outputs", "lmkit.logs", "lmkit.render",
-              "lmkit.runlock"]),
+    ("core", ["lmkit", "lmkit.errors", "lmkit.protocol", "lmkit.defaults", "lmkit.config", "lmkit.validate",
+              "lmkit.atomic", "lmkit.artifacts", "lmkit.cache", "lmkit.device", "lmkit.outputs", "lmkit.logs",
+              "lmkit.render", "lmkit.runlock"]),
     ("data", ["lmkit.data"]),
     ("datasets", ["lmkit.datasets"]),
     ("models", ["lmkit.models"]),

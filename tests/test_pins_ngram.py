@@ -217,8 +217,8 @@ def run_for(corpus):
         if smoothing not in runs:
             options, sets = OPTIONS[smoothing]
             out = corpus.parent / f"run-{smoothing}"
-            api.train(api.TrainRequest(model=f"ngram:{smoothing}{N}", corpus=corpus, output=out,
-                                       options=options, sets=sets, progress=False))
+            api.train(api.TrainRequest(model=f"ngram:{smoothing}{N}", corpus=corpus, output=out, min_count=1,
+                                       context="sentence", options=options, sets=sets, progress=False))
             runs[smoothing] = out
         return runs[smoothing]
 

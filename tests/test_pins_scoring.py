@@ -130,7 +130,8 @@ def test_cli_score_columns_of_a_laplace_unigram(tmp_path: Path):
     (corpus / "train.txt").write_text("a a b\n")
     (corpus / "valid.txt").write_text("a\n")
     run = tmp_path / "run"
-    api.train(api.TrainRequest(model="ngram:laplace1", corpus=corpus, output=run, progress=False))
+    api.train(api.TrainRequest(model="ngram:laplace1", corpus=corpus, output=run, min_count=1, context="sentence",
+                               progress=False))
     test = tmp_path / "test.txt"
     test.write_text("a b zz\nzz\n\nb\n")
     r = cli("score", run, test, "--format", "json")

@@ -217,20 +217,20 @@ def test_nfc_and_nfd_differ_without_normalize_and_agree_with_it(tmp_path):
     nfc.write_text(NFC, encoding="utf-8")
     nfd.write_text(NFD, encoding="utf-8")
     raw = tmp_path / "raw.json"
-    ok("vocab", "build", nfc, "-o", raw, "-q")
+    ok("vocab", "build", nfc, "--min-count", "1", "-o", raw, "-q")  # every word: only code points differ
     cov = json.loads(ok("vocab", "show", raw, "--coverage", nfd, "--format", "json"))["coverage"]
     assert cov["oov_tokens"] == 4  # café x2, naïve, résumé are other code points in NFD
     normed = tmp_path / "nfc-norm.json"
-    ok("vocab", "build", nfd, "--normalize", "NFC", "-o", normed, "-q")
+    ok("vocab", "build", nfd, "--normalize", "NFC", "--min-count", "1", "-o", normed, "-q")
     cov = json.loads(ok("vocab", "show", normed, "--coverage", nfc, "--format", "json"))["coverage"]
     assert cov["oov_tokens"] == 0
     # the same through a trained model: under --normalize NFC the two files are the same text
     (tmp_path / "c").mkdir()
     for split in ("train", "valid", "test"):
         (tmp_path / "c" / f"{split}.txt").write_text(NFC, encoding="utf-8")
-    plain = api.train(api.TrainRequest(model="ngram:kn2", corpus=tmp_path / "c", output=tmp_path / "plain",
-                                       progress=False))
-    norm = api.train(api.TrainRequest(model="ngram:kn2", corpus=tmp_path / "c", normalize="NFC",
+    plain = api.train(api.TrainRequest(model="ngram:kn2", corpus=tmp_path / "c", min_count=1,
+                                       output=tmp_path / "plain", progress=False))
+    norm = api.train(api.TrainRequest(model="ngram:kn2", corpus=tmp_path / "c", normalize="NFC", min_count=1,
                                       output=tmp_path / "norm", progress=False))
     assert _score(plain, nfd)["oov"] == 4 and _score(plain, nfc)["oov"] == 0
     a, b = _score(norm, nfc), _score(norm, nfd)
@@ -249,7 +249,7 @@ def test_char_level_units_are_code_points_and_round_trip(tmp_path):
     d.mkdir()
     for split in ("train", "valid", "test"):
         (d / f"{split}.txt").write_text(EMOJI, encoding="utf-8")
-    run = api.train(api.TrainRequest(model="ngram:kn3", corpus=d, level="char", output=tmp_path / "r",
+    run = api.train(api.TrainRequest(model="ngram:kn3", corpus=d, level="char", min_count=1, output=tmp_path / "r",
                                      progress=False))
     vocab = Vocab.load(run / "vocab.json")
     for line in EMOJI.splitlines():

@@ -87,6 +87,13 @@ class Vocab:
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.tokens[i] for i in ids]
 
+    def most_frequent(self, limit: int | None = None) -> list[int]:
+        """Ids of the `limit` most frequent tokens (all without a limit) by training count, most frequent
+        first, ties in id order; the reserved ids (and <sep>) are not tokens of the text and never listed."""
+        first = SEP + 1 if self.has_sep else len(SPECIALS)
+        ids = sorted(range(first, len(self)), key=lambda i: (-self.counts[i], i))
+        return ids if limit is None else ids[:limit]
+
     # -- building ---------------------------------------------------------------------------------
     @staticmethod
     def check_options(min_count: int, max_size: int | None) -> None:

@@ -11,27 +11,31 @@ from pathlib import Path
 
 from ..errors import ModelError, UsageError
 from ..evaluate.perplexity import Score
-from ..logs import Log, quiet
+from ..logs import Log, current, quiet
 from ..runs import RunRecord, read_record, versions
 from ..runwriter import RunWriter
 from .job import Job, job_from_run, resolve_job
 from .measure import final_metrics, quick_checks
 from .prepare import default_run_dir
+from .recipe import recipe_text
 from .request import TrainRequest
 
 
 def train(req: TrainRequest, log: Log = quiet) -> Path:
     """Fit a model on a corpus, score valid/test under the one scoring path, write a run folder.
 
-    The run folder is locked while it is written (lmkit.runlock): a second writer is refused, not mixed in."""
+    The run folder is locked while it is written (lmkit.runlock): a second writer is refused, not mixed in.
+    --time-budget bounds all of it, from here (lmkit.training.budget)."""
+    started = time.monotonic()
     with ExitStack() as locks:
+        current().phase("reading")
         job, log = resolve_job(req, log, locks)
         if job.neural:
             if job.out is None:
                 job.out = default_run_dir(req.runs_dir, job.cls.kind)
                 if job.launch.is_main:
                     locks.enter_context(_lock(job.out))
-            return fit_neural(job, log, progress=req.progress)
+            return fit_neural(job, log, progress=req.progress, started=started)
         return fit_counted(job, log, locks)
 
 
@@ -48,7 +52,7 @@ def fit_counted(job: Job, log: Log, locks: ExitStack) -> Path:
         model.counting = job.counting
     log(f"training {model.label} on {job.encoded['train'].num_tokens:,} tokens ({job.protocol.context} context)")
     start = time.perf_counter()
-    info = model.fit(job.encoded["train"], job.encoded["valid"], log) or {}
+    info = model.fit(job.encoded["train"], job.encoded.get("valid"), log) or {}
     seconds = time.perf_counter() - start
     scores: dict[str, Score] = {}
     metrics = final_metrics(model, job.encoded, log, job.data, scores)
@@ -64,7 +68,9 @@ def fit_counted(job: Job, log: Log, locks: ExitStack) -> Path:
         locks.enter_context(_lock(out))
     row = {"step": 0, "tokens_seen": record.tokens_seen, "seconds": seconds,
            "valid_ppl": metrics.get("valid", {}).get("perplexity")}
-    return RunWriter(out, replace=job.request.force, log=log).publish(job.vocab, model, record, scores, row)
+    writer = RunWriter(out, replace=job.request.force, log=log, recipe=recipe_text(job.request, out))
+    current().phase("writing", label=model.label)
+    return writer.publish(job.vocab, model, record, scores, row)
 
 
 def build_torch_model(job: Job, device: str | None = None):
@@ -91,23 +97,28 @@ def build_torch_model(job: Job, device: str | None = None):
     return model
 
 
-def fit_neural(job: Job, log: Log, *, progress: bool) -> Path:
+def fit_neural(job: Job, log: Log, *, progress: bool, started: float | None = None) -> Path:
     """A neural run, written as it trains by the run writer (rank 0 only under torchrun).
 
     Every process trains inside one process group (lmkit.distributed.session: up for the fit, torn down
-    after it and on error); rank 0 alone writes the folder and scores the final numbers."""
+    after it and on error); rank 0 alone writes the folder and scores the final numbers. `started`
+    (time.monotonic()) is when the command began: --time-budget counts from there."""
     from ..distributed import session
     from ..train import Interrupted
+    from ..training.budget import Clock
 
-    writer = RunWriter(job.out, log=log)
+    clock = Clock(time.monotonic() if started is None else started,
+                  *(job.encoded[s].num_tokens if s in job.encoded else 0 for s in ("valid", "test")))
+
+    writer = RunWriter(job.out, log=log, recipe=None if job.resume_record else recipe_text(job.request, job.out))
     try:
         with session(job.train_config.device) as ranks:
             if not ranks.is_main:
                 log, progress = quiet, False
-            model, record, info = _fit_torch(job, writer if ranks.is_main else None, log, ranks, progress)
+            model, record, info = _fit_torch(job, writer if ranks.is_main else None, log, ranks, progress, clock)
         if not ranks.is_main:
             return job.out
-        return _finish(job, writer, model, record, info, log)
+        return _finish(job, writer, model, record, info, log, clock)
     except Interrupted as exc:
         if not writer.replacing:
             raise
@@ -119,17 +130,22 @@ def fit_neural(job: Job, log: Log, *, progress: bool) -> Path:
         raise
 
 
-def _finish(job: Job, writer: RunWriter, model, record: RunRecord, info: dict, log: Log) -> Path:
-    """Rank 0: the final numbers from the best weights, measured like every family's; the folder published."""
+def _finish(job: Job, writer: RunWriter, model, record: RunRecord, info: dict, log: Log, clock) -> Path:
+    """Rank 0: the final numbers from the best weights, measured like every family's (valid's score is the
+    last validation's when training measured these weights); the folder published."""
+    from ..training.budget import checks_skipped
+
+    scored = info.pop("scored", {})
     record.status = "complete"
     record.fit_info = info
     record.train_seconds = info.get("train_seconds", 0.0)
     record.tokens_seen = info.get("tokens_seen", 0)
     record.train_config = info.get("train_config", asdict(job.train_config))
     scores: dict[str, Score] = {}
-    record.metrics = final_metrics(model, job.encoded, log, record.data, scores)
-    record.checks = quick_checks(model, job.encoded, log)
+    record.metrics = final_metrics(model, job.encoded, log, record.data, scores, known=scored)
+    record.checks = quick_checks(model, job.encoded, log, skip_all=checks_skipped(info.get("budget"), clock))
     record.versions = versions()
+    current().phase("writing", label=model.label)
     return writer.finish(record, scores)
 
 
@@ -146,7 +162,7 @@ def _start_record(job: Job, model, device_name: str) -> RunRecord:
     return record
 
 
-def _fit_torch(job: Job, writer: RunWriter | None, log: Log, ranks, progress: bool):
+def _fit_torch(job: Job, writer: RunWriter | None, log: Log, ranks, progress: bool, clock):
     """(model, record, fit info): the model built on this rank's device and trained; `writer` on rank 0."""
     from ..train import Interrupted, fit
 
@@ -163,8 +179,11 @@ def _fit_torch(job: Job, writer: RunWriter | None, log: Log, ranks, progress: bo
         f"{model.placement.precision}, {job.protocol.context} context, "
         + (writer.where() if writer is not None else f"into {run_dir}"))
     try:
+        scored: dict = {}
         info = fit(model, job.encoded["train"], job.encoded.get("valid"), job.train_config, log=log,
-                   run_dir=run_dir, progress=progress, resume=job.resume_record is not None, ranks=ranks)
+                   run_dir=run_dir, progress=progress, resume=job.resume_record is not None, ranks=ranks,
+                   clock=clock, scored=scored)
+        info = {**info, "scored": scored}
     except (Interrupted, KeyboardInterrupt):
         record.status = "interrupted"
         if model.train_state:
@@ -188,9 +207,11 @@ def resume(run_dir: str | Path, train_options: dict | None = None, log: Log = qu
     The folder is locked like `train`'s, so a resume never runs beside the training it continues."""
     from ..distributed import is_main_process
 
+    started = time.monotonic()
     run_dir = Path(run_dir)
     read_record(run_dir)  # a missing or foreign folder is refused before a lock file appears beside it
     if not is_main_process():  # under torchrun rank 0 holds the lock and speaks for the run
-        return fit_neural(job_from_run(run_dir, train_options, quiet), quiet, progress=False)
+        return fit_neural(job_from_run(run_dir, train_options, quiet), quiet, progress=False, started=started)
     with _lock(run_dir):
-        return fit_neural(job_from_run(run_dir, train_options, log), log, progress=progress)
+        current().phase("reading")
+        return fit_neural(job_from_run(run_dir, train_options, log), log, progress=progress, started=started)

@@ -22,7 +22,8 @@ from ..protocol import Protocol
 from ..runs import RunRecord, read_record
 from ..validate import check_train_config
 from .prepare import cached_split, encode_splits, input_paths, locate_splits, read_split, split_info
-from .request import TrainRequest, check_request, counting_plan, is_torch_family, protocol_for, task_for
+from .request import (TrainRequest, check_request, counting_plan, describe_settings, is_torch_family, protocol_for,
+                      task_for, with_defaults)
 
 
 @dataclass
@@ -85,6 +86,7 @@ def resolve_job(req: TrainRequest, log: Log, locks) -> tuple[Job, Log]:
 
     cls, config, tcfg = check_request(req)
     req = dataclasses.replace(req, corpus=resolve_corpus(req.corpus))  # a downloaded corpus given by name
+    req = with_defaults(req)  # lmkit.defaults filled in once: the Job records what the run used
     counting = counting_plan(req, cls)
     if tcfg is not None and tcfg.seq_len is not None and req.context != "stream":
         raise UsageError("--seq-len sets the window of --context stream; sentence context trains on whole lines "
@@ -93,13 +95,15 @@ def resolve_job(req: TrainRequest, log: Log, locks) -> tuple[Job, Log]:
     if not launch.is_main:
         log = quiet  # under torchrun rank 0 speaks (and writes) for the run
     task = task_for(req)
-    files = locate_splits(req, task)
+    # an n-gram from named files (`--train -`, as lmplz) needs no valid split; a corpus folder missing one is a mistake
+    files = locate_splits(req, task, need_valid=tcfg is not None or req.corpus is not None)
     out = Path(req.output) if req.output else None
     if out is not None and launch.is_main:
         out = check_output_dir(out, req.force, inputs=input_paths(req, files))
         locks.enter_context(run_lock(out))
         check_output_dir(out, req.force, inputs=input_paths(req, files))  # again under the lock
     vocab, protocol, encoded, data = read_data(req, files, task, log)
+    log(describe_settings(req, vocab, protocol))
     job = Job(cls, config, tcfg, vocab, protocol, encoded, data, out, launch, req, counting)
     check_stream_fits(job)
     return job, log

@@ -14,6 +14,7 @@ from ..data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is
                           locate_pairs, read_pair, read_text)
 from ..datasets.store import resolve_corpus
 from ..data.vocab import Vocab
+from ..defaults import CONTEXT, LEVEL, MIN_COUNT
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
 from ..validate import (check_output_file)
@@ -24,10 +25,10 @@ from .request import TrainRequest, protocol_for
 def build_vocab(
     paths: list[str | Path | Text] | str | Path | Text,
     *,
-    level: str = "word",
+    level: str = LEVEL,
     lowercase: bool = False,
     normalize: str | None = None,
-    min_count: int = 1,
+    min_count: int = MIN_COUNT,
     max_size: int | None = None,
     output: str | Path | None = None,
     with_sep: bool = False,
@@ -58,8 +59,7 @@ def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top
     if top < 0:
         raise UsageError(f"--top must be at least 0, got {top}")
     vocab = Vocab.load(vocab_path)
-    first = 5 if vocab.has_sep else 4  # after the reserved ids
-    order = sorted(range(first, len(vocab)), key=lambda i: -vocab.counts[i])[:top]
+    order = vocab.most_frequent(top)
     total = sum(vocab.counts)
     report: dict[str, Any] = {
         "vocab_id": vocab.vocab_id,
@@ -70,7 +70,7 @@ def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top
         "max_size": vocab.max_size,
         "train_tokens": total,
         "train_unk_tokens": vocab.counts[1],
-        "top": [{"token": vocab.tokens[i], "count": vocab.counts[i],
+        "top": [{"id": i, "token": vocab.tokens[i], "count": vocab.counts[i],
                  "share": vocab.counts[i] / total if total else 0.0} for i in order],
     }
     if coverage is not None:
@@ -110,7 +110,7 @@ class EncodedSplit:
 
 def encode_corpus(corpus: str | Path | None = None, vocab: str | Path | None = None, *,
                   train: str | Path | None = None, valid: str | Path | None = None, test: str | Path | None = None,
-                  splits: list[str] | str | None = None, context: str = "sentence", keep_blank_lines: bool = False,
+                  splits: list[str] | str | None = None, context: str = CONTEXT, keep_blank_lines: bool = False,
                   log: Log = quiet) -> list[EncodedSplit]:
     """Encode each split once into a memory-mapped token file in the cache, or find the one already there;
     `lmkit train --vocab` and `lmkit score` then read ids from it instead of the text (lmkit.data.tokenfile).
@@ -150,12 +150,14 @@ def encode_corpus(corpus: str | Path | None = None, vocab: str | Path | None = N
     return results
 
 
-def locate_splits(req: TrainRequest, task: str):
-    """CorpusFiles (one path per split) or, for translate, ParallelFiles ((source, target) per split)."""
+def locate_splits(req: TrainRequest, task: str, need_valid: bool = True):
+    """CorpusFiles (one path per split) or, for translate, ParallelFiles ((source, target) per split).
+    `need_valid` False (n-grams: valid only reports a perplexity or tunes --k auto): the valid split is optional."""
+    need = ("train", "valid") if need_valid else ("train",)
     if task != "translate":
         if req.src is not None or req.tgt is not None:
             raise UsageError("--src/--tgt choose the two sides of a parallel corpus; they apply to --task translate")
-        return locate(req.corpus, req.train, req.valid, req.test, need=("train", "valid"))
+        return locate(req.corpus, req.train, req.valid, req.test, need=need)
     given = [flag for flag, v in (("--train", req.train), ("--valid", req.valid), ("--test", req.test)) if v]
     if given:
         raise UsageError(f"{', '.join(given)} name single files; --task translate reads pairs from --corpus "
@@ -164,7 +166,7 @@ def locate_splits(req: TrainRequest, task: str):
         raise UsageError("--task translate needs --corpus: a folder with train and valid pairs "
                          "(train.src + train.tgt, or train.de + train.en with --src de --tgt en)")
     Protocol(context=req.context, task=task)  # translate in stream context fails before any file is read
-    return locate_pairs(req.corpus, req.src, req.tgt, need=("train", "valid"))
+    return locate_pairs(req.corpus, req.src, req.tgt, need=need)
 
 
 def input_paths(req: TrainRequest, files) -> list:

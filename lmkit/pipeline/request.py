@@ -4,6 +4,7 @@ before its first run)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from ..config import build_config, parse_sets
 from ..data.corpus import (is_parallel)
 from ..data.vocab import Vocab
+from ..defaults import LEVEL, context_for, min_count_or_default
 from ..errors import UsageError, only_for
 from ..models import Family, descriptor, flag_options, is_neural, neural_kinds, parse_spec
 from ..protocol import Protocol
@@ -20,7 +22,8 @@ from ..validate import (check_model_config, check_seed,
 
 @dataclass
 class TrainRequest:
-    """Everything `lmkit train` needs; fields mirror the CLI flags (None = default)."""
+    """Everything `lmkit train` needs; fields mirror the CLI flags (None = default: lmkit.defaults, one set of
+    defaults for every command; `with_defaults` fills them in)."""
 
     model: str = "ngram"
     corpus: str | Path | None = None
@@ -28,12 +31,12 @@ class TrainRequest:
     valid: str | Path | None = None
     test: str | Path | None = None
     vocab: str | Path | None = None
-    level: str | None = None
+    level: str | None = None  # None: the vocabulary's level with --vocab, else defaults.LEVEL
     lowercase: bool | None = None
     normalize: str | None = None
-    min_count: int = 1
+    min_count: int | None = None  # None: defaults.MIN_COUNT (refused beside --vocab when given)
     max_size: int | None = None
-    context: str = "sentence"
+    context: str | None = None  # None: defaults.context_for(task): stream, sentence for translation
     keep_blank_lines: bool = False
     task: str | None = None  # lm | translate; None: translate when src/tgt are given or the corpus is a pair
     src: str | None = None  # parallel corpus: suffix of the source files (de for train.de)
@@ -155,15 +158,15 @@ def train_config(cls, req: TrainRequest):
 
 def protocol_for(req: TrainRequest, vocab: Vocab | None, task: str = "lm") -> Protocol:
     if vocab is None:
-        return Protocol(level=req.level or "word", lowercase=bool(req.lowercase), normalize=req.normalize,
-                        context=req.context, keep_blank_lines=req.keep_blank_lines, task=task)
+        return Protocol(level=req.level or LEVEL, lowercase=bool(req.lowercase), normalize=req.normalize,
+                        context=context_for(task, req.context), keep_blank_lines=req.keep_blank_lines, task=task)
     for name, asked, have in (("level", req.level, vocab.level), ("lowercase", req.lowercase, vocab.lowercase),
                               ("normalize", req.normalize, vocab.normalize)):
         if asked is not None and asked != have:
             raise UsageError(f"--vocab was built with {name}={have} but this run asks for {name}={asked}; "
                              "use a matching vocabulary or drop the option")
     protocol = Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize,
-                        context=req.context, keep_blank_lines=req.keep_blank_lines, task=task)
+                        context=context_for(task, req.context), keep_blank_lines=req.keep_blank_lines, task=task)
     if task == "translate" and not vocab.has_sep:
         raise UsageError(f"--vocab {req.vocab} has no <sep> (id 4): --task translate needs a joint vocabulary "
                          "built for a parallel corpus")
@@ -181,14 +184,39 @@ def task_for(req: TrainRequest) -> str:
     return "lm"
 
 
+def with_defaults(req: TrainRequest) -> TrainRequest:
+    """The request with every shared default filled in (lmkit.defaults): context by task; level and min-count
+    when it builds its own vocabulary (with --vocab they are the vocabulary's)."""
+    task = task_for(req)
+    filled = {"context": context_for(task, req.context), "task": task}
+    if req.vocab is None:
+        filled.update(level=req.level or LEVEL, min_count=min_count_or_default(req.min_count))
+    return dataclasses.replace(req, **filled)
+
+
+def describe_settings(req: TrainRequest, vocab: Vocab, protocol: Protocol) -> str:
+    """The run summary's settings line: level, vocabulary (min-count) and context as used, each marked when it
+    is the shared default (lmkit.defaults), so a run can be matched against a lineup at a glance."""
+    from .. import defaults
+
+    def mark(text: str, value, default) -> str:
+        return f"{text} (default)" if value == default else text
+
+    source = (f"vocabulary {req.vocab} (min-count {vocab.min_count})" if req.vocab is not None
+              else mark(f"min-count {vocab.min_count}", vocab.min_count, defaults.MIN_COUNT))
+    return (f"settings: {mark(f'{protocol.level} level', protocol.level, defaults.LEVEL)}, {source}, "
+            f"{mark(f'{protocol.context} context', protocol.context, context_for(protocol.task))}"
+            + (", translation" if protocol.task == "translate" else ""))
+
+
 def check_request(req: TrainRequest):
     """(family class, model config, TrainConfig or None) with every option checked and no data read, so
     a lineup or a learning curve can refuse a bad option before its first training run."""
     check_seed(req.seed)
-    if req.vocab is not None and (req.min_count != 1 or req.max_size is not None):
+    if req.vocab is not None and (req.min_count is not None or req.max_size is not None):
         raise UsageError("--min-count and --max-size build a vocabulary; with --vocab that vocabulary is used as "
                          "it is (drop them, or drop --vocab)")
-    Vocab.check_options(req.min_count, req.max_size)
+    Vocab.check_options(min_count_or_default(req.min_count), req.max_size)
     cls, config = resolve_model(req.model, req.options, req.sets)
     counting_plan(req, cls)  # --memory/--engine with a neural family: refused before torch is imported
     tcfg = train_config(cls, req) if is_torch_family(cls) else None

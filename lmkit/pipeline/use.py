@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Sequence
 
 from ..data.corpus import (ParallelText, Text, encode, read_pair, read_recorded, read_text)
 from ..data.vocab import SEP
@@ -37,6 +38,7 @@ class ScoreResult:
     sha256: str
     words: list[list[str]] | None = None
     saved: Path | None = None  # test_scores.npz written by score(..., save=True)
+    run: str | None = None  # the run folder or ARPA file as given
 
     def summary(self) -> dict:
         return {**self.score.summary(), "model": self.model, "protocol": self.protocol,
@@ -67,7 +69,7 @@ def _eval_text(model, record: RunRecord | None, model_path, text_path, src, tgt)
 
 
 def score(model_path: str | Path, text_path: str | Path | None = None, *, src: str | Path | None = None,
-          tgt: str | Path | None = None, device: str = "cpu", keep_words: bool = False,
+          tgt: str | Path | None = None, device: str = "auto", keep_words: bool = False,
           stride: int | None = None, save: bool = False, log: Log = quiet) -> ScoreResult:
     """Score a text file (or '-') with a run folder or ARPA file under the model's stored protocol.
 
@@ -75,8 +77,52 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
     A translation run scores a pair (src/tgt files, default: its test pair), target side only.
     `stride` (bounded-context neural models) moves the sliding window; it is reported with the score.
     `save`: the text is the run's own test file; store its per-sequence scores in the run folder for
-    compare --bootstrap (runs trained before lmkit stored them), if they reproduce run.json's test score."""
+    compare --bootstrap (runs trained before lmkit stored them), if they reproduce run.json's test score.
+    `device`: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; n-grams ignore it."""
     model, record = load_model(model_path, device=device)
+    return _score_loaded(model, record, model_path, text_path, None, src=src, tgt=tgt, keep_words=keep_words,
+                         stride=stride, save=save, log=log)
+
+
+def score_many(model_paths: Sequence[str | Path], text_paths: Sequence[str | Path] = (), *,
+               src: str | Path | None = None, tgt: str | Path | None = None, device: str = "auto",
+               keep_words: bool = False, stride: int | None = None, save: bool = False,
+               log: Log = quiet) -> list[ScoreResult]:
+    """One ScoreResult per (model, text) pair, models outer, texts inner, in the order given.
+
+    Each model is loaded once; stdin ('-', at most once) is read once and scored by every model. No texts:
+    each model's own evaluation (a translation run's test pair, or src/tgt)."""
+    if not model_paths:
+        raise UsageError("give at least one run folder or ARPA file to score")
+    texts = list(text_paths) or [None]
+    if sum(str(t) == "-" for t in texts) > 1:
+        raise UsageError("'-' (stdin) is given twice; stdin can be read once")
+    stdin = read_text("-") if "-" in map(str, texts) else None
+    results = []
+    for model_path in model_paths:
+        model, record = load_model(model_path, device=device)
+        for text_path in texts:
+            given = stdin if text_path is not None and str(text_path) == "-" else None
+            results.append(_score_loaded(model, record, model_path, text_path, given, src=src, tgt=tgt,
+                                         keep_words=keep_words, stride=stride, save=save, log=log))
+    return results
+
+
+def split_models_texts(paths: Sequence[str], texts: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """`lmkit score PATH... [--text FILE...]`: (models, texts). The first PATH is a model; a later one is a
+    model when it is a folder or an ARPA file, else a text (so `--text a.txt b.txt` also reads b.txt)."""
+    from ..models.ngram.arpa import is_arpa_path
+
+    models, more = list(paths[:1]), []
+    for p in paths[1:]:
+        is_model = p != "-" and (Path(p).is_dir() or is_arpa_path(p))
+        (models if is_model else more).append(p)
+    return models, [*texts, *more]
+
+
+def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: Text | None, *, src, tgt,
+                  keep_words: bool, stride: int | None, save: bool, log: Log) -> ScoreResult:
+    """score() of a model already loaded; `text`: the text already read (stdin shared by several models)."""
     if save and record is None:
         raise UsageError(f"--save stores per-sequence scores in a run folder; {model_path} is an ARPA file")
     if save and stride is not None:
@@ -88,9 +134,10 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
             raise UsageError(f"--stride applies to models with a bounded context (transformer), not {model.label}")
         model.stride = stride
     enc = None
-    if src is None and tgt is None and not keep_words:  # per-token records need the words: read the text
+    if text is None and src is None and tgt is None and not keep_words:  # per-token records need the words
         enc = cached_split(text_path, model.vocab, model.protocol, log)
-    text = enc or _eval_text(model, record, model_path, text_path, src, tgt)
+    if text is None or model.protocol.task == "translate" or src is not None or tgt is not None:
+        text = enc or _eval_text(model, record, model_path, text_path, src, tgt)  # refuses what does not fit
     if save and (record.data.get("test") or {}).get("sha256") != text.sha256:
         recorded = (record.data.get("test") or {}).get("path") or "none recorded"
         raise UsageError(f"--save needs the test file this run was measured on ({recorded}); {text.name} "
@@ -105,7 +152,8 @@ def score(model_path: str | Path, text_path: str | Path | None = None, *, src: s
     result = score_encoded(model, enc)
     label = model.label if stride is None else f"{model.label} (stride {stride})"
     saved = _save_rescored(Path(model_path), record, result, text.sha256) if save else None
-    return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words, saved)
+    return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words, saved,
+                       str(model_path))
 
 
 def _save_rescored(run_dir: Path, record: RunRecord, result: Score, sha256: str) -> Path:
@@ -121,16 +169,38 @@ def _save_rescored(run_dir: Path, record: RunRecord, result: Score, sha256: str)
     return save_test_scores(run_dir, scores)
 
 
-def export_arpa(run_path: str | Path, output: str | Path) -> Path:
-    """Write a run's n-gram model as an ARPA file (plain or .gz) readable by KenLM and SRILM."""
+def export_arpa(run_path: str | Path, output: str | Path, out: BinaryIO | None = None) -> Path:
+    """Write a run's n-gram model as an ARPA file (plain or .gz) readable by KenLM and SRILM.
+
+    `output` '-' writes plain ARPA text to `out` (default: stdout): the file is completed in a temporary
+    folder first and then copied, so a failure never leaves half a model in a pipe."""
     from ..models.ngram.arpa import write_arpa
 
-    check_output_file(output, inputs=[run_path], run_folders=[run_path] if Path(run_path).is_dir() else [])
+    to_stdout = str(output) == "-"
+    if not to_stdout:
+        check_output_file(output, inputs=[run_path], run_folders=[run_path] if Path(run_path).is_dir() else [])
     model, _ = load_model(run_path)
     if model.kind not in ("ngram", "arpa"):
         raise UsageError(f"{run_path}: only n-gram models export to ARPA (this is a {model.kind} model)")
-    write_arpa(model, output)
+    if not to_stdout:
+        write_arpa(model, output)
+        return Path(output)
+    with tempfile.TemporaryDirectory(prefix="lmkit-arpa-") as tmp:
+        path = Path(tmp) / "model.arpa"
+        write_arpa(model, path)
+        copy_to(path, out)
     return Path(output)
+
+
+def copy_to(path: Path, out: BinaryIO | None = None) -> None:
+    """A finished file's bytes onto `out` (default: stdout), flushed."""
+    import shutil
+    import sys
+
+    out = out or sys.stdout.buffer
+    with open(path, "rb") as fh:
+        shutil.copyfileobj(fh, out, 1 << 20)
+    out.flush()
 
 
 @dataclass

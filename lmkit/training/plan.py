@@ -44,6 +44,9 @@ class Plan:
     time_budget: float | None
     eval_every: int | None  # steps between validations
     eval_seconds: float | None  # training seconds between validations (a time budget alone)
+    # training seconds at which the time budget stops training: the budget at first, then what is left of the
+    # command's budget after the final measurement's reserve (lmkit.training.budget), the same on every rank
+    time_limit: float | None = None
 
     @classmethod
     def build(cls, cfg: TrainConfig, steps_per_epoch: int, tokens_per_epoch: int) -> Plan:
@@ -57,7 +60,8 @@ class Plan:
         # time budgets alone: ~10 validations per run, but never more often than every 30 s of training
         eval_seconds = max(cfg.time_budget / 10, min(30.0, cfg.time_budget / 2)) if (
             cfg.time_budget and not eval_every) else None
-        return cls(steps_per_epoch, total_steps, cfg.max_tokens, cfg.time_budget, eval_every, eval_seconds)
+        return cls(steps_per_epoch, total_steps, cfg.max_tokens, cfg.time_budget, eval_every, eval_seconds,
+                   cfg.time_budget)
 
     def exhausted(self, s: LoopState) -> str | None:
         """The budget `s` has used up ('steps', 'tokens', 'time'), or None."""
@@ -65,8 +69,8 @@ class Plan:
             return "steps"
         if self.max_tokens is not None and s.tokens_seen >= self.max_tokens:
             return "tokens"
-        if self.time_budget is not None and s.train_seconds >= self.time_budget:
-            return "time"
+        if self.time_limit is not None and s.step > 0 and s.train_seconds >= self.time_limit:
+            return "time"  # (at least one step: a budget too short for the final measurement still trains)
         return None
 
     def fraction_done(self, s: LoopState) -> float:
@@ -74,16 +78,10 @@ class Plan:
         fr = 0.0
         if self.total_steps:
             fr = max(fr, s.step / self.total_steps)
-        if self.time_budget:
-            fr = max(fr, s.train_seconds / self.time_budget)
+        if self.time_limit:
+            fr = max(fr, s.train_seconds / self.time_limit)
         return fr
 
     def validation_due(self, s: LoopState) -> bool:
         return bool((self.eval_every and s.step % self.eval_every == 0) or (
             self.eval_seconds and s.train_seconds - s.last_eval_seconds >= self.eval_seconds))
-
-    def bar_total(self) -> float:
-        return float(self.total_steps or self.time_budget or 1)
-
-    def bar_position(self, s: LoopState) -> float:
-        return s.step if self.total_steps else s.train_seconds

@@ -23,6 +23,7 @@ import numpy as np
 from ...atomic import atomic_open
 from ...data.vocab import BOS, PAD, SPECIALS, Vocab
 from ...errors import ModelError, UsageError
+from ...logs import current
 from ...protocol import Protocol
 from . import smoothing as sm
 from .counts import NgramIndex, find
@@ -146,24 +147,28 @@ class _Reader:
         self.path = path
         self.lines: list[str] = []
         try:
-            with path.open("rb") as fh:
-                packed = fh.read(2) == b"\x1f\x8b"
-            fh = gzip.open(path, "rb") if packed else path.open("rb")
+            raw = path.open("rb")  # its position is the progress (also under gzip)
+            packed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            size = path.stat().st_size
         except FileNotFoundError:
             raise ModelError(f"{path}: ARPA file not found") from None
         except OSError as exc:
             raise ModelError(f"{path}: cannot read ARPA file ({exc.__class__.__name__}: {exc})") from None
-        with fh:
+        self.progress = current()
+        self.progress.phase("loading", total=size, label=path.name)
+        with raw, (gzip.GzipFile(fileobj=raw, mode="rb") if packed else raw) as fh:
             try:
-                self._read(fh)
+                self._read(fh, raw)
             except (OSError, EOFError, zlib.error) as exc:
                 raise self.fail(len(self.lines) + 1, f"cannot read ARPA file ({exc.__class__.__name__}: "
                                                      f"{exc})") from None
 
-    def _read(self, fh) -> None:
+    def _read(self, fh, raw) -> None:
         tail = b""  # the unfinished last line, at most MAX_LINE_BYTES
         while True:
             block = fh.read(_READ_BLOCK)
+            self.progress.update(raw.tell())
             data = tail + block
             cut = data.rfind(b"\n") if block else len(data)
             body, tail = data[:max(cut, 0)], data[cut + 1:]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ...data.batching import lengths_and_ids, stream_layout
 from ...data.vocab import BOS, EOS
+from ...logs import current
 
 
 def flatten(sequences: list[np.ndarray], context: str) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +164,8 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
     Works on n-gram *end* positions: the n-gram ending at j has suffix = the (n-1)-gram ending at j
     and prefix = the (n-1)-gram ending at j-1, so both ids come from the previous order's array."""
     V = int(vocab_size)
+    progress = current()
+    progress.phase("counting", total=order, label=f"1..{order}-grams")
     toks, depth = flatten(sequences, context)
     if toks.size and (toks.min() < 0 or toks.max() >= V):
         raise ValueError("token id outside the vocabulary")
@@ -183,6 +186,7 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
         counts.append(cnt.astype(np.int64))
         ctx.append(prefix)
         rid = nxt
+        progress.update(n)
     index = NgramIndex(V, keys)
     units = int((depth == 0).sum())
     return NgramCounts(index, counts, ctx, int(toks.size - units), units)

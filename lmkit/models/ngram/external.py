@@ -46,6 +46,7 @@ import numpy as np
 from ...atomic import is_disk_full, remove_stale_scratch, scratch_dir
 from ...data.vocab import BOS, EOS
 from ...errors import LmkitError, UsageError
+from ...logs import current
 from .counts import NgramCounts, count_ngrams, flatten
 from .chunk_merge import ChunkRuns, assemble_spilled
 from .sorted_runs import Merger, SpillDir, count_piece, current_rss_bytes, human_bytes, peak_rss_bytes, table_bytes
@@ -234,6 +235,8 @@ def _count_spilled(sequences, V: int, order: int, context: str, memory: int, cap
     chunks = ChunkRuns(spill, order)
     tokens = units = 0
     every = max(-(-expected // 10), 1)  # about ten progress lines
+    progress = current()
+    progress.phase("counting", total=expected, label="chunks")
     for toks, depth, first, seqs in _pieces(sequences, context, order, capacity):
         stats.chunks += 1
         stats.largest_chunk_tokens = max(stats.largest_chunk_tokens, int(toks.size))
@@ -243,6 +246,7 @@ def _count_spilled(sequences, V: int, order: int, context: str, memory: int, cap
         unigrams += next(pieces)
         for piece in pieces:
             stats.spilled_runs += chunks.add(piece) > 0
+        progress.update(min(stats.chunks, expected))
         if stats.chunks % every == 0:
             log(f"counted chunk {stats.chunks:,}/{expected:,} ({human_bytes(chunks.spilled_bytes())} spilled)")
     if context == "stream":
@@ -251,6 +255,7 @@ def _count_spilled(sequences, V: int, order: int, context: str, memory: int, cap
     stats.count_seconds = time.perf_counter() - start
     start = time.perf_counter()
     merger = Merger.for_budget(memory, spill, MERGE_ROW_BYTES)
+    progress.phase("merging", label=f"{stats.spilled_runs:,} sorted runs")
     log(f"merging {stats.spilled_runs:,} sorted runs, order by order (up to {merger.fan_in} at a time)")
     counts = assemble_spilled(V, order, unigrams, chunks, merger, tokens, units)
     stats.merge_seconds = time.perf_counter() - start

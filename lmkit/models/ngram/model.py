@@ -24,7 +24,7 @@ from ...data.corpus import Encoded
 from ...data.vocab import BOS, PAD, Vocab
 from ...errors import DataError, ModelError, UsageError
 from ...protocol import Protocol
-from ...logs import Log, quiet
+from ...logs import Log, current, quiet
 from ..base import LanguageModel
 from ..family import Family, Lineup
 from . import smoothing as sm
@@ -384,6 +384,7 @@ class NgramModel(TableModel):
             c.index.keep_prefixes(c.ctx)  # (else found again by a binary search per n-gram)
         facts: dict = {"smoothing": cfg.smoothing, "order": cfg.order}
         settings = self._settings(c, valid, log, facts)
+        current().phase("smoothing", label=cfg.smoothing)
         est = sm.SMOOTHINGS[cfg.smoothing].estimate(c, settings, self._smoothing_block())
         if isinstance(est, sm.Additive):
             facts["k"] = est.k
@@ -409,6 +410,8 @@ class NgramModel(TableModel):
             return count_ngrams(train.sequences, V, N, context), None
         if plan.engine == "dask":
             from .dask_engine import count_dask
+
+            current().phase("counting", label="on dask")
 
             return count_dask(train.sequences, V, N, context, plan.scheduler, plan.memory, log)
         from .external import count_external
