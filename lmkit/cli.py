@@ -457,7 +457,8 @@ def train(
     epochs: Optional[float] = typer.Option(None, help="Budget: passes over the training data.",
                                            rich_help_panel=BUDGET),
     max_tokens: Optional[int] = typer.Option(None, help="Budget: training tokens.", rich_help_panel=BUDGET),
-    time_budget: Optional[str] = typer.Option(None, help="Budget: training wall time, e.g. 90s, 10m, 1h.",
+    time_budget: Optional[str] = typer.Option(None, help="Budget: wall time of the whole command (training, "
+                                              "validation, final scoring, writing), e.g. 90s, 10m, 1h.",
                                               rich_help_panel=BUDGET),
     optimizer: Optional[str] = typer.Option(None, help="adamw or sgd.", rich_help_panel=BUDGET),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate.", rich_help_panel=BUDGET),
@@ -796,9 +797,10 @@ def export_arpa(
     """
     from . import api
 
-    path = api.export_arpa(run, output)
+    msgs = Messages(quiet)
+    path = api.export_arpa(run, output, log=msgs.info)
     if output != "-":
-        Messages(quiet).info(f"wrote {path}")
+        msgs.info(f"wrote {path}")
 
 
 # -- check ------------------------------------------------------------------------------------------
@@ -934,7 +936,7 @@ def compare(
         if seeds is not None and seeds > 1:
             title += f" -- neural models: mean ± sd over {seeds} seeds"
         keep = [TABLE_VIEW[c][0] for c in COMPARE_KEEP]  # at 80 columns: the rest is left out first
-        write_rows(display, fmt, columns=columns, highlight=highlight, title=title, wide=wide)
+        write_rows(display, fmt, columns=columns, highlight=highlight, title=title, wide=wide, keep=keep)
     else:
         write_rows(rows, fmt)
 

@@ -1,13 +1,14 @@
 """The one training loop for every torch family (MLP, RNN, Transformer).
 
 AdamW or SGD, warmup then cosine/linear decay, gradient clipping, budgets (epochs, tokens, wall
-time; whichever ends first), exact validation perplexity through the one scoring path, early
+time of the whole command with the final measurement reserved (lmkit.training.budget); whichever ends
+first), exact validation perplexity through the one scoring path, early
 stopping with best-checkpoint keeping, checkpoints that resume bit-for-bit for step-based budgets,
 SIGINT/SIGTERM -> checkpoint and a clean exit. Nothing here knows which family it trains.
 
 The loop is a `Trainer` over one `LoopState` (lmkit.training.state), in named parts: make_plan,
 restore, step, validate, checkpoint; `run` drives them. Its building blocks live in lmkit.training
-(config, optimizer, plan and batches, state schema, checkpoint files, signals, progress bar); this
+(config, optimizer, plan and batches, budget, state schema, checkpoint files, signals, progress); this
 module also re-exports the names other code imports from it.
 
 Under torchrun the same loop runs in every process: `ranks` (lmkit.distributed) shards each global batch,
@@ -178,7 +179,8 @@ class Trainer:
         takes its number, so all ranks keep the same state and stop at the same step."""
         s = self.state
         row = {"step": s.step, "epoch": s.step / max(1, self.plan.steps_per_epoch), "tokens_seen": s.tokens_seen,
-               "seconds": s.train_seconds, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": self._record_loss()}
+               "seconds": s.train_seconds, "lr": self.optimizer.param_groups[0]["lr"],
+               "train_loss": self._record_loss()}
         carried = self.gather()  # collectives first, on every rank
         if self.valid is not None:
             self.progress.phase("validating", label=self.model.label)

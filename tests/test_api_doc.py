@@ -14,8 +14,8 @@ from pathlib import Path
 from clitools import child_env
 
 REPO = Path(__file__).resolve().parents[1]
-BUDGET = 'train_options={"time_budget": "60s"}'
-TINY = 'train_options={"max_tokens": 400, "device": "cpu"}, options={"hidden": 32, "embed": 32, "layers": 1}'
+BUDGET = 'train_options={"max_tokens": 300_000, "batch_size": 16}'
+TINY = 'train_options={"max_tokens": 400, "batch_size": 16, "device": "cpu"}'
 LINES = 300
 
 

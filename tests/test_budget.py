@@ -122,7 +122,11 @@ def test_the_last_validation_is_the_final_valid_score(corpus, tmp_path, monkeypa
 
     scored: list[str] = []
     real = measure.score_encoded
-    monkeypatch.setattr(measure, "score_encoded", lambda model, enc, **kw: (scored.append(enc.name), real(model, enc, **kw))[1])
+    def counted(model, enc, **kw):
+        scored.append(enc.name)
+        return real(model, enc, **kw)
+
+    monkeypatch.setattr(measure, "score_encoded", counted)
     record = train_lstm(corpus, tmp_path / "run", max_tokens=64)
     assert scored == [str(corpus / "test.txt")]  # valid was not scored a second time
     valid = record["metrics"]["valid"]

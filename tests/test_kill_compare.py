@@ -553,3 +553,29 @@ def test_compare_trained_with_one_run_per_model_is_compare_runs_with_every_argum
     assert rows != compare_runs(paths, "-test_ppl", bootstrap=40, seed=0, confidence=0.8)  # and the seed
     assert compare_trained(groups, bootstrap=40) == compare_runs(paths, bootstrap=40, seed=0, confidence=0.95)
     assert "test_ppl_lo" not in compare_trained(groups)[0]
+
+
+def test_a_model_row_is_normalised_only_if_every_seed_run_is(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    a = fake_run(tmp_path, "a", kn, metrics=scored(30.0, 40.0))
+    b = fake_run(tmp_path, "b", kn, metrics={"test": {"perplexity": 20.0, "normalised": False}})
+    (row,) = compare_seeded([LineupRuns("m", (a, b), (0, 1))])
+    assert row["normalised"] is False and row["rank"] is None
+    assert row["note"] == "not normalised, not ranked; mean ± sd of seeds 0, 1"
+
+
+def test_a_model_row_lists_each_note_of_its_runs_once(runs, tmp_path):
+    kn = runs["ngram:kn2"]
+    a = fake_run(tmp_path, "a", kn, status="interrupted", checks={})  # partly trained; unchecked
+    b = fake_run(tmp_path, "b", kn, checks={})  # unchecked
+    (row,) = compare_seeded([LineupRuns("m", (a, b), (0, 1))])
+    assert row["note"] == "partly trained; unchecked; mean ± sd of seeds 0, 1"
+
+
+def test_compare_seeded_passes_the_confidence_on(long_runs):
+    groups = [LineupRuns("a", (long_runs["ngram:kn2"], long_runs["ngram:wb2"]), (0, 1)),
+              LineupRuns("b", (long_runs["ngram:laplace2"],), None)]
+    wide, narrow = compare_seeded(groups, bootstrap=40), compare_seeded(groups, bootstrap=40, confidence=0.5)
+    assert [r["test_ppl_lo"] for r in narrow] != [r["test_ppl_lo"] for r in wide]
+    for w, n in zip(wide, narrow):
+        assert w["test_ppl_lo"] <= n["test_ppl_lo"] <= n["test_ppl_hi"] <= w["test_ppl_hi"]

@@ -125,10 +125,13 @@ def _train(grammar: Path, out: Path, name: str, *extra: str) -> dict:
 @pytest.mark.parametrize("name", ["mlp", "lstm", "transformer", "lstm-adaptive"])
 def test_tiny_model_learns_and_cli_equals_library(name, grammar, tmp_path):
     uni = tmp_path / "uni"
-    CliRunner().invoke(app, ["train", "--model", "ngram:laplace1", "--corpus", str(grammar), "-o", str(uni), "-q"])
+    # sentence context: batches of 16 lines give enough updates in 6 epochs of this tiny corpus (stream windows of
+    # the default seq_len would be a few dozen)
+    CliRunner().invoke(app, ["train", "--model", "ngram:laplace1", "--corpus", str(grammar), "--context", "sentence",
+                             "-o", str(uni), "-q"])
     unigram_ppl = json.loads((uni / "run.json").read_text())["metrics"]["valid"]["perplexity"]
     rec = _train(grammar, tmp_path / name, name, "--epochs", "6", "--batch-size", "16", "--lr", "1e-2",
-                 "--warmup", "5")
+                 "--warmup", "5", "--context", "sentence")
     assert rec["status"] == "complete" and rec["kind"] in (name, "lstm")
     assert rec["metrics"]["valid"]["perplexity"] < 0.5 * unigram_ppl  # e.g. ~5 against ~20
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()

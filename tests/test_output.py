@@ -119,8 +119,8 @@ def test_compare_leaves_out_columns_by_name_and_wide_shows_them(runs, monkeypatc
 
 
 def test_curve_table_fits_80_columns(runs, tmp_path, monkeypatch):
-    args = ["curve", "--corpus", runs["root"] / runs["corpus"], "--models", "ngram:kn2,ngram:laplace3", "--fractions", "0.5,1",
-            "--min-count", "1", "-q"]
+    args = ["curve", "--corpus", runs["root"] / runs["corpus"], "--models", "ngram:kn2,ngram:laplace3",
+            "--fractions", "0.5,1", "--min-count", "1", "-q"]
     shown = narrow(runs, *args, "--runs-dir", tmp_path / "narrow")
     fits(shown)
     assert "learning curve" in shown and "laplace3" in shown
@@ -283,6 +283,7 @@ def test_help_has_no_typer_artifacts_and_shows_defaults(monkeypatch):
         text = r.stdout
         usage = next(line for line in text.splitlines() if "Usage:" in line)
         assert not ARTIFACT.search(text) and "{" not in usage, (path, ARTIFACT.findall(text), usage)
+        assert "../shared/corpora" not in text, path  # examples a fresh clone can follow: `--corpus ptb`
         for p in cmd.params:
             default = p.default
             if p.param_type_name != "option" or default in (None, False, (), []) or p.hidden:
@@ -299,7 +300,8 @@ def test_help_has_no_typer_artifacts_and_shows_defaults(monkeypatch):
 # -- completion ---------------------------------------------------------------------------------------
 SCRIPTS = {"bash": "complete -o default -F _lmkit_completion lmkit", "zsh": "#compdef lmkit",
            "fish": "complete --command lmkit"}
-INSTALLED = {"bash": ".bash_completions/lmkit.sh", "zsh": ".zfunc/_lmkit", "fish": ".config/fish/completions/lmkit.fish"}
+INSTALLED = {"bash": ".bash_completions/lmkit.sh", "zsh": ".zfunc/_lmkit",
+             "fish": ".config/fish/completions/lmkit.fish"}
 
 
 @pytest.mark.parametrize("shell", sorted(SCRIPTS))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,11 @@ from clitools import cli, one_error_line
 from familytools import train_params
 from hypothesis import given
 from hypothesis import strategies as st
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from lmkit.pipeline.recipe import (NOT_IN_RECIPES, REQUEST_FLAGS, TRAIN_FLAGS, dumps, flag_index, option_type,
                                    recipe_defaults)

@@ -306,7 +306,8 @@ def test_two_trainings_into_one_folder_at_once(tmp_path):
     loser = next(err for code, _, err in results if code != 0)
     assert loser.count("\n") == 1 and loser.startswith("error: ")
     assert ("is writing this run folder" in loser) or ("not empty" in loser), loser
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.npz", "run.json", "vocab.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.npz", "recipe.toml", "run.json",
+                                                     "vocab.json"]
     r = CliRunner().invoke(app, ["score", str(out), str(SHAKESPEARE / "test.txt"), "--format", "json"])
     assert r.exit_code == 0
     assert json.loads(r.stdout)["perplexity"] == pytest.approx(

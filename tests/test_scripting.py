@@ -30,7 +30,8 @@ def work(tmp_path_factory):
     shim.parent.mkdir()
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lmkit "$@"\n')
     shim.chmod(0o755)
-    code, out, err = run("train", "--model", "ngram:kn3", "--corpus", "corpus", "-o", "runs/kn3", "-q", cwd=root)
+    code, out, err = run("train", "--model", "ngram:kn3", "--corpus", "corpus", "-o", "runs/kn3", "-q",
+                         "--context", "sentence", "--min-count", "1", cwd=root)  # what `--arpa` trains by default
     assert code == 0, err
     code, out, err = run("export-arpa", "runs/kn3", "-o", "kn3.arpa", "-q", cwd=root)
     assert code == 0 and out == err == "", err
@@ -75,6 +76,21 @@ def test_train_arpa_to_stdout_like_lmplz_leaves_no_run_folder(work):
     assert list(tmp.iterdir()) == []  # the temporary run folder is gone
     assert sorted(p.name for p in (work / "runs").iterdir()) == runs_before  # and none went to runs/
     assert (work / "lmplz.arpa").read_text() == (work / "kn3.arpa").read_text()  # = export-arpa of the same model
+
+
+def test_arpa_means_sentence_context_and_every_word_unless_asked(work):
+    proc = sh(work, "lmkit train --model ngram:kn3 --train - --arpa - < corpus/train.txt > default.arpa")
+    ok(proc)
+    assert "--arpa: context sentence, min-count 1" in proc.stderr
+    stream = sh(work, "lmkit train --model ngram:kn3 --train - --arpa - --context stream --min-count 1 "
+                      "< corpus/train.txt > stream.arpa")
+    assert "--arpa: context" not in ok(stream) + stream.stderr
+    assert (work / "stream.arpa").read_text() != (work / "default.arpa").read_text()
+    # export-arpa of a stream-context run says the file will not score like the run
+    ok(sh(work, "lmkit train --model ngram:kn3 --corpus corpus --context stream -o runs/kn3-stream -q"))
+    proc = sh(work, "lmkit export-arpa runs/kn3-stream -o - > s.arpa")
+    assert proc.returncode == 0 and "trained in stream context" in proc.stderr
+    assert "stream context" not in sh(work, "lmkit export-arpa runs/kn3 -o - > k.arpa").stderr
 
 
 def test_train_arpa_with_an_output_folder_keeps_the_run(work):

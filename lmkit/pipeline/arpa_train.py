@@ -32,12 +32,27 @@ def check_arpa_request(req: TrainRequest, arpa: str | Path) -> None:
                           run_folders=[req.output] if req.output is not None else [])
 
 
+def lmplz_protocol(req: TrainRequest, log: Log = quiet) -> TrainRequest:
+    """What an ARPA file means, unless asked otherwise: sentence context (every ARPA reader scores each line on
+    its own from <s>) and every training word kept (min-count 1, as lmplz), instead of lmkit's shared defaults."""
+    changed = {}
+    if req.context is None and req.task != "translate":
+        changed["context"] = "sentence"
+    if req.min_count is None and req.vocab is None:
+        changed["min_count"] = 1
+    if changed:
+        log("--arpa: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in changed.items())
+            + " (as lmplz; give --context/--min-count to choose)")
+    return replace(req, **changed)
+
+
 def train_arpa(req: TrainRequest, arpa: str | Path, log: Log = quiet) -> Path | None:
     """Train an n-gram model and write it as ARPA (`arpa` '-': stdout), like KenLM's `lmplz -o N < text`.
 
     The run folder goes to `req.output` when it is given (returned); without it, to a temporary folder
     that is removed once the ARPA file is written (returns None): the ARPA file is the product."""
     check_arpa_request(req, arpa)
+    req = lmplz_protocol(req, log)
     if req.output is not None:
         run = train(req, log=log)
         export_arpa(run, arpa)

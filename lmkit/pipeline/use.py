@@ -12,7 +12,7 @@ from ..data.corpus import (ParallelText, Text, encode, read_pair, read_recorded,
 from ..data.vocab import SEP
 from ..errors import ModelError, UsageError, only_for
 from ..evaluate.perplexity import Score, score_encoded
-from ..runs import RunRecord, load_run, read_record, write_record
+from ..runs import RUN_FILE, RunRecord, load_run, read_record, write_record
 from ..validate import (check_device_name, check_output_file)
 from ..logs import Log, quiet
 from .prepare import cached_split
@@ -110,12 +110,13 @@ def score_many(model_paths: Sequence[str | Path], text_paths: Sequence[str | Pat
 
 def split_models_texts(paths: Sequence[str], texts: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """`lmkit score PATH... [--text FILE...]`: (models, texts). The first PATH is a model; a later one is a
-    model when it is a folder or an ARPA file, else a text (so `--text a.txt b.txt` also reads b.txt)."""
+    model when it is a run folder (it holds run.json) or an ARPA file, else a text (so `--text a.txt b.txt`
+    also reads b.txt, and any other folder is refused as a text: "is a directory")."""
     from ..models.ngram.arpa import is_arpa_path
 
     models, more = list(paths[:1]), []
     for p in paths[1:]:
-        is_model = p != "-" and (Path(p).is_dir() or is_arpa_path(p))
+        is_model = p != "-" and ((Path(p) / RUN_FILE).is_file() or is_arpa_path(p))
         (models if is_model else more).append(p)
     return models, [*texts, *more]
 
@@ -169,19 +170,24 @@ def _save_rescored(run_dir: Path, record: RunRecord, result: Score, sha256: str)
     return save_test_scores(run_dir, scores)
 
 
-def export_arpa(run_path: str | Path, output: str | Path, out: BinaryIO | None = None) -> Path:
+def export_arpa(run_path: str | Path, output: str | Path, out: BinaryIO | None = None, log: Log = quiet) -> Path:
     """Write a run's n-gram model as an ARPA file (plain or .gz) readable by KenLM and SRILM.
 
     `output` '-' writes plain ARPA text to `out` (default: stdout): the file is completed in a temporary
-    folder first and then copied, so a failure never leaves half a model in a pipe."""
+    folder first and then copied, so a failure never leaves half a model in a pipe. Every ARPA reader scores
+    line by line from <s>, so a stream-context run is exported with a warning: its file scores differently."""
     from ..models.ngram.arpa import write_arpa
 
     to_stdout = str(output) == "-"
     if not to_stdout:
         check_output_file(output, inputs=[run_path], run_folders=[run_path] if Path(run_path).is_dir() else [])
-    model, _ = load_model(run_path)
+    model, record = load_model(run_path)
     if model.kind not in ("ngram", "arpa"):
         raise UsageError(f"{run_path}: only n-gram models export to ARPA (this is a {model.kind} model)")
+    if record is not None and record.protocol.get("context") == "stream":
+        log(f"warning: {run_path} was trained in stream context, but ARPA readers (KenLM, SRILM, lmkit score "
+            "FILE.arpa) score each line on its own from <s>, so the file will not reproduce the run's perplexity; "
+            "train with --context sentence for an ARPA model")
     if not to_stdout:
         write_arpa(model, output)
         return Path(output)

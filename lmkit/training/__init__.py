@@ -6,7 +6,8 @@
     state       the loop's state (LoopState): one schema for checkpoints, resume and run.json
     checkpoint  checkpoint folders: written whole, swapped in atomically, read back with checks
     signals     SIGINT/SIGTERM -> stop at the next step boundary, and the Interrupted error
-    progress    the progress bar
+    budget      --time-budget over the whole command: the final measurement estimated and reserved
+    progress    what training shows, refreshed by time (the reporters are lmkit.logs')
 
 Layering: training (lmkit.train, lmkit.distributed, this package) -> models -> data -> core. Nothing
 here imports lmkit.train; the models never import the training layer."""

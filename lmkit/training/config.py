@@ -25,7 +25,7 @@ class TrainConfig:
     seq_len: int | None = None  # stream context: tokens per BPTT/training window
     epochs: float | None = None  # budget: passes over the training data (fractions allowed)
     max_tokens: int | None = None  # budget: training target tokens
-    time_budget: float | None = None  # budget: seconds of training wall time (evaluation excluded)
+    time_budget: float | None = None  # budget: seconds of the whole command (lmkit.training.budget)
     warmup_steps: int | None = None  # linear warmup steps
     schedule: str = "cosine"  # cosine | linear | constant decay after warmup
     min_lr_ratio: float = 0.1  # decay ends at lr * min_lr_ratio

@@ -35,7 +35,7 @@ class Ticker:
 
     def due(self) -> bool:
         now = time.perf_counter()
-        if False:
+        if now < self.next:
             return False
         self.next = now + self.every
         return True
