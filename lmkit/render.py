@@ -274,10 +274,9 @@ class Messages:
         self.quiet = quiet
 
     def info(self, text: str) -> None:
-        """A message; one that starts `warning: ` is a warning (shown under -q too)."""
         from .logs import say  # through the command's progress reporter: a live bar, or JSON lines
 
-        if not self.quiet or text.startswith("warning: "):
+        if not self.quiet:
             say(text)
 
     def warn(self, text: str) -> None:

@@ -163,14 +163,18 @@ def test_a_long_run_without_a_budget_says_so_before_going_on(corpus, tmp_path, m
     assert not any("this run will take" in line for line in said)  # a budget bounds it already
 
 
-def test_the_long_run_warning_reaches_stderr_under_quiet(corpus, tmp_path, monkeypatch):
+def test_the_long_run_warning_is_one_stderr_line_and_a_json_warning(corpus, tmp_path, monkeypatch):
     import lmkit.train
 
     monkeypatch.setattr(lmkit.train, "LONG_RUN_SECONDS", 0.0)
-    result = cli("train", "--model", "lstm", "--corpus", corpus, "-o", tmp_path / "run", "--layers", 1,
-                 "--hidden", 16, "--min-count", 1, "--max-tokens", 128, "--batch-size", 4, "--seq-len", 8,
-                 "--device", "cpu", "--threads", 1, "-q")
+    args = ["train", "--model", "lstm", "--corpus", corpus, "--layers", 1, "--hidden", 16, "--min-count", 1,
+            "--max-tokens", 128, "--batch-size", 4, "--seq-len", 8, "--device", "cpu", "--threads", 1]
+    result = cli(*args, "-o", tmp_path / "text")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == str(tmp_path / "run")
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("warning: this run will take about"), result.stderr
+    assert result.stdout.strip() == str(tmp_path / "text")
+    lines = [line for line in result.stderr.splitlines() if "this run will take about" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), result.stderr
+    result = cli(*args, "-o", tmp_path / "json", "--log-format", "json")
+    warnings = [e for e in map(json.loads, result.stderr.splitlines()) if e["event"] == "message"
+                and e["level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["text"].startswith("this run will take about")
