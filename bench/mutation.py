@@ -192,6 +192,11 @@ def run(name: str, module: Module, fresh: bool, retest: bool, log) -> float:
     work = prepare(name, module)
     if fresh and (work / "mutants").exists():
         shutil.rmtree(work / "mutants")
+    copy = work / "mutants" / module.source
+    if copy.exists() and copy.stat().st_size == 0:
+        # a run stopped while mutmut was writing the mutated copy leaves it empty but newer than the source, and
+        # mutmut would then take it as up to date ("0 files mutated") and fail on every import: write it again
+        copy.unlink()
     names = mutant_globs(module)
     if retest:
         # mutmut keeps a verdict until the function's source changes; a survivor meant to be killed by a new

@@ -511,7 +511,8 @@ def train(
     """
     from . import api
 
-    progress = ctx.with_resource(logs.reporting(logs.reporter(quiet, log_format)))  # a bar, lines or JSON
+    # progress: a bar, lines or JSON (under torchrun from rank 0 alone)
+    progress = ctx.with_resource(logs.reporting(logs.reporter(quiet or not is_main_process(), log_format)))
     msgs = Messages(quiet)
     train_options = {"epochs": epochs, "max_tokens": max_tokens, "time_budget": time_budget,
                      "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,

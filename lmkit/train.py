@@ -196,7 +196,8 @@ class Trainer:
         else:
             self._save_best()
         self.metrics_rows.append(row)
-        self.progress.event("validation", **row, loss=row["train_loss"], eta_seconds=self._eta(),
+        self.progress.event("validation", **row, loss=row["train_loss"], steps=self.plan.total_steps,
+                            tokens_per_second=s.tokens_seen / max(s.train_seconds, 1e-9), eta_seconds=self._eta(),
                             budget_seconds=self.cfg.time_budget)
         self.progress.phase("training", **self._bar())
         s.last_eval_seconds = s.train_seconds

@@ -81,6 +81,10 @@ def test_checks_are_skipped_when_the_budget_has_no_room_for_them():
     assert checks_skipped(None, clock) is None  # no budget: they always run
     assert "--time-budget" in checks_skipped({**roomy, "checks": False}, clock)
     assert "--time-budget" in checks_skipped({**roomy, "seconds": 0.5}, clock)  # less than WRITE_SECONDS left
+    clock.started -= 9.5  # 0.5 s of a 10 s budget left, 1.5 s with the 10 % tolerance: enough for writing
+    assert checks_skipped({**roomy, "seconds": 10.0}, clock) is None
+    clock.started -= 1.0  # 0.5 s with the tolerance
+    assert "--time-budget" in checks_skipped({**roomy, "seconds": 10.0}, clock)
 
 
 def test_the_time_limit_stops_training_not_the_raw_budget():

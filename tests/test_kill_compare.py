@@ -1,6 +1,8 @@
 """Comparability rules and row arithmetic mutation testing found unpinned (docs/testing.md, bench/mutation.py
 compare): the per-model row of several runs (mean, sample sd, status, tokens), the refusal naming the
-differing evaluation file, sorting, ranking and the argument checks. Runs are tiny n-gram models."""
+differing evaluation file, sorting, ranking and the argument checks. Runs are tiny n-gram models, trained with
+sentence context and every word kept whatever lmkit's defaults, or hand-written run.json records (compare reads
+nothing else) for exact row values, fallbacks, notes and refusal texts."""
 
 from __future__ import annotations
 

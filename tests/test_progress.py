@@ -132,7 +132,8 @@ def test_without_a_terminal_there_is_no_bar_but_a_line_per_validation(corpus, tm
     assert r.exit_code == 0, r.stderr
     assert "━" not in r.stderr and "\r" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("validation: ")]
-    assert len(lines) == 2 and "step 2" in lines[0] and "valid ppl" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("validation: step 2/") and "tok/s" in lines[0], lines
+    assert "valid ppl" in lines[0] and "left" in lines[0]
 
 
 def test_a_bad_log_format_is_one_usage_line(corpus, tmp_path):

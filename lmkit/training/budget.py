@@ -17,6 +17,7 @@ CHECK_SAMPLE = 1024
 PROBE_TOKENS = 1024  # tokens scored before training to estimate the scoring speed
 WRITE_SECONDS = 1.0  # reloading the best weights, writing the folder
 LONG_RUN_SECONDS = 180.0  # a run without --time-budget estimated longer than this is announced
+TOLERANCE = 0.10  # the checks still run when they end within the budget + 10 % (the goal's tolerance)
 VALIDATION_SHARE = 0.25  # under a time budget, validations take at most about this share of the training time
 
 
@@ -95,10 +96,10 @@ def long_run_warning(seconds: float, steps: int, step_seconds: float, reserve: R
 
 def checks_skipped(budget: dict | None, clock: Clock) -> str | None:
     """Why the quick checks do not run at the end of a run under a time budget (None: they run): the reserve
-    left them out, or what is left of the budget is shorter than they take."""
+    left them out, or what is left of the budget (and of its 10 % tolerance) is shorter than they take."""
     if not budget:
         return None
-    left = budget["seconds"] - clock.elapsed()
+    left = budget["seconds"] * (1 + TOLERANCE) - clock.elapsed()
     need = Reserve(budget["seconds_per_token"], clock.valid_tokens, clock.test_tokens).checking() + WRITE_SECONDS
     if budget.get("checks", True) and left >= need:
         return None
