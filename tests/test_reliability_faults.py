@@ -201,8 +201,8 @@ SLOW_DIR_WRITER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def ngram_run(corpus, tmp_path_factory) -> Path:
-    return api.train(api.TrainRequest(model="ngram:kn3", corpus=corpus, progress=False,
-                                      output=tmp_path_factory.mktemp("ng") / "kn3"))
+    return api.train(api.TrainRequest(model="ngram:kn3", corpus=corpus, progress=False, context="sentence",
+                                      output=tmp_path_factory.mktemp("ng") / "kn3"))  # exported as ARPA below
 
 
 def test_sigkill_during_a_file_write_keeps_the_previous_file(ngram_run, corpus, tmp_path):
