@@ -268,7 +268,7 @@ def _link(name: str, kind: bytes, target: str = "/etc/passwd") -> tarfile.TarInf
     ("tar hardlink", make_tar([_link("ok.txt", tarfile.LNKTYPE, "other")]), "tar", "hard link"),
     ("tar device", make_tar([_link("dev", tarfile.CHRTYPE, "")]), "tar", "device"),
     ("tar fifo", make_tar([_link("fifo", tarfile.FIFOTYPE, "")]), "tar", "FIFO"),
-])
+], ids=lambda v: v if isinstance(v, str) else "data")
 def test_unsafe_members_are_refused(tmp_path: Path, case: str, data: bytes, fmt: str, match: str):
     with pytest.raises(UnsafeArchive, match=match):
         unpack(tmp_path, data, fmt, {"ok.txt": "train.txt"})
