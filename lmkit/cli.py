@@ -468,7 +468,8 @@ def train(
                                           rich_help_panel=BUDGET),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup", help="Linear warmup steps.",
                                                rich_help_panel=BUDGET),
-    schedule: Optional[str] = typer.Option(None, help="LR decay: cosine, linear or constant.",
+    schedule: Optional[str] = typer.Option(None, help="LR decay: cosine, linear, constant or inverse_sqrt "
+                                           "(Vaswani et al.).",
                                            rich_help_panel=BUDGET),
     clip: Optional[float] = typer.Option(None, help="Gradient-norm clip (0: off).", rich_help_panel=BUDGET),
     weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay.", rich_help_panel=BUDGET),
@@ -720,6 +721,8 @@ def bleu(
     src: Optional[str] = PairSrcOpt,
     tgt: Optional[str] = PairTgtOpt,
     beam: Optional[int] = typer.Option(None, help="Translation run: beam search of this width (default: greedy)."),
+    length_penalty: float = typer.Option(0.0, help="--beam: rank outputs by logprob / length**penalty (0: by "
+                                         "logprob)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="text (default: score and sacrebleu "
                                       f"signature) or {', '.join(FORMATS)}.", case_sensitive=False),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (neural models)."),
@@ -737,7 +740,7 @@ def bleu(
     from . import api
 
     fmt = _text_format(fmt)
-    report = api.bleu(model, file, src=src, tgt=tgt, beam=beam, device=device)
+    report = api.bleu(model, file, src=src, tgt=tgt, beam=beam, length_penalty=length_penalty, device=device)
     summary = report.summary()
     if fmt == "text":  # sacrebleu's own line (score, 1-4-gram precisions, brevity penalty, lengths), then ours
         ratio = summary["hyp_len"] / summary["ref_len"] if summary["ref_len"] else 0.0
@@ -858,8 +861,9 @@ def compare(
                                           "Shakespeare corpus).", rich_help_panel=LINEUP),
     models: Optional[str] = typer.Option(None, help=f"Comma-separated lineup (default: {','.join(default_lineup())}).",
                                          rich_help_panel=LINEUP),
-    time_budget: Optional[str] = typer.Option(None, help="Total neural training time, split evenly between the "
-                                              "neural models and their --seeds runs (default 3m).",
+    time_budget: Optional[str] = typer.Option(None, help="Total neural time (each run's training, validation and "
+                                              "scoring), split evenly between the neural models and their --seeds "
+                                              "runs (default: 60 s per neural model).",
                                               rich_help_panel=LINEUP),
     max_tokens: Optional[int] = typer.Option(None, help="Budget: training tokens per neural model.",
                                              rich_help_panel=LINEUP),

@@ -26,7 +26,7 @@ from .protocol import Protocol
 # Each family's part in the default lineup and the small model a lineup trains of it (sized for ~70 s on two
 # CPU cores; the output layer over the vocabulary dominates the cost) are its descriptor's `lineup` preset
 # (lmkit/models/family.py), declared in its model file.
-DEFAULT_NEURAL_BUDGET = 180.0  # seconds of neural training in total: 60 s each for the default lineup's three
+NEURAL_SECONDS = 60.0  # default time budget per neural model (the whole run: training, validation, scoring)
 # The same recipe for every neural model: ~1k tokens per step so a minute holds a few hundred updates,
 # and a warm-up short enough to end early in the budget (each family keeps its own learning rate).
 LINEUP_TRAIN: dict = {"batch_size": 16, "warmup_steps": 20}
@@ -214,7 +214,7 @@ def neural_share(plan: LineupPlan, time_budget, seeds: int, seed: int, log: Log)
         if time_budget is not None:
             log("note: --time-budget ignored: n-gram models train on the whole corpus and need no budget")
         return None, "n-grams only"
-    total = parse_duration(time_budget) if time_budget is not None else DEFAULT_NEURAL_BUDGET
+    total = parse_duration(time_budget) if time_budget is not None else NEURAL_SECONDS * len(neural)
     per_run = total / (len(neural) * seeds)
     return per_run, (f"{per_run:.0f} s per neural model" if seeds == 1 else
                      f"{per_run:.0f} s per neural seed run ({total:.0f} s split over {len(neural)} neural model(s) "

@@ -109,8 +109,23 @@ def generate(model, prompts: Sequence[Sequence[int]], decoding: Decoding | None 
     if len(limits) != len(prompts):
         raise ValueError(f"{len(limits)} limits for {len(prompts)} prompts")
     if d.strategy == "beam":
-        return _beam(model, prompts, d, limits)
+        return _with_greedy(_beam(model, prompts, d, limits), model, prompts, d, limits)
     return _step_by_step(model, prompts, d, limits)
+
+
+def _with_greedy(beams: list[list[Output]], model, prompts: list[list[int]], d: Decoding,
+                 limits: list[int]) -> list[list[Output]]:
+    """Beam outputs never rank below the greedy output: a beam can prune the greedy path early and end with
+    worse hypotheses only, so greedy's (one more hypothesis, 1/beam of the cost) competes in each n-best list."""
+    greedy = _step_by_step(model, prompts, Decoding(max_tokens=d.max_tokens, ban_unk=d.ban_unk), limits)
+    alpha = d.length_penalty
+    ranked = lambda h: h.logprob / max(1, len(h.ids) + h.finished) ** alpha  # noqa: E731
+    out = []
+    for hs, (g,) in zip(beams, greedy):
+        if all(h.ids != g.ids or h.finished != g.finished for h in hs):
+            hs = sorted([*hs, g], key=ranked, reverse=True)[:d.num]
+        out.append(hs)
+    return out
 
 
 # -- shared plumbing --------------------------------------------------------------------------------

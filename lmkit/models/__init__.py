@@ -19,6 +19,9 @@ FAMILY_MODULES: tuple[str, ...] = (
     "lmkit.models.mlp",
     "lmkit.models.rnn",
     "lmkit.models.transformer",
+    "lmkit.models.cnn",
+    "lmkit.models.seq2seq",
+    "lmkit.models.transformer_seq2seq",
 )
 # Kinds built from other runs instead of trained (`lmkit mix`): a run folder of this kind loads like any
 # other, but it is no --model spec and has no training options, so `lmkit models` does not list it.

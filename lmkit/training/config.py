@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from ..errors import UsageError
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "inverse_sqrt")
 # what a family's `train_defaults` does not say
 GENERIC_DEFAULTS = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "betas": (0.9, 0.95), "batch_size": 32,
                     "seq_len": 64, "warmup_steps": 100, "clip": 1.0}
@@ -27,7 +27,7 @@ class TrainConfig:
     max_tokens: int | None = None  # budget: training target tokens
     time_budget: float | None = None  # budget: seconds of the whole command (lmkit.training.budget)
     warmup_steps: int | None = None  # linear warmup steps
-    schedule: str = "cosine"  # cosine | linear | constant decay after warmup
+    schedule: str = "cosine"  # cosine | linear | constant decay after warmup | inverse_sqrt (Vaswani et al.)
     min_lr_ratio: float = 0.1  # decay ends at lr * min_lr_ratio
     clip: float | None = None  # max global gradient norm (None: family default; 0 disables)
     eval_every: int | None = None  # steps between validations (None: ~10 per run, by step or time)

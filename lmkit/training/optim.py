@@ -19,9 +19,14 @@ def make_optimizer(net: torch.nn.Module, cfg: TrainConfig, is_cuda: bool) -> tor
 
 
 def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
-    """Warmup over `warmup_steps`, then decay from 1 to min_lr_ratio as `progress` goes 0 -> 1."""
+    """Warmup over `warmup_steps`, then decay from 1 to min_lr_ratio as `progress` goes 0 -> 1.
+
+    inverse_sqrt (Vaswani et al. 2017, 5.3): the same linear warmup, then sqrt(warmup / step), so the peak is lr
+    at the end of warmup; it follows the step count, not the budget."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "inverse_sqrt":
+        return math.sqrt(max(1, cfg.warmup_steps or 1) / (step + 1))
     p = min(max(progress, 0.0), 1.0)
     if cfg.schedule == "constant":
         return 1.0

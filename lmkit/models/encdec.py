@@ -1,0 +1,185 @@
+"""What the encoder-decoder families (seq2seq.py, transformer_seq2seq.py) share: the split of the one
+encoded `<s> source <sep> target` row into an encoder input and a decoder input, the way back to the row's
+positions, label smoothing, and the TorchLM adapter.
+
+An encoder-decoder model takes exactly the input a prefix LM gets (lmkit.data.batching builds the same
+batches for both), so the one training loop and the one scoring path serve it unchanged:
+
+    row        x = <s> s1 .. sm <sep> t1 .. tn           y = s1 .. sm <sep> t1 .. tn </s>
+    encoder    <s> s1 .. sm                              (bidirectional: sees the whole source)
+    decoder    <sep> t1 .. tn                            (causal: <sep> plays the decoder's start symbol)
+    output     position p >= sep predicts y[p] = t_{p-sep+1} (or </s>) from decoder step p - sep
+
+Positions before <sep> predict source tokens, which an encoder-decoder does not model: they get the uniform
+distribution over the predictable set (never scored: score_encoded keeps only target tokens and </s>, and
+the loss is on the target side only). A row without <sep> is, for a translation model, all source (every
+position uniform: a changed later token then never moves an earlier score, as `lmkit check` requires); for a
+model trained on monolingual text (task lm) it is all target, with its first token (`<s>`, or a stream
+window's first token) alone as the source.
+
+Label smoothing (Szegedy et al. 2016; Vaswani et al. 2017 use eps = 0.1) changes the training loss only: in
+training mode the returned "log-probability" of a target is (1 - eps) ln p(y) + eps * mean_v ln p(v) over
+the predictable set, so the loop's loss -sum/targets is the smoothed cross-entropy; in eval mode (every
+scoring pass) it is ln p(y) exactly, so reported perplexities never see eps."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from ..data.vocab import BOS, PAD, SEP
+from ..errors import ModelError
+from .torchlm import SCORE_TOKENS, TorchLM, masked_log_softmax, target_logprobs
+
+LM_WINDOW = 256  # a monolingual (task lm) encoder-decoder is scored in windows of this many tokens
+
+
+class Split(NamedTuple):
+    """The encoder and decoder inputs of a batch of rows, and where decoder step j sits in the row."""
+
+    src: torch.Tensor  # (B, S) encoder ids, PAD-padded on the right
+    src_mask: torch.Tensor  # (B, S) True at real source tokens
+    dec: torch.Tensor  # (B, D) decoder ids, PAD-padded on the right
+    pos: torch.Tensor  # (B, D) row position of decoder step j (may run past the row: then invalid)
+    valid: torch.Tensor  # (B, D) True where decoder step j lies inside the row
+
+
+def split_rows(x: torch.Tensor, joint: bool) -> Split:
+    """Split (B, T) rows at their first <sep> (see the module docstring)."""
+    B, T = x.shape
+    if joint:  # (id 4 is <sep> only in a joint vocabulary; a monolingual one gives it to a word)
+        first = (x == SEP).int().argmax(dim=1)  # 0 where there is none
+        sep = torch.where((x == SEP).any(dim=1), first, torch.full_like(first, T))  # (B,) first decoder position
+    else:
+        sep = torch.zeros(B, dtype=torch.long, device=x.device)
+    src_len = sep.clamp(min=1)  # the source holds <s> at least
+    S = int(src_len.max())
+    cols = torch.arange(S, device=x.device)
+    src_mask = cols[None, :] < src_len[:, None]  # (B, S)
+    src = torch.where(src_mask, x[:, :S], torch.full_like(x[:, :S], PAD))
+    D = max(1, T - int(sep.min()))
+    pos = sep[:, None] + torch.arange(D, device=x.device)[None, :]  # (B, D)
+    valid = pos < T
+    dec = torch.where(valid, x.gather(1, pos.clamp(max=T - 1)), torch.full_like(pos, PAD))
+    return Split(src, src_mask, dec, pos, valid)
+
+
+def to_rows(values: torch.Tensor, split: Split, T: int, fill: float) -> torch.Tensor:
+    """(B, D) per decoder step -> (B, T) per row position; positions before <sep> get `fill`."""
+    out = torch.full((values.size(0), T), fill, dtype=values.dtype, device=values.device)
+    B = values.size(0)
+    rows = torch.arange(B, device=values.device)[:, None].expand_as(split.pos)
+    out[rows[split.valid], split.pos[split.valid]] = values[split.valid]
+    return out
+
+
+def from_rows(y: torch.Tensor, split: Split) -> torch.Tensor:
+    """(B, T) targets -> (B, D) targets of the decoder steps (PAD past the row)."""
+    T = y.size(1)
+    got = y.gather(1, split.pos.clamp(max=T - 1))
+    return torch.where(split.valid, got, torch.full_like(got, PAD))
+
+
+def uniform_logprob(vocab_size: int) -> float:
+    """ln of the uniform probability over the predictable set (every id but <pad> and <s>)."""
+    return -math.log(max(1, vocab_size - 2))
+
+
+def smoothed_logprobs(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """(1 - eps) ln p(y) + eps * mean over the predictable set of ln p(v); <pad> targets give 0."""
+    exact = target_logprobs(logits, targets)
+    if eps <= 0:
+        return exact
+    logp = masked_log_softmax(logits)  # (B, D, V), -inf at <pad> and <s>
+    keep = torch.ones(logp.size(-1), dtype=torch.bool, device=logp.device)
+    keep[PAD] = False
+    keep[BOS] = False
+    mean = logp[..., keep].mean(dim=-1)
+    return torch.where(targets == PAD, torch.zeros_like(exact), (1 - eps) * exact + eps * mean)
+
+
+def rows_forward(net, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool):
+    """The nn.Module contract for an encoder-decoder `net` (net.encode, net.decode, net.project, net.joint):
+    full-row logits (B, T, V) (last_only: (B, 1, V)), or with `targets` ln P(targets) (B, T)."""
+    B, T = x.shape
+    split = split_rows(x, net.joint)
+    memory = net.encode(split.src, split.src_mask)
+    hidden = net.decode(split.dec, memory, split.src_mask)  # (B, D, H)
+    V = net.vocab_size
+    if last_only:
+        last = (T - 1 - (split.pos[:, 0])).clamp(min=0)  # the decoder step at the row's last position
+        picked = net.project(hidden[torch.arange(B, device=x.device), last][:, None])  # (B, 1, V)
+        before = split.pos[:, 0] > T - 1  # the last position is still on the source side
+        return torch.where(before[:, None, None], torch.zeros_like(picked), picked)
+    logits = net.project(hidden)  # (B, D, V)
+    if targets is not None:
+        eps = float(net.config.label_smoothing) if net.training else 0.0
+        lp = smoothed_logprobs(logits, from_rows(targets, split), eps)
+        out = to_rows(lp, split, T, uniform_logprob(V))
+        return torch.where(targets == PAD, torch.zeros_like(out), out)
+    full = torch.zeros(B, T, V, dtype=logits.dtype, device=logits.device)
+    rows = torch.arange(B, device=x.device)[:, None].expand_as(split.pos)
+    full[rows[split.valid], split.pos[split.valid]] = logits[split.valid]
+    return full
+
+
+class EncoderDecoderLM(TorchLM):
+    """TorchLM adapter of an encoder-decoder module: tells it whether rows are `source <sep> target`."""
+
+    def __init__(self, config, vocab, protocol, device: str = "cpu"):
+        super().__init__(config, vocab, protocol, device)
+        self.net.joint = protocol.task == "translate"
+        if self.net.joint and protocol.context != "sentence":
+            raise ModelError("an encoder-decoder translates sentence by sentence: use --context sentence")
+
+    @property
+    def max_len(self) -> int | None:
+        """None for translation (a pair is never cut); task lm: windows of LM_WINDOW tokens."""
+        return None if self.protocol.task == "translate" else LM_WINDOW
+
+    @property
+    def history(self) -> int | None:
+        return None if self.protocol.task == "translate" else LM_WINDOW
+
+    def next_logprobs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """(B, V) next-token rows; translation contexts of any lengths share one pass (chunks of SCORE_TOKENS
+        tokens): sources and decoder prefixes are padded apart, so decoding a test file costs one encoder and
+        decoder pass per step, not one per context length."""
+        if not self.net.joint:
+            return super().next_logprobs(contexts)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            out = np.empty((len(contexts), len(self.vocab)), dtype=np.float64)
+            longest = max((len(c) for c in contexts), default=1)
+            per_pass = max(1, SCORE_TOKENS // max(1, longest))
+            for start in range(0, len(contexts), per_pass):
+                out[start:start + per_pass] = self._next_rows([list(c) for c in contexts[start:start + per_pass]])
+            return out
+        finally:
+            self.net.train(was_training)
+
+    @torch.no_grad()
+    def _next_rows(self, contexts: list[list[int]]) -> np.ndarray:
+        """next_logprobs of one pass: encode every source, decode every prefix, project each row's last step."""
+        cut = [c.index(SEP) if SEP in c else len(c) for c in contexts]  # a context without <sep>: source side
+        srcs = [c[:k] or [BOS] for c, k in zip(contexts, cut)]
+        decs = [c[k:] or [SEP] for c, k in zip(contexts, cut)]
+        src = torch.full((len(srcs), max(map(len, srcs))), PAD, dtype=torch.long)
+        dec = torch.full((len(decs), max(map(len, decs))), PAD, dtype=torch.long)
+        for row, (a, b) in enumerate(zip(srcs, decs)):
+            src[row, :len(a)] = torch.as_tensor(a)
+            dec[row, :len(b)] = torch.as_tensor(b)
+        src, dec = src.to(self.device), dec.to(self.device)
+        src_mask = torch.arange(src.size(1), device=self.device)[None, :] < torch.as_tensor(
+            [len(a) for a in srcs], device=self.device)[:, None]
+        net = self.net
+        hidden = net.decode(dec, net.encode(src, src_mask), src_mask)  # (B, D, H)
+        last = torch.as_tensor([len(b) - 1 for b in decs], device=self.device)
+        logits = net.project(hidden[torch.arange(len(decs), device=self.device), last])  # (B, V)
+        source_side = torch.as_tensor([k == len(c) for c, k in zip(contexts, cut)], device=self.device)
+        logits = torch.where(source_side[:, None], torch.zeros_like(logits), logits)  # uniform, as in rows_forward
+        return masked_log_softmax(logits).double().cpu().numpy()
