@@ -102,3 +102,15 @@ def lineup_table(*args, sort: str | None = None, **kwargs) -> list[dict]:
     from lmkit.lineup import train_lineup
 
     return compare_trained(train_lineup(*args, sort=sort, **kwargs), sort=sort)
+
+
+def word_corpus(d: Path, step: tuple[int, int] = (7, 3), lengths: tuple[int, int] = (4, 5)) -> Path:
+    """A tiny deterministic corpus folder (train 120, valid 12, test 12 lines over 12 words): line i, word j
+    is words[(i*step[0] + j*step[1]) mod 12], lines of lengths[0] + i mod lengths[1] words."""
+    d.mkdir(parents=True, exist_ok=True)
+    words = "the cat sat on a mat dog log bird saw ate ran".split()
+    for name, n in (("train", 120), ("valid", 12), ("test", 12)):
+        lines = [" ".join(words[(i * step[0] + j * step[1]) % len(words)] for j in range(lengths[0] + i % lengths[1]))
+                 for i in range(n)]
+        (d / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return d

@@ -15,20 +15,14 @@ from lmkit.training.budget import (CHECK_PASSES, CHECK_SAMPLE, WRITE_SECONDS, Cl
 from lmkit.training.config import TrainConfig
 from lmkit.training.plan import Plan
 from lmkit.training.state import LoopState
-from clitools import cli
+from clitools import cli, word_corpus
 
 LSTM = {"layers": 1, "hidden": 16, "embed": 8}
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    d = tmp_path / "corpus"
-    d.mkdir()
-    words = "the cat sat on a mat dog log bird saw ate ran".split()
-    for name, n in (("train", 120), ("valid", 12), ("test", 12)):
-        lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(4 + i % 5)) for i in range(n)]
-        (d / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    return d
+    return word_corpus(tmp_path / "corpus", step=(7, 3), lengths=(4, 5))
 
 
 def train_lstm(corpus: Path, out: Path, log=None, **train_options) -> dict:

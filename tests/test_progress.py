@@ -11,7 +11,7 @@ import pytest
 
 from lmkit import api, logs
 from lmkit.training.progress import Ticker
-from clitools import cli
+from clitools import cli, word_corpus
 
 NET = ["--layers", 1, "--hidden", 16, "--min-count", 1, "--batch-size", 4, "--seq-len", 8, "--device", "cpu",
        "--threads", 1, "--warmup", 1]
@@ -19,13 +19,7 @@ NET = ["--layers", 1, "--hidden", 16, "--min-count", 1, "--batch-size", 4, "--se
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    d = tmp_path / "corpus"
-    d.mkdir()
-    words = "the cat sat on a mat dog log bird saw ate ran".split()
-    for name, n in (("train", 120), ("valid", 12), ("test", 12)):
-        lines = [" ".join(words[(i * 5 + j * 7) % len(words)] for j in range(3 + i % 6)) for i in range(n)]
-        (d / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    return d
+    return word_corpus(tmp_path / "corpus", step=(5, 7), lengths=(3, 6))
 
 
 def events(stderr: str) -> list[dict]:

@@ -35,6 +35,7 @@ from ..errors import UsageError
 from .adaptive import AdaptiveHead
 from .family import Family, Lineup
 from .torchlm import TorchLM
+from .windowed import WindowedNet
 
 NORMS = ("layer", "weight", "none")
 MAX_RECEPTIVE_FIELD = 1_048_576  # 2**20 tokens: far beyond any model lmkit trains, refuses a typo at once
@@ -142,7 +143,7 @@ class GLUBlock(nn.Module):
         return x + self.drop(h.transpose(1, 2))  # (B, T, C)
 
 
-class GatedCNNLM(nn.Module):
+class GatedCNNLM(WindowedNet, nn.Module):
     Config = CNNConfig
     stateful: ClassVar[bool] = False
     train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
@@ -179,22 +180,6 @@ class GatedCNNLM(nn.Module):
     def history(self) -> int | None:
         """Tokens a prediction sees, the current input token included: the receptive field."""
         return self.config.receptive_field
-
-    def init_state(self, batch_size: int, device) -> None:
-        return None
-
-    def detach_state(self, state) -> None:
-        return None
-
-    @property
-    def output_weight(self) -> torch.Tensor:
-        """The (V, C) output matrix: the token embedding itself when tied."""
-        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-
-    @property
-    def scores_targets(self) -> bool:
-        """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
-        return self.adaptive is not None
 
     def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None, last_only: bool = False):
         """idx (B, T) token ids, any T -> raw logits (B, T, V), and None (no state).

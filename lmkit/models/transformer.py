@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from .adaptive import AdaptiveHead
 from .family import Family, Lineup, Recipe
+from .windowed import WindowedNet
 
 POSITIONS = ("learned", "sinusoidal")
 
@@ -174,7 +175,7 @@ FAMILY = Family(
 )
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(WindowedNet, nn.Module):
     Config = TransformerConfig
     stateful: ClassVar[bool] = False
     train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
@@ -228,22 +229,6 @@ class TransformerLM(nn.Module):
     def history(self) -> int | None:
         """Tokens a prediction sees, the current input token included."""
         return self.config.block_size
-
-    def init_state(self, batch_size: int, device) -> None:
-        return None
-
-    def detach_state(self, state) -> None:
-        return None
-
-    @property
-    def output_weight(self) -> torch.Tensor:
-        """The (V, C) output matrix: the token embedding itself when tied."""
-        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-
-    @property
-    def scores_targets(self) -> bool:
-        """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
-        return self.adaptive is not None
 
     def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None, last_only: bool = False):
         """idx (B, T) token ids with T <= block_size -> raw logits (B, T, V), and None (no state).
