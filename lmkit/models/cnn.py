@@ -32,7 +32,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .adaptive import AdaptiveHead
 from .family import Family, Lineup
 from .torchlm import TorchLM
 from .windowed import WindowedNet
@@ -145,7 +144,6 @@ class GLUBlock(nn.Module):
 
 class GatedCNNLM(WindowedNet, nn.Module):
     Config = CNNConfig
-    stateful: ClassVar[bool] = False
     train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
 
     def __init__(self, config: CNNConfig, vocab_size: int):
@@ -159,14 +157,7 @@ class GatedCNNLM(WindowedNet, nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([GLUBlock(config, d) for d in block_dilations(config.dilations, config.layers)])
         self.ln_f = nn.LayerNorm(C) if config.norm == "layer" else nn.Identity()
-        # Tied: the logits use self.tok_emb.weight directly (F.linear in forward): one tensor in the state dict.
-        self.lm_head = None
-        self.adaptive = None
-        if config.adaptive_cutoffs:  # tied: the head's shortlist rows are the token embedding's first rows
-            self.adaptive = AdaptiveHead(C, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div),
-                                         shortlist_weight=self.tok_emb.weight if config.tie_weights else None)
-        elif not config.tie_weights:
-            self.lm_head = nn.Linear(C, vocab_size, bias=False)
+        self.init_output_head(C, vocab_size, config)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -192,10 +183,7 @@ class GatedCNNLM(WindowedNet, nn.Module):
             x = block(x)  # (B, T, C)
         if last_only:
             x = x[:, -1:]
-        x = self.ln_f(x)
-        if self.adaptive is not None:
-            return (self.adaptive(x) if targets is None else self.adaptive.target_logprobs(x, targets)), None
-        return F.linear(x, self.output_weight), None  # (B, T, V)
+        return self.output_logits(self.ln_f(x), targets)  # (B, T, V)
 
     # -- accounting and optimiser helpers ---------------------------------------------------------
     def num_parameters(self) -> int:

@@ -30,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .adaptive import AdaptiveHead
 from .family import Family, Lineup, Recipe
 from .windowed import WindowedNet
 
@@ -177,7 +176,6 @@ FAMILY = Family(
 
 class TransformerLM(WindowedNet, nn.Module):
     Config = TransformerConfig
-    stateful: ClassVar[bool] = False
     train_defaults: ClassVar[Mapping] = FAMILY.defaults  # what train.py uses unless the user overrides it
 
     def __init__(self, config: TransformerConfig, vocab_size: int):
@@ -197,15 +195,7 @@ class TransformerLM(WindowedNet, nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.layers)])
         self.ln_f = nn.LayerNorm(C, bias=config.bias)
-        # Tied: the logits use self.tok_emb.weight directly (F.linear in forward), so the state dict
-        # holds the matrix once and safetensors never sees two names for one tensor.
-        self.lm_head = None
-        self.adaptive = None
-        if config.adaptive_cutoffs:  # tied: the head's shortlist rows are the token embedding's first rows
-            self.adaptive = AdaptiveHead(C, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div),
-                                         shortlist_weight=self.tok_emb.weight if config.tie_weights else None)
-        elif not config.tie_weights:
-            self.lm_head = nn.Linear(C, vocab_size, bias=False)
+        self.init_output_head(C, vocab_size, config)  # tied: safetensors never sees two names for one tensor
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -253,11 +243,7 @@ class TransformerLM(WindowedNet, nn.Module):
             x = block(x)  # (B, T, C)
         if last_only:
             x = x[:, -1:]
-        x = self.ln_f(x)
-        if self.adaptive is not None:
-            return (self.adaptive(x) if targets is None else self.adaptive.target_logprobs(x, targets)), None
-        logits = F.linear(x, self.output_weight)  # (B, T, V)
-        return logits, None
+        return self.output_logits(self.ln_f(x), targets)  # (B, T, V)
 
     # -- accounting and optimiser helpers ---------------------------------------------------------
     def num_parameters(self) -> int:

@@ -3,12 +3,39 @@ layer that is the token embedding when tied, or an adaptive softmax that scores 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .adaptive import AdaptiveHead
 
 
 class WindowedNet:
     """Mixin for an nn.Module with `tok_emb`, `lm_head` (None when tied) and `adaptive` (None: full softmax).
     Its history is a fixed window, so the state the training loop and the scoring path carry is None."""
+
+    stateful: ClassVar[bool] = False
+
+    def init_output_head(self, width: int, vocab_size: int, config) -> None:
+        """The output layer from `config` (tie_weights, adaptive_cutoffs, adaptive_div). Tied: the logits use
+        tok_emb.weight directly (F.linear), so the state dict holds the matrix once; the adaptive head's
+        shortlist rows are then the token embedding's first rows."""
+        self.lm_head = None
+        self.adaptive = None
+        if config.adaptive_cutoffs:
+            self.adaptive = AdaptiveHead(width, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div),
+                                         shortlist_weight=self.tok_emb.weight if config.tie_weights else None)
+        elif not config.tie_weights:
+            self.lm_head = nn.Linear(width, vocab_size, bias=False)
+
+    def output_logits(self, x: torch.Tensor, targets: torch.Tensor | None = None):
+        """(logits (B, T, V), None) from the final hidden states; with the adaptive softmax the "logits" are
+        already ln P, and with `targets` (B, T) it returns ln P(targets)."""
+        if self.adaptive is not None:
+            return (self.adaptive(x) if targets is None else self.adaptive.target_logprobs(x, targets)), None
+        return F.linear(x, self.output_weight), None
 
     def init_state(self, batch_size: int, device) -> None:
         return None
