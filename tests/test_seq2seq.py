@@ -154,6 +154,19 @@ def test_inverse_sqrt_schedule():
     assert factors[15] == pytest.approx(0.5)  # sqrt(4 / 16)
 
 
+def test_inverse_sqrt_schedule_from_the_cli(tmp_path):
+    from clitools import word_corpus
+
+    corpus = word_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    result = cli("train", "--model", "lstm", "--corpus", corpus, "-o", out, "-q", "--layers", "1", "--hidden", "8",
+                 "--embed", "8", "--max-tokens", "400", "--batch-size", "4", "--seq-len", "8", "--warmup", "2",
+                 "--schedule", "inverse_sqrt", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert "inverse_sqrt" in json.dumps(record)
+
+
 # -- decoding -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_beam_one_is_greedy_and_beam_never_scores_below_greedy(kind):
