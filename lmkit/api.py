@@ -89,6 +89,8 @@ def compare(
     bootstrap: int | None = None,
     confidence: float | None = None,
     seeds: int | None = None,
+    beam: int | None = None,
+    length_penalty: float = 0.0,
 ) -> list[dict]:
     """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus.
 
@@ -98,13 +100,16 @@ def compare(
     `bootstrap` N adds paired-bootstrap intervals at `confidence` (default 0.95) from each run's stored
     per-sequence test scores (resampling seeded by `seed`; no model is rescored).
     `seeds` K (lineup only) trains each neural model K times, seeds seed..seed+K-1, within the same total
-    time budget, and gives one row per model: means over seeds plus sd columns (lmkit.compare.compare_seeded)."""
+    time budget, and gives one row per model: means over seeds plus sd columns (lmkit.compare.compare_seeded).
+    `beam` N (translation runs) adds beam-search BLEU of that width (`length_penalty` as `lmkit bleu`), decoded
+    once and stored in each run record."""
     from .lineup import compare as compare_or_train
 
     return compare_or_train(runs, corpus=corpus, models=models, time_budget=time_budget, max_tokens=max_tokens,
                             context=context, min_count=min_count, sort=sort, runs_dir=runs_dir, device=device,
                             seed=seed, task=task, src=src, tgt=tgt, log=log, progress=progress, bleu=bleu,
-                            bootstrap=bootstrap, confidence=confidence, seeds=seeds)
+                            bootstrap=bootstrap, confidence=confidence, seeds=seeds, beam=beam,
+                            length_penalty=length_penalty)
 
 
 def plot(runs: list[str | Path], output: str | Path, log: Log = quiet) -> Path:

@@ -889,6 +889,10 @@ def compare(
                                        "Default: test perplexity, models that are not normalised last."),
     bleu: bool = typer.Option(False, "--bleu", help="Add continuation BLEU on each run's test file (greedy; "
                               "stored in run.json, so computed once). Translation runs always have BLEU."),
+    beam: Optional[int] = typer.Option(None, "--beam", metavar="N", help="Translation runs: add beam-search "
+                                       "BLEU of width N on each test pair (stored in run.json, decoded once)."),
+    length_penalty: float = typer.Option(0.0, help="--beam: rank outputs by logprob / length**penalty (0: by "
+                                         "logprob)."),
     bootstrap: Optional[int] = typer.Option(None, "--bootstrap", metavar="N", help="Paired bootstrap over test "
                                             "sequences, N resamples (e.g. 1000): interval of each test perplexity "
                                             "and of its difference to the best model's, from stored per-sequence "
@@ -916,6 +920,8 @@ def compare(
 
       lmkit compare runs/* --bleu        # add continuation BLEU to every run
 
+      lmkit compare runs/m30k/* --beam 5 # translation runs: add beam-search BLEU
+
       lmkit compare runs/* --bootstrap 1000 --seed 1   # 95% paired-bootstrap intervals
 
       lmkit compare --models lstm,transformer --seeds 3 --time-budget 3m   # mean ± sd over 3 seeds
@@ -932,7 +938,8 @@ def compare(
     rows = api.compare(runs, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
                        context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
                        task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu,
-                       bootstrap=bootstrap, confidence=confidence, seeds=seeds)
+                       bootstrap=bootstrap, confidence=confidence, seeds=seeds, beam=beam,
+                       length_penalty=length_penalty)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
         level = DEFAULT_CONFIDENCE if confidence is None else confidence

@@ -21,9 +21,9 @@ DEFAULT_CONFIDENCE = 0.95  # level of the paired-bootstrap intervals
 
 COLUMNS = ("rank", "model", "kind", "status", "normalised", "parameters", "train_seconds", "tokens_seen",
            "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char", "bleu",
-           "bleu_signature", "tokens_per_second", "note", "run")
+           "bleu_beam", "beam", "bleu_signature", "tokens_per_second", "note", "run")
 LOWER_IS_BETTER = ("valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
-HIGHER_IS_BETTER = ("bleu",)
+HIGHER_IS_BETTER = ("bleu", "bleu_beam")
 # With --bootstrap N, placed after test_ppl: paired-bootstrap percentile intervals (evaluate/bootstrap.py)
 BOOTSTRAP_COLUMNS = ("test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi", "p_worse_than_best")
 NO_SCORES_NOTE = "no per-sequence scores (retrain or rescore: lmkit score RUN TEST --save)"
@@ -31,7 +31,7 @@ NO_SCORES_NOTE = "no per-sequence scores (retrain or rescore: lmkit score RUN TE
 # plus how many runs it had and the sample sd (ddof=1) of its perplexities (None: trained once, no sd)
 SEED_COLUMNS = ("seeds", "valid_ppl_sd", "test_ppl_sd")
 MEAN_COLUMNS = ("train_seconds", "tokens_seen", "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token",
-                "bits_per_char", "bleu", "tokens_per_second")
+                "bits_per_char", "bleu", "bleu_beam", "tokens_per_second")
 SD_OF = {"valid_ppl": "valid_ppl_sd", "test_ppl": "test_ppl_sd"}
 
 
@@ -108,6 +108,19 @@ def check_comparable(runs: list[tuple[str, RunRecord]], aspects: Iterable[str] =
                             "only runs with the same protocol, vocabulary and evaluation files can be compared")
 
 
+def check_same_beam(runs: list[tuple[str, RunRecord]]) -> None:
+    """Beam-search BLEU is one column: refused when runs were decoded with different widths or penalties."""
+    settings = {}
+    for path, record in runs:
+        beam = record.metrics.get("bleu_beam")
+        if beam:
+            settings.setdefault((beam.get("beam"), beam.get("length_penalty")), path)
+    if len(settings) > 1:
+        shown = "; ".join(f"{path}: beam {b}, length penalty {lp}" for (b, lp), path in settings.items())
+        raise IncomparableError(f"beam-search BLEU was decoded differently ({shown}); decode them alike with "
+                                "lmkit compare RUNS --beam N")
+
+
 # -- rows -------------------------------------------------------------------------------------------
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -117,6 +130,7 @@ def _row(path: str, record: RunRecord, char_level: bool) -> dict:
     valid = record.metrics.get("valid") or {}
     test = record.metrics.get("test") or {}
     bleu = record.metrics.get("bleu") or {}
+    beam = record.metrics.get("bleu_beam") or {}
     fit = record.fit_info or {}
     normalised = bool((test or valid).get("normalised", True))
     valid_ppl = _finite(valid.get("perplexity"))
@@ -148,7 +162,9 @@ def _row(path: str, record: RunRecord, char_level: bool) -> dict:
         "test_bits_per_token": _finite(test.get("cross_entropy_bits")),
         "bits_per_char": _finite(test.get("bits_per_char")) if char_level else None,
         "bleu": _finite(bleu.get("score")),
-        "bleu_signature": bleu.get("signature"),
+        "bleu_beam": _finite(beam.get("score")),
+        "beam": beam.get("beam"),
+        "bleu_signature": bleu.get("signature") or beam.get("signature"),
         "tokens_per_second": _finite(test.get("tokens_per_second")),
         "note": "; ".join(notes) or None,
         "run": path,
@@ -270,6 +286,7 @@ def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootst
     runs = read_runs(paths)
     check_comparable(runs)
     char_level = _protocol(runs[0][1]).level == "char"
+    check_same_beam(runs)
     rows = [_row(path, record, char_level) for path, record in runs]
     key = "test_ppl" if _sha(runs[0][1], "test") is not None else "valid_ppl"
     _rank(rows, key)
@@ -280,7 +297,7 @@ def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootst
         rows = sort_rows(rows, sort)
     keep = [c for c in COLUMNS
             if not (c == "bits_per_char" and not char_level)
-            and not (c == "bleu_signature" and all(r[c] is None for r in rows))]
+            and not (c in ("bleu_signature", "bleu_beam", "beam") and all(r[c] is None for r in rows))]
     if bootstrap is not None:
         keep[keep.index("test_ppl") + 1:keep.index("test_ppl") + 1] = BOOTSTRAP_COLUMNS
     return [{c: r[c] for c in keep} for r in rows]
@@ -403,6 +420,8 @@ TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
     "test_bits_per_token": ("bits/token", _fixed(3)),
     "bits_per_char": ("bits/char", _fixed(3)),
     "bleu": ("BLEU", _fixed(2)),
+    "bleu_beam": ("BLEU beam", _fixed(2)),
+    "beam": ("beam", str),
     "tokens_per_second": ("score tok/s", _fixed(0)),
     "note": ("note", str),
 }

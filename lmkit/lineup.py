@@ -18,10 +18,11 @@ from typing import Sequence
 
 from .defaults import LEVEL, context_for, min_count_or_default
 from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, DEFAULT_CONFIDENCE, SEED_COLUMNS, LineupRuns, check_bootstrap,
-                      check_seeds, check_sort_column, compare_runs, compare_trained)
+                      check_comparable, check_seeds, check_sort_column, compare_runs, compare_trained, read_runs)
 from .errors import UsageError
 from .logs import Log, quiet
 from .protocol import Protocol
+from .runs import read_record
 
 # Each family's part in the default lineup and the small model a lineup trains of it (sized for ~70 s on two
 # CPU cores; the output layer over the vocabulary dominates the cost) are its descriptor's `lineup` preset
@@ -46,7 +47,7 @@ def compare(runs: list[str | Path] | None = None, *, corpus: str | Path | None =
             runs_dir: str | Path | None = None, device: str | None = None, seed: int = 0, task: str | None = None,
             src: str | None = None, tgt: str | None = None, log: Log = quiet, progress: bool = False,
             bleu: bool = False, bootstrap: int | None = None, confidence: float | None = None,
-            seeds: int | None = None) -> list[dict]:
+            seeds: int | None = None, beam: int | None = None, length_penalty: float = 0.0) -> list[dict]:
     """Rows comparing existing run folders, or (no runs) a lineup trained here on one corpus (lmkit.api.compare
     documents the options). Every option is checked before a lineup spends minutes training."""
     from .pipeline.use import record_bleu
@@ -62,6 +63,8 @@ def compare(runs: list[str | Path] | None = None, *, corpus: str | Path | None =
         check_lineup_options(models, time_budget, max_tokens, min_count, device)
     if seeds is not None and not runs:
         check_seeds(seeds)
+    if beam is not None:
+        check_beam(beam, length_penalty, runs, task)
     if sort:
         check_sort_column(sort, COLUMNS + (BOOTSTRAP_COLUMNS if bootstrap is not None else ())
                           + (SEED_COLUMNS if (seeds or 1) > 1 else ()))
@@ -69,7 +72,8 @@ def compare(runs: list[str | Path] | None = None, *, corpus: str | Path | None =
     if runs:
         refuse_lineup_options({"--corpus": corpus, "--models": models, "--time-budget": time_budget,
                                "--max-tokens": max_tokens, "--context": context, "--min-count": min_count,
-                               "-o": runs_dir, "--device": None if bleu else device,  # --bleu decodes on --device
+                               "-o": runs_dir,
+                               "--device": None if (bleu or beam is not None) else device,  # BLEU decodes on it
                                "--task": task, "--src": src, "--tgt": tgt, "--seeds": seeds})
         paths = list(runs)
     else:
@@ -77,14 +81,32 @@ def compare(runs: list[str | Path] | None = None, *, corpus: str | Path | None =
                               min_count=min_count, device=device, seed=seed, runs_dir=runs_dir,
                               task=task, src=src, tgt=tgt, seeds=seeds or 1, log=log, progress=progress)
         paths = [path for group in groups for path in group.runs]
-    if bleu:
+    if bleu or beam is not None:
         if runs:
-            compare_runs(paths)  # refuse incomparable runs before spending time on decoding
+            check_comparable(read_runs(paths))  # refuse incomparable runs before spending time on decoding
         for path in paths:
-            record_bleu(path, device=device or "cpu", log=log)
+            if bleu:
+                record_bleu(path, device=device or "cpu", log=log)
+            if beam is not None:
+                record_bleu(path, device=device or "cpu", beam=beam, length_penalty=length_penalty, log=log)
     if groups is not None:  # several seeds of a model make one row
         return compare_trained(groups, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
     return compare_runs(paths, sort=sort, bootstrap=bootstrap, seed=seed, confidence=confidence)
+
+
+def check_beam(beam: int, length_penalty: float, runs, task: str | None) -> None:
+    """--beam N: a width of at least 1 and translation runs (or a translation lineup), before any decoding."""
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise UsageError(f"--beam must be a width of at least 1, got {beam}")
+    if not (isinstance(length_penalty, (int, float)) and math.isfinite(length_penalty) and length_penalty >= 0):
+        raise UsageError(f"--length-penalty must be a finite number >= 0, got {length_penalty}")
+    if runs:
+        for path in runs:
+            if read_record(Path(path)).protocol.get("task", "lm") != "translate":
+                raise UsageError(f"{path}: --beam adds beam-search translation BLEU; this run is a language model "
+                                 "(continuation BLEU is greedy: --bleu)")
+    elif task != "translate":
+        raise UsageError("--beam adds beam-search translation BLEU: give a translation lineup (--task translate)")
 
 
 def refuse_lineup_options(given: dict) -> None:

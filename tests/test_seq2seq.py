@@ -14,7 +14,7 @@ import torch
 from clitools import cli
 
 from lmkit import api
-from lmkit.data.vocab import BOS, EOS, SEP, Vocab
+from lmkit.data.vocab import BOS, EOS, PAD, SEP, Vocab
 from lmkit.evaluate.generate import Decoding, generate
 from lmkit.models.seq2seq import Seq2SeqModel
 from lmkit.models.transformer_seq2seq import TransformerSeq2SeqModel
@@ -146,6 +146,28 @@ def test_label_smoothing_changes_the_training_loss_never_the_scores(kind):
     assert (lp_smooth[y == 0] == 0).all()  # source side and padding never enter the loss
 
 
+def test_label_smoothing_equals_its_definition_values_and_gradients():
+    """The one-softmax formula in encdec.smoothed_logprobs against the textbook mixture, computed directly."""
+    from lmkit.models.encdec import smoothed_logprobs
+
+    torch.manual_seed(3)
+    V, eps = 11, 0.1
+    logits = torch.randn(7, V, dtype=torch.float64)
+    targets = torch.tensor([5, 6, PAD, 7, 8, 9, 10])  # one <pad> target
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    got = smoothed_logprobs(a, targets, eps)
+    predictable = [v for v in range(V) if v not in (PAD, BOS)]
+    logp = torch.log_softmax(b.float().index_fill(-1, torch.tensor([PAD, BOS]), float("-inf")), dim=-1)
+    exact = logp.gather(-1, targets[:, None]).squeeze(-1)
+    want = (1 - eps) * exact + eps * logp[:, predictable].mean(dim=-1)
+    want = torch.where(targets == PAD, torch.zeros_like(want), want)
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(a.grad.double(), b.grad.double(), rtol=1e-4, atol=1e-6)
+
+
 def test_inverse_sqrt_schedule():
     cfg = TrainConfig(warmup_steps=4, schedule="inverse_sqrt")
     cfg.validate()
@@ -251,3 +273,37 @@ def test_run_folder_trains_scores_resumes_checks_and_compares(kind, copy_corpus,
     assert r.exit_code == 0, r.stderr
     r = cli("generate", run, "--prompt", "a b c", "--format", "json")
     assert r.exit_code == 0, r.stderr
+
+
+def test_compare_beam_adds_a_stored_beam_bleu_column(copy_runs, copy_corpus, tmp_path):
+    runs = [copy_runs[k] for k in FAMILIES]
+    r = cli("compare", *runs, "--beam", "3", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rows = {row["kind"]: row for row in json.loads(r.stdout)}
+    for kind, run in copy_runs.items():
+        want = api.bleu(run, src=copy_corpus / "test.src", tgt=copy_corpus / "test.tgt", beam=3).result.score
+        assert rows[kind]["beam"] == 3 and rows[kind]["bleu_beam"] == pytest.approx(want)
+        stored = json.loads((run / "run.json").read_text())["metrics"]["bleu_beam"]
+        assert (stored["beam"], stored["length_penalty"], stored["score"]) == (3, 0.0, pytest.approx(want))
+    # runs decoded with different widths never share the column
+    from lmkit.pipeline.use import record_bleu
+
+    record_bleu(runs[0], beam=2)
+    r = cli("compare", *runs, "--format", "json")
+    assert r.exit_code != 0 and "beam 2" in r.stderr and "beam 3" in r.stderr and "Traceback" not in r.stderr
+    r = cli("compare", *runs, "--beam", "3", "--format", "json")  # decoded again at one width: comparable
+    assert r.exit_code == 0, r.stderr
+    assert {row["beam"] for row in json.loads(r.stdout)} == {3}
+
+
+def test_compare_beam_refuses_language_models_and_bad_widths(copy_runs, copy_corpus, tmp_path):
+    lm_corpus = tmp_path / "lm"
+    lm_corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        (lm_corpus / f"{split}.txt").write_text("a b c d\nb c d e\n" * 20)
+    lm = tmp_path / "kn3"
+    assert cli("train", "--model", "ngram:kn3", "--corpus", lm_corpus, "-o", lm, "-q").exit_code == 0
+    r = cli("compare", lm, "--beam", "4")
+    assert r.exit_code != 0 and "language model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("compare", copy_runs["seq2seq"], "--beam", "0")
+    assert r.exit_code != 0 and "at least 1" in r.stderr

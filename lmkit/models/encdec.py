@@ -88,17 +88,50 @@ def uniform_logprob(vocab_size: int) -> float:
     return -math.log(max(1, vocab_size - 2))
 
 
+class SmoothedTargetLogprob(torch.autograd.Function):
+    """Label-smoothed ln P of (N,) targets from (N, V) float32 logits, forward and backward in one pass each.
+
+    With z the logits, lse their log-sum-exp over the predictable set P (every id but <pad> and <s>) and
+    p = softmax over P: value = (1 - eps) (z_y - lse) + eps (mean_{v in P} z_v - lse), and its gradient is
+    (1 - eps) onehot(y) + eps / |P| on P - p. Written out so that autograd does not build the (N, V) zero
+    tensors a gather, two selects and a second log-softmax would each allocate (about a quarter of a small
+    translation model's training step). <pad> targets give 0 and no gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+        V = logits.size(-1)
+        size = max(1, V - 2)
+        total = logits.sum(dim=-1) - logits[:, PAD] - logits[:, BOS]
+        blocked = logits.clone()
+        blocked[:, PAD] = float("-inf")
+        blocked[:, BOS] = float("-inf")
+        logp = torch.log_softmax(blocked, dim=-1)
+        safe = targets.clamp(min=0)[:, None]
+        exact = logp.gather(1, safe).squeeze(1)
+        lse = blocked.gather(1, safe).squeeze(1) - exact
+        value = (1 - eps) * exact + eps * (total / size - lse)
+        live = targets != PAD
+        ctx.save_for_backward(logp, safe, live)
+        ctx.eps, ctx.size = eps, size
+        return torch.where(live, value, torch.zeros_like(value))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logp, safe, live = ctx.saved_tensors
+        out = torch.exp(logp).neg_().add_(ctx.eps / ctx.size)
+        out[:, PAD] = 0.0
+        out[:, BOS] = 0.0
+        out.scatter_add_(1, safe, torch.full_like(logp[:, :1], 1 - ctx.eps))
+        out.mul_((grad * live)[:, None])
+        return out, None, None
+
+
 def smoothed_logprobs(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
-    """(1 - eps) ln p(y) + eps * mean over the predictable set of ln p(v); <pad> targets give 0."""
-    exact = target_logprobs(logits, targets)
+    """(1 - eps) ln p(y) + eps * mean over the predictable set of ln p(v) for (N, V) logits and (N,) targets;
+    <pad> targets give 0. eps = 0: exactly ln p(y) (the scoring path)."""
     if eps <= 0:
-        return exact
-    logp = masked_log_softmax(logits)  # (B, D, V), -inf at <pad> and <s>
-    keep = torch.ones(logp.size(-1), dtype=torch.bool, device=logp.device)
-    keep[PAD] = False
-    keep[BOS] = False
-    mean = logp[..., keep].mean(dim=-1)
-    return torch.where(targets == PAD, torch.zeros_like(exact), (1 - eps) * exact + eps * mean)
+        return target_logprobs(logits, targets)
+    return SmoothedTargetLogprob.apply(logits.float(), targets, float(eps))
 
 
 def rows_forward(net, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool):
@@ -114,12 +147,15 @@ def rows_forward(net, x: torch.Tensor, targets: torch.Tensor | None, last_only: 
         picked = net.project(hidden[torch.arange(B, device=x.device), last][:, None])  # (B, 1, V)
         before = split.pos[:, 0] > T - 1  # the last position is still on the source side
         return torch.where(before[:, None, None], torch.zeros_like(picked), picked)
-    logits = net.project(hidden)  # (B, D, V)
-    if targets is not None:
+    if targets is not None:  # project only the decoder steps that have a target (no padding)
         eps = float(net.config.label_smoothing) if net.training else 0.0
-        lp = smoothed_logprobs(logits, from_rows(targets, split), eps)
+        wanted = from_rows(targets, split)  # (B, D)
+        keep = wanted != PAD
+        lp = torch.zeros(wanted.shape, dtype=torch.float32, device=x.device)
+        lp[keep] = smoothed_logprobs(net.project(hidden[keep]), wanted[keep], eps)
         out = to_rows(lp, split, T, uniform_logprob(V))
         return torch.where(targets == PAD, torch.zeros_like(out), out)
+    logits = net.project(hidden)  # (B, D, V)
     full = torch.zeros(B, T, V, dtype=logits.dtype, device=logits.device)
     rows = torch.arange(B, device=x.device)[:, None].expand_as(split.pos)
     full[rows[split.valid], split.pos[split.valid]] = logits[split.valid]

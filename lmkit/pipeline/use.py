@@ -313,23 +313,37 @@ def _bleu_report(model, text: Text | ParallelText, decoding, beam: int | None) -
     return BleuReport(result, model.label, model.protocol.to_dict(), text.name, text.sha256)
 
 
-def record_bleu(run: str | Path, *, device: str = "cpu", log: Log = quiet) -> dict:
-    """BLEU of a run on the test file it was scored on, stored in its run.json (metrics['bleu']).
+def record_bleu(run: str | Path, *, device: str = "cpu", beam: int | None = None, length_penalty: float = 0.0,
+                log: Log = quiet) -> dict:
+    """BLEU of a run on the test file it was scored on, stored in its run.json so it is decoded once.
 
-    Greedy continuation BLEU for a monolingual corpus (translation runs store theirs at training).
+    Greedy (metrics['bleu']): continuation BLEU for a monolingual corpus (translation runs store theirs at
+    training). With `beam` (translation runs only): beam-search BLEU in metrics['bleu_beam'], with its width
+    and length penalty; a stored value for another width or penalty is decoded again and replaced.
     Refused when the test file is gone or no longer the file the run was measured on."""
     run = Path(run)
     record = read_record(run)
-    if record.metrics.get("bleu"):
-        return record.metrics["bleu"]
+    key = "bleu" if beam is None else "bleu_beam"
+    stored = record.metrics.get(key)
+    if stored and (beam is None or (stored.get("beam") == beam and stored.get("length_penalty") == length_penalty)):
+        return stored
     from ..evaluate.generate import Decoding
 
     text = read_recorded(record.data.get("test"), run, "test", "BLEU not added")
+    if beam is not None and not isinstance(text, ParallelText):
+        raise UsageError(f"{run}: beam-search BLEU is for translation runs; continuation BLEU is greedy by "
+                         "definition")
     start = time.perf_counter()
     model, _ = load_model(run, device=device)
-    result = _bleu_report(model, text, Decoding(strategy="greedy"), None).result
-    record.metrics["bleu"] = {"score": result.score, "signature": result.signature, "decoding": "greedy",
-                              "lines": result.lines}
+    decoding = Decoding(strategy="greedy") if beam is None else Decoding(strategy="beam", beam=beam,
+                                                                         length_penalty=length_penalty)
+    result = _bleu_report(model, text, decoding, beam).result
+    entry = {"score": result.score, "signature": result.signature, "decoding": decoding.strategy,
+             "lines": result.lines}
+    if beam is not None:
+        entry.update(beam=beam, length_penalty=length_penalty)
+    record.metrics[key] = entry
     write_record(run, record)
-    log(f"{run}: continuation BLEU {result.score:.2f} ({result.lines} lines, {time.perf_counter() - start:.0f} s)")
-    return record.metrics["bleu"]
+    what = "continuation BLEU" if beam is None else f"BLEU, beam {beam}"
+    log(f"{run}: {what} {result.score:.2f} ({result.lines} lines, {time.perf_counter() - start:.0f} s)")
+    return entry
