@@ -562,7 +562,8 @@ def models(fmt: Optional[str] = FormatOpt, wide: bool = WideOpt) -> None:
         write_rows(rows, fmt)
         return
     flat = [{"family": r["family"], "option": o["name"], "type": o["type"], "default": o["default"],
-             "description": r["description"] if i == 0 else ""} for r in rows for i, o in enumerate(r["options"])]
+             "description": r["description"] if i == 0 else o.get("why", "")}  # why: a default set from the data
+            for r in rows for i, o in enumerate(r["options"])]
     write_rows(flat, fmt, title="model families", wide=wide)
 
 

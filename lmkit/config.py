@@ -37,6 +37,8 @@ def _coerce(name: str, raw: str, hint: Any) -> Any:
     if origin in (tuple, list):
         args = typing.get_args(hint)
         inner = args[0] if args else str
+        if raw.strip().lower() in ("none", "off"):  # an explicit empty tuple (adaptive_cutoffs=none: no adaptive head)
+            return ()
         parts = [p for p in raw.split(",") if p.strip()]
         return tuple(_coerce(name, p.strip(), inner) for p in parts)
     if hint is bool:

@@ -273,7 +273,7 @@ def curve_jobs(plan: CurvePlan, vocab_size: int, device: str | None, seed: int) 
 
     jobs = []
     for spec, kind, is_neural in plan.lineup:
-        opts = _without(lineup_model_options(kind, vocab_size), plan.per_kind[kind]) if is_neural else {}
+        opts = _without(lineup_model_options(kind), plan.per_kind[kind]) if is_neural else {}
         topts = {**_without(LINEUP_TRAIN, plan.per_kind[kind]), **plan.budget, "device": device} if is_neural else {}
         job = _Job(spec, opts, topts, plan.per_kind[kind])
         _, config, _ = check_request(TrainRequest(model=spec, options=dict(opts), train_options=dict(topts),

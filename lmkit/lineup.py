@@ -167,20 +167,15 @@ def classify(models: Sequence[str]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def lineup_model_options(kind: str, vocab_size: int, options: dict[str, dict] | None = None) -> dict:
+def lineup_model_options(kind: str, options: dict[str, dict] | None = None) -> dict:
     """Model options a lineup gives a neural family (`lmkit compare` and `lmkit curve` alike): the caller's
-    for that family, else its descriptor's lineup preset, plus an adaptive softmax when the preset asks for
-    one and the vocabulary is large (exact, and ~2-3x faster to train)."""
+    for that family, else its descriptor's lineup preset. The adaptive softmax is `lmkit train`'s default,
+    cutoffs derived from the vocabulary (pipeline.request.with_vocab_defaults), unless the options set them."""
     from .models import descriptor
-    from .models.adaptive import suggested_cutoffs
 
     if kind in (options or {}):
         return dict(options[kind])
-    preset = descriptor(kind).lineup
-    model_opts = dict(preset.options)
-    if preset.adaptive:
-        model_opts["adaptive_cutoffs"] = suggested_cutoffs(vocab_size)
-    return model_opts
+    return dict(descriptor(kind).lineup.options)
 
 
 # -- training a lineup ----------------------------------------------------------------------------------
@@ -284,7 +279,7 @@ def train_lineup(corpus: str | Path | None = None, models: Sequence[str] | None 
             start = time.perf_counter()
             neural_opts = {**LINEUP_TRAIN, **(train_options or {}), "time_budget": per_run,
                            "max_tokens": max_tokens, "device": device} if is_neural else {}
-            model_opts = lineup_model_options(kind, len(vocab), options) if is_neural else {}
+            model_opts = lineup_model_options(kind, options) if is_neural else {}
             folder = folder_name(spec) + ("" if run_seed is None else f"-seed{run_seed}")
             req = TrainRequest(model=spec, **plan.splits, vocab=vocab_path, context=plan.context,
                                options=dict(model_opts), train_options=neural_opts, output=plan.out / folder,

@@ -119,6 +119,8 @@ class Trainer:
             resume = False
         if not (resume and self.run_dir is not None):
             torch.manual_seed(rank_seed(self.cfg.seed, self.ranks.rank))
+            # a fresh start only: a resumed run keeps its trained bias, a loaded run its saved one
+            self.model.init_unigram(self.train_data)
             return
         self.state, tensors = load_checkpoint(self.run_dir, self.net, self.device)
         try:

@@ -92,7 +92,6 @@ def test_lineup_tiny_and_examples_resolve(kind):
         assert parse_spec(spec)[0] == kind
         api.resolve_model(spec, {}, [])
     api.resolve_model(kind, dict(fam.lineup.options), [])
-    assert not fam.lineup.adaptive or "adaptive_cutoffs" in config_fields(fam)
     assert set(fam.tiny) <= set(fam.options)  # a tiny model can be asked for with flags
     api.resolve_model(kind, dict(fam.tiny), [])
     for example in fam.spellings:

@@ -11,10 +11,14 @@ so row r of window k+1 continues exactly where row r of window k stopped (the RN
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .vocab import BOS, EOS, PAD
+
+if TYPE_CHECKING:
+    from .corpus import Encoded
 
 
 @dataclass
@@ -56,6 +60,23 @@ def stream_layout(lens: np.ndarray, words: np.ndarray) -> np.ndarray:
     toks[ends] = EOS
     toks[body] = words
     return toks
+
+
+def target_counts(encoded: Encoded, size: int, chunk: int = 1 << 22) -> np.ndarray:
+    """(size,) int64: how often each id is a training target, as the loss sees it in either context: every token
+    of every sequence and one </s> per sequence; for `source <sep> target` rows (`score_from`) the target side
+    only. Counted in chunks, so a memory-mapped token file is never copied whole."""
+    lens, words = lengths_and_ids(encoded.sequences)
+    score_from = encoded.score_from
+    counts = np.zeros(size, dtype=np.int64)
+    if score_from is not None:  # drop each sequence's leading source ids (a position before its score_from)
+        starts = np.cumsum(lens) - lens
+        pos = np.arange(len(words)) - np.repeat(starts, lens)
+        words = np.asarray(words)[pos >= np.repeat(np.asarray(score_from, dtype=np.int64), lens)]
+    for i in range(0, len(words), chunk):
+        counts += np.bincount(np.asarray(words[i:i + chunk], dtype=np.int64), minlength=size)[:size]
+    counts[EOS] += len(lens)
+    return counts
 
 
 def sentence_examples(sequences: list[np.ndarray], max_len: int | None) -> list[np.ndarray]:

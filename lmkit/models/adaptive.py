@@ -14,10 +14,16 @@ the head scores the c_1 most frequent ids plus one entry per tail cluster; clust
 so P sums to exactly one over the vocabulary (it is a real distribution, scored like any other
 model), while training pays for a tail only at the positions whose target lies in it. <pad> and <s>
 (ids 0 and 2, always in the head) get probability 0, as the protocol requires of every model.
-Optional tying: the head's shortlist rows can be the first c_1 rows of the embedding matrix."""
+Optional tying: the head's shortlist rows can be the first c_1 rows of the embedding matrix.
+
+The default cutoffs come from the vocabulary's counts (`derived_cutoffs`; the training pipeline applies them
+when adaptive_cutoffs is not set), and `init_output_bias` starts the head at the unigram distribution."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,15 +47,38 @@ def check_cutoffs(cutoffs: tuple[int, ...], vocab_size: int) -> list[int]:
     return cuts + [vocab_size]
 
 
-def suggested_cutoffs(vocab_size: int) -> tuple[int, ...]:
-    """Cutoffs for a word vocabulary of this size, () when a full softmax is cheap enough.
+# Cutoffs derived from the vocabulary's training counts (ids are sorted by frequency after the specials):
+HEAD_SHARE = 0.90  # the shortlist: the fewest most frequent ids that cover this share of the training tokens
+TAIL_SHARE = 0.97  # a second cutoff where the ids so far cover this share (rare ids get the narrowest tail)
+CUTOFF_MULTIPLE = 64  # cutoffs rounded up to this multiple: whole matmul tiles for the head and the first tail
+MIN_ADAPTIVE_VOCAB = 4096  # below this a full softmax is cheap (char level, small word vocabularies): no cutoffs
+MIN_TAIL = 1024  # a second tail only when both tails keep at least this many ids
 
-    On PTB (10k ids) the 2,000 most frequent ids cover 87% of the tokens, so the tails are rarely paid for."""
-    if vocab_size > 12000:
-        return (2000, 6000)
-    if vocab_size > 4000:
-        return (2000,)
-    return ()
+
+def derived_cutoffs(counts: Sequence[int]) -> tuple[int, ...]:
+    """Adaptive-softmax cutoffs for a vocabulary's training counts (Vocab.counts), () for a full softmax.
+
+    c_1 = the smallest prefix of ids covering HEAD_SHARE of the counted tokens, rounded up to CUTOFF_MULTIPLE;
+    c_2 likewise for TAIL_SHARE, kept when both tails hold MIN_TAIL ids. Derived rather than fixed so that
+    the head fits the corpus: on a Zipfian vocabulary a few thousand ids cover 90% of the text."""
+    counts = np.asarray(counts, dtype=np.float64)
+    size = len(counts)
+    total = float(counts.sum())
+    if size < MIN_ADAPTIVE_VOCAB or total <= 0:
+        return ()
+    cum = np.cumsum(counts)
+
+    def prefix(share: float) -> int:
+        n = int(np.searchsorted(cum, share * total)) + 1  # the first prefix whose mass reaches the share
+        return -(-n // CUTOFF_MULTIPLE) * CUTOFF_MULTIPLE
+
+    head = prefix(HEAD_SHARE)
+    if head * 2 > size:  # the head would be most of the vocabulary: nothing saved
+        return ()
+    tail = prefix(TAIL_SHARE)
+    if tail - head >= MIN_TAIL and size - tail >= MIN_TAIL:
+        return (head, tail)
+    return (head,)
 
 
 class AdaptiveHead(nn.Module):
@@ -84,6 +113,18 @@ class AdaptiveHead(nn.Module):
                 nn.init.uniform_(p, -bound, bound)
             else:
                 nn.init.zeros_(p)
+
+    @torch.no_grad()
+    def init_output_bias(self, logp: torch.Tensor) -> None:
+        """Biases that make the head reproduce a unigram distribution `logp` (V,) (ln P, 0 at <pad>/<s>):
+        shortlist ids get ln P(w), cluster k the log of its total mass, tail k ln P(w | cluster k)."""
+        logp = logp.to(self.head_bias)
+        self.head_bias[:self.shortlist] = logp[:self.shortlist]
+        for k, tail in enumerate(self.tails):
+            within = logp[self.bounds[k]:self.bounds[k + 1]]
+            mass = torch.logsumexp(within, dim=0)
+            self.head_bias[self.shortlist + k] = mass
+            tail[1].bias.copy_(within - mass)
 
     def _head_weight(self) -> torch.Tensor:
         short = self._embedding[0][:self.shortlist] if self.tied else self.shortlist_weight

@@ -67,9 +67,11 @@ class CNNConfig:
     norm: str = "layer"  # layer (pre-LayerNorm) | weight (weight-normalised convolutions, as the paper) | none
     tie_weights: bool = True  # output matrix = token embedding (Press & Wolf 2017)
     # Adaptive softmax (Grave et al. 2017, see adaptive.py): vocabulary cutoffs such as (2000, 5000) make the
-    # output layer over a large word vocabulary several times cheaper; () = the plain full softmax.
+    # output layer over a large word vocabulary several times cheaper; () (--set adaptive_cutoffs=none) =
+    # the plain full softmax. Not set: derived from the vocabulary by the pipeline (adaptive.derived_cutoffs).
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # each tail cluster's projection is this many times narrower than the last
+    unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the train split
     # Derived, not chosen: the history (see receptive_field above), filled in here so that run.json records it.
     # Given (a run.json read back), it must agree with kernel, dilations and layers.
     receptive_field: int | None = None
@@ -116,7 +118,7 @@ FAMILY = Family(
         "warmup_steps": 100,  # linear warm-up, then cosine decay
     },
     # the defaults train in about a minute on two cores; the adaptive softmax pays off on a large word vocabulary
-    lineup=Lineup(options={"layers": 4, "embed": 128}, adaptive=True),
+    lineup=Lineup(options={"layers": 4, "embed": 128}),
     tiny={"layers": 2, "embed": 8},
 )
 

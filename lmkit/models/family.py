@@ -35,7 +35,6 @@ class Lineup:
 
     specs: tuple[str, ...] | None = None  # --model specs it adds to the default lineup (None: its kind; (): none)
     options: Mapping[str, Any] = field(default_factory=dict)  # model options of a lineup run (~1 min, 2 cores)
-    adaptive: bool = False  # add an adaptive softmax when the vocabulary is large (models/adaptive.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", _frozen(self.options))

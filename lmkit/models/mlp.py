@@ -44,6 +44,7 @@ class MLPConfig:
     hidden: int = 512  # tanh hidden units (paper: 50-100; more helps on larger corpora and is cheap)
     direct: bool = False  # add the paper's direct embeddings->output connections (W x_t); costs window*E*V
     dropout: float = 0.1  # on the concatenated embeddings and on the hidden layer (the paper had none)
+    unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the train split
 
     def __post_init__(self) -> None:
         for name in ("window", "embed", "hidden"):
@@ -102,12 +103,18 @@ class MLPLM(nn.Module):
         # Embeddings N(0, 1) (torch's default, as makemore): with H at its default uniform(+-1/sqrt(k))
         # the tanh pre-activations start with std ~0.6, in tanh's linear range, not saturated.
         # Output (and direct) weights N(0, 0.02) with zero bias make the first predictions nearly
-        # uniform, so the initial loss is ~ln V instead of a confident random guess.
+        # uniform, so the initial loss is ~ln V instead of a confident random guess; a fresh training run then
+        # sets the bias to the unigram (init_output_bias), and the loss starts near the unigram's.
         nn.init.normal_(self.embed.weight, mean=0.0, std=1.0)
         nn.init.normal_(self.out.weight, mean=0.0, std=0.02)
         nn.init.zeros_(self.out.bias)
         if self.direct is not None:
             nn.init.normal_(self.direct.weight, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def init_output_bias(self, logp: torch.Tensor) -> None:
+        """b = `logp` (V,), a unigram ln P: with U small at the start, step 0 predicts the unigram."""
+        self.out.bias.copy_(logp)
 
     @property
     def history(self) -> int | None:

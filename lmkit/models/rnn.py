@@ -58,9 +58,11 @@ class RNNConfig:
     embed_dropout: float = 0.1  # on the embeddings fed to the first layer
     tie_weights: bool = False  # output matrix = embedding matrix (Press & Wolf 2017); needs embed == hidden
     # Adaptive softmax (Grave et al. 2017, see adaptive.py): vocabulary cutoffs such as (2000, 6000) split the
-    # output layer into a frequent-word head and cheaper tail clusters; () = the plain full softmax.
+    # output layer into a frequent-word head and cheaper tail clusters; () (--set adaptive_cutoffs=none) =
+    # the plain full softmax. Not set: derived from the vocabulary by the pipeline (adaptive.derived_cutoffs).
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # each tail cluster's projection is this many times narrower than the last
+    unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the train split
 
     def __post_init__(self) -> None:
         self.cell = str(self.cell).lower()
@@ -111,7 +113,7 @@ FAMILY = Family(
         "warmup_steps": 100,  # linear warm-up, then cosine decay
     },
     # small enough for ~1 min on two cores; the adaptive softmax pays off on a large word vocabulary
-    lineup=Lineup(options={"layers": 1, "hidden": 128, "tie_weights": True}, adaptive=True),
+    lineup=Lineup(options={"layers": 1, "hidden": 128, "tie_weights": True}),
     tiny={"layers": 1, "hidden": 16},
     # docs/results.md "PTB LSTM", with the token budget its 12-minute run reached instead of the time budget,
     # so the result does not depend on machine speed
@@ -168,12 +170,20 @@ class RNNLM(nn.Module):
 
     def _init_weights(self) -> None:
         # Zaremba et al. (small model): every weight uniform(-0.1, 0.1), recurrent ones included;
-        # the output bias starts at 0 so the first predictions are close to uniform.
+        # the output bias starts at 0 (a fresh training run then sets it to the unigram: init_output_bias).
         for name, p in self.named_parameters():
             if name.endswith("head_bias"):
                 nn.init.zeros_(p)
             else:
                 nn.init.uniform_(p, -0.1, 0.1)
+
+    @torch.no_grad()
+    def init_output_bias(self, logp: torch.Tensor) -> None:
+        """b = `logp` (V,), a unigram ln P (the adaptive head's biases likewise): step 0 predicts the unigram."""
+        if self.adaptive is not None:
+            self.adaptive.init_output_bias(logp)
+        else:
+            self.head_bias.copy_(logp)
 
     @property
     def history(self) -> int | None:

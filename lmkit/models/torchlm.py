@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.batching import pad_examples, stream_ids, windows
+from ..data.batching import pad_examples, stream_ids, target_counts, windows
+from ..data.corpus import Encoded
 from ..data.vocab import BOS, EOS, PAD, Vocab
 from ..errors import ModelError
 from ..protocol import Protocol
@@ -36,6 +37,21 @@ def masked_log_softmax(logits: torch.Tensor) -> torch.Tensor:
     blocked[PAD] = True
     blocked[BOS] = True
     return F.log_softmax(logits.float().masked_fill(blocked, float("-inf")), dim=-1)
+
+
+UNIGRAM_PRIOR = 0.5  # add-k of the unigram the output bias starts from: no id without training targets gets -inf
+
+
+def unigram_logprobs(counts: np.ndarray, k: float = UNIGRAM_PRIOR) -> np.ndarray:
+    """(V,) ln P(w) = ln((c(w) + k) / (N + k |P|)) over the predictable set P (all but <pad> and <s>, which
+    get 0: they are masked out of every softmax, and a -inf parameter would poison the optimiser)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    predictable = np.ones(len(counts), dtype=bool)
+    predictable[[PAD, BOS]] = False
+    smoothed = np.where(predictable, counts + k, 0.0)
+    out = np.zeros(len(counts))
+    out[predictable] = np.log(smoothed[predictable] / smoothed.sum())
+    return out
 
 
 class _BlockSpecials(torch.autograd.Function):
@@ -117,6 +133,17 @@ class TorchLM(LanguageModel):
 
     def num_parameters(self) -> int:
         return int(unwrap(self.net).num_parameters())
+
+    def init_unigram(self, train: Encoded) -> bool:
+        """Start the output bias at the add-k unigram of the training targets (data.batching.target_counts), so
+        step 0 scores about the unigram perplexity. For a fresh start only (the training loop decides), when
+        the config's unigram_init is on; False when it does not apply (off, or a module without the hook)."""
+        hook = getattr(unwrap(self.net), "init_output_bias", None)
+        if hook is None or not getattr(self.config, "unigram_init", False):
+            return False
+        logp = unigram_logprobs(target_counts(train, len(self.vocab)))
+        hook(torch.as_tensor(logp, dtype=torch.float32, device=self.device))
+        return True
 
     # -- scoring ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -319,6 +346,9 @@ def load_weights(net: torch.nn.Module, path: Path) -> None:
     except (SafetensorError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise ModelError(f"{path}: damaged or truncated weights file ({first})") from None
+    # tensors a module gained after older files were written (the windowed families' output bias): they keep
+    # the zeros the module was built with, which is what the older model computed
+    missing = [name for name in missing if name not in getattr(net, "zero_if_missing", ())]
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not match the model in run.json "
                          f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")

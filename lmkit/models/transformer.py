@@ -52,9 +52,11 @@ class TransformerConfig:
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * d_model (4 in both papers)
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them; False is a bit faster)
     # Adaptive softmax (Grave et al. 2017, see adaptive.py): vocabulary cutoffs such as (2000, 5000) make the
-    # output layer over a large word vocabulary several times cheaper; () = the plain full softmax.
+    # output layer over a large word vocabulary several times cheaper; () (--set adaptive_cutoffs=none) =
+    # the plain full softmax. Not set: derived from the vocabulary by the pipeline (adaptive.derived_cutoffs).
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # each tail cluster's projection is this many times narrower than the last
+    unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the train split
 
     def __post_init__(self) -> None:
         for name in ("layers", "d_model", "heads", "block_size", "mlp_ratio"):
@@ -154,7 +156,7 @@ FAMILY = Family(
         "warmup_steps": 100,  # linear warm-up (Adam's early steps are noisy), then cosine decay
     },
     # small enough for ~1 min on two cores; the adaptive softmax pays off on a large word vocabulary
-    lineup=Lineup(options={"layers": 2, "d_model": 128, "heads": 4, "block_size": 64}, adaptive=True),
+    lineup=Lineup(options={"layers": 2, "d_model": 128, "heads": 4, "block_size": 64}),
     tiny={"layers": 1, "d_model": 16, "heads": 2, "block_size": 16},
     # docs/results.md "PTB Transformer", with the token budget its 12-minute run reached instead of the time
     # budget, so the result does not depend on machine speed

@@ -126,6 +126,23 @@ def resolve_model(spec: str, options: dict, sets: list[str]):
     return cls, config
 
 
+def given_model_keys(req: TrainRequest) -> set[str]:
+    """Config fields the request sets itself (flags, library options, --set pairs): defaults never override them."""
+    keys = {k for k, v in req.options.items() if v is not None}
+    return keys | {pair.partition("=")[0].strip().replace("-", "_") for pair in req.sets}
+
+
+def with_vocab_defaults(config, vocab: Vocab, req: TrainRequest):
+    """The config with the defaults that depend on the vocabulary filled in: adaptive-softmax cutoffs derived
+    from its counts (models.adaptive.derived_cutoffs; () when a full softmax is cheaper), for families that
+    have them and unless the request sets adaptive_cutoffs (`--set adaptive_cutoffs=none`: a full softmax)."""
+    if not hasattr(config, "adaptive_cutoffs") or "adaptive_cutoffs" in given_model_keys(req):
+        return config
+    from ..models.adaptive import derived_cutoffs
+
+    return dataclasses.replace(config, adaptive_cutoffs=derived_cutoffs(vocab.counts))
+
+
 def _refuse_foreign_options(fam: Family, config_cls: type, options: dict) -> None:
     """A train flag the family does not own (Family.options), or a key its Config lacks, is refused in one line.
 
@@ -254,10 +271,24 @@ def list_models() -> list[dict]:
     rows = []
     for fam in families():
         doc = (fam.model_class.__doc__ or "").strip().splitlines()
-        options = describe(fam.config_class)
+        options = [{**o, **vocab_default(o["name"])} for o in describe(fam.config_class)]
         if fam.neural:
             from ..train import TrainConfig
 
             options += [{**o, "default": fam.defaults.get(o["name"], o["default"])} for o in describe(TrainConfig)]
         rows.append({"family": fam.kind, "description": doc[0] if doc else "", "options": options})
     return rows
+
+
+def vocab_default(option: str) -> dict:
+    """How `lmkit models` shows a default set from the data (with_vocab_defaults, the training loop), and why."""
+    if option == "unigram_init":
+        return {"why": "output bias starts at the train split's log unigram frequencies: step 0 scores about the "
+                       "unigram perplexity, not the uniform one"}
+    if option == "adaptive_cutoffs":
+        from ..models.adaptive import HEAD_SHARE, MIN_ADAPTIVE_VOCAB
+
+        return {"default": "derived", "why": f"from the vocabulary's counts (shortlist: {HEAD_SHARE:.0%} of the "
+                f"tokens): a cheaper output layer; none below {MIN_ADAPTIVE_VOCAB:,} ids (a full softmax is cheaper "
+                "there); =none: off"}
+    return {}
