@@ -302,3 +302,15 @@ def test_lmkit_models_says_why():
         assert option["default"] == "derived" and "none" in option["why"]
     table = CliRunner().invoke(app, ["models", "--format", "tsv"]).stdout
     assert any(line.split("\t")[1] == "unigram_init" and "unigram" in line for line in table.splitlines())
+
+
+def test_both_defaults_can_be_switched_off_from_the_cli(big_corpus, tmp_path):
+    """`--set adaptive_cutoffs=none --set unigram_init=false` reach run.json from the command line."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--model", "transformer", "--layers", "1", "--d-model", "16", "--heads", "2",
+                                 "--block-size", "16", "--corpus", str(big_corpus), "--min-count", "1",
+                                 "--max-tokens", "256", "--set", "adaptive_cutoffs=none", "--set",
+                                 "unigram_init=false", "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["adaptive_cutoffs"] == [] and config["unigram_init"] is False
