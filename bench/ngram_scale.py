@@ -75,14 +75,16 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, int, str, str]:
-    """(wall seconds, peak RSS bytes, stdout, stderr) of one command in a process of its own.
+def run(cmd: list[str], env: dict, stdin: Path | None = None) -> tuple[float, int, str, str]:
+    """(wall seconds, peak RSS bytes, stdout, stderr) of one command in a process of its own, reading `stdin`
+    (a file) if given.
 
     The child is reaped with os.wait4, whose rusage is that child's alone (output goes to temp files, so
     no pipe can fill up while we wait)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            open(stdin or os.devnull, "rb") as source:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, env=env, stdin=source, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)

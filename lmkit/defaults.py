@@ -14,6 +14,14 @@ MIN_COUNT = 2  # vocabulary: tokens seen fewer times in the train split become <
 CONTEXT = "stream"  # language models: context carried across line ends
 TRANSLATE_CONTEXT = "sentence"  # --task translate: every pair scored on its own (the protocol requires it)
 
+# A short time budget buys a few hundred updates on a CPU, too few for a family's full-size model: at or below
+# SHORT_BUDGET_SECONDS a neural family trains its short-budget shape (its descriptor's `lineup` preset, the
+# model `lmkit compare` trains) unless the request sets one of that shape's options, and SHORT_BUDGET_TRAIN
+# (~1k tokens per step, a warm-up that ends early) unless it sets those. Measured: docs/results.md, "Defaults
+# at a short budget" (bench/defaults.py).
+SHORT_BUDGET_SECONDS = 180.0
+SHORT_BUDGET_TRAIN = {"batch_size": 16, "warmup_steps": 20}
+
 
 def context_for(task: str | None, context: str | None = None) -> str:
     """The context asked for, else the default for the task (translation: sentence, else CONTEXT)."""
@@ -28,3 +36,8 @@ def min_count_or_default(min_count: int | None) -> int:
 
 def level_or_default(level: str | None) -> str:
     return LEVEL if level is None else level
+
+
+def is_short_budget(time_budget: float | None) -> bool:
+    """A time budget small enough for the short-budget shape and training settings (SHORT_BUDGET_SECONDS)."""
+    return time_budget is not None and time_budget <= SHORT_BUDGET_SECONDS

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .defaults import LEVEL, context_for, min_count_or_default
+from .defaults import LEVEL, SHORT_BUDGET_TRAIN, context_for, min_count_or_default
 from .compare import (BOOTSTRAP_COLUMNS, COLUMNS, DEFAULT_CONFIDENCE, SEED_COLUMNS, LineupRuns, check_bootstrap,
                       check_comparable, check_seeds, check_sort_column, compare_runs, compare_trained, read_runs)
 from .errors import UsageError
@@ -28,9 +28,9 @@ from .runs import read_record
 # CPU cores; the output layer over the vocabulary dominates the cost) are its descriptor's `lineup` preset
 # (lmkit/models/family.py), declared in its model file.
 NEURAL_SECONDS = 60.0  # default time budget per neural model (the whole run: training, validation, scoring)
-# The same recipe for every neural model: ~1k tokens per step so a minute holds a few hundred updates,
-# and a warm-up short enough to end early in the budget (each family keeps its own learning rate).
-LINEUP_TRAIN: dict = {"batch_size": 16, "warmup_steps": 20}
+# The same recipe for every neural model: `lmkit train`'s short-budget settings (lmkit.defaults), so a lineup
+# run and `lmkit train --time-budget 60s` train the same model the same way (each family keeps its own lr).
+LINEUP_TRAIN: dict = dict(SHORT_BUDGET_TRAIN)
 
 
 def default_lineup() -> tuple[str, ...]:

@@ -42,11 +42,11 @@ class ConfigError(UsageError, ValueError):
 
 @dataclass
 class TransformerConfig:
-    layers: int = 4  # transformer blocks (GPT-2 small has 12); 4 trains in minutes on a CPU
+    layers: int = 2  # transformer blocks (GPT-2 small has 12); 2 as the 12-minute PTB recipe (docs/results.md)
     d_model: int = 256  # residual stream width C
     heads: int = 4  # attention heads; head size = d_model / heads = 64, as in GPT-2
-    block_size: int = 128  # longest context in tokens (= `history`); attention cost grows as block_size^2
-    dropout: float = 0.1  # on embeddings, attention weights, and each residual branch's output
+    block_size: int = 64  # longest context in tokens (= `history`); attention cost grows as block_size^2
+    dropout: float = 0.15  # on embeddings, attention weights, and each residual branch's output (PTB recipe)
     positions: str = "learned"  # learned (GPT-2) | sinusoidal (Vaswani et al., no parameters)
     tie_weights: bool = True  # output matrix = token embedding (Press & Wolf 2017; GPT-2 does it)
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * d_model (4 in both papers)
@@ -147,11 +147,11 @@ FAMILY = Family(
     # beta2 0.99, weight decay 0.1 on matrices, warm-up then cosine decay, clip 1.0.
     defaults={
         "optimizer": "adamw",  # decoupled weight decay (Loshchilov & Hutter 2019)
-        "lr": 1e-3,  # peak learning rate; small transformers tolerate more than GPT-2's 6e-4
+        "lr": 1.5e-3,  # peak learning rate; small transformers tolerate more than GPT-2's 6e-4 (PTB recipe)
         "betas": (0.9, 0.99),  # beta2 0.99: few tokens per step, as nanoGPT's char example
         "weight_decay": 0.1,  # on matmul weights and embeddings only (see optim_groups)
         "batch_size": 32,  # rows per step
-        "seq_len": 128,  # tokens per row; must not exceed block_size (the loop uses min(seq_len, history))
+        "seq_len": 64,  # tokens per row; must not exceed block_size (the loop uses min(seq_len, history))
         "clip": 1.0,  # max global gradient norm
         "warmup_steps": 100,  # linear warm-up (Adam's early steps are noisy), then cosine decay
     },

@@ -22,8 +22,9 @@ from ..protocol import Protocol
 from ..runs import RunRecord, read_record
 from ..validate import check_train_config
 from .prepare import cached_split, encode_splits, input_paths, locate_splits, read_split, split_info
-from .request import (TrainRequest, check_request, counting_plan, describe_settings, given_model_keys, is_torch_family,
-                      protocol_for, task_for, with_defaults, with_vocab_defaults)
+from .request import (TrainRequest, check_request, counting_plan, describe_budget_defaults, describe_settings,
+                      given_model_keys, is_torch_family, protocol_for, task_for, with_budget_defaults, with_defaults,
+                      with_vocab_defaults)
 
 
 @dataclass
@@ -104,6 +105,9 @@ def resolve_job(req: TrainRequest, log: Log, locks) -> tuple[Job, Log]:
         check_output_dir(out, req.force, inputs=input_paths(req, files))  # again under the lock
     vocab, protocol, encoded, data = read_data(req, files, task, log)
     log(describe_settings(req, vocab, protocol))
+    config, tcfg, short = with_budget_defaults(cls, config, tcfg, req)
+    if short:
+        log(describe_budget_defaults(short, tcfg.time_budget))
     config = with_vocab_defaults(config, vocab, req)
     if getattr(config, "adaptive_cutoffs", None) and "adaptive_cutoffs" not in given_model_keys(req):
         log(f"adaptive softmax: cutoffs {','.join(map(str, config.adaptive_cutoffs))} derived from the vocabulary "

@@ -12,7 +12,8 @@ from typing import Any
 from ..config import build_config, parse_sets
 from ..data.corpus import (is_parallel)
 from ..data.vocab import Vocab
-from ..defaults import LEVEL, context_for, min_count_or_default
+from ..defaults import (LEVEL, SHORT_BUDGET_SECONDS, SHORT_BUDGET_TRAIN, context_for, is_short_budget,
+                        min_count_or_default)
 from ..errors import UsageError, only_for
 from ..models import Family, descriptor, flag_options, is_neural, neural_kinds, parse_spec
 from ..protocol import Protocol
@@ -143,6 +144,31 @@ def with_vocab_defaults(config, vocab: Vocab, req: TrainRequest):
     return dataclasses.replace(config, adaptive_cutoffs=derived_cutoffs(vocab.counts))
 
 
+def with_budget_defaults(cls, config, tcfg, req: TrainRequest) -> tuple[Any, Any, dict]:
+    """(config, training config, what was filled in) for a short time budget (lmkit.defaults.is_short_budget):
+    the family's short-budget shape (its lineup preset) unless the request sets one of its options, and the
+    short-budget training settings it does not set. A longer budget, or none, leaves both as they are."""
+    if tcfg is None or not is_short_budget(tcfg.time_budget):
+        return config, tcfg, {}
+    shape = dict(descriptor(cls.kind).lineup.options)
+    filled: dict = {}
+    if shape and not (given_model_keys(req) & set(shape)):
+        config = dataclasses.replace(config, **shape)
+        filled.update(shape)
+    train = {k: v for k, v in SHORT_BUDGET_TRAIN.items() if getattr(tcfg, k) is None}
+    if train:
+        tcfg = dataclasses.replace(tcfg, **train)
+        filled.update(train)
+    return config, tcfg, filled
+
+
+def describe_budget_defaults(filled: dict, time_budget: float) -> str:
+    """The log line naming what a short budget chose, and how to choose otherwise."""
+    settings = ", ".join(f"{k}={v}" for k, v in filled.items())
+    return (f"short budget ({time_budget:g} s <= {SHORT_BUDGET_SECONDS:g} s): {settings} "
+            "(set any of them to choose yourself)")
+
+
 def _refuse_foreign_options(fam: Family, config_cls: type, options: dict) -> None:
     """A train flag the family does not own (Family.options), or a key its Config lacks, is refused in one line.
 
@@ -271,13 +297,25 @@ def list_models() -> list[dict]:
     rows = []
     for fam in families():
         doc = (fam.model_class.__doc__ or "").strip().splitlines()
-        options = [{**o, **vocab_default(o["name"])} for o in describe(fam.config_class)]
+        options = [{**o, **short_budget_default(fam, o["name"]), **vocab_default(o["name"])}
+                   for o in describe(fam.config_class)]
         if fam.neural:
             from ..train import TrainConfig
 
-            options += [{**o, "default": fam.defaults.get(o["name"], o["default"])} for o in describe(TrainConfig)]
+            options += [{**o, "default": fam.defaults.get(o["name"], o["default"]),
+                         **short_budget_default(fam, o["name"])} for o in describe(TrainConfig)]
         rows.append({"family": fam.kind, "description": doc[0] if doc else "", "options": options})
     return rows
+
+
+def short_budget_default(fam: Family, option: str) -> dict:
+    """How `lmkit models` shows an option a short time budget sets (with_budget_defaults), and why."""
+    shape = dict(fam.lineup.options) if fam.neural else {}
+    value = shape.get(option, SHORT_BUDGET_TRAIN.get(option) if fam.neural else None)
+    if value is None:
+        return {}
+    return {"why": f"--time-budget <= {SHORT_BUDGET_SECONDS:g}s: {value} (a few hundred updates suit a smaller "
+                   "model; any option you set wins)"}
 
 
 def vocab_default(option: str) -> dict:
