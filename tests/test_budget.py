@@ -136,7 +136,7 @@ def test_the_last_validation_is_the_final_valid_score(corpus, tmp_path, monkeypa
 
 def test_when_the_last_validation_is_not_the_best_the_best_one_is_the_final_valid_score(corpus, tmp_path):
     # a far too high learning rate and patience 1: the third validation is worse, training stops there
-    record = train_lstm(corpus, tmp_path / "run", max_tokens=160, eval_every=1, lr=2.0, schedule="constant",
+    record = train_lstm(corpus, tmp_path / "run", max_tokens=160, eval_every=1, lr=10.0, schedule="constant",
                         patience=1)
     curve = [json.loads(line)["valid_ppl"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert record["fit_info"]["stopped"] == "early-stopping" and curve[-1] > min(curve)

@@ -1,0 +1,173 @@
+"""lmkit against KenLM on the same n-gram work, side by side in one run: whole processes, wall and peak memory.
+
+    python bench/kenlm.py --kenlm-bin ~/kenlm/build/bin                 # PTB, then a 10M-token corpus
+    python bench/kenlm.py --kenlm-bin DIR --sizes ptb,10M,100M --memory 2G --pairs 5
+
+KenLM is not a dependency and is never built by CI: build `lmplz`, `query` and `build_binary` from KenLM's
+source once (docs/benchmarks.md, "lmkit against KenLM", says how) and pass their folder. Without it the
+KenLM column is skipped with a note and only lmkit's figures are printed.
+
+For each corpus (PTB, or a synthetic Zipfian corpus of the given size written as bench/ngram_scale.py does),
+the two pipelines do the same work -- a modified Kneser-Ney 5-gram over every word (sentence context, min-count
+1: KenLM's conventions), the test set scored -- as a user runs them:
+
+- train:  `lmkit train --model ngram:kn5 --context sentence --min-count 1 --corpus DIR` (fit, valid and test
+          scoring, checks; a fresh, empty token cache) against `lmplz -o 5 < train.txt > model.arpa` followed
+          by `query model.arpa < test.txt` (wall = the sum, peak = the larger of the two processes);
+- load:   scoring a one-line text with the ARPA file lmplz wrote, `lmkit score model.arpa one.txt` against
+          `query model.arpa < one.txt`: almost all of it is reading the model;
+- score:  test tokens per second of scoring, (whole test run - load run) for each tool on the same ARPA file.
+
+Each measurement is the median of --pairs runs, lmkit and KenLM alternating so that a change in the machine's
+load hits both. With --memory both get the same bound (lmplz -S, lmkit --memory); without it lmplz is given
+-S 1G. Perplexities are printed beside the times: the two must agree (they do to 0.1 %, docs/ngram.md).
+A benchmark, not a test: run it on an otherwise idle machine; the load average is printed with every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from ngram_scale import LMKIT, REPO, load_average, mib, parse_size, run, write_corpus  # noqa: E402
+
+PTB = REPO.parent / "shared" / "corpora" / "ptb"
+TOOLS = ("lmplz", "query")
+
+
+def kenlm_tools(folder: Path | None) -> dict[str, Path] | None:
+    """lmplz and query from --kenlm-bin, else from PATH; None when either is missing."""
+    found = {}
+    for tool in TOOLS:
+        path = (folder / tool) if folder else (Path(p) if (p := shutil.which(tool)) else None)
+        if path is None or not path.is_file():
+            return None
+        found[tool] = path
+    return found
+
+
+def query_perplexity(stdout: str) -> float | None:
+    """KenLM query's 'Perplexity including OOVs:' figure."""
+    hit = re.search(r"Perplexity including OOVs:\s*([0-9.eE+-]+)", stdout)
+    return float(hit.group(1)) if hit else None
+
+
+def lmkit_train(corpus: Path, work: Path, memory: str | None, env: dict) -> dict:
+    out = work / "lmkit-run"
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))  # a cold token cache for every run
+    cmd = [*LMKIT, "train", "--model", "ngram:kn5", "--context", "sentence", "--min-count", "1",
+           "--corpus", str(corpus), "-o", str(out), "--force", "-q"]
+    if memory:
+        cmd += ["--memory", memory, "--tmp", str(work)]
+    wall, peak, _, _ = run(cmd, {**env, "LMKIT_CACHE": str(cache)})
+    shutil.rmtree(cache, ignore_errors=True)
+    record = json.loads((out / "run.json").read_text())
+    return {"wall": wall, "peak": peak, "ppl": record["metrics"]["test"]["perplexity"]}
+
+
+def kenlm_train(tools: dict, corpus: Path, work: Path, memory: str | None, env: dict) -> dict:
+    arpa = work / "kenlm.arpa"
+    wall_fit, peak_fit, _, _ = run([str(tools["lmplz"]), "-o", "5", "-S", memory or "1G", "-T", str(work),
+                                    "--arpa", str(arpa)], env, stdin=corpus / "train.txt")
+    wall_q, peak_q, stdout, _ = run([str(tools["query"]), str(arpa)], env, stdin=corpus / "test.txt")
+    return {"wall": wall_fit + wall_q, "peak": max(peak_fit, peak_q), "ppl": query_perplexity(stdout)}
+
+
+def scoring(tools: dict | None, arpa: Path, text: Path, one: Path, env: dict) -> dict:
+    """Load and scoring figures of both tools on the same ARPA file (lmkit's only without KenLM)."""
+    out = {}
+    lm_load, lm_load_peak, _, _ = run([*LMKIT, "score", str(arpa), str(one), "--format", "json"], env)
+    lm_all, lm_peak, _, _ = run([*LMKIT, "score", str(arpa), str(text), "--format", "json"], env)
+    out["lmkit"] = {"load": lm_load, "score": max(lm_all - lm_load, 1e-9), "peak": max(lm_load_peak, lm_peak)}
+    if tools is not None:
+        q_load, q_load_peak, _, _ = run([str(tools["query"]), str(arpa)], env, stdin=one)
+        q_all, q_peak, _, _ = run([str(tools["query"]), str(arpa)], env, stdin=text)
+        out["kenlm"] = {"load": q_load, "score": max(q_all - q_load, 1e-9), "peak": max(q_load_peak, q_peak)}
+    return out
+
+
+def median_of(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) if isinstance(rows[0][k], (int, float)) else rows[0][k]
+            for k in rows[0]}
+
+
+def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: dict) -> list[str]:
+    """The printed lines of one corpus: train pairs, then load and score pairs on KenLM's (or lmkit's) ARPA."""
+    test_tokens = sum(len(line.split()) + 1 for line in (corpus / "test.txt").read_text().splitlines())
+    lines = [f"## {name}: {corpus} (load average before: {load_average()})"]
+    lm_rows, ken_rows = [], []
+    for _ in range(args.pairs):
+        lm_rows.append(lmkit_train(corpus, work, args.memory, env))
+        if tools is not None:
+            ken_rows.append(kenlm_train(tools, corpus, work, args.memory, env))
+    lm = median_of(lm_rows)
+    lines.append(f"train  lmkit  wall {lm['wall']:.2f} s  peak {mib(lm['peak'])} MiB  test ppl {lm['ppl']:.2f}")
+    if tools is None:
+        arpa = work / "lmkit.arpa"
+        run([*LMKIT, "export-arpa", str(work / "lmkit-run"), "-o", str(arpa)], env)
+    else:
+        ken = median_of(ken_rows)
+        lines.append(f"train  kenlm  wall {ken['wall']:.2f} s  peak {mib(ken['peak'])} MiB  test ppl {ken['ppl']:.2f}")
+        lines.append(f"train  ratio lmkit/kenlm  wall {lm['wall'] / ken['wall']:.2f}x  "
+                     f"peak {lm['peak'] / ken['peak']:.2f}x")
+        arpa = work / "kenlm.arpa"
+    one = work / "one.txt"
+    one.write_text((corpus / "test.txt").read_text().splitlines()[0] + "\n")
+    pairs = [scoring(tools, arpa, corpus / "test.txt", one, env) for _ in range(args.pairs)]
+    for tool in pairs[0]:
+        m = median_of([p[tool] for p in pairs])
+        lines.append(f"arpa   {tool:<5}  load {m['load']:.2f} s  score {test_tokens / m['score']:,.0f} tokens/s  "
+                     f"peak {mib(m['peak'])} MiB  ({arpa.stat().st_size / 2**20:,.0f} MiB ARPA)")
+    if tools is not None:
+        lm_s, ken_s = (median_of([p[t] for p in pairs]) for t in ("lmkit", "kenlm"))
+        lines.append(f"arpa   ratio lmkit/kenlm  load {lm_s['load'] / ken_s['load']:.2f}x  "
+                     f"scoring speed {ken_s['score'] / lm_s['score']:.2f}x")
+    lines.append(f"(load average after: {load_average()})")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kenlm-bin", type=Path, default=None, help="folder holding lmplz and query (else PATH)")
+    ap.add_argument("--sizes", default="ptb,10M", help="ptb and/or token counts of synthetic corpora (10M, 100M)")
+    ap.add_argument("--types", type=int, default=50_000, help="word types of a synthetic corpus")
+    ap.add_argument("--memory", default=None, help="the same memory bound for both (lmplz -S, lmkit --memory)")
+    ap.add_argument("--pairs", type=int, default=5, help="runs of each tool per measurement (median)")
+    ap.add_argument("--keep", type=Path, default=None, help="write corpora and models here (kept)")
+    args = ap.parse_args()
+    tools = kenlm_tools(args.kenlm_bin)
+    if tools is None:
+        print("note: KenLM's lmplz/query not found (--kenlm-bin DIR or PATH): the KenLM column is skipped; "
+              "docs/benchmarks.md says how to build them", file=sys.stderr)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    print(f"# python {sys.version.split()[0]}; {os.cpu_count()} cpus; pairs {args.pairs}; memory {args.memory}")
+    with tempfile.TemporaryDirectory(prefix="lmkit-kenlm-") as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        for size in args.sizes.split(","):
+            work = root / size
+            work.mkdir(exist_ok=True)
+            if size.lower() == "ptb":
+                if not (PTB / "train.txt").is_file():
+                    print(f"note: {PTB} not found: PTB skipped", file=sys.stderr)
+                    continue
+                corpus = PTB
+            else:
+                corpus = work / "corpus"
+                if not corpus.exists():
+                    write_corpus(corpus, parse_size(size), args.types, seed=0)
+            print("\n".join(measure(size, corpus, tools, args, work, env)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
