@@ -22,7 +22,7 @@ from lmkit.cli import app
 from lmkit.data.batching import stream_ids, target_counts
 from lmkit.data.corpus import count_tokens, encode, read_text
 from lmkit.data.vocab import BOS, EOS, PAD, UNK, Vocab
-from lmkit.errors import ModelError
+from lmkit.errors import ModelError, UsageError
 from lmkit.protocol import Protocol
 
 K = 0.5  # the add-k of the unigram the bias starts from (docs/neural.md)
@@ -216,6 +216,14 @@ def test_the_pipeline_derives_cutoffs_unless_they_are_set(big_corpus):
         assert resolved(big_corpus, fam.kind,
                         options={"adaptive_cutoffs": (64,)}).config.adaptive_cutoffs == (64,)  # a library caller's
     assert not hasattr(resolved(big_corpus, "ngram").config, "adaptive_cutoffs")
+
+
+def test_the_mlp_direct_connections_keep_the_full_softmax(big_corpus):
+    """W x_t is added to every logit: with --set direct=true no cutoffs are derived, and asking for both is refused."""
+    assert resolved(big_corpus, "mlp").config.adaptive_cutoffs != ()
+    assert resolved(big_corpus, "mlp", sets=["direct=true"]).config.adaptive_cutoffs == ()
+    with pytest.raises(UsageError, match="direct connections"):
+        resolved(big_corpus, "mlp", sets=["direct=true", "adaptive_cutoffs=100"])
 
 
 def test_derived_cutoffs_are_recorded_in_run_json(big_corpus, tmp_path):

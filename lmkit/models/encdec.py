@@ -29,6 +29,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from ..data.vocab import BOS, PAD, SEP
 from ..errors import ModelError
@@ -132,6 +134,28 @@ def smoothed_logprobs(logits: torch.Tensor, targets: torch.Tensor, eps: float) -
     if eps <= 0:
         return target_logprobs(logits, targets)
     return SmoothedTargetLogprob.apply(logits.float(), targets, float(eps))
+
+
+class OutputLayer:
+    """Mixin for both encoder-decoder modules (each has `emb`, the shared embedding): the decoder's output layer,
+    that embedding (tied) or a matrix of its own, plus a bias that a fresh run starts at the unigram of the
+    training targets (init_output_bias, as every language-model family: docs/neural.md "Defaults")."""
+
+    # weights files written before the bias existed load with a zero bias: their outputs, unchanged
+    zero_if_missing = ("out_bias",)
+
+    def init_output_layer(self, width: int, vocab_size: int, tie: bool) -> None:
+        self.out = None if tie else nn.Linear(width, vocab_size, bias=False)
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs (..., width) -> logits (..., V)."""
+        return F.linear(h, self.emb.weight if self.out is None else self.out.weight, self.out_bias)
+
+    @torch.no_grad()
+    def init_output_bias(self, logp: torch.Tensor) -> None:
+        """Output bias = `logp` (V,), a unigram ln P: with small output weights step 0 predicts the unigram."""
+        self.out_bias.copy_(logp)
 
 
 def rows_forward(net, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool):

@@ -10,6 +10,9 @@ statistical strength between similar words through learned embeddings:
     h_t = tanh(d + H x_t)                      hidden layer                            (hidden,)
     y_t = b + U h_t (+ W x_t if direct)        logits of the token after w_t           (V,)
 
+With `adaptive_cutoffs` (the default on a large vocabulary, derived by the pipeline) U and b are an adaptive
+softmax instead (Grave et al. 2017, adaptive.py): the same model, a cheaper output layer.
+
 Here the window ends at the *current* input token: logits[:, t] predict idx[:, t+1] from
 idx[:, t-window+1 : t+1]. Positions before the start of `idx` are filled with id 0 (<pad>), whose
 embedding is learned like any other and so means "nothing before this" (the adapter prepends real
@@ -30,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .adaptive import AdaptiveHead
 from .family import Family, Lineup
 
 
@@ -45,6 +49,10 @@ class MLPConfig:
     direct: bool = False  # add the paper's direct embeddings->output connections (W x_t); costs window*E*V
     dropout: float = 0.1  # on the concatenated embeddings and on the hidden layer (the paper had none)
     unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the train split
+    # Adaptive softmax (Grave et al. 2017, adaptive.py) for U and b; () (--set adaptive_cutoffs=none) = the full
+    # softmax. Not set: derived from the vocabulary by the pipeline (adaptive.derived_cutoffs), unless direct.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0  # each tail cluster's projection is this many times narrower than the last
 
     def __post_init__(self) -> None:
         for name in ("window", "embed", "hidden"):
@@ -52,6 +60,16 @@ class MLPConfig:
                 raise ConfigError(f"mlp {name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"mlp dropout must be in [0, 1), got {self.dropout}")
+        if float(self.adaptive_div) < 1.0:
+            raise ConfigError(f"mlp adaptive_div must be at least 1, got {self.adaptive_div}")
+        if self.direct and self.adaptive_cutoffs:
+            raise ConfigError("mlp direct connections add W x_t to full logits: they need the full softmax "
+                              "(--set adaptive_cutoffs=none)")
+
+    @property
+    def full_softmax_only(self) -> bool:
+        """The direct connections need every logit: no derived adaptive cutoffs (pipeline.with_vocab_defaults)."""
+        return bool(self.direct)
 
 
 FAMILY = Family(
@@ -94,7 +112,9 @@ class MLPLM(nn.Module):
         k = config.window * config.embed  # width of the concatenated context x_t
         self.embed = nn.Embedding(vocab_size, config.embed)  # C
         self.hidden = nn.Linear(k, config.hidden)  # H, d
-        self.out = nn.Linear(config.hidden, vocab_size)  # U, b
+        self.adaptive = (AdaptiveHead(config.hidden, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div))
+                         if config.adaptive_cutoffs else None)
+        self.out = nn.Linear(config.hidden, vocab_size) if self.adaptive is None else None  # U, b
         self.direct = nn.Linear(k, vocab_size, bias=False) if config.direct else None  # W
         self.drop = nn.Dropout(config.dropout)
         self._init_weights()
@@ -106,15 +126,25 @@ class MLPLM(nn.Module):
         # uniform, so the initial loss is ~ln V instead of a confident random guess; a fresh training run then
         # sets the bias to the unigram (init_output_bias), and the loss starts near the unigram's.
         nn.init.normal_(self.embed.weight, mean=0.0, std=1.0)
-        nn.init.normal_(self.out.weight, mean=0.0, std=0.02)
-        nn.init.zeros_(self.out.bias)
+        if self.out is not None:  # the adaptive head initialises itself (small weights, zero biases)
+            nn.init.normal_(self.out.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(self.out.bias)
         if self.direct is not None:
             nn.init.normal_(self.direct.weight, mean=0.0, std=0.02)
 
     @torch.no_grad()
     def init_output_bias(self, logp: torch.Tensor) -> None:
-        """b = `logp` (V,), a unigram ln P: with U small at the start, step 0 predicts the unigram."""
-        self.out.bias.copy_(logp)
+        """b = `logp` (V,), a unigram ln P (the adaptive head's biases likewise): with U small at the start,
+        step 0 predicts the unigram."""
+        if self.adaptive is not None:
+            self.adaptive.init_output_bias(logp)
+        else:
+            self.out.bias.copy_(logp)
+
+    @property
+    def scores_targets(self) -> bool:
+        """True when forward(..., targets=) is cheaper than full logits (the adaptive softmax)."""
+        return self.adaptive is not None
 
     @property
     def history(self) -> int | None:
@@ -127,10 +157,13 @@ class MLPLM(nn.Module):
     def detach_state(self, state) -> None:
         return None
 
-    def forward(self, idx: torch.Tensor, state=None, last_only: bool = False) -> tuple[torch.Tensor, None]:
+    def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, None]:
         """idx (B, T) token ids -> raw logits (B, T, V); logits[:, t] predict the token after idx[:, t].
 
-        `last_only` computes the last position only (B, 1, V): what decoding needs."""
+        With the adaptive softmax the "logits" are already ln P, and with `targets` (B, T) it returns
+        ln P(targets) (B, T) instead. `last_only` computes the last position only (B, 1, V): what decoding
+        needs."""
         B, T = idx.shape
         w = self.config.window
         # Left-pad with <pad> (id 0) so every position has a full window, then take the sliding
@@ -146,6 +179,8 @@ class MLPLM(nn.Module):
         x = self.embed(ctx).reshape(B, T, w * self.config.embed)  # (B, T, w*E)
         x = self.drop(x)
         h = self.drop(torch.tanh(self.hidden(x)))  # (B, T, hidden)
+        if self.adaptive is not None:
+            return (self.adaptive(h) if targets is None else self.adaptive.target_logprobs(h, targets)), None
         logits = self.out(h)  # (B, T, V)
         if self.direct is not None:
             logits = logits + self.direct(x)  # (B, T, V)

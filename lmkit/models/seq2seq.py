@@ -27,11 +27,10 @@ from typing import ClassVar, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UsageError
-from .encdec import EncoderDecoderLM, rows_forward
+from .encdec import EncoderDecoderLM, OutputLayer, rows_forward
 from .family import Family, Lineup
 
 CELLS = ("lstm", "gru")
@@ -52,6 +51,7 @@ class Seq2SeqConfig:
     tie_weights: bool = True  # output matrix = the shared embedding (needs embed == hidden)
     attention: str = "general"  # Luong score: general (s^T W_a h) or dot (s^T h)
     label_smoothing: float = 0.0  # training loss only (encdec.py); --set label_smoothing=0.1
+    unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the targets
 
     def __post_init__(self) -> None:
         for name in ("layers", "embed", "hidden"):
@@ -94,7 +94,7 @@ FAMILY = Family(
 )
 
 
-class Seq2SeqNet(nn.Module):
+class Seq2SeqNet(OutputLayer, nn.Module):
     Config = Seq2SeqConfig
     stateful: ClassVar[bool] = False
     history: ClassVar[None] = None
@@ -113,7 +113,12 @@ class Seq2SeqNet(nn.Module):
         self.decoder = rnn(E, H, L, batch_first=True, dropout=between)
         self.w_a = nn.Linear(H, H, bias=False) if config.attention == "general" else None
         self.w_c = nn.Linear(2 * H, H, bias=False)
-        self.out = None if config.tie_weights else nn.Linear(H, vocab_size, bias=False)
+        self.init_output_layer(H, vocab_size, config.tie_weights)
+        # Luong et al. (2015): every parameter uniform(-0.1, 0.1). Small tied output rows also let a fresh run's
+        # first prediction be the unigram its output bias starts at (init_output_bias).
+        for name, p in self.named_parameters():
+            if name != "out_bias":
+                nn.init.uniform_(p, -0.1, 0.1)
 
     def init_state(self, batch_size: int, device) -> None:
         return None
@@ -154,10 +159,6 @@ class Seq2SeqNet(nn.Module):
         scores = scores.masked_fill(~src_mask[:, None, :], float("-inf"))  # source <pad> never attended
         context = torch.bmm(torch.softmax(scores, dim=-1), states)  # (B, D, H)
         return self.drop(torch.tanh(self.w_c(torch.cat([context, s], dim=-1))))
-
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        """Attentional states (..., H) -> logits (..., V)."""
-        return F.linear(h, self.emb.weight) if self.out is None else self.out(h)
 
     def decode(self, dec: torch.Tensor, memory, src_mask: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, D) decoder inputs -> (B, D, H) attentional states (`project`: logits), in one

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .encdec import EncoderDecoderLM, rows_forward
+from .encdec import EncoderDecoderLM, OutputLayer, rows_forward
 from .family import Family, Lineup
 from .transformer import sinusoidal_table
 
@@ -51,6 +51,7 @@ class TransformerSeq2SeqConfig:
     mlp_ratio: int = 4  # FFN width = mlp_ratio * d_model (base: 2048 = 4 x 512)
     max_positions: int = 1024  # longest source or target with learned positions
     label_smoothing: float = 0.1  # training loss only (encdec.py); the paper's eps_ls = 0.1
+    unigram_init: bool = True  # a fresh run's output bias starts at the log unigram frequencies of the targets
 
     def __post_init__(self) -> None:
         for name in ("layers", "d_model", "heads", "mlp_ratio", "max_positions"):
@@ -151,7 +152,7 @@ class DecoderLayer(nn.Module):
         return x + self.ffn(self.ln3(x))
 
 
-class TransformerSeq2SeqNet(nn.Module):
+class TransformerSeq2SeqNet(OutputLayer, nn.Module):
     Config = TransformerSeq2SeqConfig
     stateful: ClassVar[bool] = False
     history: ClassVar[None] = None
@@ -167,7 +168,7 @@ class TransformerSeq2SeqNet(nn.Module):
         self.enc_layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.layers)])
         self.dec_layers = nn.ModuleList([DecoderLayer(config) for _ in range(config.layers)])
         self.ln_enc, self.ln_dec = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.out = None if config.tie_weights else nn.Linear(C, vocab_size, bias=False)
+        self.init_output_layer(C, vocab_size, config.tie_weights)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -222,10 +223,6 @@ class TransformerSeq2SeqNet(nn.Module):
         for layer in self.dec_layers:
             x = layer(x, memory, causal, cross)
         return self.ln_dec(x)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder outputs (..., C) -> logits (..., V)."""
-        return F.linear(x, self.emb.weight) if self.out is None else self.out(x)
 
     def step(self, tokens: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, state=None):
         """Incremental decoding: (B,) next decoder input -> ((B, V) logits, the prefix so far)."""

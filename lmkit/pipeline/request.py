@@ -137,7 +137,8 @@ def with_vocab_defaults(config, vocab: Vocab, req: TrainRequest):
     """The config with the defaults that depend on the vocabulary filled in: adaptive-softmax cutoffs derived
     from its counts (models.adaptive.derived_cutoffs; () when a full softmax is cheaper), for families that
     have them and unless the request sets adaptive_cutoffs (`--set adaptive_cutoffs=none`: a full softmax)."""
-    if not hasattr(config, "adaptive_cutoffs") or "adaptive_cutoffs" in given_model_keys(req):
+    if (not hasattr(config, "adaptive_cutoffs") or "adaptive_cutoffs" in given_model_keys(req)
+            or getattr(config, "full_softmax_only", False)):
         return config
     from ..models.adaptive import derived_cutoffs
 
