@@ -7,7 +7,8 @@ KenLM is not a dependency and is never built by CI: build `lmplz`, `query` and `
 source once (docs/benchmarks.md, "lmkit against KenLM", says how) and pass their folder. Without it the
 KenLM column is skipped with a note and only lmkit's figures are printed.
 
-For each corpus (PTB, or a synthetic Zipfian corpus of the given size written as bench/ngram_scale.py does),
+For each corpus (PTB, its `<unk>` renamed `<oov>` in a copy both read, because lmplz refuses a literal `<unk>`;
+or a synthetic Zipfian corpus of the given size written as bench/ngram_scale.py does),
 the two pipelines do the same work -- a modified Kneser-Ney 5-gram over every word (sentence context, min-count
 1: KenLM's conventions), the test set scored -- as a user runs them:
 
@@ -160,7 +161,12 @@ def main() -> int:
                 if not (PTB / "train.txt").is_file():
                     print(f"note: {PTB} not found: PTB skipped", file=sys.stderr)
                     continue
-                corpus = PTB
+                corpus = work / "corpus"
+                if not corpus.exists():  # lmplz refuses a literal <unk> in its input: the same renamed copy for both
+                    corpus.mkdir()
+                    for split in ("train", "valid", "test"):
+                        text = (PTB / f"{split}.txt").read_text(encoding="utf-8")
+                        (corpus / f"{split}.txt").write_text(text.replace("<unk>", "<oov>"), encoding="utf-8")
             else:
                 corpus = work / "corpus"
                 if not corpus.exists():
