@@ -17,7 +17,8 @@ the two pipelines do the same work -- a modified Kneser-Ney 5-gram over every wo
           by `query model.arpa < test.txt` (wall = the sum, peak = the larger of the two processes);
 - load:   scoring a one-line text with the ARPA file lmplz wrote, `lmkit score model.arpa one.txt` against
           `query model.arpa < one.txt`: almost all of it is reading the model;
-- score:  test tokens per second of scoring, (whole test run - load run) for each tool on the same ARPA file.
+- score:  tokens per second of scoring the test set repeated --score-repeat times (so that scoring, not the
+          load, dominates): (whole run - load run) for each tool on the same ARPA file.
 
 Each measurement is the median of --pairs runs, lmkit and KenLM alternating so that a change in the machine's
 load hits both. With --memory both get the same bound (lmplz -S, lmkit --memory); without it lmplz is given
@@ -83,12 +84,16 @@ def kenlm_train(tools: dict, corpus: Path, work: Path, memory: str | None, env: 
     return {"wall": wall_fit + wall_q, "peak": max(peak_fit, peak_q), "ppl": query_perplexity(stdout)}
 
 
-def scoring(tools: dict | None, arpa: Path, text: Path, one: Path, env: dict) -> dict:
-    """Load and scoring figures of both tools on the same ARPA file (lmkit's only without KenLM)."""
+def scoring(tools: dict | None, arpa: Path, lmkit_reads_arpa: bool, run_dir: Path, text: Path, one: Path,
+            env: dict) -> dict:
+    """Load and scoring figures on the same n-grams: lmkit on the ARPA file (if `lmkit_reads_arpa`) and on its
+    own run folder, KenLM's query on the ARPA file."""
     out = {}
-    lm_load, lm_load_peak, _, _ = run([*LMKIT, "score", str(arpa), str(one), "--format", "json"], env)
-    lm_all, lm_peak, _, _ = run([*LMKIT, "score", str(arpa), str(text), "--format", "json"], env)
-    out["lmkit"] = {"load": lm_load, "score": max(lm_all - lm_load, 1e-9), "peak": max(lm_load_peak, lm_peak)}
+    models = {"lmkit run folder": run_dir, **({"lmkit": arpa} if lmkit_reads_arpa else {})}
+    for name, model in models.items():
+        lm_load, lm_load_peak, _, _ = run([*LMKIT, "score", str(model), str(one), "--format", "json"], env)
+        lm_all, lm_peak, _, _ = run([*LMKIT, "score", str(model), str(text), "--format", "json"], env)
+        out[name] = {"load": lm_load, "score": max(lm_all - lm_load, 1e-9), "peak": max(lm_load_peak, lm_peak)}
     if tools is not None:
         q_load, q_load_peak, _, _ = run([str(tools["query"]), str(arpa)], env, stdin=one)
         q_all, q_peak, _, _ = run([str(tools["query"]), str(arpa)], env, stdin=text)
@@ -103,7 +108,10 @@ def median_of(rows: list[dict]) -> dict:
 
 def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: dict) -> list[str]:
     """The printed lines of one corpus: train pairs, then load and score pairs on KenLM's (or lmkit's) ARPA."""
-    test_tokens = sum(len(line.split()) + 1 for line in (corpus / "test.txt").read_text().splitlines())
+    test_lines = (corpus / "test.txt").read_text().splitlines()
+    big = work / "test-repeated.txt"
+    big.write_text("\n".join(test_lines * args.score_repeat) + "\n")
+    test_tokens = sum(len(line.split()) + 1 for line in test_lines) * args.score_repeat
     lines = [f"## {name}: {corpus} (load average before: {load_average()})"]
     lm_rows, ken_rows = [], []
     for _ in range(args.pairs):
@@ -112,6 +120,7 @@ def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: 
             ken_rows.append(kenlm_train(tools, corpus, work, args.memory, env))
     lm = median_of(lm_rows)
     lines.append(f"train  lmkit  wall {lm['wall']:.2f} s  peak {mib(lm['peak'])} MiB  test ppl {lm['ppl']:.2f}")
+    print(lines[-1], flush=True)
     if tools is None:
         arpa = work / "lmkit.arpa"
         run([*LMKIT, "export-arpa", str(work / "lmkit-run"), "-o", str(arpa)], env)
@@ -120,18 +129,26 @@ def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: 
         lines.append(f"train  kenlm  wall {ken['wall']:.2f} s  peak {mib(ken['peak'])} MiB  test ppl {ken['ppl']:.2f}")
         lines.append(f"train  ratio lmkit/kenlm  wall {lm['wall'] / ken['wall']:.2f}x  "
                      f"peak {lm['peak'] / ken['peak']:.2f}x")
+        print("\n".join(lines[-2:]), flush=True)
         arpa = work / "kenlm.arpa"
     one = work / "one.txt"
     one.write_text((corpus / "test.txt").read_text().splitlines()[0] + "\n")
-    pairs = [scoring(tools, arpa, corpus / "test.txt", one, env) for _ in range(args.pairs)]
+    arpa_mb = arpa.stat().st_size / 2**20
+    lmkit_arpa = arpa_mb <= args.arpa_max_mb
+    if not lmkit_arpa:
+        lines.append(f"note: lmkit's ARPA reader skipped ({arpa_mb:,.0f} MiB > --arpa-max-mb {args.arpa_max_mb}): it "
+                     "holds every line as Python objects (docs/benchmarks.md)")
+    pairs = [scoring(tools, arpa, lmkit_arpa, work / "lmkit-run", big, one, env) for _ in range(args.score_pairs or args.pairs)]
     for tool in pairs[0]:
         m = median_of([p[tool] for p in pairs])
-        lines.append(f"arpa   {tool:<5}  load {m['load']:.2f} s  score {test_tokens / m['score']:,.0f} tokens/s  "
-                     f"peak {mib(m['peak'])} MiB  ({arpa.stat().st_size / 2**20:,.0f} MiB ARPA)")
+        lines.append(f"score  {tool:<16}  load {m['load']:.2f} s  score {test_tokens / m['score']:,.0f} tokens/s  "
+                     f"peak {mib(m['peak'])} MiB  ({arpa_mb:,.0f} MiB ARPA)")
     if tools is not None:
-        lm_s, ken_s = (median_of([p[t] for p in pairs]) for t in ("lmkit", "kenlm"))
-        lines.append(f"arpa   ratio lmkit/kenlm  load {lm_s['load'] / ken_s['load']:.2f}x  "
-                     f"scoring speed {ken_s['score'] / lm_s['score']:.2f}x")
+        ken_s = median_of([p["kenlm"] for p in pairs])
+        for name in (n for n in pairs[0] if n != "kenlm"):
+            lm_s = median_of([p[name] for p in pairs])
+            lines.append(f"score  ratio {name}/kenlm query on the ARPA  load {lm_s['load'] / ken_s['load']:.2f}x  "
+                         f"scoring speed {ken_s['score'] / lm_s['score']:.2f}x")
     lines.append(f"(load average after: {load_average()})")
     return lines
 
@@ -143,6 +160,10 @@ def main() -> int:
     ap.add_argument("--types", type=int, default=50_000, help="word types of a synthetic corpus")
     ap.add_argument("--memory", default=None, help="the same memory bound for both (lmplz -S, lmkit --memory)")
     ap.add_argument("--pairs", type=int, default=5, help="runs of each tool per measurement (median)")
+    ap.add_argument("--score-pairs", type=int, default=None, help="runs per load/score measurement (default: --pairs)")
+    ap.add_argument("--arpa-max-mb", type=float, default=200.0,
+                    help="skip lmkit's ARPA reader on larger files (it needs ~15x the file in memory)")
+    ap.add_argument("--score-repeat", type=int, default=20, help="copies of the test set scored for speed")
     ap.add_argument("--keep", type=Path, default=None, help="write corpora and models here (kept)")
     args = ap.parse_args()
     tools = kenlm_tools(args.kenlm_bin)
