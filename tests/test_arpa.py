@@ -262,3 +262,23 @@ def test_is_arpa_path(tmp_path, good):
     other = tmp_path / "train.txt"
     other.write_text("the cat sat\n")
     assert not is_arpa_path(other) and not is_arpa_path(tmp_path / "nothing")
+
+
+# -- reading in chunks -----------------------------------------------------------------------------------
+def test_reading_in_chunks_gives_the_same_model_and_the_same_error_lines(good, monkeypatch):
+    """Sections of 2-grams and up are split CHUNK_LINES lines at a time (bounded memory on large files): with
+    chunks of 2 lines the model and a damaged line's number are those of one pass."""
+    import lmkit.models.ngram.arpa as arpa
+
+    whole = load_arpa(good)
+    monkeypatch.setattr(arpa, "CHUNK_LINES", 2)
+    chunked = load_arpa(good)
+    np.testing.assert_array_equal(log10_scores(chunked, TEST), log10_scores(whole, TEST))
+    lines = good.read_text().split("\n")
+    last_trigram = max(i for i, ln in enumerate(lines) if len(ln.split()) == 4)  # deep inside a later chunk
+    assert last_trigram - lines.index("\\3-grams:") > 4
+    bad = _damage(good, lambda ls: [ln.replace(ln.split("\t")[1], "a zebra cat") if i == last_trigram else ln
+                                    for i, ln in enumerate(ls)])
+    _expect(bad, f"line {last_trigram + 1}:", "'zebra' is not among the unigrams")
+    lines[last_trigram] += "\t-0.5\t9"  # six fields
+    _expect(_damage(good, lambda ls: lines), f"line {last_trigram + 1}:", "3-gram entry needs 4 fields")

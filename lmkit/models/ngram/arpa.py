@@ -35,6 +35,7 @@ LOG10_ZERO = -99.0
 # 100 bytes. A longer "line" is a file without line breaks or binary data, refused before it is held whole.
 MAX_LINE_BYTES = 1 << 20
 _READ_BLOCK = 1 << 20
+CHUNK_LINES = 1 << 18  # n-gram lines split into Python lists at once while an ARPA file is read
 
 
 def is_arpa_path(path: str | Path) -> bool:
@@ -234,7 +235,7 @@ def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
     if len(heads) != N + 2:
         raise rd.fail(heads[-1] + 1, f"expected {N} n-gram sections between \\data\\ and \\end\\, "
                                      f"found {len(heads) - 2}")
-    sections = []
+    sections, ids = [], None
     for n in range(1, N + 1):
         h = heads[n]
         if lines[h].strip() != f"\\{n}-grams:":
@@ -243,8 +244,13 @@ def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
         if len(linenos) != declared[n][0]:
             raise rd.fail(declared[n][1], f"\\data\\ says ngram {n}={declared[n][0]} but the {n}-grams "
                                           f"section has {len(linenos)} entries")
-        sections.append(_parse_section(rd, n, N, linenos))
-    return _build(path, sections, protocol or Protocol())
+        if n == 1:
+            sections.append(_parse_section(rd, n, N, linenos))
+            tokens, ids = _unigram_ids(rd, sections[0][1], sections[0][2])
+        else:
+            sections.append(_parse_ids(rd, n, N, np.asarray(linenos, dtype=np.int64), ids))
+        del linenos
+    return _build(path, sections, tokens, ids, protocol or Protocol())
 
 
 def _log10s(rd: _Reader, values: list[str], linenos: list[int], what: str) -> np.ndarray:
@@ -295,18 +301,41 @@ def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
     return rd, linenos, words, _ln(log10p), logbo
 
 
-def _build(path: Path, sections: list, protocol: Protocol) -> ArpaModel:
-    rd, lines1, words1, logp1, logbo1 = sections[0]
+def _unigram_ids(rd: _Reader, lines1: list[int], words1: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The vocabulary's tokens and word -> id map: specials first, then the unigrams in the file's order."""
     tokens = list(SPECIALS)
     ids: dict[str, int] = {t: i for i, t in enumerate(SPECIALS)}
-    uni_rows = []
     for ln, w in zip(lines1, words1):
         if w == "<pad>":
             raise rd.fail(ln + 1, "<pad> is reserved and cannot be an ARPA word")
         if w not in ids:
             ids[w] = len(tokens)
             tokens.append(w)
-        uni_rows.append(ids[w])
+    return tokens, ids
+
+
+def _parse_ids(rd: _Reader, n: int, N: int, linenos: np.ndarray, ids: dict[str, int]) -> tuple:
+    """An n-gram section (n >= 2) as (reader, line indices, (M, n) word ids, ln prob, ln backoff), parsed
+    CHUNK_LINES lines at a time: only a chunk's lines are ever split into Python lists, so memory stays near
+    the arrays' size instead of growing with the file's text many times over."""
+    W = np.empty((len(linenos), n), dtype=np.int64)
+    lp = np.empty(len(linenos))
+    lb = np.zeros(len(linenos))
+    for start in range(0, len(linenos), CHUNK_LINES):
+        chunk = linenos[start:start + CHUNK_LINES].tolist()
+        _, _, words, lp[start:start + len(chunk)], lb[start:start + len(chunk)] = _parse_section(rd, n, N, chunk)
+        try:
+            W[start:start + len(chunk)] = np.fromiter(map(ids.__getitem__, words), dtype=np.int64,
+                                                      count=len(words)).reshape(-1, n)
+        except KeyError as exc:
+            k = next(k for k, w in enumerate(words) if w not in ids) // n
+            raise rd.fail(chunk[k] + 1, f"word {exc.args[0]!r} is not among the unigrams") from None
+    return rd, linenos, W, lp, lb
+
+
+def _build(path: Path, sections: list, tokens: list[str], ids: dict[str, int], protocol: Protocol) -> ArpaModel:
+    rd, lines1, words1, logp1, logbo1 = sections[0]
+    uni_rows = [ids[w] for w in words1]
     V = len(tokens)
     uni = np.array(uni_rows, dtype=np.int64)
     if np.unique(uni).size != uni.size:
@@ -320,12 +349,7 @@ def _build(path: Path, sections: list, protocol: Protocol) -> ArpaModel:
     logp, logbo = [lp1], [lb1]
     word_mats = [None]
     for n in range(2, len(sections) + 1):
-        rd, lns, words, lp, lb = sections[n - 1]
-        try:
-            W = np.fromiter(map(ids.__getitem__, words), dtype=np.int64, count=len(words)).reshape(-1, n)
-        except KeyError as exc:
-            k = next(k for k, w in enumerate(words) if w not in ids) // n
-            raise rd.fail(lns[k] + 1, f"word {exc.args[0]!r} is not among the unigrams") from None
+        rd, lns, W, lp, lb = sections[n - 1]
         word_mats.append((W, lp, lb, lns))
     index, logp, logbo = _assemble(rd, V, word_mats, logp, logbo)
     vocab = Vocab(tokens, [0] * V, level=protocol.level, lowercase=protocol.lowercase,
