@@ -282,3 +282,25 @@ def test_reading_in_chunks_gives_the_same_model_and_the_same_error_lines(good, m
     _expect(bad, f"line {last_trigram + 1}:", "'zebra' is not among the unigrams")
     lines[last_trigram] += "\t-0.5\t9"  # six fields
     _expect(_damage(good, lambda ls: lines), f"line {last_trigram + 1}:", "3-gram entry needs 4 fields")
+
+
+def test_the_cycle_collector_is_paused_while_reading_and_restored_after(good, monkeypatch):
+    """Reading pauses gc (twice as fast on PTB) and must hand it back as it was: on, after success or damage."""
+    import gc
+
+    from lmkit.models.ngram.arpa import cyclic_gc_paused
+
+    paused = []
+    real_disable = gc.disable
+    monkeypatch.setattr(gc, "disable", lambda: (paused.append(True), real_disable()))
+    assert gc.isenabled()
+    load_arpa(good)
+    assert paused and gc.isenabled()
+    _expect(_damage(good, lambda ls: ls[: len(ls) // 2]), "line")  # truncated: refused, gc back on
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # an outer pause is kept
+    assert gc.isenabled()
