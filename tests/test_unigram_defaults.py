@@ -322,3 +322,13 @@ def test_both_defaults_can_be_switched_off_from_the_cli(big_corpus, tmp_path):
     assert r.exit_code == 0, r.output
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["adaptive_cutoffs"] == [] and config["unigram_init"] is False
+
+
+def test_the_mlp_direct_and_adaptive_refusal_is_one_line_from_the_cli(big_corpus, tmp_path):
+    """`--set direct=true --set adaptive_cutoffs=...` is refused before any data is read: exit 1, one line."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--model", "mlp", "--corpus", str(big_corpus), "--set", "direct=true",
+                                 "--set", "adaptive_cutoffs=100", "--max-tokens", "64", "-o", str(out)])
+    assert r.exit_code != 0 and not out.exists()
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "direct connections" in lines[0], r.output

@@ -164,3 +164,14 @@ class AdaptiveHead(nn.Module):
             out = out.index_add(0, rows, within + head[rows, self.shortlist + k])
         out = torch.where(t == PAD, torch.zeros_like(out), out)
         return out.view(shape)
+
+
+@torch.no_grad()
+def start_at_unigram(adaptive: AdaptiveHead | None, bias: torch.Tensor | None, logp: torch.Tensor) -> None:
+    """Set an output layer's biases so that, with small output weights, it predicts the unigram `logp` (V,): the
+    adaptive head's own biases when there is one, else the full softmax's bias vector. One rule for every
+    family's `init_output_bias` (the hook TorchLM.init_unigram calls on a fresh start)."""
+    if adaptive is not None:
+        adaptive.init_output_bias(logp)
+    else:
+        bias.copy_(logp)

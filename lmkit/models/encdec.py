@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..data.vocab import BOS, PAD, SEP
 from ..errors import ModelError
+from .adaptive import start_at_unigram
 from .torchlm import SCORE_TOKENS, TorchLM, masked_log_softmax, target_logprobs
 
 LM_WINDOW = 256  # a monolingual (task lm) encoder-decoder is scored in windows of this many tokens
@@ -155,7 +156,7 @@ class OutputLayer:
     @torch.no_grad()
     def init_output_bias(self, logp: torch.Tensor) -> None:
         """Output bias = `logp` (V,), a unigram ln P: with small output weights step 0 predicts the unigram."""
-        self.out_bias.copy_(logp)
+        start_at_unigram(None, self.out_bias, logp)
 
 
 def rows_forward(net, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool):

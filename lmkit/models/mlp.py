@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .adaptive import AdaptiveHead
+from .adaptive import AdaptiveHead, start_at_unigram
 from .family import Family, Lineup
 
 
@@ -136,10 +136,7 @@ class MLPLM(nn.Module):
     def init_output_bias(self, logp: torch.Tensor) -> None:
         """b = `logp` (V,), a unigram ln P (the adaptive head's biases likewise): with U small at the start,
         step 0 predicts the unigram."""
-        if self.adaptive is not None:
-            self.adaptive.init_output_bias(logp)
-        else:
-            self.out.bias.copy_(logp)
+        start_at_unigram(self.adaptive, None if self.out is None else self.out.bias, logp)
 
     @property
     def scores_targets(self) -> bool:

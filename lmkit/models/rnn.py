@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .adaptive import AdaptiveHead
+from .adaptive import AdaptiveHead, start_at_unigram
 from .family import Family, Lineup, Recipe
 
 CELLS = ("lstm", "gru", "rnn")
@@ -184,10 +184,7 @@ class RNNLM(nn.Module):
     @torch.no_grad()
     def init_output_bias(self, logp: torch.Tensor) -> None:
         """b = `logp` (V,), a unigram ln P (the adaptive head's biases likewise): step 0 predicts the unigram."""
-        if self.adaptive is not None:
-            self.adaptive.init_output_bias(logp)
-        else:
-            self.head_bias.copy_(logp)
+        start_at_unigram(self.adaptive, getattr(self, "head_bias", None), logp)
 
     @property
     def history(self) -> int | None:

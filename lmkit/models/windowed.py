@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adaptive import AdaptiveHead
+from .adaptive import AdaptiveHead, start_at_unigram
 
 
 class WindowedNet:
@@ -39,10 +39,7 @@ class WindowedNet:
     @torch.no_grad()
     def init_output_bias(self, logp: torch.Tensor) -> None:
         """Output bias = `logp` (V,), a unigram ln P: with small output weights step 0 predicts the unigram."""
-        if self.adaptive is not None:
-            self.adaptive.init_output_bias(logp)
-        else:
-            self.out_bias.copy_(logp)
+        start_at_unigram(self.adaptive, self.out_bias, logp)
 
     def output_logits(self, x: torch.Tensor, targets: torch.Tensor | None = None):
         """(logits (B, T, V), None) from the final hidden states; with the adaptive softmax the "logits" are
