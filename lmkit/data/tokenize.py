@@ -24,12 +24,17 @@ def normalise(line: str, protocol: Protocol) -> str:
     return line
 
 
+def split_words(line: str) -> list[str]:
+    """The fields of a line split on ASCII whitespace only, KenLM's rule (an ARPA line, a word-level line)."""
+    return [t for t in _ASCII_WS.split(line) if t]
+
+
 def tokenize(line: str, protocol: Protocol) -> list[str]:
     """Tokens of one line (no <s>/</s>); the line must not contain its newline."""
     line = normalise(line, protocol)
     if protocol.level == "char":
         return list(line.rstrip("\r"))
-    return [t for t in _ASCII_WS.split(line) if t]
+    return split_words(line)
 
 
 # Characters str.split() treats as whitespace besides the ASCII ones KenLM splits on.

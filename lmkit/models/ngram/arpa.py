@@ -23,19 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from ...atomic import atomic_open
+from ...data.tokenize import is_blank, split_words
 from ...data.vocab import BOS, PAD, SPECIALS, Vocab
 from ...errors import ModelError, UsageError
 from ...logs import current
 from ...protocol import Protocol
 from . import smoothing as sm
+from .arpa_blocks import MAX_LINE_BYTES, ArpaArrays, read_arpa_blocks
 from .counts import NgramIndex, find
 from .model import TableModel
 
 LN10 = math.log(10.0)
 LOG10_ZERO = -99.0
-# An ARPA line is a probability, at most N words and a back-off weight; KenLM's longest lines are well under
-# 100 bytes. A longer "line" is a file without line breaks or binary data, refused before it is held whole.
-MAX_LINE_BYTES = 1 << 20
 _READ_BLOCK = 1 << 20
 CHUNK_LINES = 1 << 18  # n-gram lines split into Python lists at once while an ARPA file is read
 
@@ -218,9 +217,41 @@ def load_arpa(path: str | Path, protocol: Protocol | None = None) -> ArpaModel:
     Specials map to lmkit's reserved ids, other words keep the file's order. Damage (truncation,
     wrong \\data\\ counts, non-numeric or non-finite fields, a log10 probability above 0, a line over
     MAX_LINE_BYTES, missing \\end\\) -> ModelError naming file and line: the model is reported as normalised,
-    so a file that cannot be one is refused rather than scored."""
+    so a file that cannot be one is refused rather than scored.
+
+    The block reader (arpa_blocks.py) reads well-formed files; anything it does not take is read again line
+    by line, which names the damaged line."""
+    path = Path(path)
     with cyclic_gc_paused():
-        return _load_arpa(Path(path), protocol)
+        arrays = read_arpa_blocks(path)
+        if arrays is not None:
+            try:
+                return _from_arrays(path, arrays, protocol or Protocol())
+            except _Unexplained:
+                pass
+        return _load_arpa(path, protocol)
+
+
+class _Unexplained(Exception):
+    """The block reader met a problem (a duplicate, <pad>) that only the line reader can place."""
+
+
+class _NoLines:
+    """The reader stand-in for arrays: a failure is handed back to the line reader to explain."""
+
+    def fail(self, lineno: int, msg: str) -> Exception:
+        return _Unexplained(msg)
+
+
+def _from_arrays(path: Path, arrays: ArpaArrays, protocol: Protocol) -> ArpaModel:
+    rd = _NoLines()
+    lines1 = list(range(len(arrays.words)))
+    tokens, ids = _unigram_ids(rd, lines1, arrays.words)
+    sections = [(rd, lines1, arrays.words, _ln(arrays.log10p), _ln(arrays.log10bo))]
+    vocab_id = np.fromiter(map(ids.__getitem__, arrays.words), dtype=np.int64, count=len(arrays.words))
+    for W, log10p, log10bo in arrays.higher:
+        sections.append((rd, np.zeros(len(W), dtype=np.int64), vocab_id[W], _ln(log10p), _ln(log10bo)))
+    return _build(path, sections, tokens, ids, protocol)
 
 
 def _load_arpa(path: Path, protocol: Protocol | None) -> ArpaModel:
@@ -260,7 +291,7 @@ def _load_arpa(path: Path, protocol: Protocol | None) -> ArpaModel:
         h = heads[n]
         if lines[h].strip() != f"\\{n}-grams:":
             raise rd.fail(h + 1, f"expected \\{n}-grams:, got {lines[h].strip()[:40]!r}")
-        linenos = [i for i in range(h + 1, heads[n + 1]) if lines[i] and not lines[i].isspace()]
+        linenos = [i for i in range(h + 1, heads[n + 1]) if not is_blank(lines[i])]
         if len(linenos) != declared[n][0]:
             raise rd.fail(declared[n][1], f"\\data\\ says ngram {n}={declared[n][0]} but the {n}-grams "
                                           f"section has {len(linenos)} entries")
@@ -298,7 +329,7 @@ def _ln(log10: np.ndarray) -> np.ndarray:
 
 def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
     """Fields of one n-gram section: (line indices, flat word list, ln prob, ln backoff)."""
-    parts = [rd.lines[i].split() for i in linenos]
+    parts = [split_words(rd.lines[i]) for i in linenos]
     lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
     allowed = (n + 1,) if n == N else (n + 1, n + 2)
     bad = np.flatnonzero(~np.isin(lens, allowed))
@@ -385,35 +416,37 @@ def _keys_for(keys: list[np.ndarray], V: int, W: np.ndarray) -> tuple[np.ndarray
     sid = W[:, n - 1].copy()
     for L in range(2, n):
         ok = sid >= 0
+        if ok.all():  # the usual case: no masks to build
+            sid = find(keys[L - 1], sid * V + W[:, n - L])
+            continue
         nxt = np.full(sid.shape, -1, dtype=np.int64)
         nxt[ok] = find(keys[L - 1], sid[ok] * V + W[ok, n - L])
         sid = nxt
     return np.where(sid >= 0, sid * V + W[:, 0], -1), sid
 
 
-def _assemble(rd: _Reader, V: int, word_mats: list, logp: list, logbo: list):
+def _assemble(rd, V: int, word_mats: list, logp: list, logbo: list):
     """Sort each order into keys; a file that is not closed under suffixes/prefixes (pruned models)
     gets blank entries for the missing ones, whose probability is what back-off gives them anyway."""
     N = len(word_mats)
     mats = {n: word_mats[n - 1][:3] for n in range(2, N + 1)}  # order -> (W, ln p, ln bo)
-    if N > 1 and not _closed(V, mats):
+    ordered = _sorted_keys(V, mats)
+    if ordered is None:
         mats = _close(V, mats)
-    keys = [np.arange(V, dtype=np.int64)]
+        ordered = _sorted_keys(V, mats)
+    keys, orders = ordered
     blank = [np.zeros(V, dtype=bool)]
     for n in range(2, N + 1):
-        W, lp, lb = mats[n]
-        key, _ = _keys_for(keys, V, W)
-        order = np.argsort(key, kind="stable")
-        key = key[order]
+        _, lp, lb = mats[n]
+        key, order = keys[n - 1], orders[n - 1]
         if key.size > 1 and (np.diff(key) == 0).any():
             dup = int(order[int(np.flatnonzero(np.diff(key) == 0)[0]) + 1])
             lns = word_mats[n - 1][3]
             raise rd.fail(lns[dup] + 1 if dup < len(lns) else 0, f"{n}-gram listed twice")
-        keys.append(key)
         logp.append(lp[order])
         if n < N:
             logbo.append(lb[order])
-        blank.append(np.isnan(lp[order]))
+        blank.append(np.isnan(logp[-1]))
     index = NgramIndex(V, keys)
     for n in range(2, N + 1):  # blanks: P(w | c) = bo(c) P(w | c[1:]), bottom-up
         b = np.flatnonzero(blank[n - 1])
@@ -422,20 +455,23 @@ def _assemble(rd: _Reader, V: int, word_mats: list, logp: list, logbo: list):
     return index, logp, logbo
 
 
-def _closed(V: int, mats: dict) -> bool:
-    """Is every stored n-gram's suffix and prefix stored too (always so for KenLM and lmkit files)?"""
-    keys = [np.arange(V, dtype=np.int64)]
+def _sorted_keys(V: int, mats: dict) -> tuple[list, list] | None:
+    """Each order's sorted keys and the sort that gives them, or None when a stored n-gram's suffix or
+    prefix is not stored (never so in KenLM's and lmkit's files; pruned SRILM files need _close)."""
+    keys, orders = [np.arange(V, dtype=np.int64)], [None]
     for n in range(2, len(mats) + 2):
         W = mats[n][0]
         key, sid = _keys_for(keys, V, W)
         if (sid < 0).any():
-            return False
+            return None
         if n > 2:
             pkey, psid = _keys_for(keys, V, W[:, :-1])
             if (psid < 0).any() or (find(keys[n - 2], pkey) < 0).any():
-                return False
-        keys.append(np.sort(key))
-    return True
+                return None
+        order = np.argsort(key, kind="stable")
+        keys.append(key[order])
+        orders.append(order)
+    return keys, orders
 
 
 def _close(V: int, mats: dict) -> dict:

@@ -48,13 +48,29 @@ def flatten(sequences: list[np.ndarray], context: str) -> tuple[np.ndarray, np.n
     return toks, depth
 
 
+# Above this many queries into a table this large, binary searches in random order miss the cache on
+# nearly every step: sorting the queries first and searching them in order is 2-3x faster in all.
+SORTED_SEARCH_MIN = 1 << 16
+
+
 def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Index of each query in the sorted `keys`, -1 where absent (vectorised binary search)."""
     if keys.size == 0 or query.size == 0:
         return np.full(query.shape, -1, dtype=np.int64)
-    pos = np.searchsorted(keys, query)
+    pos = _search(keys, query)
     pos[pos == keys.size] = 0
     return np.where(keys[pos] == query, pos, -1)
+
+
+def _search(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """np.searchsorted, with large unsorted query arrays searched in sorted order."""
+    if (query.size < SORTED_SEARCH_MIN or keys.size < SORTED_SEARCH_MIN or query.ndim != 1
+            or bool((query[1:] >= query[:-1]).all())):
+        return np.searchsorted(keys, query)
+    order = np.argsort(query)
+    pos = np.empty(query.size, dtype=np.int64)
+    pos[order] = np.searchsorted(keys, query[order])
+    return pos
 
 
 @dataclass
