@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
-from .tokenize import is_blank, tokenize_lines
+from .columnar import count_words, positions, split_words
+from .tokenize import is_blank, normalise_lines, tokenize_lines
 from .vocab import SEP, Vocab
 
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
@@ -293,15 +294,23 @@ def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
     if isinstance(text, ParallelText):
         return count_tokens(text.source, protocol) + count_tokens(text.target, protocol)
     lines = [ln for ln in text.lines if not is_blank(ln)]
+    if protocol.level == "word":
+        return count_words(normalise_lines(lines, protocol))
     return Counter(chain.from_iterable(tokenize_lines(lines, protocol)))
 
 
 def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> tuple[list[np.ndarray], int, int]:
-    """(ids per line, literal reserved tokens, tokens) with the whole text mapped in one pass."""
-    token_lists = tokenize_lines(lines, protocol)
-    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
-    flat, reserved = vocab.encode(list(chain.from_iterable(token_lists)))
-    sequences = np.split(flat, np.cumsum(lengths)[:-1]) if len(token_lists) else []
+    """(ids per line, literal reserved tokens, tokens) with the whole text mapped in one pass (word level:
+    by Arrow's kernels, data/columnar.py)."""
+    if protocol.level == "word":
+        tokens, lengths = split_words(normalise_lines(lines, protocol))
+        flat, reserved = vocab.encode_found(positions(tokens, vocab.tokens))
+    else:
+        token_lists = tokenize_lines(lines, protocol)
+        lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+        flat, reserved = vocab.encode(list(chain.from_iterable(token_lists)))
+    ends = np.cumsum(lengths).tolist()
+    sequences = [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
     return sequences, reserved, int(lengths.sum())
 
 

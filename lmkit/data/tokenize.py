@@ -24,6 +24,13 @@ def normalise(line: str, protocol: Protocol) -> str:
     return line
 
 
+def normalise_lines(lines: list[str], protocol: Protocol) -> list[str]:
+    """normalise() for many lines (the lines themselves when the protocol changes nothing)."""
+    if not (protocol.normalize or protocol.lowercase):
+        return lines
+    return [normalise(line, protocol) for line in lines]
+
+
 def split_words(line: str) -> list[str]:
     """The fields of a line split on ASCII whitespace only, KenLM's rule (an ARPA line, a word-level line)."""
     return [t for t in _ASCII_WS.split(line) if t]

@@ -74,8 +74,11 @@ class Vocab:
         A literal <unk> is the <unk> id; literal <s>, </s>, <pad> (and <sep> in a vocabulary that has
         it) cannot be text and become <unk>: only the encoder places the separator."""
         get = self.index.get
-        ids = [get(t, UNK) for t in tokens]
-        arr = np.array(ids, dtype=np.int32)
+        return self.encode_found(np.array([get(t, -1) for t in tokens], dtype=np.int64))
+
+    def encode_found(self, found: np.ndarray) -> tuple[np.ndarray, int]:
+        """encode() from token positions already looked up in `tokens` (-1 where a token is not there)."""
+        arr = np.where(found < 0, UNK, found).astype(np.int32)
         bad = (arr == PAD) | (arr == BOS) | (arr == EOS)
         if self.has_sep:
             bad |= arr == SEP
