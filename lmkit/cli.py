@@ -851,8 +851,9 @@ def check(
 # -- compare and plot -------------------------------------------------------------------------------
 LINEUP = "Lineup (no RUNS: train these models here)"
 # the comparison's most telling columns, the most telling first: the last to go from a table too wide
-COMPARE_KEEP = ("test_ppl", "test_ppl_lo", "test_ppl_hi", "p_worse_than_best", "valid_ppl", "bleu", "diff_to_best_lo",
-                "diff_to_best_hi", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
+COMPARE_KEEP = ("test_ppl", "bits_per_byte", "test_ppl_lo", "test_ppl_hi", "p_worse_than_best", "valid_ppl", "bleu",
+                "level", "word_ppl", "diff_to_best_lo", "diff_to_best_hi", "test_ppl_excl_oov", "test_bits_per_token",
+                "bits_per_char", "vocab_size", "unk_bytes")
 
 
 @app.command(rich_help_panel="Experiments")

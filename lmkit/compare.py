@@ -19,10 +19,17 @@ from .runs import RunRecord, read_record, run_folders
 
 DEFAULT_CONFIDENCE = 0.95  # level of the paired-bootstrap intervals
 
-COLUMNS = ("rank", "model", "kind", "status", "normalised", "parameters", "train_seconds", "tokens_seen",
-           "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char", "bleu",
-           "bleu_beam", "beam", "bleu_signature", "tokens_per_second", "note", "run")
-LOWER_IS_BETTER = ("valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
+COLUMNS = ("rank", "model", "kind", "level", "vocab_size", "status", "normalised", "parameters", "train_seconds",
+           "tokens_seen", "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char",
+           "bits_per_byte", "word_ppl", "unk_bytes", "bleu", "bleu_beam", "beam", "bleu_signature",
+           "tokens_per_second", "note", "run")
+LOWER_IS_BETTER = ("valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char",
+                   "bits_per_byte", "word_ppl")
+# Across levels or vocabularies only the tokenisation-independent columns are comparable (docs/protocol.md):
+# the per-token ones are left out, the shown level and vocabulary size tell the rows apart.
+PER_TOKEN_COLUMNS = ("valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_char")
+ACROSS_COLUMNS = ("level", "vocab_size")
+TOKENISATION_FIELDS = ("level", "tokenizer")  # protocol fields that may differ across levels
 HIGHER_IS_BETTER = ("bleu", "bleu_beam")
 # With --bootstrap N, placed after test_ppl: paired-bootstrap percentile intervals (evaluate/bootstrap.py)
 BOOTSTRAP_COLUMNS = ("test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi", "p_worse_than_best")
@@ -31,7 +38,7 @@ NO_SCORES_NOTE = "no per-sequence scores (retrain or rescore: lmkit score RUN TE
 # plus how many runs it had and the sample sd (ddof=1) of its perplexities (None: trained once, no sd)
 SEED_COLUMNS = ("seeds", "valid_ppl_sd", "test_ppl_sd")
 MEAN_COLUMNS = ("train_seconds", "tokens_seen", "valid_ppl", "test_ppl", "test_ppl_excl_oov", "test_bits_per_token",
-                "bits_per_char", "bleu", "bleu_beam", "tokens_per_second")
+                "bits_per_char", "bits_per_byte", "word_ppl", "bleu", "bleu_beam", "tokens_per_second")
 SD_OF = {"valid_ppl": "valid_ppl_sd", "test_ppl": "test_ppl_sd"}
 
 
@@ -83,15 +90,31 @@ def _describe_file(split: str) -> Callable[[RunRecord, RunRecord], str]:
 
 
 # aspect -> (value that must be equal, how to say that it is not)
+def _text_protocol(record: RunRecord) -> dict:
+    """The protocol less its tokenisation: what must match for bits per byte to be comparable."""
+    return {k: v for k, v in _protocol(record).to_dict().items() if k not in TOKENISATION_FIELDS}
+
+
+def _describe_text_protocol(a: RunRecord, b: RunRecord) -> str:
+    pa, pb = _text_protocol(a), _text_protocol(b)
+    fields = [f"{k} {pa[k]} vs {pb[k]}" for k in pa if pa[k] != pb[k]]
+    return f"protocol differs ({', '.join(fields)})"
+
+
 ASPECTS: dict[str, tuple[Callable[[RunRecord], Any], Callable[[RunRecord, RunRecord], str]]] = {
     "protocol": (lambda r: _protocol(r).hash, _describe_protocol),
+    "text protocol": (_text_protocol, _describe_text_protocol),
     "vocabulary": (lambda r: r.vocab_id, lambda a, b: f"vocabulary differs (vocab_id {a.vocab_id} vs {b.vocab_id})"),
     "test": (lambda r: _sha(r, "test"), _describe_file("test")),
     "valid": (lambda r: _sha(r, "valid"), _describe_file("valid")),
 }
 
 
-def check_comparable(runs: list[tuple[str, RunRecord]], aspects: Iterable[str] = tuple(ASPECTS)) -> None:
+SAME_WAY = ("protocol", "vocabulary", "test", "valid")  # every column comparable
+ACROSS_LEVELS = ("text protocol", "test", "valid")  # bits per byte and word perplexity comparable
+
+
+def check_comparable(runs: list[tuple[str, RunRecord]], aspects: Iterable[str] = SAME_WAY) -> None:
     """Raise one IncomparableError naming what differs, unless every run matches the first one."""
     aspects = list(aspects)
     first_path, first = runs[0]
@@ -104,8 +127,11 @@ def check_comparable(runs: list[tuple[str, RunRecord]], aspects: Iterable[str] =
         return
     path, diffs = offenders[0]
     more = f" ({len(offenders) - 1} more run(s) differ from {first_path} too)" if len(offenders) > 1 else ""
+    rule = ("runs of different levels or vocabularies meet only on the same files read the same way (bits per "
+            "byte)" if "text protocol" in aspects else
+            "only runs with the same protocol, vocabulary and evaluation files can be compared")
     raise IncomparableError(f"{first_path} and {path} were not measured the same way: {'; '.join(diffs)}{more}; "
-                            "only runs with the same protocol, vocabulary and evaluation files can be compared")
+                            f"{rule}")
 
 
 def check_same_beam(runs: list[tuple[str, RunRecord]]) -> None:
@@ -124,6 +150,33 @@ def check_same_beam(runs: list[tuple[str, RunRecord]]) -> None:
 # -- rows -------------------------------------------------------------------------------------------
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def across_levels(runs: list[tuple[str, RunRecord]]) -> bool:
+    """Do the runs differ in level, tokenizer or vocabulary (so only per-byte and per-word figures compare)?"""
+    first = runs[0][1]
+    return any(r.vocab_id != first.vocab_id or _protocol(r).hash != _protocol(first).hash and
+               _text_protocol(r) == _text_protocol(first) for _, r in runs[1:])
+
+
+def check_across_levels(runs: list[tuple[str, RunRecord]]) -> None:
+    """Runs of different tokenisations meet on bits per byte: each needs it, measured on the same text."""
+    check_comparable(runs, ACROSS_LEVELS)
+    for path, record in runs:
+        if not (record.metrics.get("test") or {}).get("bits_per_byte"):
+            raise IncomparableError(f"{path} has no bits-per-byte figure for its test file (scored before lmkit "
+                                    "counted bytes), so it cannot meet runs of another level or vocabulary; "
+                                    f"rescore it: lmkit score {path} TEST_FILE --save")
+
+
+def _vocab_size(path: str) -> int | None:
+    """Ids in the run's vocabulary (vocab.json), None if it cannot be read."""
+    from .data.vocab import Vocab
+
+    try:
+        return len(Vocab.load(Path(path) / "vocab.json"))
+    except ModelError:
+        return None
 
 
 def _row(path: str, record: RunRecord, char_level: bool) -> dict:
@@ -151,6 +204,8 @@ def _row(path: str, record: RunRecord, char_level: bool) -> dict:
         "rank": None,
         "model": record.label,
         "kind": record.kind,
+        "level": _protocol(record).level,
+        "vocab_size": None,
         "status": record.status,
         "normalised": normalised,
         "parameters": record.parameters,
@@ -161,6 +216,9 @@ def _row(path: str, record: RunRecord, char_level: bool) -> dict:
         "test_ppl_excl_oov": _finite(test.get("perplexity_excl_oov")),
         "test_bits_per_token": _finite(test.get("cross_entropy_bits")),
         "bits_per_char": _finite(test.get("bits_per_char")) if char_level else None,
+        "bits_per_byte": _finite(test.get("bits_per_byte")),
+        "word_ppl": _finite(test.get("word_perplexity")),
+        "unk_bytes": _finite(test.get("unk_byte_share")),
         "bleu": _finite(bleu.get("score")),
         "bleu_beam": _finite(beam.get("score")),
         "beam": beam.get("beam"),
@@ -284,11 +342,24 @@ def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootst
     if bootstrap is not None:
         check_bootstrap(bootstrap, confidence)
     runs = read_runs(paths)
-    check_comparable(runs)
+    across = across_levels(runs)
+    if across:
+        check_across_levels(runs)
+        if bootstrap is not None:
+            raise UsageError("--bootstrap resamples per-token perplexities, which runs of different levels or "
+                             "vocabularies do not share; compare them without it (ranked by bits per byte)")
+    else:
+        check_comparable(runs)
     char_level = _protocol(runs[0][1]).level == "char"
     check_same_beam(runs)
     rows = [_row(path, record, char_level) for path, record in runs]
-    key = "test_ppl" if _sha(runs[0][1], "test") is not None else "valid_ppl"
+    if across:
+        for row in rows:
+            row["vocab_size"] = _vocab_size(row["run"])
+        _note_unk_bytes(rows)
+        key = "bits_per_byte"
+    else:
+        key = "test_ppl" if _sha(runs[0][1], "test") is not None else "valid_ppl"
     _rank(rows, key)
     if bootstrap is not None:
         add_intervals(rows, runs, bootstrap, seed, confidence)
@@ -297,10 +368,21 @@ def compare_runs(paths: Sequence[str | Path], sort: str | None = None, *, bootst
         rows = sort_rows(rows, sort)
     keep = [c for c in COLUMNS
             if not (c == "bits_per_char" and not char_level)
-            and not (c in ("bleu_signature", "bleu_beam", "beam") and all(r[c] is None for r in rows))]
+            and not (c in ("bleu_signature", "bleu_beam", "beam") and all(r[c] is None for r in rows))
+            and not (c in ("bits_per_byte", "word_ppl", "unk_bytes") and all(r[c] is None for r in rows))
+            and not (across and c in PER_TOKEN_COLUMNS) and (across or c not in ACROSS_COLUMNS)]
     if bootstrap is not None:
         keep[keep.index("test_ppl") + 1:keep.index("test_ppl") + 1] = BOOTSTRAP_COLUMNS
     return [{c: r[c] for c in keep} for r in rows]
+
+
+def _note_unk_bytes(rows: list[dict]) -> None:
+    """Bytes a model mapped to <unk> cost it one <unk> each, not their spelling: its bits per byte is then
+    optimistic next to a row with fewer such bytes (a smaller vocabulary looks better). Said on the row
+    (docs/protocol.md)."""
+    for r in rows:
+        if r["unk_bytes"]:
+            _add_note(r, f"{r['unk_bytes']:.1%} of bytes in <unk>: bits/byte optimistic")
 
 
 # -- several seeds per model (compare --seeds) ------------------------------------------------------
@@ -404,6 +486,8 @@ def _fixed(digits: int) -> Callable[[Any], str]:
 TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
     "rank": ("#", str),
     "model": ("model", str),
+    "level": ("level", str),
+    "vocab_size": ("vocab", _fixed(0)),
     "seeds": ("seeds", str),
     "status": ("status", str),
     "parameters": ("params", _fixed(0)),
@@ -419,6 +503,9 @@ TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
     "test_ppl_excl_oov": ("excl. OOV", _fixed(2)),
     "test_bits_per_token": ("bits/token", _fixed(3)),
     "bits_per_char": ("bits/char", _fixed(3)),
+    "bits_per_byte": ("bits/byte", _fixed(4)),
+    "word_ppl": ("word ppl", _fixed(2)),
+    "unk_bytes": ("<unk> bytes", lambda v: f"{v:.2%}"),
     "bleu": ("BLEU", _fixed(2)),
     "bleu_beam": ("BLEU beam", _fixed(2)),
     "beam": ("beam", str),

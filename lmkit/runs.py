@@ -170,7 +170,9 @@ def _bad_metrics(where: str, m: dict) -> str | None:
     tokens agreeing with them, so a hand-edited perplexity cannot pass for a measured one."""
     from .evaluate.perplexity import LN2, exp_or_inf
 
-    bad = _bad_range(where, m, ("tokens", "oov", "sequences", "skipped_blank_lines"), 0, integer=True)
+    bad = (_bad_range(where, m, ("tokens", "oov", "sequences", "skipped_blank_lines", "bytes", "words"), 0,
+                      integer=True)
+           or _bad_range(where, m, ("unk_byte_share",), 0))
     if bad:
         return bad
     if "normalised" in m and not isinstance(m["normalised"], bool):
@@ -194,6 +196,12 @@ def _bad_metrics(where: str, m: dict) -> str | None:
     derived = {"cross_entropy_nats": (mean, "nll_nats / tokens"),
                "cross_entropy_bits": (None if mean is None else mean / LN2, "nll_nats / tokens / ln 2"),
                "perplexity": (ppl if math.isfinite(ppl) else None, "exp(nll_nats / tokens)")}
+    n_bytes, words = m.get("bytes"), m.get("words")
+    if nll is not None and n_bytes:
+        derived["bits_per_byte"] = (nll / LN2 / n_bytes, "nll_nats / bytes / ln 2")
+    if nll is not None and words:
+        wppl = exp_or_inf(nll / words)
+        derived["word_perplexity"] = (wppl if math.isfinite(wppl) else None, "exp(nll_nats / words)")
     if oov == 0:  # no OOV position to drop: excl. OOV is the same number
         derived["perplexity_excl_oov"] = (derived["perplexity"][0], "the perplexity when no token is OOV")
     elif oov == tokens:

@@ -181,12 +181,20 @@ def test_refuses_different_protocols(tiny_corpus, tmp_path):
     assert "protocol differs (context sentence vs stream)" in one_error_line(cli("compare", a, b))
 
 
-def test_refuses_different_vocabularies(tiny_corpus, tmp_path):
+def test_different_vocabularies_meet_on_bits_per_byte_only(tiny_corpus, tmp_path):
+    """Same text, other vocabularies: per-token columns go, bits per byte ranks, <unk> bytes are said."""
     a = train(tiny_corpus, tmp_path / "a", "ngram:kn3")
     b = train(tiny_corpus, tmp_path / "b", "ngram:kn3", min_count=1)
-    line = one_error_line(cli("compare", a, b))
-    assert "vocabulary differs (vocab_id" in line and str(a) in line and str(b) in line
-    assert "protocol differs" not in line and "test file differs" not in line  # only what differs is named
+    rows = compare_runs([a, b])
+    assert "test_ppl" not in rows[0] and "valid_ppl" not in rows[0] and rows[0]["vocab_size"] < rows[1]["vocab_size"] \
+        or rows[0]["vocab_size"] > rows[1]["vocab_size"]
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["bits_per_byte"] <= rows[1]["bits_per_byte"]
+    assert all("bits/byte optimistic" in (r["note"] or "") for r in rows if r["unk_bytes"])
+    other = tmp_path / "other_test.txt"
+    other.write_text("a dog sat on the mat\n")
+    c = train(tiny_corpus, tmp_path / "c", "ngram:kn3", min_count=1, test=other)
+    line = one_error_line(cli("compare", a, c))
+    assert f"{a} and {c} were not measured the same way: test file differs" in line
 
 
 def test_refuses_different_test_files(tiny_corpus, tmp_path):

@@ -445,11 +445,12 @@ def test_refusal_names_every_difference_of_one_run_exactly(runs, tmp_path):
     data["valid"].update(path="elsewhere/valid.txt", sha256="cd" * 32)
     other = fake_run(tmp_path, "other", kn, data=data, vocab_id="0123456789abcdef")
     t, v = record["data"]["test"], record["data"]["valid"]
+    # another vocabulary is no refusal by itself (bits per byte compares across them); other files are
     expected = (f"{kn} and {other} were not measured the same way: "
-                f"vocabulary differs (vocab_id {record['vocab_id']} vs 0123456789abcdef); "
                 f"test file differs ({t['path']} sha256 {t['sha256'][:12]} vs elsewhere/test.txt sha256 abababababab); "
                 f"valid file differs ({v['path']} sha256 {v['sha256'][:12]} vs elsewhere/valid.txt sha256 "
-                "cdcdcdcdcdcd); only runs with the same protocol, vocabulary and evaluation files can be compared")
+                "cdcdcdcdcdcd); runs of different levels or vocabularies meet only on the same files read the same "
+                "way (bits per byte)")
     with pytest.raises(IncomparableError) as err:
         compare_runs([kn, other])
     assert str(err.value) == expected
@@ -514,7 +515,8 @@ def test_interval_notes_of_records_without_a_usable_test_score(long_runs, tmp_pa
 
 # -- bootstrap arguments and columns of compare_runs / compare_seeded / compare_trained --------------------------
 BASE = ["rank", "model", "kind", "status", "normalised", "parameters", "train_seconds", "tokens_seen", "valid_ppl",
-        "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bleu", "tokens_per_second", "note", "run"]
+        "test_ppl", "test_ppl_excl_oov", "test_bits_per_token", "bits_per_byte", "word_ppl", "unk_bytes", "bleu",
+        "tokens_per_second", "note", "run"]
 INTERVALS = ["test_ppl_lo", "test_ppl_hi", "diff_to_best_lo", "diff_to_best_hi", "p_worse_than_best"]
 
 

@@ -98,6 +98,7 @@ def test_tables_fit_80_columns_and_keep_every_number_whole(name, runs, monkeypat
     args = TABLES[name](runs)
     shown, everything = narrow(runs, *args), wide(runs, monkeypatch, *args)
     fits(shown)
+    shown = re.sub(r"\d+ more columns?: .*", "", shown)  # the caption's count is no cell
     assert numbers(shown) and numbers(shown) <= numbers(everything), numbers(shown) - numbers(everything)
 
 

@@ -43,3 +43,8 @@ def positions(tokens: pa.Array, words: list[str]) -> np.ndarray:
     """Index of each token in `words` (distinct), -1 where it is not among them."""
     found = pc.index_in(tokens, value_set=pa.array(words, pa.large_string()))
     return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def token_lengths(tokens: pa.Array) -> np.ndarray:
+    """UTF-8 bytes of each token."""
+    return pc.binary_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -21,9 +21,9 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
-from .columnar import count_words, positions, split_words
+from .columnar import count_words, positions, split_words, token_lengths
 from .tokenize import is_blank, normalise_lines, tokenize_lines
-from .vocab import SEP, Vocab
+from .vocab import SEP, UNK, Vocab
 
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
@@ -54,6 +54,12 @@ class Encoded:
     # Parallel data (`source <sep> target` per sequence): index of the first target token of each
     # sequence; only positions from there on (and </s>) are scored and trained. None: plain LM data.
     score_from: list[int] | None = None
+    # Tokenisation-independent denominators of the scored text (docs/protocol.md, "Bits per byte"): UTF-8
+    # bytes of the scored lines plus one newline each, whitespace words plus one end of line each, and the
+    # bytes of the tokens that became <unk>. 0: not measured (token files written before they existed).
+    text_bytes: int = 0
+    words: int = 0
+    unk_bytes: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -299,19 +305,37 @@ def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
     return Counter(chain.from_iterable(tokenize_lines(lines, protocol)))
 
 
-def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> tuple[list[np.ndarray], int, int]:
-    """(ids per line, literal reserved tokens, tokens) with the whole text mapped in one pass (word level:
-    by Arrow's kernels, data/columnar.py)."""
+@dataclass
+class _Mapped:
+    """A list of lines as ids, with the counts an Encoded records."""
+
+    sequences: list[np.ndarray]
+    reserved: int  # literal reserved tokens mapped to <unk>
+    tokens: int  # tokens, without </s>
+    text_bytes: int  # UTF-8 bytes plus one newline per line
+    words: int  # ASCII-whitespace words plus one end of line per line
+    unk_bytes: int  # UTF-8 bytes of the tokens mapped to <unk>
+
+
+def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> _Mapped:
+    """The lines mapped to ids in one pass over the whole text (word level: by Arrow's kernels,
+    data/columnar.py), and measured in bytes and words."""
     if protocol.level == "word":
         tokens, lengths = split_words(normalise_lines(lines, protocol))
         flat, reserved = vocab.encode_found(positions(tokens, vocab.tokens))
+        unk_bytes = int(token_lengths(tokens)[flat == UNK].sum())
     else:
         token_lists = tokenize_lines(lines, protocol)
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
-        flat, reserved = vocab.encode(list(chain.from_iterable(token_lists)))
+        flat_tokens = list(chain.from_iterable(token_lists))
+        flat, reserved = vocab.encode(flat_tokens)
+        unk_bytes = sum(len(flat_tokens[i].encode("utf-8")) for i in np.flatnonzero(flat == UNK).tolist())
     ends = np.cumsum(lengths).tolist()
     sequences = [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
-    return sequences, reserved, int(lengths.sum())
+    same_words = protocol.level == "word" and not (protocol.lowercase or protocol.normalize)
+    words = int(lengths.sum()) if same_words else int(split_words(lines)[1].sum())
+    text_bytes = len("\n".join(lines).encode("utf-8")) + 1 if lines else 0
+    return _Mapped(sequences, reserved, int(lengths.sum()), text_bytes, words + len(lines), unk_bytes)
 
 
 def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
@@ -331,14 +355,14 @@ def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded
             src, tgt = ("" if is_blank(src) else src), ("" if is_blank(tgt) else tgt)
         kept.append((src, tgt))
         line_numbers.append(i)
-    src_ids, src_reserved, _ = _ids_per_line([s for s, _ in kept], vocab, protocol)
-    tgt_ids, tgt_reserved, tgt_tokens = _ids_per_line([t for _, t in kept], vocab, protocol)
+    src = _ids_per_line([s for s, _ in kept], vocab, protocol)
+    tgt = _ids_per_line([t for _, t in kept], vocab, protocol)
     sep = np.array([SEP], dtype=np.int32)
-    sequences = [np.concatenate((s, sep, t)) for s, t in zip(src_ids, tgt_ids)]
-    score_from = [len(s) + 1 for s in src_ids]
-    chars = tgt_tokens if protocol.level == "char" else 0  # bits per char counts the scored side only
-    return Encoded(text.name, text.sha256, sequences, line_numbers, skipped, src_reserved + tgt_reserved, chars,
-                   score_from)
+    sequences = [np.concatenate((s, sep, t)) for s, t in zip(src.sequences, tgt.sequences)]
+    score_from = [len(s) + 1 for s in src.sequences]
+    chars = tgt.tokens if protocol.level == "char" else 0  # per char, per byte, per word: the scored side only
+    return Encoded(text.name, text.sha256, sequences, line_numbers, skipped, src.reserved + tgt.reserved, chars,
+                   score_from, text_bytes=tgt.text_bytes, words=tgt.words, unk_bytes=tgt.unk_bytes)
 
 
 def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
@@ -359,9 +383,10 @@ def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encod
             line = ""
         kept.append(line)
         line_numbers.append(i)
-    sequences, reserved, tokens = _ids_per_line(kept, vocab, protocol)
-    chars = tokens if protocol.level == "char" else 0  # only bits-per-char needs it
-    return Encoded(text.name, text.sha256, sequences, line_numbers, skipped, reserved, chars)
+    mapped = _ids_per_line(kept, vocab, protocol)
+    chars = mapped.tokens if protocol.level == "char" else 0  # only bits-per-char needs it
+    return Encoded(text.name, text.sha256, mapped.sequences, line_numbers, skipped, mapped.reserved, chars,
+                   text_bytes=mapped.text_bytes, words=mapped.words, unk_bytes=mapped.unk_bytes)
 
 
 # -- corpus directories -------------------------------------------------------------------------------

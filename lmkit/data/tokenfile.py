@@ -57,6 +57,8 @@ ITEM_DTYPE = np.int32  # the dtype of one sequence, as lmkit.data.corpus.encode 
 BLOCK_BYTES = 1 << 20  # text read and encoded per step of encode_file
 _SCAN = 1 << 22  # elements per step when a whole .bin file is checked
 _COUNTS = ("sequences", "ids", "tokens", "lines", "skipped_blank_lines", "reserved_tokens", "characters")
+# Counts added later (bits per byte, word perplexity): a token file written before them reads them as 0.
+_MEASURES = ("text_bytes", "words", "unk_bytes")
 
 
 
@@ -250,7 +252,8 @@ class TokenFile:
         (a run records that path, not the name the file had when it was encoded)."""
         c, source = self.counts, self.meta["source"]
         return Encoded(name if name is not None else source["name"], source["sha256"], self.sequences,
-                       self.line_numbers, c["skipped_blank_lines"], c["reserved_tokens"], c["characters"])
+                       self.line_numbers, c["skipped_blank_lines"], c["reserved_tokens"], c["characters"],
+                       **{k: c.get(k, 0) for k in _MEASURES})
 
     def stream(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Sequences [start, stop) in the stream-context layout (see SequenceView.stream)."""
@@ -319,7 +322,8 @@ def _read_meta(folder: Path) -> dict:
         _damaged(folder, f"{META} was edited: its digest does not match")
     try:
         counts, source = meta["counts"], meta["source"]
-        fields = ([counts[k] for k in _COUNTS] + [meta["vocab_size"], source["size"]]
+        fields = ([counts[k] for k in _COUNTS] + [counts.get(k, 0) for k in _MEASURES]
+                  + [meta["vocab_size"], source["size"]]
                   + [meta["bytes"][k] for k in (IDS, OFFSETS, LINES)])
         ok = (all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields)
               and isinstance(source["name"], str) and isinstance(source["sha256"], str)
@@ -445,7 +449,7 @@ def _write(folder: Path, path: str | Path, sha256: str, vocab: Vocab, protocol: 
     """ids.bin, offsets.bin, lines.bin and meta.json of `path` into `folder`, one block of lines at a time."""
     dtype = dtype_for(len(vocab))
     reader = LineReader(path, block_bytes)
-    counts = dict.fromkeys(_COUNTS, 0)
+    counts = dict.fromkeys(_COUNTS + _MEASURES, 0)
     hashers = {name: hashlib.sha256() for name in (IDS, OFFSETS, LINES)}  # of the bytes as they are written
 
     def put(fh, name: str, array: np.ndarray) -> None:
@@ -462,6 +466,8 @@ def _write(folder: Path, path: str | Path, sha256: str, vocab: Vocab, protocol: 
             counts["skipped_blank_lines"] += enc.skipped_blank_lines
             counts["reserved_tokens"] += enc.reserved_tokens
             counts["characters"] += enc.characters
+            for k in _MEASURES:
+                counts[k] += getattr(enc, k)
             if not len(enc.sequences):
                 continue
             lengths = np.fromiter(map(len, enc.sequences), dtype=np.int64, count=len(enc.sequences))

@@ -31,6 +31,9 @@ class Score:
     characters: int
     level: str
     normalised: bool = True
+    text_bytes: int = 0  # the Encoded's tokenisation-independent denominators (0: not measured)
+    words: int = 0
+    unk_bytes: int = 0
     logprobs: list[np.ndarray] = field(default_factory=list, repr=False)
     targets: list[np.ndarray] = field(default_factory=list, repr=False)
     line_numbers: list[int] = field(default_factory=list, repr=False)
@@ -69,6 +72,12 @@ class Score:
             # the line break counts as a character: chars + one per sequence (docs/protocol.md)
             denom = self.characters + self.sequences
             out["bits_per_char"] = self.nll_nats / LN2 / denom if denom else None
+        if self.text_bytes:  # the same NLL over denominators every tokenisation shares (docs/protocol.md)
+            out["bytes"] = self.text_bytes
+            out["bits_per_byte"] = self.nll_nats / LN2 / self.text_bytes
+            out["words"] = self.words
+            out["word_perplexity"] = exp_or_inf(self.nll_nats / self.words) if self.words else None
+            out["unk_byte_share"] = self.unk_bytes / self.text_bytes
         out["normalised"] = self.normalised
         return out
 
@@ -148,6 +157,9 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
         characters=encoded.characters,
         level=model.protocol.level,
         normalised=model.normalised,
+        text_bytes=encoded.text_bytes,
+        words=encoded.words,
+        unk_bytes=encoded.unk_bytes,
         logprobs=logprobs if keep else [],
         targets=targets if keep else [],
         line_numbers=encoded.line_numbers if keep else [],
