@@ -568,7 +568,7 @@ def models(fmt: Optional[str] = FormatOpt, wide: bool = WideOpt) -> None:
 
 
 # -- score ------------------------------------------------------------------------------------------
-SCORE_TABLE = ("run", "model", "file", "tokens", "oov", "perplexity", "bits_per_char")
+SCORE_TABLE = ("run", "model", "file", "tokens", "oov", "perplexity", "bits_per_char", "bits_per_byte")
 
 
 @app.command(rich_help_panel="Models")

@@ -237,8 +237,15 @@ def test_protocol_edited_to_another_level(pristine, tmp_path):
     refused("train", "--resume", run2, match="lowercase=False but run.json's protocol says lowercase=True")
 
 
-def test_runs_of_different_levels_are_not_compared(pristine):
-    refused("compare", pristine["ngram"], pristine["char"], match=("not measured the same way", "level word vs char"))
+def test_runs_of_different_levels_meet_on_bits_per_byte_only(pristine, tmp_path):
+    code, _ = cli("compare", pristine["ngram"], pristine["char"])
+    assert code == 0
+    other = copy(pristine, "char", tmp_path)
+    record = json.loads((other / "run.json").read_text())
+    record["data"]["test"]["sha256"] = "ab" * 32
+    (other / "run.json").write_text(json.dumps(record))
+    refused("compare", pristine["ngram"], other, match=("not measured the same way", "test file differs",
+                                                         "bits per byte"))
 
 
 def test_vocab_of_another_level_for_training(pristine, tmp_path):
