@@ -290,11 +290,14 @@ def vocab_build(
     files: List[str] = typer.Argument(..., help="Training text file(s); '-' reads stdin."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Vocabulary JSON to write "
                                           "(default, or '-': print it to stdout)."),
-    level: str = typer.Option(defaults.LEVEL, help="Tokenisation level: word or char."),
+    level: str = typer.Option(defaults.LEVEL, help="Tokenisation level: word, char, bpe or unigram (subwords "
+                                              "trained on the text, byte fallback: no <unk>)."),
     lowercase: bool = typer.Option(False, "--lowercase", help="Lower-case text before counting."),
     normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
     min_count: int = typer.Option(defaults.MIN_COUNT, help="Keep tokens seen at least this often."),
-    max_size: Optional[int] = typer.Option(None, help="Keep at most this many ids (incl. reserved)."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", "--vocab-size",
+                                           help="Keep at most this many ids (incl. reserved); bpe and unigram: "
+                                                "exactly this many (default 8000)."),
     parallel: bool = typer.Option(False, "--parallel", help="Joint vocabulary for --task translate (give both "
                                   "sides' train files): adds <sep> as id 4."),
     quiet: bool = QuietOpt,
@@ -408,11 +411,13 @@ def train(
     valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation file."),
     test_file: Optional[str] = typer.Option(None, "--test", help="Test file (scored after training)."),
     vocab: Optional[Path] = typer.Option(None, help="Use this vocabulary instead of building one."),
-    level: str = typer.Option(defaults.LEVEL, help="word or char (with --vocab: the vocabulary's)."),
+    level: str = typer.Option(defaults.LEVEL, help="word, char, bpe or unigram (with --vocab: the vocabulary's)."),
     lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Lower-case text."),
     normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
     min_count: int = typer.Option(defaults.MIN_COUNT, help="Vocabulary: keep tokens seen at least this often."),
-    max_size: Optional[int] = typer.Option(None, help="Vocabulary: at most this many ids."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", "--vocab-size",
+                                           help="Vocabulary: at most this many ids; bpe and unigram: exactly this "
+                                                "many (default 8000)."),
     context: str = typer.Option(defaults.CONTEXT, help="Protocol context: sentence or stream (--task translate: "
                                 f"{defaults.TRANSLATE_CONTEXT})."),
     keep_blank_lines: bool = typer.Option(False, help="Score blank lines as empty sequences."),

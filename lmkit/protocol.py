@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import UsageError
 
-LEVELS = ("word", "char")
+LEVELS = ("word", "char", "bpe", "unigram")
 CONTEXTS = ("sentence", "stream")
 NORMALIZATIONS = (None, "NFC", "NFD", "NFKC", "NFKD")
 TASKS = ("lm", "translate")
@@ -18,7 +18,7 @@ TASKS = ("lm", "translate")
 
 @dataclass(frozen=True)
 class Protocol:
-    level: str = "word"  # word: ASCII-whitespace split; char: every code point
+    level: str = "word"  # word: ASCII-whitespace split; char: every code point; bpe/unigram: trained subwords
     lowercase: bool = False
     context: str = "sentence"  # sentence: each line from <s>; stream: context carried across </s>
     keep_blank_lines: bool = False  # True: blank lines are empty sequences whose </s> is scored

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
+from .subword import SUBWORD_LEVELS
 from .columnar import count_words, positions, split_words, token_lengths
 from .tokenize import is_blank, normalise_lines, tokenize_lines
 from .vocab import SEP, UNK, Vocab
@@ -300,6 +301,9 @@ def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
     if isinstance(text, ParallelText):
         return count_tokens(text.source, protocol) + count_tokens(text.target, protocol)
     lines = [ln for ln in text.lines if not is_blank(ln)]
+    if protocol.level in SUBWORD_LEVELS:
+        raise UsageError(f"{protocol.level}-level tokens are counted by the vocabulary that trains them "
+                         "(Vocab.build_subword)")
     if protocol.level == "word":
         return count_words(normalise_lines(lines, protocol))
     return Counter(chain.from_iterable(tokenize_lines(lines, protocol)))
@@ -324,6 +328,10 @@ def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> _Mapped
         tokens, lengths = split_words(normalise_lines(lines, protocol))
         flat, reserved = vocab.encode_found(positions(tokens, vocab.tokens))
         unk_bytes = int(token_lengths(tokens)[flat == UNK].sum())
+    elif protocol.level in SUBWORD_LEVELS:  # every byte has a piece: only a literal reserved token is <unk>
+        found, lengths = vocab.subword.encode(normalise_lines(lines, protocol))
+        flat, reserved = vocab.encode_found(found)
+        unk_bytes = 0
     else:
         token_lists = tokenize_lines(lines, protocol)
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))

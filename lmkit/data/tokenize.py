@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ..errors import UsageError
 from ..protocol import Protocol
+from .subword import SUBWORD_LEVELS
 
 # KenLM splits on ASCII whitespace only; NBSP and other Unicode spaces stay inside tokens.
 _ASCII_WS = re.compile(r"[ \t\r\x0b\x0c]+")
@@ -36,11 +38,16 @@ def split_words(line: str) -> list[str]:
     return [t for t in _ASCII_WS.split(line) if t]
 
 
-def tokenize(line: str, protocol: Protocol) -> list[str]:
-    """Tokens of one line (no <s>/</s>); the line must not contain its newline."""
+def tokenize(line: str, protocol: Protocol, vocab=None) -> list[str]:
+    """Tokens of one line (no <s>/</s>); the line must not contain its newline. Subword levels need the
+    vocabulary whose tokenizer cuts them."""
     line = normalise(line, protocol)
     if protocol.level == "char":
         return list(line.rstrip("\r"))
+    if protocol.level in SUBWORD_LEVELS:
+        if vocab is None:
+            raise UsageError(f"{protocol.level}-level text is tokenised by its vocabulary's tokenizer")
+        return vocab.subword.tokens(line)
     return split_words(line)
 
 
@@ -58,5 +65,11 @@ def tokenize_lines(lines: list[str], protocol: Protocol) -> list[list[str]]:
     return [line.split() for line in lines]
 
 
-def detokenize(tokens: list[str], level: str) -> str:
+def detokenize(tokens: list[str], level: str, vocab=None) -> str:
+    """Text from tokens: characters joined, words joined by spaces, subword pieces decoded by the vocabulary's
+    tokenizer (their spaces are part of the pieces)."""
+    if level in SUBWORD_LEVELS:
+        if vocab is None:
+            raise UsageError(f"{level}-level pieces are decoded by their vocabulary's tokenizer")
+        return vocab.subword.decode(tokens)
     return "".join(tokens) if level == "char" else " ".join(tokens)

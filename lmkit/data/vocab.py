@@ -17,6 +17,7 @@ import numpy as np
 
 from ..atomic import write_json
 from ..errors import DataError, ModelError, UsageError
+from .subword import DEFAULT_VOCAB_SIZE, SUBWORD_LEVELS, Subword, check_vocab_size, train_tokenizer
 
 PAD, UNK, BOS, EOS, SEP = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -33,6 +34,7 @@ class Vocab:
     normalize: str | None = None
     min_count: int = 1
     max_size: int | None = None
+    tokenizer: str | None = None  # subword levels: the trained tokenizer's JSON text (data/subword.py)
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -52,10 +54,20 @@ class Vocab:
     @property
     def vocab_id(self) -> str:
         """Content hash: same tokens in the same order under the same options -> same id."""
-        blob = json.dumps(
-            [self.level, self.lowercase, self.normalize, self.tokens], ensure_ascii=False
-        ).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        content = [self.level, self.lowercase, self.normalize, self.tokens]
+        if self.tokenizer is not None:  # the merges and scores decide the pieces as much as the pieces do
+            content.append(self.tokenizer)
+        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
+
+    @property
+    def subword(self) -> Subword:
+        """The tokenizer of a subword vocabulary (built once)."""
+        if self.tokenizer is None:
+            raise UsageError(f"a {self.level}-level vocabulary has no subword tokenizer")
+        cached = self.__dict__.get("_subword")
+        if cached is None:
+            cached = self.__dict__["_subword"] = Subword(self.tokenizer)
+        return cached
 
     def predictable_mask(self) -> np.ndarray:
         """Boolean (V,) mask of tokens a model may predict: all but <pad> and <s>."""
@@ -134,6 +146,19 @@ class Vocab:
             raise DataError("the training text yields an empty vocabulary (no token reaches --min-count)")
         return cls(tokens, tok_counts, level, lowercase, normalize, min_count, max_size)
 
+    @classmethod
+    def build_subword(cls, lines: list[str], *, level: str, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                      lowercase: bool = False, normalize: str | None = None, with_sep: bool = False) -> "Vocab":
+        """A byte-level BPE or unigram vocabulary of `vocab_size` ids (the reserved ones first) trained on the
+        lines (already lower-cased / normalised as the protocol says); counts are its pieces in those lines."""
+        specials = list(SPECIALS) + ([SEP_TOKEN] if with_sep else [])
+        check_vocab_size(vocab_size, len(specials))
+        spec, counts = train_tokenizer(lines, level, vocab_size, specials)
+        pieces = Subword(spec).pieces()
+        for i in range(len(specials)):
+            counts[i] = counts[i] if i == UNK else 0
+        return cls(pieces, counts, level, lowercase, normalize, 1, vocab_size, spec)
+
     # -- files ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -148,6 +173,7 @@ class Vocab:
             "size": len(self),
             "tokens": self.tokens,
             "counts": self.counts,
+            **({"tokenizer": json.loads(self.tokenizer)} if self.tokenizer is not None else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -178,16 +204,36 @@ class Vocab:
                 data.get("normalize"),
                 int(data["min_count"]),
                 data.get("max_size"),
+                _tokenizer_text(data.get("tokenizer")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: vocabulary file is incomplete or edited ({exc})") from None
         except ModelError as exc:
             raise ModelError(f"{path}: {exc.message}") from None
-        if vocab.level not in ("word", "char") or (vocab.normalize is not None
-                                                    and not isinstance(vocab.normalize, str)):
+        if vocab.level not in ("word", "char", *SUBWORD_LEVELS) or (vocab.normalize is not None
+                                                                    and not isinstance(vocab.normalize, str)):
             raise ModelError(f"{path}: vocabulary file is damaged (level {vocab.level!r})")
+        if (vocab.level in SUBWORD_LEVELS) != (vocab.tokenizer is not None):
+            raise ModelError(f"{path}: vocabulary file is damaged (a {vocab.level}-level vocabulary "
+                             f"{'needs' if vocab.tokenizer is None else 'cannot have'} a tokenizer)")
+        if vocab.tokenizer is not None:
+            try:
+                pieces = vocab.subword.pieces()
+            except ModelError as exc:
+                raise ModelError(f"{path}: {exc.message}") from None
+            if pieces != vocab.tokens:
+                raise ModelError(f"{path}: vocabulary file is damaged (its tokenizer's pieces are not its tokens)")
         if len(vocab.counts) != len(vocab.tokens):
             raise ModelError(f"{path}: vocabulary file is inconsistent (tokens and counts differ in length)")
         if data.get("vocab_id") != vocab.vocab_id:
             raise ModelError(f"{path}: vocabulary content does not match its vocab_id (file was edited?)")
         return vocab
+
+
+def _tokenizer_text(spec) -> str | None:
+    """The tokenizer object of a vocabulary file as the canonical JSON text its vocab_id hashes."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise TypeError("tokenizer must be a JSON object")
+    return json.dumps(spec, ensure_ascii=False, sort_keys=True)

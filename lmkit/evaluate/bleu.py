@@ -58,18 +58,18 @@ def continuation_bleu(model, text: Text) -> BleuResult:
         n = len(ids)
         if n < MIN_TOKENS:
             continue
-        tokens = tokenize(text.lines[ln - 1], protocol)  # the same split encode() made
+        tokens = tokenize(text.lines[ln - 1], protocol, vocab)  # the same split encode() made
         half = n // 2
         prompts.append(ids[:half])
-        prompt_texts.append(detokenize(tokens[:half], protocol.level))
+        prompt_texts.append(detokenize(tokens[:half], protocol.level, vocab))
         references.append(tokens[half:])
         line_numbers.append(ln)
     if not prompts:
         raise DataError(f"{text.name}: no line has at least {MIN_TOKENS} tokens to cut in half for continuation BLEU")
     limits = [2 * len(ref) for ref in references]  # until </s> or twice the reference length
     outputs = generate(model, prompts, Decoding(strategy="greedy", max_tokens=max(limits)), limits=limits)
-    hypotheses = [detokenize(vocab.decode(out[0].ids), protocol.level) for out in outputs]
-    refs = [detokenize(ref, protocol.level) for ref in references]
+    hypotheses = [detokenize(vocab.decode(out[0].ids), protocol.level, vocab) for out in outputs]
+    refs = [detokenize(ref, protocol.level, vocab) for ref in references]
     score, signature = corpus_bleu(hypotheses, refs)
     return BleuResult(
         score=float(score.score), signature=signature, lines=len(prompts),
@@ -104,7 +104,7 @@ def translation_bleu(model, pair: ParallelText, decoding: Decoding | None = None
     d = Decoding(strategy=d.strategy, max_tokens=max(limits), beam=d.beam, length_penalty=d.length_penalty,
                  ban_unk=d.ban_unk)
     outputs = generate(model, prompts, d, limits=limits)
-    hypotheses = [detokenize(vocab.decode(out[0].ids), protocol.level) for out in outputs]
+    hypotheses = [detokenize(vocab.decode(out[0].ids), protocol.level, vocab) for out in outputs]
     references = [pair.target.lines[ln - 1] for ln in enc.line_numbers]
     sources = [pair.source.lines[ln - 1] for ln in enc.line_numbers]
     score, signature = corpus_bleu(hypotheses, references, lowercase=protocol.lowercase)

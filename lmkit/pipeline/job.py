@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.corpus import Encoded, check_recorded, count_tokens, read_recorded
+from ..data.corpus import Encoded, check_recorded, read_recorded
 from ..data.vocab import Vocab
 from ..datasets.store import resolve_corpus
 from ..errors import ModelError, UsageError
@@ -21,7 +21,7 @@ from ..outputs import check_output_dir
 from ..protocol import Protocol
 from ..runs import RunRecord, read_record
 from ..validate import check_train_config
-from .prepare import cached_split, encode_splits, input_paths, locate_splits, read_split, split_info
+from .prepare import cached_split, encode_splits, input_paths, locate_splits, read_split, split_info, vocab_from
 from .request import (TrainRequest, check_request, counting_plan, describe_budget_defaults, describe_settings,
                       given_model_keys, is_torch_family, protocol_for, task_for, with_budget_defaults, with_defaults,
                       with_vocab_defaults)
@@ -125,9 +125,7 @@ def read_data(req: TrainRequest, files, task: str, log: Log):
     cached = {s: enc for s, p in paths.items() if (enc := cached_split(p, vocab, protocol, log)) is not None}
     texts = {s: read_split(p) for s, p in paths.items() if s not in cached}
     if vocab is None:
-        vocab = Vocab.build(count_tokens(texts["train"], protocol), level=protocol.level,
-                            lowercase=protocol.lowercase, normalize=protocol.normalize,
-                            min_count=req.min_count, max_size=req.max_size, with_sep=task == "translate")
+        vocab = vocab_from([texts["train"]], protocol, req.min_count, req.max_size, with_sep=task == "translate")
         log(f"vocabulary: {len(vocab):,} ids from {texts['train'].name}")
     encoded = encode_splits(texts, vocab, protocol, log, cached)
     return vocab, protocol, encoded, {s: split_info(texts.get(s), encoded[s]) for s in paths}

@@ -13,6 +13,8 @@ from typing import Any
 from ..data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate,
                           locate_pairs, read_pair, read_text)
 from ..datasets.store import resolve_corpus
+from ..data.subword import DEFAULT_VOCAB_SIZE, SUBWORD_LEVELS
+from ..data.tokenize import is_blank, normalise_lines
 from ..data.vocab import Vocab
 from ..defaults import CONTEXT, LEVEL, MIN_COUNT
 from ..errors import DataError, UsageError
@@ -44,14 +46,30 @@ def build_vocab(
         check_output_file(output, inputs=[p for p in paths if not isinstance(p, Text)])
     if sum(str(p) == "-" for p in paths) > 1:
         raise UsageError("'-' (stdin) is given more than once; stdin can be read once")
-    counts: Counter = Counter()
-    for p in paths:
-        counts.update(count_tokens(p if isinstance(p, Text) else read_text(p), protocol))
-    vocab = Vocab.build(counts, level=level, lowercase=lowercase, normalize=normalize,
-                        min_count=min_count, max_size=max_size, with_sep=with_sep)
+    texts = [p if isinstance(p, Text) else read_text(p) for p in paths]
+    vocab = vocab_from(texts, protocol, min_count, max_size, with_sep)
     if output is not None:
         vocab.save(output)
     return vocab
+
+
+def vocab_from(texts: list[Text | ParallelText], protocol: Protocol, min_count: int | None = MIN_COUNT,
+               max_size: int | None = None, with_sep: bool = False) -> Vocab:
+    """The vocabulary of training text(s) under `protocol`: frequent words or characters, or for a subword level
+    a tokenizer trained on the text with `max_size` ids (--vocab-size; DEFAULT_VOCAB_SIZE if not given)."""
+    if protocol.level not in SUBWORD_LEVELS:
+        counts: Counter = Counter()
+        for text in texts:
+            counts.update(count_tokens(text, protocol))
+        return Vocab.build(counts, level=protocol.level, lowercase=protocol.lowercase, normalize=protocol.normalize,
+                           min_count=min_count, max_size=max_size, with_sep=with_sep)
+    if min_count not in (None, MIN_COUNT):
+        raise UsageError(f"--min-count keeps frequent words or characters; a {protocol.level} vocabulary has a "
+                         "size instead (--vocab-size)")
+    sides = [t for text in texts for t in ((text.source, text.target) if isinstance(text, ParallelText) else (text,))]
+    lines = normalise_lines([ln for t in sides for ln in t.lines if not is_blank(ln)], protocol)
+    return Vocab.build_subword(lines, level=protocol.level, vocab_size=max_size or DEFAULT_VOCAB_SIZE,
+                               lowercase=protocol.lowercase, normalize=protocol.normalize, with_sep=with_sep)
 
 
 def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top: int = 20) -> dict:

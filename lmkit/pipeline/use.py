@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
 from ..data.corpus import (ParallelText, Text, encode, read_pair, read_recorded, read_text)
+from ..data.subword import SUBWORD_LEVELS
 from ..data.vocab import SEP
 from ..errors import ModelError, UsageError, only_for
 from ..evaluate.perplexity import Score, score_encoded
@@ -149,7 +150,7 @@ def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: 
         from ..data.tokenize import tokenize
 
         lines = text.target.lines if isinstance(text, ParallelText) else text.lines  # the scored side
-        words = [tokenize(lines[ln - 1], model.protocol) for ln in enc.line_numbers]
+        words = [tokenize(lines[ln - 1], model.protocol, model.vocab) for ln in enc.line_numbers]
     result = score_encoded(model, enc)
     label = model.label if stride is None else f"{model.label} (stride {stride})"
     saved = _save_rescored(Path(model_path), record, result, text.sha256) if save else None
@@ -188,6 +189,10 @@ def export_arpa(run_path: str | Path, output: str | Path, out: BinaryIO | None =
         log(f"warning: {run_path} was trained in stream context, but ARPA readers (KenLM, SRILM, lmkit score "
             "FILE.arpa) score each line on its own from <s>, so the file will not reproduce the run's perplexity; "
             "train with --context sentence for an ARPA model")
+    if model.protocol.level in SUBWORD_LEVELS:
+        log(f"warning: {run_path} is a {model.protocol.level}-level model: its ARPA words are byte-level pieces "
+            "(Ġ marks a leading space), so text must be cut into the same pieces (its vocab.json's tokenizer) "
+            "before an ARPA reader scores it; lmkit score reads ARPA text as words")
     if not to_stdout:
         write_arpa(model, output)
         return Path(output)
@@ -218,7 +223,7 @@ class GenerateResult:
 
 
 def _join_prompt(prompt: str, continuation: str, level: str) -> str:
-    if level == "char" or not prompt.strip() or not continuation:
+    if level != "word" or not prompt.strip() or not continuation:  # char and subword text carries its spaces
         return prompt + continuation
     return f"{prompt.rstrip()} {continuation}"
 
@@ -257,7 +262,7 @@ def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
     translate = model.protocol.task == "translate"  # a prompt is a source sentence: <sep> follows it
     ids, reserved = [], 0
     for text in texts:
-        encoded, n = model.vocab.encode(tokenize(text, model.protocol))
+        encoded, n = model.vocab.encode(tokenize(text, model.protocol, model.vocab))
         ids.append([*encoded.tolist(), SEP] if translate else encoded)
         reserved += n
     if reserved:
@@ -265,7 +270,7 @@ def generate(model_path: str | Path, prompts: list[str] | str | None = None, *,
     outputs = []
     for text, outs in zip(texts, decode(model, ids, decoding)):
         for j, out in enumerate(outs):
-            continuation = detokenize(model.vocab.decode(out.ids), model.protocol.level)
+            continuation = detokenize(model.vocab.decode(out.ids), model.protocol.level, model.vocab)
             outputs.append({"prompt": text, "sample": j, "continuation": continuation,
                             "text": continuation if translate else _join_prompt(text, continuation,
                                                                                  model.protocol.level),
