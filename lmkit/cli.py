@@ -297,7 +297,7 @@ def vocab_build(
     min_count: int = typer.Option(defaults.MIN_COUNT, help="Keep tokens seen at least this often."),
     max_size: Optional[int] = typer.Option(None, "--max-size", "--vocab-size",
                                            help="Keep at most this many ids (incl. reserved); bpe and unigram: "
-                                                "exactly this many (default 8000)."),
+                                                "the tokenizer's size (default 8000; unigram may stop short)."),
     parallel: bool = typer.Option(False, "--parallel", help="Joint vocabulary for --task translate (give both "
                                   "sides' train files): adds <sep> as id 4."),
     quiet: bool = QuietOpt,
@@ -416,8 +416,8 @@ def train(
     normalize: Optional[str] = typer.Option(None, help="Unicode normalisation (NFC, NFKC, ...)."),
     min_count: int = typer.Option(defaults.MIN_COUNT, help="Vocabulary: keep tokens seen at least this often."),
     max_size: Optional[int] = typer.Option(None, "--max-size", "--vocab-size",
-                                           help="Vocabulary: at most this many ids; bpe and unigram: exactly this "
-                                                "many (default 8000)."),
+                                           help="Vocabulary: at most this many ids; bpe and unigram: the "
+                                                "tokenizer's size (default 8000; unigram may stop short)."),
     context: str = typer.Option(defaults.CONTEXT, help="Protocol context: sentence or stream (--task translate: "
                                 f"{defaults.TRANSLATE_CONTEXT})."),
     keep_blank_lines: bool = typer.Option(False, help="Score blank lines as empty sequences."),
