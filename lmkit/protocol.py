@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import UsageError
 
 LEVELS = ("word", "char", "bpe", "unigram")
+SUBWORD_LEVELS = ("bpe", "unigram")  # levels whose tokens come from a tokenizer trained on the text (data/subword.py)
 CONTEXTS = ("sentence", "stream")
 NORMALIZATIONS = (None, "NFC", "NFD", "NFKC", "NFKD")
 TASKS = ("lm", "translate")
@@ -29,6 +30,8 @@ class Protocol:
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise UsageError(f"unknown level {self.level!r}; choose one of {', '.join(LEVELS)}")
+        if self.level in SUBWORD_LEVELS and self.tokenizer == "whitespace":  # the default names the word level's split
+            object.__setattr__(self, "tokenizer", "bytelevel")
         if self.context not in CONTEXTS:
             raise UsageError(f"unknown context {self.context!r}; choose one of {', '.join(CONTEXTS)}")
         if self.normalize not in NORMALIZATIONS:

@@ -112,3 +112,13 @@ def test_token_files_encode_subwords_like_the_text(corpus, tmp_path, monkeypatch
     mapped = encode_file(corpus / "test.txt", vocab, p, block_bytes=4096)[0].encoded()
     assert [list(s) for s in mapped.sequences] == [list(s) for s in direct.sequences]
     assert mapped.text_bytes == direct.text_bytes
+
+
+def test_coverage_of_a_subword_vocabulary_has_no_unknown_bytes(corpus, tmp_path):
+    from lmkit.pipeline.prepare import vocab_report
+
+    build_vocab(corpus / "train.txt", level="bpe", max_size=400, output=tmp_path / "v.json")
+    odd = tmp_path / "odd.txt"
+    odd.write_text("\n".join(ODD) + "\n", encoding="utf-8")
+    cov = vocab_report(tmp_path / "v.json", coverage=odd)["coverage"]
+    assert cov["tokens"] > sum(len(ln.split()) for ln in ODD) and cov["oov_tokens"] == 1  # the literal <unk>

@@ -17,8 +17,8 @@ import json
 import numpy as np
 
 from ..errors import ModelError, UsageError
+from ..protocol import SUBWORD_LEVELS
 
-SUBWORD_LEVELS = ("bpe", "unigram")
 DEFAULT_VOCAB_SIZE = 8000  # ids, the reserved ones included
 _SCORE_DECIMALS = 6  # unigram log-probabilities kept to this many decimals
 UNIGRAM_ROUNDS = 3  # rounds of hard EM that give the unigram pieces their (deterministic) scores

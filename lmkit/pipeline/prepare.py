@@ -10,12 +10,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data.corpus import (Encoded, ParallelText, Text, count_tokens, encode, is_parallel, locate,
                           locate_pairs, read_pair, read_text)
 from ..datasets.store import resolve_corpus
 from ..data.subword import DEFAULT_VOCAB_SIZE, SUBWORD_LEVELS
 from ..data.tokenize import is_blank, normalise_lines
-from ..data.vocab import Vocab
+from ..data.vocab import UNK, Vocab
 from ..defaults import CONTEXT, LEVEL, MIN_COUNT
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
@@ -94,16 +96,22 @@ def vocab_report(vocab_path: str | Path, coverage: str | Path | None = None, top
     if coverage is not None:
         protocol = Protocol(level=vocab.level, lowercase=vocab.lowercase, normalize=vocab.normalize)
         text = read_text(coverage)
-        counts = count_tokens(text, protocol)
-        n = sum(counts.values())
-        oov_types = [t for t in counts if t not in vocab.index or t in ("<pad>", "<s>", "</s>")]
-        oov = sum(counts[t] for t in oov_types) + counts.get("<unk>", 0)
+        if vocab.level in SUBWORD_LEVELS:  # every byte has a piece: only literal reserved tokens are <unk>
+            enc = encode(text, vocab, protocol)
+            flat = np.concatenate(list(enc.sequences)) if len(enc.sequences) else np.zeros(0, dtype=np.int64)
+            n, types, oov = int(flat.size), int(np.unique(flat).size), int((flat == UNK).sum())
+            oov_types = int(oov > 0)
+        else:
+            counts = count_tokens(text, protocol)
+            n, types = sum(counts.values()), len(counts)
+            unknown = [t for t in counts if t not in vocab.index or t in ("<pad>", "<s>", "</s>")]
+            oov, oov_types = sum(counts[t] for t in unknown) + counts.get("<unk>", 0), len(unknown)
         report["coverage"] = {
             "file": text.name,
             "tokens": n,
-            "types": len(counts),
+            "types": types,
             "oov_tokens": oov,
-            "oov_types": len(oov_types),
+            "oov_types": oov_types,
             "oov_rate": oov / n if n else 0.0,
         }
     return report
