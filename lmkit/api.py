@@ -67,6 +67,18 @@ def mix(runs: list[str | Path], output: str | Path, *, device: str = "cpu", forc
 
 
 # -- comparing and plotting -------------------------------------------------------------------------
+def compare_text(models: list[str | Path], text: str | Path, *, sort: str | None = None,
+                 device: str = "auto") -> list[dict]:
+    """Rows for run folders, ARPA files and hf:FOLDER pretrained models scored now on one text, ranked by bits
+    per byte (their tokenisations may differ; lmkit.compare.rows_on_text)."""
+    from .compare import rows_on_text
+    from .pipeline.use import score_many
+
+    if not models:
+        raise UsageError("compare --text needs the models to score: run folders, ARPA files or hf:FOLDER")
+    return rows_on_text(score_many(models, [text], device=device), sort)
+
+
 def compare(
     runs: list[str | Path] | None = None,
     *,

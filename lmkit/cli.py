@@ -906,6 +906,9 @@ def compare(
                                             "scores (no rescoring)."),
     confidence: Optional[float] = typer.Option(None, help="--bootstrap: confidence level of the percentile "
                                                "intervals (default 0.95)."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Score every model given (run folders, ARPA files, "
+                                        "hf:FOLDER pretrained models) on this text now, ranked by bits per byte "
+                                        "(their tokenisations may differ)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K", help="Train each neural model K times "
                                         "(seeds SEED..SEED+K-1, sharing its part of --time-budget) and show the "
                                         "mean ± sample sd over seeds; n-grams are deterministic and train once.",
@@ -933,6 +936,8 @@ def compare(
 
       lmkit compare --models lstm,transformer --seeds 3 --time-budget 3m   # mean ± sd over 3 seeds
 
+      lmkit compare runs/kn5 runs/bpe-tf hf:models/gpt2 --text corpora/shakespeare/test.txt
+
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
@@ -941,12 +946,22 @@ def compare(
 
     fmt = default_format(_check_format(fmt))
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
-    runs = run_folders(runs, log=Messages(quiet).info) if runs else None  # a lineup folder: its runs, noted
-    rows = api.compare(runs, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
-                       context=context, min_count=min_count, sort=sort, runs_dir=output, device=device, seed=seed,
-                       task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet, bleu=bleu,
-                       bootstrap=bootstrap, confidence=confidence, seeds=seeds, beam=beam,
-                       length_penalty=length_penalty)
+    if text is not None:
+        others = [flag for flag, value in (("--corpus", corpus), ("--models", models), ("--time-budget", time_budget),
+                                           ("--max-tokens", max_tokens), ("--bootstrap", bootstrap),
+                                           ("--seeds", seeds), ("--beam", beam), ("--context", context))
+                  if value is not None] + (["--bleu"] if bleu else [])
+        if others:
+            raise UsageError(f"--text scores the given models on one text now; {', '.join(others)} cannot be "
+                             "combined with it")
+        rows = api.compare_text([str(r) for r in runs or []], text, sort=sort, device=device or "auto")
+    else:
+        runs = run_folders(runs, log=Messages(quiet).info) if runs else None  # a lineup folder: its runs, noted
+        rows = api.compare(runs, corpus=corpus, models=lineup, time_budget=time_budget, max_tokens=max_tokens,
+                           context=context, min_count=min_count, sort=sort, runs_dir=output, device=device,
+                           seed=seed, task=task, src=src, tgt=tgt, log=Messages(quiet).info, progress=not quiet,
+                           bleu=bleu, bootstrap=bootstrap, confidence=confidence, seeds=seeds, beam=beam,
+                           length_penalty=length_penalty)
     if fmt == "table":
         display, columns, highlight = table_view(rows)
         level = DEFAULT_CONFIDENCE if confidence is None else confidence

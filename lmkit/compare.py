@@ -385,6 +385,41 @@ def _note_unk_bytes(rows: list[dict]) -> None:
             _add_note(r, f"{r['unk_bytes']:.1%} of bytes in <unk>: bits/byte optimistic")
 
 
+# -- models scored now on one text (compare --text) ---------------------------------------------------------
+TEXT_COLUMNS = ("rank", "model", "kind", "level", "vocab_size", "parameters", "bits_per_byte", "word_ppl",
+                "unk_bytes", "tokens", "note", "run")
+
+
+def rows_on_text(results: Sequence[Any], sort: str | None = None) -> list[dict]:
+    """One row per model scored on the same text just now (pipeline.use.ScoreResult), ranked by bits per byte:
+    their tokenisations may differ, the text and the way it was read (context, blank lines, lower-casing,
+    normalisation, task) may not (IncomparableError naming the two models)."""
+    first = results[0]
+    base = {k: v for k, v in first.protocol.items() if k not in TOKENISATION_FIELDS}
+    for r in results[1:]:
+        other = {k: v for k, v in r.protocol.items() if k not in TOKENISATION_FIELDS}
+        if other != base or r.sha256 != first.sha256:
+            what = [f"{k} {base.get(k)} vs {other.get(k)}" for k in sorted(set(base) | set(other))
+                    if base.get(k) != other.get(k)]
+            raise IncomparableError(f"{first.run} and {r.run} did not read {first.file} the same way: protocol "
+                                    f"differs ({', '.join(what)}); bits per byte compares models only on the "
+                                    "same text read the same way")
+    rows = []
+    for r in results:
+        s = r.summary()
+        rows.append({"rank": None, "model": r.model, "kind": r.kind, "level": r.protocol.get("level"),
+                     "vocab_size": r.vocab_size, "parameters": r.parameters, "normalised": s["normalised"],
+                     "bits_per_byte": _finite(s.get("bits_per_byte")), "word_ppl": _finite(s.get("word_perplexity")),
+                     "unk_bytes": _finite(s.get("unk_byte_share")), "tokens": s["tokens"], "note": None,
+                     "run": r.run})
+    _note_unk_bytes(rows)
+    _rank(rows, "bits_per_byte")
+    rows.sort(key=lambda r: _default_order(r, "bits_per_byte"))
+    if sort:
+        rows = sort_rows(rows, sort)
+    return [{c: r[c] for c in TEXT_COLUMNS} for r in rows]
+
+
 # -- several seeds per model (compare --seeds) ------------------------------------------------------
 @dataclass(frozen=True)
 class LineupRuns:
@@ -504,6 +539,7 @@ TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
     "test_bits_per_token": ("bits/token", _fixed(3)),
     "bits_per_char": ("bits/char", _fixed(3)),
     "bits_per_byte": ("bits/byte", _fixed(4)),
+    "tokens": ("tokens", _fixed(0)),
     "word_ppl": ("word ppl", _fixed(2)),
     "unk_bytes": ("<unk> bytes", lambda v: f"{v:.2%}"),
     "bleu": ("BLEU", _fixed(2)),

@@ -22,6 +22,7 @@ SKIP = {  # reason -> what marks such a command
                                                 r"--models \S*(mlp|lstm|transformer)|^torchrun",
     "downloads, or reads a downloaded corpus": r"corpus download|--corpus (ptb|multi30k|wikitext-2)\b",
     "needs a corpus, cluster or disk of the user's": r"big/|/scratch|tcp://",
+    "needs a pretrained model folder of the user's": r"\bhf:",
     "installs or runs the test suite": r"^pip |pytest",
 }
 MUST_RUN = ("lmkit vocab show", "lmkit export-arpa", "| lmkit score", "lmkit score kn5.arpa", "lmkit bleu",

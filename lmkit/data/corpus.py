@@ -341,9 +341,16 @@ def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> _Mapped
     ends = np.cumsum(lengths).tolist()
     sequences = [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
     same_words = protocol.level == "word" and not (protocol.lowercase or protocol.normalize)
-    words = int(lengths.sum()) if same_words else int(split_words(lines)[1].sum())
-    text_bytes = len("\n".join(lines).encode("utf-8")) + 1 if lines else 0
-    return _Mapped(sequences, reserved, int(lengths.sum()), text_bytes, words + len(lines), unk_bytes)
+    text_bytes, words = text_measures(lines, int(lengths.sum()) if same_words else None)
+    return _Mapped(sequences, reserved, int(lengths.sum()), text_bytes, words, unk_bytes)
+
+
+def text_measures(lines: list[str], words: int | None = None) -> tuple[int, int]:
+    """(UTF-8 bytes plus one newline per line, ASCII-whitespace words plus one end of line per line): the
+    denominators of bits per byte and word perplexity (docs/protocol.md). `words`: the count, when known."""
+    if words is None:
+        words = int(split_words(lines)[1].sum())
+    return (len("\n".join(lines).encode("utf-8")) + 1 if lines else 0), words + len(lines)
 
 
 def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
@@ -373,13 +380,9 @@ def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded
                    score_from, text_bytes=tgt.text_bytes, words=tgt.words, unk_bytes=tgt.unk_bytes)
 
 
-def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
-    """Map every non-blank line to ids; blank lines are skipped and counted (unless kept).
-
-    Tokens of the whole text are mapped in one pass and split back into lines (no per-line numpy).
-    A parallel text gives `source <sep> target` sequences (encode_pair)."""
-    if isinstance(text, ParallelText):
-        return encode_pair(text, vocab, protocol)
+def scored_lines(text: Text, protocol: Protocol) -> tuple[list[str], list[int], int]:
+    """(the lines scored, their 1-based numbers, blank lines skipped): blank lines are skipped and counted,
+    or kept as empty lines under keep_blank_lines."""
     kept: list[str] = []
     line_numbers: list[int] = []
     skipped = 0
@@ -391,6 +394,17 @@ def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encod
             line = ""
         kept.append(line)
         line_numbers.append(i)
+    return kept, line_numbers, skipped
+
+
+def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
+    """Map every non-blank line to ids; blank lines are skipped and counted (unless kept).
+
+    Tokens of the whole text are mapped in one pass and split back into lines (no per-line numpy).
+    A parallel text gives `source <sep> target` sequences (encode_pair)."""
+    if isinstance(text, ParallelText):
+        return encode_pair(text, vocab, protocol)
+    kept, line_numbers, skipped = scored_lines(text, protocol)
     mapped = _ids_per_line(kept, vocab, protocol)
     chars = mapped.tokens if protocol.level == "char" else 0  # only bits-per-char needs it
     return Encoded(text.name, text.sha256, mapped.sequences, line_numbers, skipped, mapped.reserved, chars,

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Sequence
 
 from ..data.corpus import (ParallelText, Text, encode, read_pair, read_recorded, read_text)
 from ..data.subword import SUBWORD_LEVELS
+from ..models.pretrained import PretrainedLM, is_pretrained
 from ..data.vocab import SEP
 from ..errors import ModelError, UsageError, only_for
 from ..evaluate.perplexity import Score, score_encoded
@@ -20,10 +21,14 @@ from .prepare import cached_split
 
 
 def load_model(path: str | Path, device: str = "cpu"):
-    """(model, record or None): a run folder or an ARPA file from any tool."""
+    """(model, record or None): a run folder, an ARPA file from any tool, or hf:FOLDER (a pretrained model)."""
     from ..models.ngram.arpa import is_arpa_path, load_arpa
 
     check_device_name(device)  # also for models that never use it (n-grams), so a typo is never ignored
+    if is_pretrained(path):
+        from ..device import resolve_device
+
+        return PretrainedLM(str(path), device=resolve_device(device)), None
     p = Path(path)
     if p.is_file() and is_arpa_path(p):
         return load_arpa(p), None
@@ -40,6 +45,9 @@ class ScoreResult:
     words: list[list[str]] | None = None
     saved: Path | None = None  # test_scores.npz written by score(..., save=True)
     run: str | None = None  # the run folder or ARPA file as given
+    kind: str | None = None  # the model's family (ngram, arpa, lstm, pretrained, ...)
+    vocab_size: int | None = None  # ids of its vocabulary (a pretrained model: of its tokenizer)
+    parameters: int | None = None
 
     def summary(self) -> dict:
         return {**self.score.summary(), "model": self.model, "protocol": self.protocol,
@@ -117,7 +125,7 @@ def split_models_texts(paths: Sequence[str], texts: Sequence[str] = ()) -> tuple
 
     models, more = list(paths[:1]), []
     for p in paths[1:]:
-        is_model = p != "-" and ((Path(p) / RUN_FILE).is_file() or is_arpa_path(p))
+        is_model = p != "-" and ((Path(p) / RUN_FILE).is_file() or is_arpa_path(p) or is_pretrained(p))
         (models if is_model else more).append(p)
     return models, [*texts, *more]
 
@@ -125,8 +133,10 @@ def split_models_texts(paths: Sequence[str], texts: Sequence[str] = ()) -> tuple
 def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: Text | None, *, src, tgt,
                   keep_words: bool, stride: int | None, save: bool, log: Log) -> ScoreResult:
     """score() of a model already loaded; `text`: the text already read (stdin shared by several models)."""
+    pretrained = isinstance(model, PretrainedLM)
     if save and record is None:
-        raise UsageError(f"--save stores per-sequence scores in a run folder; {model_path} is an ARPA file")
+        raise UsageError(f"--save stores per-sequence scores in a run folder; {model_path} is "
+                         f"{'a pretrained model' if pretrained else 'an ARPA file'}")
     if save and stride is not None:
         raise UsageError("--save stores the run's own test score; --stride would change it")
     if stride is not None:
@@ -136,16 +146,18 @@ def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: 
             raise UsageError(f"--stride applies to models with a bounded context (transformer), not {model.label}")
         model.stride = stride
     enc = None
-    if text is None and src is None and tgt is None and not keep_words:  # per-token records need the words
-        enc = cached_split(text_path, model.vocab, model.protocol, log)
+    if text is None and src is None and tgt is None and not keep_words and not pretrained:
+        enc = cached_split(text_path, model.vocab, model.protocol, log)  # per-token records need the words
     if text is None or model.protocol.task == "translate" or src is not None or tgt is not None:
         text = enc or _eval_text(model, record, model_path, text_path, src, tgt)  # refuses what does not fit
     if save and (record.data.get("test") or {}).get("sha256") != text.sha256:
         recorded = (record.data.get("test") or {}).get("path") or "none recorded"
         raise UsageError(f"--save needs the test file this run was measured on ({recorded}); {text.name} "
                          "is not that file (sha256 differs)")
-    enc = enc or encode(text, model.vocab, model.protocol)
+    enc = enc or (model.encode(text) if pretrained else encode(text, model.vocab, model.protocol))
     words = None
+    if keep_words and pretrained:
+        raise UsageError(f"{model_path}: per-token records of a pretrained model are not supported yet")
     if keep_words:
         from ..data.tokenize import tokenize
 
@@ -154,8 +166,9 @@ def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: 
     result = score_encoded(model, enc)
     label = model.label if stride is None else f"{model.label} (stride {stride})"
     saved = _save_rescored(Path(model_path), record, result, text.sha256) if save else None
+    size = len(model.vocab) if model.vocab is not None else model.tokens.tokenizer.get_vocab_size()
     return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words, saved,
-                       str(model_path))
+                       str(model_path), model.kind, size, model.num_parameters())
 
 
 def _save_rescored(run_dir: Path, record: RunRecord, result: Score, sha256: str) -> Path:

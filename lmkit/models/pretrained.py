@@ -1,0 +1,134 @@
+"""Pretrained causal language models from a local Hugging Face folder, scored as lmkit models: `hf:FOLDER`.
+
+The folder holds what `save_pretrained` writes: config.json, the weights (safetensors) and tokenizer.json (a
+fast tokenizer). Nothing is downloaded: the model is read with `local_files_only`. `transformers` is an
+optional extra (`pip install 'lmkit[hf]'`), imported only when such a model is loaded.
+
+The protocol is lmkit's: every scored line is one sequence and its end is scored, `</s>` standing for the
+newline, which such a model predicts as its newline token; the text is lmkit's default stream context (one
+beginning-of-text token, context carried across lines) or sentence context (each line from it). Long text is
+scored with a sliding window: the model's context length, moved by half of it, so that every token is scored
+once with at least half a window of context. A pretrained model's tokens are its own, so only the
+tokenisation-independent figures (bits per byte, word perplexity) compare it with other runs.
+
+Ids: lmkit keeps ids 0-3 for <pad> <unk> <s> </s>, so the model's token i is lmkit id i + OFFSET; </s> (3)
+stands for the newline token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.corpus import Encoded, Text, scored_lines, text_measures
+from ..data.subword import Subword
+from ..errors import ModelError, UsageError
+from ..protocol import Protocol
+
+PREFIX = "hf:"
+OFFSET = 4  # lmkit's reserved ids come first
+BATCH_TOKENS = 8192  # tokens per forward pass in sentence context (sequences of similar length together)
+
+
+def is_pretrained(name: str | Path) -> bool:
+    return str(name).startswith(PREFIX)
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError("hf: models need the optional extra: pip install 'lmkit[hf]' (transformers)") from None
+    transformers.utils.logging.set_verbosity_error()  # stderr is lmkit's: its own progress, notes and errors
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+class PretrainedLM:
+    """A read-only causal LM scored through lmkit's one scoring path (evaluate/perplexity.score_encoded)."""
+
+    kind = "pretrained"
+    normalised = True
+    vocab = None  # its tokenizer is its own: no lmkit vocabulary, no token file cache
+
+    def __init__(self, name: str, context: str = "stream", device: str = "cpu", window: int | None = None):
+        folder = Path(str(name)[len(PREFIX):] if is_pretrained(name) else name)
+        for needed in ("config.json", "tokenizer.json"):
+            if not (folder / needed).is_file():
+                raise ModelError(f"{name}: not a Hugging Face model folder ({needed} missing; a local folder "
+                                 "written by save_pretrained, with a fast tokenizer, is needed)")
+        transformers = _transformers()
+        try:
+            self.net = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{name}: cannot load the model ({str(exc).splitlines()[0][:160]})") from None
+        self.net.eval().to(device)
+        self.device = device
+        self.tokens = Subword((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        config = self.net.config
+        self.bos = config.bos_token_id if config.bos_token_id is not None else config.eos_token_id
+        if self.bos is None:
+            raise ModelError(f"{name}: the model config names no beginning- or end-of-text token to start from")
+        newline = self.tokens.tokenizer.encode("\n", add_special_tokens=False).ids
+        if len(newline) != 1:
+            raise ModelError(f"{name}: its tokenizer has no single newline token, which </s> stands for")
+        self.newline = newline[0]
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+        self.window = int(window or limit)
+        if self.window < 2:
+            raise UsageError(f"{name}: a sliding window of {self.window} tokens cannot score anything")
+        kind = (getattr(self.tokens.tokenizer.model, "__class__", type(None)).__name__ or "").lower()
+        level = "unigram" if "unigram" in kind else "bpe"
+        self.protocol = Protocol(level=level, context=context, tokenizer="pretrained")
+        self.label = f"{PREFIX}{folder.name}"
+        self.name = str(name)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.net.parameters()))
+
+    def encode(self, text: Text) -> Encoded:
+        """The text's scored lines in the model's own tokens (shifted by OFFSET), measured like every text."""
+        lines, numbers, skipped = scored_lines(text, self.protocol)
+        flat, lengths = self.tokens.encode(lines)
+        ends = np.cumsum(lengths).tolist()
+        ids = (flat + OFFSET).astype(np.int64)
+        sequences = [ids[a:b] for a, b in zip([0] + ends[:-1], ends)]
+        text_bytes, words = text_measures(lines)
+        return Encoded(text.name, text.sha256, sequences, numbers, skipped, text_bytes=text_bytes, words=words)
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+        """ln P of every token of every sequence and of its end (the newline token)."""
+        pieces = [np.append(np.asarray(s, dtype=np.int64) - OFFSET, self.newline) for s in sequences]
+        if self.protocol.context == "stream":
+            stream = np.concatenate([[self.bos], *pieces]) if pieces else np.array([self.bos])
+            scored = self.stream_logprobs(stream)
+            cut = np.cumsum([len(p) for p in pieces])[:-1]
+            return list(np.split(scored, cut)) if pieces else []
+        return [self.stream_logprobs(np.concatenate([[self.bos], p])) for p in pieces]
+
+    def stream_logprobs(self, ids: np.ndarray) -> np.ndarray:
+        """ln P(ids[t] | ids[:t]) for t >= 1, in windows of `window` tokens moved by half a window: every target
+        scored once, with at least half a window of context after the first window."""
+        import torch
+
+        n = len(ids)
+        out = np.empty(max(n - 1, 0))
+        step = max(1, self.window // 2)
+        done = 1  # the next target position
+        with torch.no_grad():
+            while done < n:
+                end = min(n, self.window if done == 1 else done + step)
+                start = max(0, end - self.window)
+                chunk = torch.as_tensor(ids[start:end], device=self.device)[None]
+                logp = torch.log_softmax(self.net(chunk).logits[0].float(), dim=-1)
+                targets = chunk[0, done - start:]
+                rows = logp[done - start - 1:end - start - 1]
+                out[done - 1:end - 1] = rows.gather(1, targets[:, None])[:, 0].cpu().numpy()
+                done = end
+        return out
+
+    def next_logprobs(self, contexts):
+        raise UsageError(f"{self.label}: a pretrained model is scored (lmkit score, compare --text); "
+                         "generate and analyze do not take it yet")

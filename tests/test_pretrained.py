@@ -1,0 +1,109 @@
+"""hf:FOLDER — a local pretrained causal LM scored as a model, checked against a direct transformers computation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clitools import cli, one_error_line
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+from lmkit import api  # noqa: E402
+from lmkit.data.corpus import read_text  # noqa: E402
+from lmkit.errors import IncomparableError  # noqa: E402
+from lmkit.models.pretrained import PretrainedLM  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LINES = ["the king is dead", "long live the king", "", "what say you , my lord ?"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A tiny randomly initialised GPT-2 with a byte-level BPE tokenizer, written as save_pretrained writes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    text = (REPO / "corpora" / "shakespeare" / "train.txt").read_text(encoding="utf-8").splitlines()[:1500]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      show_progress=False))
+    eot = tok.token_to_id("<|endoftext|>")
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                         eos_token="<|endoftext|>").save_pretrained(out)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=16, n_layer=1,
+                                     n_head=2, bos_token_id=eot, eos_token_id=eot)
+    transformers.GPT2LMHeadModel(config).save_pretrained(out)
+    return out
+
+
+def direct_logprobs(folder: Path, ids: list[int]) -> np.ndarray:
+    """ln P(ids[t] | ids[:t]) straight from transformers, the whole sequence in one pass."""
+    net = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float().eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(net(torch.tensor([ids])).logits[0], dim=-1)
+    return logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+
+
+def token_ids(folder: Path, line: str) -> list[int]:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(folder / "tokenizer.json")).encode(line, add_special_tokens=False).ids
+
+
+def test_score_matches_transformers_in_stream_and_sentence_context(folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    model = PretrainedLM(f"hf:{folder}")
+    eot, nl = model.bos, model.newline
+    scored = [ln for ln in LINES if ln.strip()]
+    stream = [eot] + [i for ln in scored for i in token_ids(folder, ln) + [nl]]
+    assert len(stream) <= 64  # one window: the direct pass sees what lmkit sees
+    s = api.score(f"hf:{folder}", text).summary()
+    assert s["nll_nats"] == pytest.approx(-direct_logprobs(folder, stream).sum(), rel=1e-5)
+    assert s["tokens"] == len(stream) - 1 and s["oov"] == 0 and s["skipped_blank_lines"] == 1
+    assert s["bytes"] == text.stat().st_size - 1 and s["words"] == sum(len(ln.split()) + 1 for ln in scored)
+    assert s["bits_per_byte"] == pytest.approx(s["nll_nats"] / math.log(2) / s["bytes"], rel=1e-12)
+    sentence = PretrainedLM(f"hf:{folder}", context="sentence")
+    enc = sentence.encode(read_text(text))
+    for lp, ln in zip(sentence.sequence_logprobs(enc.sequences), scored):
+        np.testing.assert_allclose(lp, direct_logprobs(folder, [eot] + token_ids(folder, ln) + [nl]), rtol=1e-5)
+
+
+def test_long_text_is_scored_once_per_token_in_sliding_windows(folder):
+    model = PretrainedLM(f"hf:{folder}", window=16)
+    ids = np.array([model.bos] + token_ids(folder, " ".join(LINES * 3)), dtype=np.int64)
+    assert len(ids) > 40
+    got = model.stream_logprobs(ids)
+    assert got.shape == (len(ids) - 1,) and np.isfinite(got).all()
+    np.testing.assert_allclose(got[:15], direct_logprobs(folder, ids[:16].tolist()), rtol=1e-5)  # first window
+    later = direct_logprobs(folder, ids[16 - 8:24].tolist())  # the second window: 8 targets after 8 of context
+    np.testing.assert_allclose(got[15:23], later[7:], rtol=1e-5)
+
+
+def test_compare_text_ranks_runs_and_pretrained_models_by_bits_per_byte(folder, tiny_corpus, tmp_path):
+    run = api.train(api.TrainRequest(model="ngram:kn2", corpus=tiny_corpus, output=tmp_path / "kn2", progress=False))
+    text = tiny_corpus / "test.txt"
+    rows = api.compare_text([run, f"hf:{folder}"], text)
+    assert {r["kind"] for r in rows} == {"ngram", "pretrained"} and [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["bits_per_byte"] <= rows[1]["bits_per_byte"] and "test_ppl" not in rows[0]
+    out = cli("compare", run, f"hf:{folder}", "--text", text, "--format", "json")
+    assert out.exit_code == 0 and len(json.loads(out.stdout)) == 2
+    one_error_line(cli("compare", run, f"hf:{folder}", "--text", text, "--bootstrap", "10"), 2, "--text")
+    sentence = api.train(api.TrainRequest(model="ngram:kn2", corpus=tiny_corpus, output=tmp_path / "s",
+                                          context="sentence", progress=False))
+    with pytest.raises(IncomparableError, match="context"):
+        api.compare_text([sentence, f"hf:{folder}"], text)  # the pretrained model reads it in stream context
+
+
+def test_a_folder_that_is_not_a_model_is_one_error_line(tmp_path, tiny_corpus):
+    one_error_line(cli("score", f"hf:{tmp_path}", tiny_corpus / "test.txt"), 1, "not a Hugging Face model folder")
