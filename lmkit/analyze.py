@@ -266,6 +266,7 @@ def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = N
 
     Refused unless the runs share protocol and vocabulary (and, without --text, the test file)."""
     from .evaluate.perplexity import score_encoded
+    from .models.pretrained import is_pretrained
     from .runs import load_run
 
     dims = parse_by(by)
@@ -273,6 +274,9 @@ def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = N
     if not paths:
         raise UsageError("give at least one run folder to analyse")
     for p in paths:
+        if is_pretrained(p):
+            raise UsageError(f"{p}: lmkit analyze buckets per-token scores of runs that share one vocabulary; a "
+                             "pretrained model has tokens of its own (set it beside runs with compare --text)")
         if Path(p).is_file():
             raise UsageError(f"{p}: lmkit analyze needs run folders (their run.json records the train file)")
     runs = read_runs(paths)

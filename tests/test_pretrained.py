@@ -107,3 +107,38 @@ def test_compare_text_ranks_runs_and_pretrained_models_by_bits_per_byte(folder, 
 
 def test_a_folder_that_is_not_a_model_is_one_error_line(tmp_path, tiny_corpus):
     one_error_line(cli("score", f"hf:{tmp_path}", tiny_corpus / "test.txt"), 1, "not a Hugging Face model folder")
+
+
+def test_greedy_generation_follows_the_models_argmax(folder):
+    """generate: each step is the model's most likely next token, its end-of-text token never chosen, its
+    newline token ending the line as </s>."""
+    out = api.generate(f"hf:{folder}", ["the king"], max_tokens=6)
+    model = PretrainedLM(f"hf:{folder}")
+    ids = [model.bos] + token_ids(folder, "the king")
+    net = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float().eval()
+    expected = []
+    with torch.no_grad():
+        for _ in range(6):
+            logits = net(torch.tensor([ids])).logits[0, -1]
+            logits[model.bos] = -math.inf
+            nxt = int(logits.argmax())
+            if nxt == model.newline:
+                break
+            expected.append(nxt)
+            ids.append(nxt)
+    from tokenizers import Tokenizer
+
+    text = Tokenizer.from_file(str(folder / "tokenizer.json")).decode(expected)
+    assert out.outputs[0]["continuation"] == text and out.outputs[0]["text"] == "the king" + text
+    rows = model.next_logprobs([[2, *(np.array(token_ids(folder, "the")) + 4)]])
+    assert np.exp(rows).sum() == pytest.approx(1.0) and rows[0, :3].max() == -np.inf
+
+
+def test_per_token_records_and_analyze(folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the king is dead\n", encoding="utf-8")
+    out = cli("score", f"hf:{folder}", text, "--per-token", "--format", "json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()] if out.stdout.lstrip().startswith("{") else \
+        json.loads(out.stdout)
+    assert out.exit_code == 0 and rows[-1]["token"] == "</s>" and rows[0]["token"] == "the"
+    one_error_line(cli("analyze", f"hf:{folder}", "--text", text), 2, "compare --text")

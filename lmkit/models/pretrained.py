@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data.corpus import Encoded, Text, scored_lines, text_measures
 from ..data.subword import Subword
+from ..data.vocab import BOS, EOS
 from ..errors import ModelError, UsageError
 from ..protocol import Protocol
 
@@ -50,7 +51,6 @@ class PretrainedLM:
 
     kind = "pretrained"
     normalised = True
-    vocab = None  # its tokenizer is its own: no lmkit vocabulary, no token file cache
 
     def __init__(self, name: str, context: str = "stream", device: str = "cpu", window: int | None = None):
         folder = Path(str(name)[len(PREFIX):] if is_pretrained(name) else name)
@@ -83,6 +83,7 @@ class PretrainedLM:
         self.protocol = Protocol(level=level, context=context, tokenizer="pretrained")
         self.label = f"{PREFIX}{folder.name}"
         self.name = str(name)
+        self.vocab = PretrainedVocab(self.tokens, self.newline)
 
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.net.parameters()))
@@ -129,6 +130,42 @@ class PretrainedLM:
                 done = end
         return out
 
-    def next_logprobs(self, contexts):
-        raise UsageError(f"{self.label}: a pretrained model is scored (lmkit score, compare --text); "
-                         "generate and analyze do not take it yet")
+    def next_logprobs(self, contexts) -> np.ndarray:
+        """(len(contexts), len(vocab)) ln P of the next lmkit id after each context (lmkit ids, from <s>): the
+        newline token's mass is </s>'s, the model's own end-of-text token is not a continuation (its mass is
+        spread over the rest by renormalising), the reserved ids get none."""
+        import torch
+
+        rows = np.full((len(contexts), len(self.vocab)), -np.inf)
+        with torch.no_grad():
+            for r, context in enumerate(contexts):
+                ids = [self.bos if i == BOS else self.newline if i == EOS else int(i) - OFFSET for i in context]
+                chunk = torch.as_tensor(ids[-self.window:], device=self.device)[None]
+                logp = torch.log_softmax(self.net(chunk).logits[0, -1].float(), dim=-1).cpu().numpy()
+                rows[r, OFFSET:OFFSET + len(logp)] = logp
+                rows[r, EOS] = logp[self.newline]
+                rows[r, OFFSET + self.newline] = -np.inf
+                rows[r, OFFSET + self.bos] = -np.inf
+                rows[r] -= np.logaddexp.reduce(rows[r])
+        return rows
+
+
+class PretrainedVocab:
+    """What generation needs of a vocabulary, for a pretrained model's own tokenizer: lmkit id = its id + OFFSET,
+    </s> (EOS) for its newline token."""
+
+    def __init__(self, tokens: Subword, newline: int):
+        self.subword = tokens
+        self.newline = newline
+        self.size = OFFSET + tokens.tokenizer.get_vocab_size()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def encode(self, pieces: list[str]) -> tuple[np.ndarray, int]:
+        """lmkit ids of the tokenizer's pieces (no piece is unknown: they come from the same tokenizer)."""
+        ids = [self.subword.tokenizer.token_to_id(p) for p in pieces]
+        return np.array([EOS if i == self.newline else i + OFFSET for i in ids], dtype=np.int64), 0
+
+    def decode(self, ids) -> list[str]:
+        return [self.subword.tokenizer.id_to_token(self.newline if i == EOS else int(i) - OFFSET) for i in ids]

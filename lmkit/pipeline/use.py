@@ -156,8 +156,6 @@ def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: 
                          "is not that file (sha256 differs)")
     enc = enc or (model.encode(text) if pretrained else encode(text, model.vocab, model.protocol))
     words = None
-    if keep_words and pretrained:
-        raise UsageError(f"{model_path}: per-token records of a pretrained model are not supported yet")
     if keep_words:
         from ..data.tokenize import tokenize
 
@@ -166,9 +164,8 @@ def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: 
     result = score_encoded(model, enc)
     label = model.label if stride is None else f"{model.label} (stride {stride})"
     saved = _save_rescored(Path(model_path), record, result, text.sha256) if save else None
-    size = len(model.vocab) if model.vocab is not None else model.tokens.tokenizer.get_vocab_size()
     return ScoreResult(result, label, model.protocol.to_dict(), text.name, text.sha256, words, saved,
-                       str(model_path), model.kind, size, model.num_parameters())
+                       str(model_path), model.kind, len(model.vocab), model.num_parameters())
 
 
 def _save_rescored(run_dir: Path, record: RunRecord, result: Score, sha256: str) -> Path:
