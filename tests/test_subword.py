@@ -122,3 +122,31 @@ def test_coverage_of_a_subword_vocabulary_has_no_unknown_bytes(corpus, tmp_path)
     odd.write_text("\n".join(ODD) + "\n", encoding="utf-8")
     cov = vocab_report(tmp_path / "v.json", coverage=odd)["coverage"]
     assert cov["tokens"] > sum(len(ln.split()) for ln in ODD) and cov["oov_tokens"] == 1  # the literal <unk>
+
+
+PIECES = ["the", "king", "caf\u00e9", "<unk>", "<s>", "'s", "--", "42", " ", " ", "  ", "\t", "\u00a0", "\u2003", "x"]
+
+
+@pytest.mark.parametrize("level", ["bpe", "unigram"])
+def test_encoding_a_distinct_word_at_a_time_gives_the_libraries_pieces(corpus, level):
+    """Subword.encode runs lines of single-spaced words a distinct word at a time: the same ids as the library
+    encoding each whole line, whatever the spacing."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    vocab = build_vocab(corpus / "train.txt", level=level, max_size=500)
+    sw = vocab.subword
+    assert sw.by_words
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(st.sampled_from(PIECES), max_size=7).map("".join), min_size=1, max_size=8))
+    def same(lines):
+        flat, lengths = sw.encode(lines)
+        expected = [e.ids for e in sw.tokenizer.encode_batch(lines, add_special_tokens=False)]
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert flat.tolist() == [i for e in expected for i in e]
+
+    same()
+    text = (corpus / "test.txt").read_text(encoding="utf-8").splitlines() + [" a b ", " lead", "trail "]
+    flat, _ = sw.encode(text)
+    assert flat.tolist() == [i for e in sw.tokenizer.encode_batch(text, add_special_tokens=False) for i in e.ids]

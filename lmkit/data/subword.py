@@ -14,10 +14,14 @@ Pieces are numbered by their count in the training text, most frequent first, af
 from __future__ import annotations
 
 import json
+from itertools import chain
+
 import numpy as np
+import pyarrow.compute as pc
 
 from ..errors import ModelError, UsageError
 from ..protocol import SUBWORD_LEVELS
+from .columnar import split_words
 
 DEFAULT_VOCAB_SIZE = 8000  # ids, the reserved ones included
 _SCORE_DECIMALS = 6  # unigram log-probabilities kept to this many decimals
@@ -121,6 +125,11 @@ class Subword:
             self.tokenizer = tk.Tokenizer.from_str(spec)
         except Exception as exc:  # the library raises its own exception types for bad JSON
             raise ModelError(f"the subword tokenizer cannot be read ({str(exc).splitlines()[0][:120]})") from None
+        # lmkit's own tokenizers (byte-level, GPT-2's regex, no normaliser) can be run a distinct word at a time
+        parsed = json.loads(spec)
+        pre = parsed.get("pre_tokenizer") or {}
+        self.by_words = (parsed.get("normalizer") is None and pre.get("type") == "ByteLevel"
+                         and pre.get("use_regex", True) and not pre.get("add_prefix_space", False))
 
     def pieces(self) -> list[str]:
         """The pieces in id order."""
@@ -136,10 +145,64 @@ class Subword:
         """(vocabulary ids of every line's pieces back to back, pieces per line)."""
         if not lines:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if not self.by_words:
+            return self._encode_lines(lines)
+        shape = np.fromiter(map(_word_shape, lines), dtype=np.int8, count=len(lines))
+        picked = np.flatnonzero(shape >= 0)
+        flat_simple, len_simple = self._encode_words([lines[i] for i in picked.tolist()], shape[picked])
+        rest = np.flatnonzero(shape < 0)
+        flat_rest, len_rest = self._encode_lines([lines[i] for i in rest.tolist()])
+        lengths = np.zeros(len(lines), dtype=np.int64)
+        lengths[picked], lengths[rest] = len_simple, len_rest
+        starts = np.cumsum(lengths) - lengths
+        flat = np.empty(int(lengths.sum()), dtype=np.int64)
+        flat[_spans(starts[picked], len_simple)] = flat_simple
+        flat[_spans(starts[rest], len_rest)] = flat_rest
+        return flat, lengths
+
+    def _encode_lines(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """encode() line by line in the library."""
+        if not lines:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         encodings = self.tokenizer.encode_batch(lines, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        flat = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+        flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=int(lengths.sum()))
         return flat, lengths
+
+    def _encode_words(self, lines: list[str], shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """encode() of lines of words separated by single spaces (`shape`: bit 1 a leading space, bit 2 a
+        trailing one; _word_shape), each distinct word encoded once.
+
+        With GPT-2's byte-level pre-tokenizer a pre-token never spans a space except the one space it may
+        start with, and BPE or unigram cut each pre-token alone: a line's pieces are its first word's pieces
+        (" word"'s after a leading space), those of " word" for every later word, then a trailing space's.
+        A test checks this against whole lines."""
+        tokens, per_line = split_words(lines)
+        distinct = pc.unique(tokens)
+        which = pc.index_in(tokens, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
+        words = distinct.to_pylist()
+        bare, bare_len = self._encode_lines(words)
+        spaced, spaced_len = self._encode_lines([" " + w for w in words] + [" "])  # the last: a trailing space
+        table = np.concatenate([bare, spaced])
+        line_of = np.repeat(np.arange(len(lines)), per_line)
+        first = np.zeros(len(which), dtype=bool)
+        first[(np.cumsum(per_line) - per_line)[per_line > 0]] = True
+        bare_word = first & ((shape[line_of] & 1) == 0)
+        spaced_start = len(bare) + np.cumsum(spaced_len) - spaced_len
+        start = np.where(bare_word, (np.cumsum(bare_len) - bare_len)[which], spaced_start[which])
+        length = np.where(bare_word, bare_len[which], spaced_len[which])
+        # a line with a trailing space gets one more entry, " ", after its words
+        trail = (shape & 2) > 0
+        before = np.cumsum(trail) - trail  # trailing entries of the lines before each line
+        word_at = np.arange(len(which)) + before[line_of]
+        trail_at = (np.cumsum(per_line) + before)[trail]
+        entries = len(which) + int(trail.sum())
+        all_start, all_length = np.empty(entries, dtype=np.int64), np.empty(entries, dtype=np.int64)
+        all_start[word_at], all_length[word_at] = start, length
+        all_start[trail_at], all_length[trail_at] = spaced_start[-1], spaced_len[-1]
+        pieces = np.bincount(line_of, weights=length, minlength=len(lines)).astype(np.int64)
+        pieces[trail] += spaced_len[-1]
+        return table[_spans(all_start, all_length)], pieces
 
     def tokens(self, line: str) -> list[str]:
         """The pieces of one line, as strings."""
@@ -149,3 +212,21 @@ class Subword:
         """The text of a list of pieces (the inverse of `tokens`)."""
         ids = [self.tokenizer.token_to_id(p) for p in pieces]
         return self.tokenizer.decode([i for i in ids if i is not None], skip_special_tokens=False)
+
+
+def _word_shape(line: str) -> int:
+    """-1 unless the line is words separated by single spaces, with at most one space before and after them
+    (and no other whitespace); else bit 1 for the leading space, bit 2 for the trailing one."""
+    lead = line[:1] == " "
+    trail = len(line) > 1 and line[-1] == " "
+    core = line[int(lead):len(line) - int(trail)]
+    if not core or core.split(" ") != core.split():
+        return -1
+    return int(lead) | (2 * int(trail))
+
+
+def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Every position of the spans [start, start + length), span after span."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, lengths) + np.arange(int(lengths.sum()))
