@@ -82,12 +82,22 @@ def exponents(t):  # other number spellings: an exponent, no digit before the po
     return "\n".join(lines)
 
 
+def wide_words(t):  # tabs kept, but the words two spaces apart and a blank before them
+    out = []
+    for ln in t.split("\n"):
+        parts = ln.split("\t")
+        if len(parts) >= 2:
+            parts[1] = " " + parts[1].replace(" ", "  ")
+        out.append("\t".join(parts))
+    return "\n".join(out)
+
+
 def nbsp_word(t):  # Unicode spaces stay inside a word (KenLM splits on ASCII whitespace only)
     return t.replace("\tcat", "\tc\u00a0at").replace(" cat", " c\u00a0at")
 
 
 VARIANTS = {"as written": lambda t: t, "crlf": crlf, "spaced": spaced, "sparse back-offs": sparse_backoffs,
-            "exponents": exponents, "nbsp in a word": nbsp_word, "pruned (hand)": lambda t: HAND}
+            "exponents": exponents, "nbsp in a word": nbsp_word, "wide words": wide_words, "pruned (hand)": lambda t: HAND}
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
@@ -147,12 +157,20 @@ def test_damage_goes_to_the_line_reader_which_names_the_line(tmp_path, written, 
     assert needle in msg and "line " in msg and str(path) in msg and "\n" not in msg
 
 
-def test_a_line_with_the_readers_delimiter_is_read_by_lines(tmp_path, monkeypatch, written):
-    """\\x1f is the block reader's CSV delimiter: a word holding it sends the file to the line reader."""
+def test_control_characters_in_words_are_read_alike(tmp_path, monkeypatch, written):
+    """\x1f (the split reader's CSV delimiter) and \x0b inside words: neither reader splits on \x1f, both on
+    \x0b (ASCII whitespace), whichever path of the block reader takes the file."""
     path = tmp_path / "v.arpa"
     path.write_text(written.replace("\tcat", "\tc\x1fat").replace(" cat", " c\x1fat"), encoding="utf-8")
-    assert read_arpa_blocks(path) is None
     assert "c\x1fat" in load_arpa(path).vocab.tokens
+    assert_same(load_arpa(path), by_lines(path, monkeypatch))
+    lines = written.split("\n")
+    i = _section_lines(written, 1)[-1]
+    p, w, b = lines[i].split("\t")
+    lines[i] = f"{p}\t\x0b{w}\t{b}"  # a leading vertical tab: whitespace, so the same word
+    path.write_text("\n".join(lines), encoding="utf-8")
+    assert read_arpa_blocks(path) is not None
+    assert_same(load_arpa(path), by_lines(path, monkeypatch))
 
 
 def test_kenlm_reference_files_take_the_block_reader(monkeypatch):

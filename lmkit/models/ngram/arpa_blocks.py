@@ -184,6 +184,67 @@ def _floats(fields: pa.Array, at: np.ndarray) -> np.ndarray | None:
 def _section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | None):
     """(words, log10 p, log10 bo) of one section: the unigram words as an Arrow array, or above them the
     flat unigram-line index of every word (n per entry); None on anything the line reader must see."""
+    try:
+        tabbed = _tabbed_section(section, n, N, unigrams)
+    except (pa.ArrowException, ValueError):
+        tabbed = None
+    return tabbed if tabbed is not None else _split_section(section, n, N, unigrams)
+
+
+# ASCII whitespace other than the space inside a words field: the split reader would split there. (Words not
+# single-spaced show up as a word count other than n, or as an empty word no unigram can be.)
+_NOT_PLAIN_WORDS = r"[\v\f\r]"
+
+
+def _tabbed_section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | None):
+    """_section for the layout KenLM, SRILM and lmkit write, `log10 p<TAB>w1 ... wn<TAB>log10 bo` with every
+    back-off present: the CSV reader parses the numbers itself. None when the section is laid out otherwise
+    (the split reader below then reads it)."""
+    names = ["p", "w"] + (["b"] if n < N else [])
+    reader = pcsv.open_csv(
+        pa.BufferReader(section),
+        read_options=pcsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
+        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
+                                        ignore_empty_lines=True),
+        convert_options=pcsv.ConvertOptions(column_types={k: pa.string() if k == "w" else pa.float64() for k in names},
+                                            strings_can_be_null=False, quoted_strings_can_be_null=False),
+        memory_pool=_POOL)
+    words, logp, logbo = [], [], []
+    for batch in reader:
+        w = batch.column(1)
+        if not _short(w) or pc.any(pc.match_substring_regex(w, _NOT_PLAIN_WORDS)).as_py():
+            return None
+        split = pc.split_pattern(w, " ", memory_pool=_POOL)
+        if not (pc.list_value_length(split).to_numpy(zero_copy_only=False) == n).all():
+            return None
+        p = batch.column(0).to_numpy(zero_copy_only=False)
+        bo = batch.column(2).to_numpy(zero_copy_only=False) if n < N else np.zeros(len(p))
+        if not (np.isfinite(p).all() and np.isfinite(bo).all()) or (p > 0).any():
+            return None
+        flat = split.values
+        if n == 1:
+            words.append(flat)
+        else:
+            ids = pc.index_in(flat, value_set=unigrams, memory_pool=_POOL)
+            if ids.null_count:
+                return None
+            words.append(ids.to_numpy(zero_copy_only=False).astype(np.int64))
+        logp.append(p)
+        logbo.append(bo)
+    return _joined(n, words, logp, logbo)
+
+
+def _joined(n: int, words: list, logp: list, logbo: list):
+    """A section's batches as one (words, log10 p, log10 bo)."""
+    logp = np.concatenate(logp) if logp else np.zeros(0)
+    logbo = np.concatenate(logbo) if logbo else np.zeros(0)
+    if n == 1:
+        return (pa.concat_arrays(words) if words else pa.array([], pa.string())), logp, logbo
+    return (np.concatenate(words) if words else np.zeros(0, dtype=np.int64)), logp, logbo
+
+
+def _split_section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | None):
+    """_section for any whitespace layout: each line trimmed and split on ASCII whitespace."""
     allowed = [n + 1] if n == N else [n + 1, n + 2]
     words, logp, logbo = [], [], []
     for lines in _batches(section):
@@ -221,8 +282,4 @@ def _section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | None):
             words.append(ids.to_numpy(zero_copy_only=False).astype(np.int64))
         logp.append(p)
         logbo.append(bo)
-    logp = np.concatenate(logp) if logp else np.zeros(0)
-    logbo = np.concatenate(logbo) if logbo else np.zeros(0)
-    if n == 1:
-        return (pa.concat_arrays(words) if words else pa.array([], pa.string())), logp, logbo
-    return (np.concatenate(words) if words else np.zeros(0, dtype=np.int64)), logp, logbo
+    return _joined(n, words, logp, logbo)
