@@ -143,7 +143,8 @@ def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: 
     if not lmkit_arpa:
         lines.append(f"note: lmkit's ARPA reader skipped ({arpa_mb:,.0f} MiB > --arpa-max-mb {args.arpa_max_mb}): it "
                      "is skipped above this size to keep the bench short")
-    pairs = [scoring(tools, arpa, lmkit_arpa, work / "lmkit-run", big, one, env) for _ in range(args.score_pairs or args.pairs)]
+    pairs = [scoring(tools, arpa, lmkit_arpa, work / "lmkit-run", big, one, env)
+             for _ in range(args.score_pairs or args.pairs)]
     for tool in pairs[0]:
         m = median_of([p[tool] for p in pairs])
         lines.append(f"score  {tool:<16}  load {m['load']:.2f} s  score {rate(test_tokens, m['score'])}  "

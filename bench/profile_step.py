@@ -60,7 +60,8 @@ def build(kind: str, sets: list[str]):
         config = dataclasses.replace(config, adaptive_cutoffs=derived_cutoffs(vocab.counts))
     torch.manual_seed(0)
     model = cls(config, vocab, protocol, device="cpu")
-    cfg = resolve_train_config(TrainConfig(max_tokens=10**9, eval_every=10**9, device="cpu"), dict(cls.module.train_defaults))
+    cfg = resolve_train_config(TrainConfig(max_tokens=10**9, eval_every=10**9, device="cpu"),
+                               dict(cls.module.train_defaults))
     return model, train, cfg
 
 
@@ -161,7 +162,8 @@ def main() -> int:
         for name, sec in p.items():
             print(f"  {name:<24} {sec * 1e3:8.1f} ms  {sec / per_step:6.1%} of the loop's step")
         print(f"  {'parts, summed':<24} {total * 1e3:8.1f} ms")
-        print(f"  {'the loop step':<24} {per_step * 1e3:8.1f} ms  (loop overhead {max(per_step - total, 0) * 1e3:.1f} ms)")
+        overhead = max(per_step - total, 0) * 1e3
+        print(f"  {'the loop step':<24} {per_step * 1e3:8.1f} ms  (loop overhead {overhead:.1f} ms)")
         flops = net.flops_per_token(cfg.seq_len) * rate
         print(f"  loop: {rate:,.0f} tokens/s ({tokens_per_step} per step), {flops / 1e9:.1f} GFLOP/s = "
               f"{flops / 1e9 / peak:.0%} of the fp32 matmul peak")

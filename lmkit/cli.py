@@ -1066,7 +1066,7 @@ def curve(
                                               "(default 60s when no budget is given).", rich_help_panel=CURVE),
     context: str = typer.Option(defaults.CONTEXT, help="Protocol context for every run: sentence or stream.",
                                 rich_help_panel=CURVE),
-    level: str = typer.Option(defaults.LEVEL, help="word or char.", rich_help_panel=CURVE),
+    level: str = typer.Option(defaults.LEVEL, help="word, char, bpe or unigram.", rich_help_panel=CURVE),
     min_count: int = typer.Option(defaults.MIN_COUNT, help="Shared vocabulary (from the full train split): keep "
                                   "tokens seen at least this often.", rich_help_panel=CURVE),
     sets: List[str] = typer.Option([], "--set", help="KEY=VALUE for every neural model, FAMILY.KEY=VALUE for one "

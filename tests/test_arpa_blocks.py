@@ -97,7 +97,8 @@ def nbsp_word(t):  # Unicode spaces stay inside a word (KenLM splits on ASCII wh
 
 
 VARIANTS = {"as written": lambda t: t, "crlf": crlf, "spaced": spaced, "sparse back-offs": sparse_backoffs,
-            "exponents": exponents, "nbsp in a word": nbsp_word, "wide words": wide_words, "pruned (hand)": lambda t: HAND}
+            "exponents": exponents, "nbsp in a word": nbsp_word, "wide words": wide_words,
+            "pruned (hand)": lambda t: HAND}
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])

@@ -1,4 +1,4 @@
-"""Turn a line of text into tokens under a protocol (word or char level)."""
+"""Turn a line of text into tokens under a protocol (word, char, or subword through the vocabulary's tokenizer)."""
 
 from __future__ import annotations
 

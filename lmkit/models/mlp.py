@@ -112,7 +112,8 @@ class MLPLM(nn.Module):
         k = config.window * config.embed  # width of the concatenated context x_t
         self.embed = nn.Embedding(vocab_size, config.embed)  # C
         self.hidden = nn.Linear(k, config.hidden)  # H, d
-        self.adaptive = (AdaptiveHead(config.hidden, vocab_size, tuple(config.adaptive_cutoffs), float(config.adaptive_div))
+        self.adaptive = (AdaptiveHead(config.hidden, vocab_size, tuple(config.adaptive_cutoffs),
+                                      float(config.adaptive_div))
                          if config.adaptive_cutoffs else None)
         self.out = nn.Linear(config.hidden, vocab_size) if self.adaptive is None else None  # U, b
         self.direct = nn.Linear(k, vocab_size, bias=False) if config.direct else None  # W
