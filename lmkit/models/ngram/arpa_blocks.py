@@ -209,33 +209,43 @@ def _tabbed_section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | Non
         convert_options=pcsv.ConvertOptions(column_types={k: pa.string() if k == "w" else pa.float64() for k in names},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
         memory_pool=_POOL)
+    return _collect(n, (_tabbed_batch(batch, n, N, unigrams) for batch in reader))
+
+
+def _tabbed_batch(batch: pa.RecordBatch, n: int, N: int, unigrams: pa.Array | None):
+    """(words, log10 p, log10 bo) of one batch of tab-separated lines, or None."""
+    w = batch.column(1)
+    if not _short(w) or pc.any(pc.match_substring_regex(w, _NOT_PLAIN_WORDS)).as_py():
+        return None
+    split = pc.split_pattern(w, " ", memory_pool=_POOL)
+    if not (pc.list_value_length(split).to_numpy(zero_copy_only=False) == n).all():
+        return None
+    p = batch.column(0).to_numpy(zero_copy_only=False)
+    bo = batch.column(2).to_numpy(zero_copy_only=False) if n < N else np.zeros(len(p))
+    if not (np.isfinite(p).all() and np.isfinite(bo).all()) or (p > 0).any():
+        return None
+    found = _words_of(split.values, n, unigrams)
+    return None if found is None else (found, p, bo)
+
+
+def _words_of(fields: pa.Array, n: int, unigrams: pa.Array | None):
+    """The unigram words themselves (n == 1), else every word's unigram-line index; None for a word that is
+    not a unigram."""
+    if n == 1:
+        return fields
+    ids = pc.index_in(fields, value_set=unigrams, memory_pool=_POOL)
+    return None if ids.null_count else ids.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _collect(n: int, parts):
+    """A section's batches, each (words, log10 p, log10 bo), as one; None as soon as a batch is None."""
     words, logp, logbo = [], [], []
-    for batch in reader:
-        w = batch.column(1)
-        if not _short(w) or pc.any(pc.match_substring_regex(w, _NOT_PLAIN_WORDS)).as_py():
+    for part in parts:
+        if part is None:
             return None
-        split = pc.split_pattern(w, " ", memory_pool=_POOL)
-        if not (pc.list_value_length(split).to_numpy(zero_copy_only=False) == n).all():
-            return None
-        p = batch.column(0).to_numpy(zero_copy_only=False)
-        bo = batch.column(2).to_numpy(zero_copy_only=False) if n < N else np.zeros(len(p))
-        if not (np.isfinite(p).all() and np.isfinite(bo).all()) or (p > 0).any():
-            return None
-        flat = split.values
-        if n == 1:
-            words.append(flat)
-        else:
-            ids = pc.index_in(flat, value_set=unigrams, memory_pool=_POOL)
-            if ids.null_count:
-                return None
-            words.append(ids.to_numpy(zero_copy_only=False).astype(np.int64))
-        logp.append(p)
-        logbo.append(bo)
-    return _joined(n, words, logp, logbo)
-
-
-def _joined(n: int, words: list, logp: list, logbo: list):
-    """A section's batches as one (words, log10 p, log10 bo)."""
+        words.append(part[0])
+        logp.append(part[1])
+        logbo.append(part[2])
     logp = np.concatenate(logp) if logp else np.zeros(0)
     logbo = np.concatenate(logbo) if logbo else np.zeros(0)
     if n == 1:
@@ -245,41 +255,35 @@ def _joined(n: int, words: list, logp: list, logbo: list):
 
 def _split_section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | None):
     """_section for any whitespace layout: each line trimmed and split on ASCII whitespace."""
+    return _collect(n, (_split_batch(lines, n, N, unigrams) for lines in _batches(section)))
+
+
+def _split_batch(lines: pa.Array, n: int, N: int, unigrams: pa.Array | None):
+    """(words, log10 p, log10 bo) of one batch of lines split on whitespace, or None."""
     allowed = [n + 1] if n == N else [n + 1, n + 2]
-    words, logp, logbo = [], [], []
-    for lines in _batches(section):
-        if not _short(lines):
+    if not _short(lines):
+        return None
+    # trimmed first: Arrow's split, unlike str.split(), gives an empty field for a leading or trailing blank
+    lines = pc.ascii_trim_whitespace(lines, memory_pool=_POOL)
+    blank = pc.equal(pc.binary_length(lines), 0)  # a line of spaces is formatting
+    if pc.any(blank).as_py():
+        lines = pc.filter(lines, pc.invert(blank), memory_pool=_POOL)
+    split = pc.ascii_split_whitespace(lines, memory_pool=_POOL)
+    counts = pc.list_value_length(split).to_numpy(zero_copy_only=False)
+    starts = split.offsets.to_numpy()[:-1].astype(np.int64)
+    if not np.isin(counts, allowed).all():
+        return None
+    fields = split.values
+    p = _floats(fields, starts)
+    has_bo = np.flatnonzero(counts == n + 2)
+    bo = np.zeros(len(starts))
+    if has_bo.size:
+        values = _floats(fields, starts[has_bo] + n + 1)
+        if values is None:
             return None
-        # trimmed first: Arrow's split, unlike str.split(), gives an empty field for a leading or trailing blank
-        lines = pc.ascii_trim_whitespace(lines, memory_pool=_POOL)
-        blank = pc.equal(pc.binary_length(lines), 0)  # a line of spaces is formatting
-        if pc.any(blank).as_py():
-            lines = pc.filter(lines, pc.invert(blank), memory_pool=_POOL)
-        split = pc.ascii_split_whitespace(lines, memory_pool=_POOL)
-        counts = pc.list_value_length(split).to_numpy(zero_copy_only=False)
-        starts = split.offsets.to_numpy()[:-1].astype(np.int64)
-        if not np.isin(counts, allowed).all():
-            return None
-        fields = split.values
-        p = _floats(fields, starts)
-        has_bo = np.flatnonzero(counts == n + 2)
-        bo = np.zeros(len(starts))
-        if has_bo.size:
-            values = _floats(fields, starts[has_bo] + n + 1)
-            if values is None:
-                return None
-            bo[has_bo] = values
-        if p is None or (p > 0).any():
-            return None
-        at = pa.array((starts[:, None] + np.arange(1, n + 1)).ravel())
-        words_at = pc.take(fields, at, memory_pool=_POOL)
-        if n == 1:
-            words.append(words_at)
-        else:
-            ids = pc.index_in(words_at, value_set=unigrams, memory_pool=_POOL)
-            if ids.null_count:
-                return None
-            words.append(ids.to_numpy(zero_copy_only=False).astype(np.int64))
-        logp.append(p)
-        logbo.append(bo)
-    return _joined(n, words, logp, logbo)
+        bo[has_bo] = values
+    if p is None or (p > 0).any():
+        return None
+    at = pa.array((starts[:, None] + np.arange(1, n + 1)).ravel())
+    found = _words_of(pc.take(fields, at, memory_pool=_POOL), n, unigrams)
+    return None if found is None else (found, p, bo)
