@@ -72,10 +72,14 @@ def _protocol(record: RunRecord) -> Protocol:
     return Protocol.from_dict(record.protocol)
 
 
-def _describe_protocol(a: RunRecord, b: RunRecord) -> str:
-    pa, pb = _protocol(a).to_dict(), _protocol(b).to_dict()
-    fields = [f"{k} {pa[k]} vs {pb[k]}" for k in pa if pa[k] != pb[k]]
+def protocol_differences(pa: dict, pb: dict) -> str:
+    """`protocol differs (field a vs b, ...)` for two protocol dicts, fields in the first one's order."""
+    fields = [f"{k} {pa.get(k)} vs {pb.get(k)}" for k in dict.fromkeys([*pa, *pb]) if pa.get(k) != pb.get(k)]
     return f"protocol differs ({', '.join(fields)})"
+
+
+def _describe_protocol(a: RunRecord, b: RunRecord) -> str:
+    return protocol_differences(_protocol(a).to_dict(), _protocol(b).to_dict())
 
 
 def _describe_file(split: str) -> Callable[[RunRecord, RunRecord], str]:
@@ -90,15 +94,17 @@ def _describe_file(split: str) -> Callable[[RunRecord, RunRecord], str]:
 
 
 # aspect -> (value that must be equal, how to say that it is not)
+def text_fields(protocol: dict) -> dict:
+    """A protocol less its tokenisation: what must match for bits per byte to be comparable."""
+    return {k: v for k, v in protocol.items() if k not in TOKENISATION_FIELDS}
+
+
 def _text_protocol(record: RunRecord) -> dict:
-    """The protocol less its tokenisation: what must match for bits per byte to be comparable."""
-    return {k: v for k, v in _protocol(record).to_dict().items() if k not in TOKENISATION_FIELDS}
+    return text_fields(_protocol(record).to_dict())
 
 
 def _describe_text_protocol(a: RunRecord, b: RunRecord) -> str:
-    pa, pb = _text_protocol(a), _text_protocol(b)
-    fields = [f"{k} {pa[k]} vs {pb[k]}" for k in pa if pa[k] != pb[k]]
-    return f"protocol differs ({', '.join(fields)})"
+    return protocol_differences(_text_protocol(a), _text_protocol(b))
 
 
 ASPECTS: dict[str, tuple[Callable[[RunRecord], Any], Callable[[RunRecord, RunRecord], str]]] = {
@@ -155,8 +161,9 @@ def _finite(value: Any) -> float | None:
 def across_levels(runs: list[tuple[str, RunRecord]]) -> bool:
     """Do the runs differ in level, tokenizer or vocabulary (so only per-byte and per-word figures compare)?"""
     first = runs[0][1]
-    return any(r.vocab_id != first.vocab_id or _protocol(r).hash != _protocol(first).hash and
-               _text_protocol(r) == _text_protocol(first) for _, r in runs[1:])
+    return any(r.vocab_id != first.vocab_id
+               or (_protocol(r).hash != _protocol(first).hash and _text_protocol(r) == _text_protocol(first))
+               for _, r in runs[1:])
 
 
 def check_across_levels(runs: list[tuple[str, RunRecord]]) -> None:
@@ -395,15 +402,13 @@ def rows_on_text(results: Sequence[Any], sort: str | None = None) -> list[dict]:
     their tokenisations may differ, the text and the way it was read (context, blank lines, lower-casing,
     normalisation, task) may not (IncomparableError naming the two models)."""
     first = results[0]
-    base = {k: v for k, v in first.protocol.items() if k not in TOKENISATION_FIELDS}
+    base = text_fields(first.protocol)
     for r in results[1:]:
-        other = {k: v for k, v in r.protocol.items() if k not in TOKENISATION_FIELDS}
-        if other != base or r.sha256 != first.sha256:
-            what = [f"{k} {base.get(k)} vs {other.get(k)}" for k in sorted(set(base) | set(other))
-                    if base.get(k) != other.get(k)]
-            raise IncomparableError(f"{first.run} and {r.run} did not read {first.file} the same way: protocol "
-                                    f"differs ({', '.join(what)}); bits per byte compares models only on the "
-                                    "same text read the same way")
+        other = text_fields(r.protocol)
+        if other != base:
+            raise IncomparableError(f"{first.run} and {r.run} did not read {first.file} the same way: "
+                                    f"{protocol_differences(base, other)}; bits per byte compares models only "
+                                    "on the same text read the same way")
     rows = []
     for r in results:
         s = r.summary()

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 from lmkit import api  # noqa: E402
-from lmkit.data.corpus import read_text  # noqa: E402
+from lmkit.data.corpus import encode, read_text  # noqa: E402
 from lmkit.errors import IncomparableError  # noqa: E402
 from lmkit.models.pretrained import PretrainedLM  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_score_matches_transformers_in_stream_and_sentence_context(folder, tmp_p
     assert s["bytes"] == text.stat().st_size - 1 and s["words"] == sum(len(ln.split()) + 1 for ln in scored)
     assert s["bits_per_byte"] == pytest.approx(s["nll_nats"] / math.log(2) / s["bytes"], rel=1e-12)
     sentence = PretrainedLM(f"hf:{folder}", context="sentence")
-    enc = sentence.encode(read_text(text))
+    enc = encode(read_text(text), sentence.vocab, sentence.protocol)
     for lp, ln in zip(sentence.sequence_logprobs(enc.sequences), scored):
         np.testing.assert_allclose(lp, direct_logprobs(folder, [eot] + token_ids(folder, ln) + [nl]), rtol=1e-5)
 

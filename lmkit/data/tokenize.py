@@ -33,8 +33,9 @@ def normalise_lines(lines: list[str], protocol: Protocol) -> list[str]:
     return [normalise(line, protocol) for line in lines]
 
 
-def split_words(line: str) -> list[str]:
-    """The fields of a line split on ASCII whitespace only, KenLM's rule (an ARPA line, a word-level line)."""
+def split_line(line: str) -> list[str]:
+    """The fields of one line split on ASCII whitespace only, KenLM's rule (an ARPA line, a word-level line);
+    data/columnar.split_words does the same for many lines at once."""
     return [t for t in _ASCII_WS.split(line) if t]
 
 
@@ -48,21 +49,12 @@ def tokenize(line: str, protocol: Protocol, vocab=None) -> list[str]:
         if vocab is None:
             raise UsageError(f"{protocol.level}-level text is tokenised by its vocabulary's tokenizer")
         return vocab.subword.tokens(line)
-    return split_words(line)
-
-
-# Characters str.split() treats as whitespace besides the ASCII ones KenLM splits on.
-_NON_ASCII_SPLIT = re.compile("[\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+    return split_line(line)
 
 
 def tokenize_lines(lines: list[str], protocol: Protocol) -> list[list[str]]:
-    """tokenize() for many lines at once; uses the fast str.split() when it is provably identical
-    (no character that str.split() but not KenLM treats as whitespace occurs in the text)."""
-    if protocol.level == "char" or protocol.normalize or protocol.lowercase:
-        return [tokenize(line, protocol) for line in lines]
-    if any(_NON_ASCII_SPLIT.search(line) for line in lines):
-        return [tokenize(line, protocol) for line in lines]
-    return [line.split() for line in lines]
+    """tokenize() for many lines (char level; word-level texts go through data/columnar.split_words)."""
+    return [tokenize(line, protocol) for line in lines]
 
 
 def detokenize(tokens: list[str], level: str, vocab=None) -> str:

@@ -19,9 +19,8 @@ from pathlib import Path
 from ..atomic import atomic_dir
 from ..outputs import check_output_dir, write_marker
 from ..data.corpus import LineReader
-from ..data.tokenize import tokenize_lines
+from ..data.columnar import split_words
 from ..errors import DataError, UsageError
-from ..protocol import Protocol
 from ..validate import check_seed
 
 SPLITS = ("train", "valid", "test")
@@ -85,7 +84,7 @@ class _Writers:
             return
         self.files[SPLITS[split]].write("\n".join(lines) + "\n")
         self.lines[split] += len(lines)
-        self.tokens[split] += sum(len(t) for t in tokenize_lines(lines, Protocol()))
+        self.tokens[split] += int(split_words(lines)[1].sum())
 
     def rows(self) -> list[dict]:
         total = sum(self.lines) or 1

@@ -12,7 +12,8 @@ once with at least half a window of context. A pretrained model's tokens are its
 tokenisation-independent figures (bits per byte, word perplexity) compare it with other runs.
 
 Ids: lmkit keeps ids 0-3 for <pad> <unk> <s> </s>, so the model's token i is lmkit id i + OFFSET; </s> (3)
-stands for the newline token.
+stands for the newline token. Text is encoded by data/corpus.encode like any subword text: PretrainedVocab
+gives it the model's tokenizer and the id shift.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.corpus import Encoded, Text, scored_lines, text_measures
 from ..data.subword import Subword
 from ..data.vocab import BOS, EOS
 from ..errors import ModelError, UsageError
@@ -29,7 +29,6 @@ from ..protocol import Protocol
 
 PREFIX = "hf:"
 OFFSET = 4  # lmkit's reserved ids come first
-BATCH_TOKENS = 8192  # tokens per forward pass in sentence context (sequences of similar length together)
 
 
 def is_pretrained(name: str | Path) -> bool:
@@ -87,16 +86,6 @@ class PretrainedLM:
 
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.net.parameters()))
-
-    def encode(self, text: Text) -> Encoded:
-        """The text's scored lines in the model's own tokens (shifted by OFFSET), measured like every text."""
-        lines, numbers, skipped = scored_lines(text, self.protocol)
-        flat, lengths = self.tokens.encode(lines)
-        ends = np.cumsum(lengths).tolist()
-        ids = (flat + OFFSET).astype(np.int64)
-        sequences = [ids[a:b] for a, b in zip([0] + ends[:-1], ends)]
-        text_bytes, words = text_measures(lines)
-        return Encoded(text.name, text.sha256, sequences, numbers, skipped, text_bytes=text_bytes, words=words)
 
     # -- scoring -------------------------------------------------------------------------------------------
     def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
@@ -161,6 +150,11 @@ class PretrainedVocab:
 
     def __len__(self) -> int:
         return self.size
+
+    def encode_found(self, found: np.ndarray) -> tuple[np.ndarray, int]:
+        """lmkit ids of the tokenizer's ids (data/corpus.encode calls this, as for any subword vocabulary): the
+        text is encoded by the one encoder, none of its tokens is reserved."""
+        return (np.asarray(found, dtype=np.int64) + OFFSET).astype(np.int32), 0
 
     def encode(self, pieces: list[str]) -> tuple[np.ndarray, int]:
         """lmkit ids of the tokenizer's pieces (no piece is unknown: they come from the same tokenizer)."""

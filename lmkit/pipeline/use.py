@@ -154,7 +154,7 @@ def _score_loaded(model, record: RunRecord | None, model_path, text_path, text: 
         recorded = (record.data.get("test") or {}).get("path") or "none recorded"
         raise UsageError(f"--save needs the test file this run was measured on ({recorded}); {text.name} "
                          "is not that file (sha256 differs)")
-    enc = enc or (model.encode(text) if pretrained else encode(text, model.vocab, model.protocol))
+    enc = enc or encode(text, model.vocab, model.protocol)
     words = None
     if keep_words:
         from ..data.tokenize import tokenize

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...atomic import atomic_open
-from ...data.tokenize import is_blank, split_words
+from ...data.tokenize import is_blank, split_line
 from ...data.vocab import BOS, PAD, SPECIALS, Vocab
 from ...errors import ModelError, UsageError
 from ...logs import current
@@ -329,7 +329,7 @@ def _ln(log10: np.ndarray) -> np.ndarray:
 
 def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
     """Fields of one n-gram section: (line indices, flat word list, ln prob, ln backoff)."""
-    parts = [split_words(rd.lines[i]) for i in linenos]
+    parts = [split_line(rd.lines[i]) for i in linenos]
     lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
     allowed = (n + 1,) if n == N else (n + 1, n + 2)
     bad = np.flatnonzero(~np.isin(lens, allowed))

@@ -5,7 +5,7 @@ Arrow's C++ reader cuts a section into record batches of about BLOCK_BYTES, and 
 fields, parse the numbers (correctly rounded) and map words to unigram indices, a batch at a time, with no
 Python object per line. This reader never explains a problem: on anything unusual (damage, a duplicate, a word
 that is not a unigram) it returns None, and the line reader in arpa.py reads the file again and names the
-line. Both split fields on ASCII whitespace only, as KenLM does (data/tokenize.py: split_words).
+line. Both split fields on ASCII whitespace only, as KenLM does (data/tokenize.py: split_line).
 """
 
 from __future__ import annotations
