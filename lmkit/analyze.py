@@ -17,14 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .compare import check_comparable, read_runs
 from .data.corpus import Encoded, ParallelText, Text, encode, read_recorded, read_text
 from .data.vocab import UNK
-from .errors import DataError, UsageError
+from .errors import DataError, IncomparableError, UsageError
 from .evaluate.perplexity import exp_or_inf
 from .protocol import Protocol
 from .runs import RunRecord
@@ -109,18 +109,15 @@ def _scored_mask(encoded: Encoded) -> np.ndarray:
 # -- result -----------------------------------------------------------------------------------------
 @dataclass
 class RunNll:
-    """One run's per-token NLL (nats) on the analysed text, in scoring order."""
+    """One model's per-token NLL (nats) on the analysed text, in scoring order."""
 
     name: str
     path: str
-    record: RunRecord
+    label: str
+    kind: str | None
     normalised: bool
     nll: np.ndarray = field(repr=False)
-
-    @property
-    def recorded_test_ppl(self) -> float | None:
-        value = (self.record.metrics.get("test") or {}).get("perplexity")
-        return float(value) if isinstance(value, (int, float)) else None
+    recorded_test_ppl: float | None = None  # run.json's test perplexity (None for a pretrained model)
 
 
 @dataclass
@@ -131,7 +128,7 @@ class Analysis:
     order: int
     runs: list[RunNll]
     text: dict
-    train: dict
+    train: dict | None  # the file context frequencies were counted in (None: not counted)
     protocol: dict
     keys: dict[str, np.ndarray] = field(repr=False)  # dimension -> bucket index per token
     labels: dict[str, list[str]] = field(repr=False)
@@ -212,7 +209,7 @@ class Analysis:
         runs = []
         for r in self.runs:
             mean = float(r.nll.mean()) if r.nll.size else None
-            runs.append({"name": r.name, "run": r.path, "model": r.record.label, "kind": r.record.kind,
+            runs.append({"name": r.name, "run": r.path, "model": r.label, "kind": r.kind,
                          "normalised": r.normalised, "tokens": int(r.nll.size), "nll_nats": mean,
                          "perplexity": exp_or_inf(mean) if mean is not None else None,
                          "recorded_test_perplexity": r.recorded_test_ppl if self.is_test else None})
@@ -251,34 +248,50 @@ def _train_text(runs: list[tuple[str, RunRecord]], train: str | Path | None, log
     return read_recorded(info, path, "train", "give the original with --train FILE"), True
 
 
-def _names(runs: list[tuple[str, RunRecord]]) -> list[str]:
-    """Column names: the model labels, made unique with the folder name where two runs share one."""
-    labels = [r.label for _, r in runs]
-    names = [lab if labels.count(lab) == 1 else f"{lab} ({Path(p).name})" for lab, (p, _) in zip(labels, runs)]
+def _names(labels: list[str], paths: list[str]) -> list[str]:
+    """Column names: the model labels, made unique with the folder name where two models share one."""
+    names = [lab if labels.count(lab) == 1 else f"{lab} ({Path(p).name})" for lab, p in zip(labels, paths)]
     return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
 
 
 # -- the analysis -----------------------------------------------------------------------------------
+@dataclass
+class _Model:
+    """One model to rescore: its column name, how it was given, a loader (one model in memory at a time) and
+    the test NLL its run.json recorded, if any."""
+
+    name: str
+    path: str
+    load: Callable[[], object]
+    recorded: dict = field(default_factory=dict)  # run.json's test metrics; empty for a pretrained model
+
+
 def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = None, *,
                  order: int = DEFAULT_ORDER, text: str | Path | None = None, train: str | Path | None = None,
                  device: str = "cpu", log: Log = lambda _: None) -> Analysis:
     """Rescore `text` (default: the runs' own test file) with every run and bucket the per-token NLLs.
 
-    Refused unless the runs share protocol and vocabulary (and, without --text, the test file)."""
-    from .evaluate.perplexity import score_encoded
+    Refused unless the models share protocol and tokens (and, without --text, the test file). Pretrained
+    models (hf:FOLDER) are analysed among themselves, on --text, with --train for context frequencies."""
     from .models.pretrained import is_pretrained
-    from .runs import load_run
 
     dims = parse_by(by)
     check_order(order)
     if not paths:
         raise UsageError("give at least one run folder to analyse")
     for p in paths:
-        if is_pretrained(p):
-            raise UsageError(f"{p}: lmkit analyze buckets per-token scores of runs that share one vocabulary; a "
-                             "pretrained model has tokens of its own (set it beside runs with compare --text)")
-        if Path(p).is_file():
+        if not is_pretrained(p) and Path(p).is_file():
             raise UsageError(f"{p}: lmkit analyze needs run folders (their run.json records the train file)")
+    pretrained = [str(p) for p in paths if is_pretrained(p)]
+    if pretrained:
+        return _analyze_pretrained(paths, dims, by is None, order, text, train, device, log)
+    return _analyze_folders(paths, dims, order, text, train, device, log)
+
+
+def _analyze_folders(paths: Sequence[str | Path], dims: list[str], order: int, text, train, device: str,
+                     log: Log) -> Analysis:
+    from .runs import load_run
+
     runs = read_runs(paths)
     check_comparable(runs, ("protocol", "vocabulary") if text is not None else ("protocol", "vocabulary", "test"))
     if Protocol.from_dict(runs[0][1].protocol).task == "translate" and (text is not None or train is not None):
@@ -287,42 +300,111 @@ def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = N
     evaluated = read_text(text) if text is not None else _test_text(runs)  # missing files fail before loading
     train_text, train_recorded = _train_text(runs, train, log)
     first, _ = load_run(runs[0][0], device=device)
+    is_test = text is None or evaluated.sha256 == (runs[0][1].data.get("test") or {}).get("sha256")
+    models = [_Model(name, path, (lambda path=path: load_run(path, device=device)[0]),
+                     (record.metrics.get("test") or {}) if is_test else {})
+              for (path, record), name in zip(runs, _names([r.label for _, r in runs], [p for p, _ in runs]))]
     vocab, protocol = first.vocab, first.protocol
+    models[0].load = [first].pop  # handed over once: one model in memory at a time
+    del first
+    train_info = {"path": train_text.name, "sha256": train_text.sha256, "recorded": train_recorded}
+    return _bucketed(models, vocab, protocol, evaluated, train_text, train_info, dims, order, is_test, log)
+
+
+def _analyze_pretrained(paths: Sequence[str | Path], dims: list[str], default_dims: bool, order: int, text,
+                        train, device: str, log: Log) -> Analysis:
+    """hf:FOLDER models analysed on --text: they record no test or train file, and their tokens are their own,
+    so they meet only models with the same tokenizer (run folders: compare --text, by bits per byte)."""
+    from .models.pretrained import is_pretrained, pretrained_label
+    from .pipeline.use import load_model
+
+    folders = [str(p) for p in paths if not is_pretrained(p)]
+    if folders:
+        raise UsageError(f"{folders[0]}: lmkit analyze buckets per-token scores, so every model must share one "
+                         "tokenisation, and a pretrained model has tokens of its own; analyze them apart, or set "
+                         "them side by side by bits per byte with compare --text")
+    if text is None:
+        raise UsageError(f"{paths[0]}: a pretrained model records no test file; give the text to analyse with "
+                         "--text FILE")
+    _check_same_tokenizer(paths)
+    if "context-frequency" in dims and train is None:
+        if not default_dims:
+            raise UsageError("--by context-frequency counts histories in a train file, and a pretrained model "
+                             "records none: give it with --train FILE, or analyse --by length,oov")
+        dims = [d for d in dims if d != "context-frequency"]
+        log("note: no --train FILE, so no context-frequency buckets (a pretrained model records no train file)")
+    evaluated = read_text(text)
+    train_text = read_text(train) if train is not None else None
+    first, _ = load_model(paths[0], device=device)
+    names = _names([pretrained_label(p) for p in paths], [str(p) for p in paths])
+    models = [_Model(name, str(path), lambda path=path: load_model(path, device=device)[0])
+              for path, name in zip(paths, names)]
+    vocab, protocol = first.vocab, first.protocol
+    models[0].load = [first].pop  # handed over once: one model in memory at a time
+    del first
+    train_info = {"path": train_text.name, "sha256": train_text.sha256, "recorded": False} if train_text else None
+    return _bucketed(models, vocab, protocol, evaluated, train_text, train_info, dims, order, False, log)
+
+
+def _check_same_tokenizer(paths: Sequence[str | Path]) -> None:
+    """Pretrained models share tokens only if their tokenizer files are the same (before any is loaded)."""
+    from .models.pretrained import tokenizer_file
+
+    first = tokenizer_file(paths[0]).read_bytes()
+    for p in paths[1:]:
+        if tokenizer_file(p).read_bytes() != first:
+            raise IncomparableError(f"{paths[0]} and {p} do not share one tokenizer; lmkit analyze buckets "
+                                    "per-token scores of models with the same tokens (set them side by side by "
+                                    "bits per byte with compare --text)")
+
+
+def _scored_nll(models: list[_Model], enc: Encoded, log: Log) -> tuple[list[RunNll], np.ndarray]:
+    """Every model's per-token NLL on `enc` (one model loaded at a time) and the scored target ids."""
+    from .evaluate.perplexity import score_encoded
+
+    targets = None
+    results = []
+    for m in models:
+        model = m.load()
+        log(f"scoring the text with {m.name}")
+        score = score_encoded(model, enc, keep=True)
+        tg = np.concatenate(score.targets) if score.targets else np.zeros(0, dtype=np.int64)
+        targets = tg if targets is None else targets
+        nll = -np.concatenate(score.logprobs).astype(np.float64) if score.logprobs else np.zeros(0)
+        recorded_ppl = m.recorded.get("perplexity")
+        results.append(RunNll(m.name, m.path, model.label, model.kind, bool(score.normalised), nll,
+                              float(recorded_ppl) if isinstance(recorded_ppl, (int, float)) else None))
+        recorded = m.recorded.get("nll_nats")
+        if isinstance(recorded, (int, float)) and not math.isclose(score.nll_nats, recorded, rel_tol=1e-6):
+            log(f"warning: {m.name}: rescored test NLL {score.nll_nats:.6g} differs from run.json's {recorded:.6g}")
+        del model
+        m.load = lambda: None  # drop the loader's hold on a model already scored
+    assert targets is not None
+    return results, targets
+
+
+def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text | ParallelText,
+              train_text: Text | ParallelText | None, train_info: dict | None, dims: list[str], order: int,
+              is_test: bool, log: Log) -> Analysis:
+    """Score the text with every model and key each scored token by bucket, per dimension."""
     enc = encode(evaluated, vocab, protocol)
     if not enc.sequences:
         raise DataError(f"{evaluated.name}: has no non-blank lines to score")
-    is_test = text is None or evaluated.sha256 == (runs[0][1].data.get("test") or {}).get("sha256")
-
     scored = _scored_mask(enc)
-    freq = history_counts(encode(train_text, vocab, protocol).sequences, enc.sequences, len(vocab), order,
-                          protocol.context)[scored]
     lines = np.fromiter((len(s) + 1 - (enc.score_from[i] if enc.score_from else 0)
                          for i, s in enumerate(enc.sequences)), dtype=np.int64, count=len(enc.sequences))
-    targets = None
-    results = []
-    for i, ((path, record), name) in enumerate(zip(runs, _names(runs))):
-        model = first if i == 0 else load_run(path, device=device)[0]
-        first = None  # one model in memory at a time
-        log(f"scoring {evaluated.name} with {name}")
-        score = score_encoded(model, enc, keep=True)
-        tg = np.concatenate(score.targets) if score.targets else np.zeros(0, dtype=np.int64)
-        if targets is None:
-            targets = tg
-        nll = -np.concatenate(score.logprobs).astype(np.float64) if score.logprobs else np.zeros(0)
-        results.append(RunNll(name, path, record, bool(score.normalised), nll))
-        recorded = (record.metrics.get("test") or {}).get("nll_nats")
-        if is_test and isinstance(recorded, (int, float)) and not math.isclose(score.nll_nats, recorded,
-                                                                               rel_tol=1e-6):
-            log(f"warning: {name}: rescored test NLL {score.nll_nats:.6g} differs from run.json's {recorded:.6g}")
-        del model
-    assert targets is not None and targets.size == freq.size == int(lines.sum())
-    keys = {"context-frequency": _bucket_of(freq, FREQUENCY_BUCKETS),
-            "length": np.repeat(_bucket_of(lines, LENGTH_BUCKETS), lines),
+    results, targets = _scored_nll(models, enc, log)
+    assert targets.size == int(lines.sum())
+    keys = {"length": np.repeat(_bucket_of(lines, LENGTH_BUCKETS), lines),
             "oov": (targets == UNK).astype(np.int64)}
+    if "context-frequency" in dims:
+        assert train_text is not None
+        freq = history_counts(encode(train_text, vocab, protocol).sequences, enc.sequences, len(vocab), order,
+                              protocol.context)[scored]
+        keys["context-frequency"] = _bucket_of(freq, FREQUENCY_BUCKETS)
     labels = {"context-frequency": [b[0] for b in FREQUENCY_BUCKETS],
               "length": [b[0] for b in LENGTH_BUCKETS], "oov": list(OOV_BUCKETS)}
     text_info = {"path": evaluated.name, "sha256": evaluated.sha256, "sequences": len(enc.sequences),
                  "tokens": int(targets.size), "oov": int((targets == UNK).sum()), "is_test_file": is_test}
-    train_info = {"path": train_text.name, "sha256": train_text.sha256, "recorded": train_recorded}
     return Analysis(dims, order, results, text_info, train_info, protocol.to_dict(),
                     {d: keys[d] for d in dims}, {d: labels[d] for d in dims}, is_test)

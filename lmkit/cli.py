@@ -1044,8 +1044,8 @@ def analyze(
             else:
                 write_rows(result.display_rows(d), fmt, title=result.title(d))
     t = result.text
-    msgs.info(f"{t['tokens']:,} scored tokens ({t['oov']:,} <unk>) of {t['path']}; context frequencies from "
-              f"{result.train['path']}")
+    counted = f"; context frequencies from {result.train['path']}" if "context-frequency" in result.dimensions else ""
+    msgs.info(f"{t['tokens']:,} scored tokens ({t['oov']:,} <unk>) of {t['path']}{counted}")
 
 
 CURVE = "Learning curve"

@@ -25,15 +25,18 @@ LINES = ["the king is dead", "long live the king", "", "what say you , my lord ?
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
+    return tiny_gpt2(tmp_path_factory.mktemp("hf") / "tiny-gpt2")
+
+
+def tiny_gpt2(out: Path, vocab_size: int = 400) -> Path:
     """A tiny randomly initialised GPT-2 with a byte-level BPE tokenizer, written as save_pretrained writes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    out = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
     text = (REPO / "corpora" / "shakespeare" / "train.txt").read_text(encoding="utf-8").splitlines()[:1500]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                       show_progress=False))
     eot = tok.token_to_id("<|endoftext|>")
@@ -141,4 +144,47 @@ def test_per_token_records_and_analyze(folder, tmp_path):
     rows = [json.loads(line) for line in out.stdout.splitlines()] if out.stdout.lstrip().startswith("{") else \
         json.loads(out.stdout)
     assert out.exit_code == 0 and rows[-1]["token"] == "</s>" and rows[0]["token"] == "the"
-    one_error_line(cli("analyze", f"hf:{folder}", "--text", text), 2, "compare --text")
+
+
+def test_analyze_buckets_a_pretrained_models_own_tokens(folder, tmp_path):
+    """analyze hf:FOLDER --text T --train TR: every token's NLL is the model's (checked against transformers), each
+    dimension's buckets partition the tokens, and context frequencies are counted in TR in the model's tokens."""
+    text, train = tmp_path / "t.txt", tmp_path / "train.txt"
+    text.write_text("the king is dead\nlong live the king\n", encoding="utf-8")
+    train.write_text("the king is dead\nthe king\n", encoding="utf-8")
+    out = cli("analyze", f"hf:{folder}", "--text", text, "--train", train, "--format", "json")
+    assert out.exit_code == 0, out.stderr
+    result = json.loads(out.stdout)
+    eot = transformers.AutoConfig.from_pretrained(folder).bos_token_id
+    newline = token_ids(folder, "\n")
+    ids = [eot, *token_ids(folder, "the king is dead"), *newline, *token_ids(folder, "long live the king"), *newline]
+    expected = -direct_logprobs(folder, ids)
+    (run,) = result["runs"]
+    assert run["model"] == f"hf:{folder.name}" and run["kind"] == "pretrained" and run["tokens"] == len(expected)
+    assert run["nll_nats"] == pytest.approx(expected.mean(), rel=1e-5)
+    assert result["train"]["sha256"] and result["text"]["is_test_file"] is False
+    for dim, buckets in result["by"].items():
+        assert sum(b["tokens"] for b in buckets[:-1]) == len(expected), dim
+    by_freq = {b["bucket"]: b["tokens"] for b in result["by"]["context-frequency"]}
+    from lmkit.analyze import history_counts
+    from lmkit.models.pretrained import PretrainedLM
+    model = PretrainedLM(f"hf:{folder}")
+    enc, tr = encode(read_text(text), model.vocab, model.protocol), encode(read_text(train), model.vocab, model.protocol)
+    counts = history_counts(tr.sequences, enc.sequences, len(model.vocab), 3, "stream")
+    assert by_freq["unseen"] == int((counts == 0).sum()) and by_freq["unseen"] < len(expected)
+    assert by_freq["1"] + by_freq["2-9"] + by_freq["10+"] == int((counts > 0).sum()) > 0
+
+
+def test_analyze_refuses_what_it_cannot_bucket_with_pretrained_models(folder, tiny_corpus, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the king is dead\n", encoding="utf-8")
+    one_error_line(cli("analyze", f"hf:{folder}"), 2, "--text FILE")
+    one_error_line(cli("analyze", f"hf:{folder}", "--text", text, "--by", "context-frequency"), 2, "--train FILE")
+    run = tmp_path / "kn"
+    assert cli("train", "--model", "ngram:kn3", "--corpus", tiny_corpus, "-o", run).exit_code == 0
+    one_error_line(cli("analyze", run, f"hf:{folder}", "--text", text), 2, "compare --text")
+    out = cli("analyze", f"hf:{folder}", "--text", text, "--format", "json")  # no --train: no frequencies
+    assert out.exit_code == 0 and list(json.loads(out.stdout)["by"]) == ["length", "oov"]
+    assert "no context-frequency buckets" in out.stderr
+    other = tiny_gpt2(tmp_path / "other-gpt2", vocab_size=300)
+    one_error_line(cli("analyze", f"hf:{folder}", f"hf:{other}", "--text", text), 1, "one tokenizer")

@@ -35,6 +35,25 @@ def is_pretrained(name: str | Path) -> bool:
     return str(name).startswith(PREFIX)
 
 
+def pretrained_label(name: str | Path) -> str:
+    """How a pretrained model is named in tables: hf: and its folder's name."""
+    return f"{PREFIX}{model_folder(name).name}"
+
+
+def model_folder(name: str | Path) -> Path:
+    """The local folder an hf:FOLDER name points at."""
+    return Path(str(name)[len(PREFIX):] if is_pretrained(name) else name)
+
+
+def tokenizer_file(name: str | Path) -> Path:
+    """A pretrained model's tokenizer.json; a folder without one is refused (a fast tokenizer is needed)."""
+    path = model_folder(name) / "tokenizer.json"
+    if not path.is_file():
+        raise ModelError(f"{name}: not a Hugging Face model folder (tokenizer.json missing; a local folder written "
+                         "by save_pretrained, with a fast tokenizer, is needed)")
+    return path
+
+
 def _transformers():
     try:
         import transformers
@@ -52,7 +71,7 @@ class PretrainedLM:
     normalised = True
 
     def __init__(self, name: str, context: str = "stream", device: str = "cpu", window: int | None = None):
-        folder = Path(str(name)[len(PREFIX):] if is_pretrained(name) else name)
+        folder = model_folder(name)
         for needed in ("config.json", "tokenizer.json"):
             if not (folder / needed).is_file():
                 raise ModelError(f"{name}: not a Hugging Face model folder ({needed} missing; a local folder "
@@ -80,7 +99,7 @@ class PretrainedLM:
         kind = (getattr(self.tokens.tokenizer.model, "__class__", type(None)).__name__ or "").lower()
         level = "unigram" if "unigram" in kind else "bpe"
         self.protocol = Protocol(level=level, context=context, tokenizer="pretrained")
-        self.label = f"{PREFIX}{folder.name}"
+        self.label = pretrained_label(folder)
         self.name = str(name)
         self.vocab = PretrainedVocab(self.tokens, self.newline)
 
