@@ -30,6 +30,24 @@ def split_words(lines: list[str]) -> tuple[pa.Array, np.ndarray]:
     return tokens, lengths
 
 
+# every character Python's str.isspace() accepts, which includes every Unicode White_Space character
+_ANY_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+_SINGLE_SPACED = f"^ ?[^{_ANY_SPACE}]+( [^{_ANY_SPACE}]+)* ?$"
+
+
+def single_spaced_shapes(lines: list[str]) -> np.ndarray:
+    """Per line, -1 unless it is words separated by single spaces with at most one space before and after them
+    and no other whitespace of any kind (Unicode's included); else bit 1 for the leading space, bit 2 for the
+    trailing one."""
+    if not lines:
+        return np.zeros(0, dtype=np.int8)
+    text = pa.array(lines, pa.large_string())
+    fits = pc.match_substring_regex(text, _SINGLE_SPACED).to_numpy(zero_copy_only=False)
+    lead = pc.starts_with(text, " ").to_numpy(zero_copy_only=False)
+    trail = pc.ends_with(text, " ").to_numpy(zero_copy_only=False) & (pc.utf8_length(text).to_numpy() > 1)
+    return np.where(fits, lead.astype(np.int8) | (trail.astype(np.int8) << 1), -1).astype(np.int8)
+
+
 def count_words(lines: list[str]) -> Counter:
     """Token counts of the lines (the same Counter as counting `split_words` one token at a time)."""
     tokens, _ = split_words(lines)

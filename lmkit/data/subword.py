@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from ..errors import ModelError, UsageError
 from ..protocol import SUBWORD_LEVELS
-from .columnar import split_words
+from .columnar import single_spaced_shapes, split_words
 
 DEFAULT_VOCAB_SIZE = 8000  # ids, the reserved ones included
 _SCORE_DECIMALS = 6  # unigram log-probabilities kept to this many decimals
@@ -147,10 +147,12 @@ class Subword:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         if not self.by_words:
             return self._encode_lines(lines)
-        shape = np.fromiter(map(_word_shape, lines), dtype=np.int8, count=len(lines))
+        shape = single_spaced_shapes(lines)
         picked = np.flatnonzero(shape >= 0)
         flat_simple, len_simple = self._encode_words([lines[i] for i in picked.tolist()], shape[picked])
         rest = np.flatnonzero(shape < 0)
+        if not rest.size:
+            return flat_simple, len_simple
         flat_rest, len_rest = self._encode_lines([lines[i] for i in rest.tolist()])
         lengths = np.zeros(len(lines), dtype=np.int64)
         lengths[picked], lengths[rest] = len_simple, len_rest
@@ -171,26 +173,29 @@ class Subword:
 
     def _encode_words(self, lines: list[str], shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """encode() of lines of words separated by single spaces (`shape`: bit 1 a leading space, bit 2 a
-        trailing one; _word_shape), each distinct word encoded once.
+        trailing one; columnar.single_spaced_shapes), each distinct word encoded once.
 
         With GPT-2's byte-level pre-tokenizer a pre-token never spans a space except the one space it may
         start with, and BPE or unigram cut each pre-token alone: a line's pieces are its first word's pieces
         (" word"'s after a leading space), those of " word" for every later word, then a trailing space's.
         A test checks this against whole lines."""
         tokens, per_line = split_words(lines)
-        distinct = pc.unique(tokens)
-        which = pc.index_in(tokens, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
-        words = distinct.to_pylist()
-        bare, bare_len = self._encode_lines(words)
-        spaced, spaced_len = self._encode_lines([" " + w for w in words] + [" "])  # the last: a trailing space
-        table = np.concatenate([bare, spaced])
+        coded = pc.dictionary_encode(tokens)  # one hash pass: the distinct words and each token's index
+        which = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        words = coded.dictionary.to_pylist()
         line_of = np.repeat(np.arange(len(lines)), per_line)
         first = np.zeros(len(which), dtype=bool)
         first[(np.cumsum(per_line) - per_line)[per_line > 0]] = True
-        bare_word = first & ((shape[line_of] & 1) == 0)
+        bare_word = first & ((shape[line_of] & 1) == 0)  # a line's first word, no space before it
+        bare_words = np.unique(which[bare_word])  # only these are ever needed without their space
+        bare, bare_len = self._encode_lines([words[i] for i in bare_words.tolist()])
+        spaced, spaced_len = self._encode_lines([" " + w for w in words] + [" "])  # the last: a trailing space
+        table = np.concatenate([bare, spaced])
         spaced_start = len(bare) + np.cumsum(spaced_len) - spaced_len
-        start = np.where(bare_word, (np.cumsum(bare_len) - bare_len)[which], spaced_start[which])
-        length = np.where(bare_word, bare_len[which], spaced_len[which])
+        bare_at = np.searchsorted(bare_words, which[bare_word])
+        start, length = spaced_start[which], spaced_len[which]
+        start[bare_word] = (np.cumsum(bare_len) - bare_len)[bare_at]
+        length[bare_word] = bare_len[bare_at]
         # a line with a trailing space gets one more entry, " ", after its words
         trail = (shape & 2) > 0
         before = np.cumsum(trail) - trail  # trailing entries of the lines before each line
@@ -212,17 +217,6 @@ class Subword:
         """The text of a list of pieces (the inverse of `tokens`)."""
         ids = [self.tokenizer.token_to_id(p) for p in pieces]
         return self.tokenizer.decode([i for i in ids if i is not None], skip_special_tokens=False)
-
-
-def _word_shape(line: str) -> int:
-    """-1 unless the line is words separated by single spaces, with at most one space before and after them
-    (and no other whitespace); else bit 1 for the leading space, bit 2 for the trailing one."""
-    lead = line[:1] == " "
-    trail = len(line) > 1 and line[-1] == " "
-    core = line[int(lead):len(line) - int(trail)]
-    if not core or core.split(" ") != core.split():
-        return -1
-    return int(lead) | (2 * int(trail))
 
 
 def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
