@@ -188,3 +188,41 @@ def test_analyze_refuses_what_it_cannot_bucket_with_pretrained_models(folder, ti
     assert "no context-frequency buckets" in out.stderr
     other = tiny_gpt2(tmp_path / "other-gpt2", vocab_size=300)
     one_error_line(cli("analyze", f"hf:{folder}", f"hf:{other}", "--text", text), 1, "one tokenizer")
+
+
+def test_a_hub_name_is_read_from_the_cache_offline_and_refused_in_one_line_when_absent(folder, tmp_path, monkeypatch):
+    """hf:OWNER/NAME that is no local folder is a hub repository: read from the Hugging Face cache (here built by
+    hand, offline) with the same scores as the folder; not cached and offline, one error line."""
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    text = tmp_path / "t.txt"
+    text.write_text("the king is dead\nlong live the king\n", encoding="utf-8")
+    one_error_line(cli("score", "hf:nobody/no-such-model", text), 1, "could not be fetched")
+    repo = tmp_path / "cache" / "models--lmkit-test--tiny-gpt2"
+    revision = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    from_hub = json.loads(cli("score", "hf:lmkit-test/tiny-gpt2", text, "--format", "json").stdout)
+    from_folder = json.loads(cli("score", f"hf:{folder}", text, "--format", "json").stdout)
+    assert from_hub["model"] == "hf:tiny-gpt2" and from_hub["nll_nats"] == pytest.approx(from_folder["nll_nats"])
+
+
+def test_pickled_weights_are_refused(folder, tmp_path):
+    """Loading never unpickles: a folder whose weights are only a pickle (pytorch_model.bin) is one error line."""
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(folder, pickled)
+    weights = {k: v.clone() for k, v in transformers.AutoModelForCausalLM.from_pretrained(folder).state_dict().items()}
+    for f in pickled.glob("*.safetensors"):
+        f.unlink()
+    torch.save(weights, pickled / "pytorch_model.bin")
+    text = tmp_path / "t.txt"
+    text.write_text("the king\n", encoding="utf-8")
+    one_error_line(cli("score", f"hf:{pickled}", text), 1, "cannot load the model")

@@ -1,8 +1,10 @@
 """Pretrained causal language models from a local Hugging Face folder, scored as lmkit models: `hf:FOLDER`.
 
-The folder holds what `save_pretrained` writes: config.json, the weights (safetensors) and tokenizer.json (a
-fast tokenizer). Nothing is downloaded: the model is read with `local_files_only`. `transformers` is an
-optional extra (`pip install 'lmkit[hf]'`), imported only when such a model is loaded.
+The folder holds what `save_pretrained` writes: config.json, the weights (safetensors only: pickled weights are
+refused) and tokenizer.json (a fast tokenizer). A name that is no local folder but a hub repository id
+(`hf:gpt2`, `hf:OWNER/NAME`) is fetched into the Hugging Face cache when online, or read from that cache; nothing
+else is ever downloaded. `transformers` is an optional extra (`pip install 'lmkit[hf]'`), imported only when such
+a model is loaded.
 
 The protocol is lmkit's: every scored line is one sequence and its end is scored, `</s>` standing for the
 newline, which such a model predicts as its newline token; the text is lmkit's default stream context (one
@@ -18,6 +20,7 @@ gives it the model's tokenizer and the id shift.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +39,37 @@ def is_pretrained(name: str | Path) -> bool:
 
 
 def pretrained_label(name: str | Path) -> str:
-    """How a pretrained model is named in tables: hf: and its folder's name."""
-    return f"{PREFIX}{model_folder(name).name}"
+    """How a pretrained model is named in tables: hf: and its folder's (or hub repository's) name."""
+    return f"{PREFIX}{_given(name).rstrip('/').split('/')[-1]}"
+
+
+def _given(name: str | Path) -> str:
+    return str(name)[len(PREFIX):] if is_pretrained(name) else str(name)
+
+
+# a hub repository id: NAME or OWNER/NAME, letters, digits and -_. only
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+_HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "*.safetensors", "*.safetensors.index.json"]  # never pickled weights
 
 
 def model_folder(name: str | Path) -> Path:
-    """The local folder an hf:FOLDER name points at."""
-    return Path(str(name)[len(PREFIX):] if is_pretrained(name) else name)
+    """The local folder of hf:NAME: a folder on disk, else a hub repository id fetched into the Hugging Face cache
+    (only when online, or already cached; safetensors weights only)."""
+    given = _given(name)
+    folder = Path(given).expanduser()
+    if folder.is_dir() or not _HUB_ID.match(given) or given in (".", ".."):
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UsageError("hf: models need the optional extra: pip install 'lmkit[hf]' (transformers)") from None
+    try:
+        return Path(snapshot_download(given, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # the hub client raises many types: offline, unknown repository, gated, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(f"{name}: no such local folder, and the Hugging Face hub repository {given!r} could not "
+                         f"be fetched ({first})") from None
 
 
 def tokenizer_file(name: str | Path) -> Path:
@@ -77,8 +104,9 @@ class PretrainedLM:
                 raise ModelError(f"{name}: not a Hugging Face model folder ({needed} missing; a local folder "
                                  "written by save_pretrained, with a fast tokenizer, is needed)")
         transformers = _transformers()
-        try:
-            self.net = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
+        try:  # safetensors only: loading never unpickles
+            self.net = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                                         use_safetensors=True).float()
         except (OSError, ValueError) as exc:
             raise ModelError(f"{name}: cannot load the model ({str(exc).splitlines()[0][:160]})") from None
         self.net.eval().to(device)
@@ -99,7 +127,7 @@ class PretrainedLM:
         kind = (getattr(self.tokens.tokenizer.model, "__class__", type(None)).__name__ or "").lower()
         level = "unigram" if "unigram" in kind else "bpe"
         self.protocol = Protocol(level=level, context=context, tokenizer="pretrained")
-        self.label = pretrained_label(folder)
+        self.label = pretrained_label(name)
         self.name = str(name)
         self.vocab = PretrainedVocab(self.tokens, self.newline)
 
