@@ -24,7 +24,7 @@ import numpy as np
 from .compare import check_comparable, read_runs
 from .data.corpus import Encoded, ParallelText, Text, encode, read_recorded, read_text
 from .data.vocab import UNK
-from .errors import DataError, IncomparableError, UsageError
+from .errors import DataError, IncomparableError, ModelError, UsageError
 from .evaluate.perplexity import exp_or_inf
 from .protocol import Protocol
 from .runs import RunRecord
@@ -257,13 +257,18 @@ def _names(labels: list[str], paths: list[str]) -> list[str]:
 # -- the analysis -----------------------------------------------------------------------------------
 @dataclass
 class _Model:
-    """One model to rescore: its column name, how it was given, a loader (one model in memory at a time) and
-    the test NLL its run.json recorded, if any."""
+    """One model to rescore: its column name, how it was given, a loader (one model in memory at a time) and,
+    for a run folder analysed on its own test file, its record (its stored per-token scores spare rescoring)."""
 
     name: str
     path: str
     load: Callable[[], object]
-    recorded: dict = field(default_factory=dict)  # run.json's test metrics; empty for a pretrained model
+    record: RunRecord | None = None  # set only when the analysed text is the run's recorded test file
+
+    @property
+    def recorded(self) -> dict:
+        """run.json's test metrics (empty for a pretrained model or another text)."""
+        return (self.record.metrics.get("test") or {}) if self.record is not None else {}
 
 
 def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = None, *,
@@ -290,7 +295,7 @@ def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = N
 
 def _analyze_folders(paths: Sequence[str | Path], dims: list[str], order: int, text, train, device: str,
                      log: Log) -> Analysis:
-    from .runs import load_run
+    from .runs import load_run, run_vocab
 
     runs = read_runs(paths)
     check_comparable(runs, ("protocol", "vocabulary") if text is not None else ("protocol", "vocabulary", "test"))
@@ -299,14 +304,10 @@ def _analyze_folders(paths: Sequence[str | Path], dims: list[str], order: int, t
                          "test and train pairs")
     evaluated = read_text(text) if text is not None else _test_text(runs)  # missing files fail before loading
     train_text, train_recorded = _train_text(runs, train, log)
-    first, _ = load_run(runs[0][0], device=device)
+    vocab, protocol = run_vocab(*runs[0])
     is_test = text is None or evaluated.sha256 == (runs[0][1].data.get("test") or {}).get("sha256")
-    models = [_Model(name, path, (lambda path=path: load_run(path, device=device)[0]),
-                     (record.metrics.get("test") or {}) if is_test else {})
+    models = [_Model(name, path, (lambda path=path: load_run(path, device=device)[0]), record if is_test else None)
               for (path, record), name in zip(runs, _names([r.label for _, r in runs], [p for p, _ in runs]))]
-    vocab, protocol = first.vocab, first.protocol
-    models[0].load = [first].pop  # handed over once: one model in memory at a time
-    del first
     train_info = {"path": train_text.name, "sha256": train_text.sha256, "recorded": train_recorded}
     return _bucketed(models, vocab, protocol, evaluated, train_text, train_info, dims, order, is_test, log)
 
@@ -358,18 +359,41 @@ def _check_same_tokenizer(paths: Sequence[str | Path]) -> None:
                                     "bits per byte with compare --text)")
 
 
-def _scored_nll(models: list[_Model], enc: Encoded, log: Log) -> tuple[list[RunNll], np.ndarray]:
-    """Every model's per-token NLL on `enc` (one model loaded at a time) and the scored target ids."""
+def _stored_nll(m: _Model, tokens: int, log: Log) -> np.ndarray | None:
+    """The per-token test NLLs a run stored when it was measured (evaluate/per_sequence.py), when the analysed
+    text is that test file and they cover its `tokens` scored tokens; None: rescore."""
+    from .evaluate.per_sequence import load_test_scores
+
+    if m.record is None:
+        return None
+    try:
+        scores = load_test_scores(m.path, m.record)  # refused if it disagrees with run.json
+    except ModelError as exc:
+        log(f"warning: {m.path}: {exc.message}; rescoring instead")
+        return None
+    if scores is None or scores.token_nll is None or scores.token_nll.size != tokens:
+        return None
+    return scores.token_nll
+
+
+def _scored_nll(models: list[_Model], enc: Encoded, log: Log) -> list[RunNll]:
+    """Every model's per-token NLL on `enc`: stored by the run when `enc` is its test file, else rescored (one
+    model loaded at a time)."""
     from .evaluate.perplexity import score_encoded
 
-    targets = None
+    tokens = int(_scored_mask(enc).sum())
     results = []
     for m in models:
+        nll = _stored_nll(m, tokens, log)
+        if nll is not None:
+            recorded_ppl = m.recorded.get("perplexity")
+            results.append(RunNll(m.name, m.path, m.record.label, m.record.kind,
+                                  bool(m.recorded.get("normalised", True)), nll,
+                                  float(recorded_ppl) if isinstance(recorded_ppl, (int, float)) else None))
+            continue
         model = m.load()
         log(f"scoring the text with {m.name}")
         score = score_encoded(model, enc, keep=True)
-        tg = np.concatenate(score.targets) if score.targets else np.zeros(0, dtype=np.int64)
-        targets = tg if targets is None else targets
         nll = -np.concatenate(score.logprobs).astype(np.float64) if score.logprobs else np.zeros(0)
         recorded_ppl = m.recorded.get("perplexity")
         results.append(RunNll(m.name, m.path, model.label, model.kind, bool(score.normalised), nll,
@@ -379,8 +403,18 @@ def _scored_nll(models: list[_Model], enc: Encoded, log: Log) -> tuple[list[RunN
             log(f"warning: {m.name}: rescored test NLL {score.nll_nats:.6g} differs from run.json's {recorded:.6g}")
         del model
         m.load = lambda: None  # drop the loader's hold on a model already scored
-    assert targets is not None
-    return results, targets
+    return results
+
+
+def _targets(enc: Encoded) -> np.ndarray:
+    """The scored target ids of `enc` in scoring order: each sequence's tokens and its </s> (the target side
+    of a pair)."""
+    from .data.vocab import EOS
+
+    if not enc.sequences:
+        return np.zeros(0, dtype=np.int64)
+    full = np.concatenate([np.append(np.asarray(s, dtype=np.int64), EOS) for s in enc.sequences])
+    return full[_scored_mask(enc)]
 
 
 def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text | ParallelText,
@@ -393,8 +427,9 @@ def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text |
     scored = _scored_mask(enc)
     lines = np.fromiter((len(s) + 1 - (enc.score_from[i] if enc.score_from else 0)
                          for i, s in enumerate(enc.sequences)), dtype=np.int64, count=len(enc.sequences))
-    results, targets = _scored_nll(models, enc, log)
-    assert targets.size == int(lines.sum())
+    results = _scored_nll(models, enc, log)
+    targets = _targets(enc)
+    assert all(r.nll.size == targets.size for r in results) and targets.size == int(lines.sum())
     keys = {"length": np.repeat(_bucket_of(lines, LENGTH_BUCKETS), lines),
             "oov": (targets == UNK).astype(np.int64)}
     if "context-frequency" in dims:

@@ -20,7 +20,7 @@ from .validate import check_output_file
 __all__ = ["BleuReport", "EncodedSplit", "GenerateResult", "Log", "ScoreResult", "TrainRequest", "analyze", "bleu",
            "build_vocab", "check", "check_request", "compare", "corpus_download", "corpus_list", "corpus_path",
            "corpus_split", "counting_plan", "curve", "encode_corpus", "export_arpa", "generate", "list_models",
-           "load_model", "mix", "plot", "record_bleu", "resolve_model", "resume", "score", "score_many",
+           "load_model", "mix", "plot", "record_bleu", "report", "resolve_model", "resume", "score", "score_many",
            "split_models_texts", "train", "train_arpa", "verify",
            "verify_cases", "vocab_report"]
 
@@ -130,6 +130,20 @@ def plot(runs: list[str | Path], output: str | Path, log: Log = quiet) -> Path:
 
     check_output_file(output, inputs=runs, run_folders=[r for r in runs if Path(r).is_dir()])
     return plot_runs(runs, output, log=log)
+
+
+def report(runs: list[str | Path], output: str | Path, *, bootstrap: int | None = None,
+           confidence: float | None = None, seed: int = 0, samples: int = 3, analysis: bool = True,
+           device: str = "cpu", rows: list[dict] | None = None, command: list[str] | None = None,
+           log: Log = quiet) -> Path:
+    """One self-contained HTML page of comparable runs (lmkit.report): the compare table (same rows and refusals),
+    protocol, curves, intervals (`bootstrap` N), where each model wins, samples, costs, checks and provenance.
+    `rows`: a comparison already made (compare --report), else made here."""
+    from .report import ReportOptions, write_report
+
+    options = ReportOptions(bootstrap=bootstrap, confidence=confidence, seed=seed, samples=samples,
+                            analysis=analysis, device=device)
+    return write_report(runs, output, options, rows=rows, command=command, log=log)
 
 
 def analyze(runs: list[str | Path], by: str | list[str] | None = None, *, order: int = 3,

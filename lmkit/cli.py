@@ -909,6 +909,8 @@ def compare(
     text: Optional[Path] = typer.Option(None, "--text", help="Score every model given (run folders, ARPA files, "
                                         "hf:FOLDER pretrained models) on this text now, ranked by bits per byte "
                                         "(their tokenisations may differ)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="Also write the comparison "
+                                               "as one self-contained HTML page (lmkit report)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K", help="Train each neural model K times "
                                         "(seeds SEED..SEED+K-1, sharing its part of --time-budget) and show the "
                                         "mean ± sample sd over seeds; n-grams are deterministic and train once.",
@@ -938,6 +940,8 @@ def compare(
 
       lmkit compare runs/kn5 runs/bpe-tf hf:models/gpt2 --text corpora/shakespeare/test.txt
 
+      lmkit compare --report report.html # the default lineup, then its page
+
       lmkit compare runs/* --format json | jq -r '.[] | [.model, .test_ppl] | @tsv'
     """
     from . import api
@@ -946,6 +950,13 @@ def compare(
 
     fmt = default_format(_check_format(fmt))
     lineup = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    if report_file is not None:
+        from .report import check_report_output
+
+        if text is not None:
+            raise UsageError("--report draws a page of run folders; --text scores models on a text now (no run "
+                             "folders to report on)")
+        check_report_output(report_file, runs or [])  # before any training: a bad path costs nothing
     if text is not None:
         others = [flag for flag, value in (("--corpus", corpus), ("--models", models), ("--time-budget", time_budget),
                                            ("--max-tokens", max_tokens), ("--bootstrap", bootstrap),
@@ -973,6 +984,47 @@ def compare(
         write_rows(display, fmt, columns=columns, highlight=highlight, title=title, wide=wide, keep=keep)
     else:
         write_rows(rows, fmt)
+    if report_file is not None:
+        msgs = Messages(quiet)
+        path = api.report([r["run"] for r in rows], report_file, rows=rows, bootstrap=bootstrap,
+                          confidence=confidence, seed=seed, device=device or "cpu", command=sys.argv, log=msgs.info)
+        msgs.info(f"wrote {path}")
+
+
+@app.command(rich_help_panel="Experiments")
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run folders to report on (a lineup or curve folder stands for "
+                                      "its runs)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The HTML file to write (one self-contained page)."),
+    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", metavar="N", help="Add paired-bootstrap "
+                                            "intervals (N resamples) to the table and as error bars."),
+    confidence: Optional[float] = typer.Option(None, help="--bootstrap: confidence level (default 0.95)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resampling and of the generated samples."),
+    samples: int = typer.Option(3, help="Generated samples per model, the same prompts for every model (0: none)."),
+    analysis: bool = typer.Option(True, "--analysis/--no-analysis", help="Rescore the test file to show where each "
+                                  "model wins (lmkit analyze)."),
+    device: str = typer.Option("cpu", help="Where neural runs are rescored and sampled: cpu, auto, cuda[:N]."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write one self-contained HTML page of comparable runs: the compare table (sortable), protocol,
+    learning curves, intervals, where each model wins, samples, costs, checks and provenance. It opens
+    offline in any browser and prints; runs that compare refuses are refused the same way.
+
+    [dim]Examples:[/]
+      lmkit report runs/* -o report.html
+
+      lmkit report runs/m30k/* --bootstrap 1000 -o m30k.html
+    """
+    from . import api
+    from .runs import run_folders
+
+    msgs = Messages(quiet)
+    if samples < 0:
+        raise UsageError(f"--samples must be 0 or more, got {samples}")
+    path = api.report(run_folders(runs, log=msgs.info), output, bootstrap=bootstrap, confidence=confidence,
+                      seed=seed, samples=samples, analysis=analysis, device=device, command=sys.argv,
+                      log=msgs.info)
+    msgs.info(f"wrote {path}")
 
 
 @app.command(rich_help_panel="Experiments")

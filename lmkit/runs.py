@@ -305,7 +305,6 @@ def run_folders(paths, log=None) -> list:
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(model, record) for a run folder; every inconsistency is a one-line ModelError."""
     from .config import config_from_dict
-    from .data.vocab import Vocab
     from .models import family
 
     run_dir = Path(run_dir)
@@ -313,23 +312,34 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     if record.status == "training":
         raise ModelError(f"{run_dir}: this run is still training or stopped without finishing (status "
                          f"'training'); continue it with: lmkit train --resume {run_dir}")
-    vocab = Vocab.load(run_dir / VOCAB_FILE)
-    if vocab.vocab_id != record.vocab_id:
-        raise ModelError(f"{run_dir}: vocab.json (id {vocab.vocab_id}) is not the vocabulary this model "
-                         f"was trained with (id {record.vocab_id})")
+    vocab, protocol = run_vocab(run_dir, record)
     try:
         cls = family(record.kind)
     except UsageError:
         raise ModelError(f"{run_dir}: unknown model kind {record.kind!r} in run.json") from None
     try:
         config = config_from_dict(cls.Config, record.config)
+    except (TypeError, ValueError, UsageError) as exc:
+        raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
+    readers = {"read_record": read_record, "load_run": load_run} if getattr(cls, "needs_run_reader", False) else {}
+    model = cls.load(run_dir, config, vocab, protocol, device=device, **readers)
+    return model, record
+
+
+def run_vocab(run_dir: str | Path, record: RunRecord):
+    """(vocabulary, protocol) of a run folder, checked against its run.json, without loading the model."""
+    from .data.vocab import Vocab
+
+    vocab = Vocab.load(Path(run_dir) / VOCAB_FILE)
+    if vocab.vocab_id != record.vocab_id:
+        raise ModelError(f"{run_dir}: vocab.json (id {vocab.vocab_id}) is not the vocabulary this model "
+                         f"was trained with (id {record.vocab_id})")
+    try:
         protocol = Protocol.from_dict(record.protocol)
     except (TypeError, ValueError, UsageError) as exc:
         raise ModelError(f"{run_dir}: run.json holds an invalid configuration ({exc})") from None
     check_vocab_matches(run_dir, vocab, protocol)
-    readers = {"read_record": read_record, "load_run": load_run} if getattr(cls, "needs_run_reader", False) else {}
-    model = cls.load(run_dir, config, vocab, protocol, device=device, **readers)
-    return model, record
+    return vocab, protocol
 
 
 def check_vocab_matches(run_dir: str | Path, vocab, protocol: Protocol) -> None:

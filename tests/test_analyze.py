@@ -284,3 +284,46 @@ def test_translation_run_buckets_the_target_side_only(tmp_path):
     assert expected["10+"] and expected["unseen"] + expected["1"] + expected["2-9"]  # more than one bucket
     with pytest.raises(UsageError, match="translation run"):
         api.analyze([run], text=d / "test.tgt")
+
+
+def test_a_runs_stored_per_token_scores_spare_rescoring_and_agree_with_it(tiny_corpus, tmp_path):
+    """On its own test file a run's stored per-token NLLs (test_scores.npz) are bucketed without loading the model,
+    with the numbers rescoring gives; a stored file that does not add up is warned about and rescored instead."""
+    import shutil
+
+    from lmkit.evaluate.per_sequence import TEST_SCORES_FILE
+
+    runs = [train(tiny_corpus, tmp_path / "runs" / name, spec)
+            for name, spec in (("kn3", "ngram:kn3"), ("mlp", "mlp"))]
+    for run in runs:
+        with np.load(run / TEST_SCORES_FILE) as data:
+            assert data["token_nll"].size == int(data["tokens"].sum())  # stored when the run was measured
+    said: list[str] = []
+    stored = api.analyze(runs, log=said.append).to_dict()
+    assert not any("scoring the text" in s for s in said), said
+    copies = []
+    for run in runs:
+        copy = tmp_path / "copies" / run.name
+        shutil.copytree(run, copy)
+        (copy / TEST_SCORES_FILE).unlink()
+        copies.append(copy)
+    said.clear()
+    rescored = api.analyze(copies, log=said.append).to_dict()
+    assert sum("scoring the text" in s for s in said) == 2
+    for dim in stored["by"]:
+        for a, b in zip(stored["by"][dim], rescored["by"][dim]):
+            assert a["tokens"] == b["tokens"]
+            for name in a["models"]:
+                x, y = a["models"][name]["nll_nats"], b["models"][name]["nll_nats"]
+                assert (x is None and y is None) or x == pytest.approx(y, rel=1e-12)
+
+    with np.load(runs[1] / TEST_SCORES_FILE) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["token_nll"] = arrays["token_nll"][::-1].copy()  # right total, wrong tokens
+    arrays["token_nll"][0] += 0.5
+    with (runs[1] / TEST_SCORES_FILE).open("wb") as fh:
+        np.savez(fh, **arrays)
+    said.clear()
+    again = api.analyze(runs, log=said.append).to_dict()
+    assert any("do not add up" in s and "rescoring instead" in s for s in said), said
+    assert again["by"] == stored["by"]

@@ -25,8 +25,8 @@ LAYERS = [
     ("evaluate", ["lmkit.evaluate"]),
     ("training", ["lmkit.train", "lmkit.training", "lmkit.distributed", "lmkit.runs", "lmkit.runwriter"]),
     ("pipeline", ["lmkit.pipeline", "lmkit.check"]),
-    ("reporting", ["lmkit.compare", "lmkit.analyze", "lmkit.plot"]),
-    ("experiments", ["lmkit.lineup", "lmkit.curve", "lmkit.mixing", "lmkit.verify"]),
+    ("reporting", ["lmkit.compare", "lmkit.analyze", "lmkit.plot", "lmkit.report_charts"]),
+    ("experiments", ["lmkit.lineup", "lmkit.curve", "lmkit.mixing", "lmkit.verify", "lmkit.report"]),
     ("api", ["lmkit.api"]),
     ("cli", ["lmkit.cli", "lmkit.__main__"]),
 ]

@@ -1,7 +1,9 @@
 """Per-sequence test scores kept in a run folder (`test_scores.npz`) so `compare --bootstrap` never rescores.
 
 Written when a run scores its test split (and by `lmkit score RUN TEST --save`): for every scored
-sequence its total NLL in nats, its scored tokens and its OOV positions, plus the test file's sha256.
+sequence its total NLL in nats, its scored tokens and its OOV positions, plus the test file's sha256; and,
+for test files of up to TOKEN_NLL_MAX tokens, every scored token's NLL (float64, so that buckets of them add up
+to the recorded test NLL exactly), which lmkit analyze and lmkit report bucket without loading the model.
 Plain numeric and string arrays only, read with allow_pickle=False: opening a file cannot run code.
 A file is trusted only when it agrees with run.json (same test file, sequence and token counts, and a
 total NLL equal to the recorded one), so a stale or edited file is refused rather than resampled."""
@@ -22,6 +24,7 @@ TEST_SCORES_FILE = "test_scores.npz"
 SCHEMA = 1
 # Rescoring on another device or library version moves the total NLL in the last digits, never by more.
 REL_TOL = 1e-6
+TOKEN_NLL_MAX = 2_000_000  # tokens: per-token NLLs are kept up to 16 MB a run
 
 
 @dataclass
@@ -32,12 +35,17 @@ class SequenceScores:
     tokens: np.ndarray  # (S,) int64 scored tokens (incl. </s>)
     oov: np.ndarray  # (S,) int64 <unk> positions among them
     sha256: str  # of the test file (for a parallel pair: of the pair)
+    token_nll: np.ndarray | None = None  # (tokens.sum(),) float64 nats per scored token; None: not kept
 
     @classmethod
     def from_score(cls, score, sha256: str) -> "SequenceScores":
-        """From an evaluate.perplexity.Score (its per-sequence arrays)."""
-        return cls(np.asarray(score.sequence_nll, dtype=np.float64), np.asarray(score.sequence_tokens, np.int64),
-                   np.asarray(score.sequence_oov, np.int64), sha256)
+        """From an evaluate.perplexity.Score (its per-sequence arrays, and its per-token NLLs when it has them
+        for every token and there are at most TOKEN_NLL_MAX)."""
+        lengths = np.asarray(score.sequence_tokens, np.int64)
+        per_token = np.asarray(score.token_nll, np.float64)
+        keep = per_token.size == int(lengths.sum()) and 0 < per_token.size <= TOKEN_NLL_MAX
+        return cls(np.asarray(score.sequence_nll, dtype=np.float64), lengths, np.asarray(score.sequence_oov, np.int64),
+                   sha256, per_token if keep else None)
 
     @property
     def finite(self) -> bool:
@@ -48,8 +56,9 @@ def save_test_scores(run_dir: str | Path, scores: SequenceScores) -> Path:
     """Write `test_scores.npz` atomically (temp file + rename)."""
     path = Path(run_dir) / TEST_SCORES_FILE
     with atomic_open(path, "wb") as fh:
+        extra = {} if scores.token_nll is None else {"token_nll": scores.token_nll.astype(np.float64)}
         np.savez(fh, schema=np.int64(SCHEMA), nll=scores.nll, tokens=scores.tokens, oov=scores.oov,
-                 sha256=np.str_(scores.sha256))
+                 sha256=np.str_(scores.sha256), **extra)
     return path
 
 
@@ -63,6 +72,7 @@ def _read(path: Path) -> SequenceScores:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in ("schema", "nll", "tokens", "oov", "sha256")}
+            token_nll = data["token_nll"] if "token_nll" in data.files else None
     except KeyError as exc:
         raise ModelError(f"{TEST_SCORES_FILE} is incomplete (no {exc.args[0]!r} array)") from None
     except ValueError as exc:
@@ -86,7 +96,22 @@ def _read(path: Path) -> SequenceScores:
     if np.any(tokens < 1) or np.any(oov < 0) or np.any(oov > tokens):
         raise ModelError(f"{TEST_SCORES_FILE} is damaged (impossible token counts)")
     return SequenceScores(nll.astype(np.float64), tokens.astype(np.int64), oov.astype(np.int64),
-                          str(arrays["sha256"]))
+                          str(arrays["sha256"]), token_nll)
+
+
+def _check_token_nll(token_nll: np.ndarray, nll: np.ndarray, tokens: np.ndarray) -> None:
+    """Per-token NLLs are trusted only when there is one per scored token and they add up, sequence by sequence,
+    to the per-sequence NLLs (which check_against_record ties to run.json)."""
+    if token_nll.ndim != 1 or token_nll.dtype != np.float64 or token_nll.size != int(tokens.sum()):
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (per-token scores of the wrong type or length)")
+    seq_of = np.repeat(np.arange(len(tokens)), tokens)
+    with np.errstate(invalid="ignore"):
+        sums = np.bincount(seq_of, weights=token_nll, minlength=len(tokens))
+    finite = np.isfinite(nll)
+    if not (np.array_equal(finite, np.isfinite(sums))
+            and np.allclose(sums[finite], nll[finite], rtol=REL_TOL, atol=1e-9)):
+        raise ModelError(f"{TEST_SCORES_FILE} is damaged (its per-token scores do not add up to its per-sequence "
+                         "ones)")
 
 
 def check_against_record(scores: SequenceScores, record) -> None:
@@ -122,4 +147,6 @@ def load_test_scores(run_dir: str | Path, record) -> SequenceScores | None:
         return None
     scores = _read(path)
     check_against_record(scores, record)
+    if scores.token_nll is not None:
+        _check_token_nll(scores.token_nll, scores.nll, scores.tokens)
     return scores

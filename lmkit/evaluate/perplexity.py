@@ -42,6 +42,9 @@ class Score:
     sequence_nll: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
     sequence_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
     sequence_oov: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
+    # Per scored token, in scoring order, also kept when keep=False: its NLL in nats, so lmkit analyze and lmkit
+    # report bucket a run's test tokens without rescoring (evaluate/per_sequence.py)
+    token_nll: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
     @property
     def cross_entropy_nats(self) -> float:
@@ -166,4 +169,5 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
         sequence_nll=seq_nll,
         sequence_tokens=lengths,
         sequence_oov=seq_oov,
+        token_nll=-lp_all,
     )
