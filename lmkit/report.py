@@ -28,7 +28,7 @@ from .curve import CURVE_FILE
 from .errors import LmkitError, UsageError
 from .logs import Log
 from .plot import read_curve
-from .report_charts import Chart, Curve, buckets_chart, curves_chart, intervals_chart, learning_curve_chart
+from .report_charts import Chart, Curve, buckets_chart, colours, curves_chart, intervals_chart, learning_curve_chart
 from .runs import RunRecord, run_folders
 
 SAMPLE_WORDS = 3  # a sample's prompt: the first words of a test line
@@ -73,9 +73,17 @@ def _slug(text: str, i: int) -> str:
 
 
 def table(rows: list[dict]) -> dict:
-    """Headers and cells of the comparison: every column of `lmkit compare --format json` (the run path goes to
-    the model's section), each cell's exact value (for sorting and for tests) and its rounded text."""
-    columns = [c for c in (rows[0] if rows else {}) if c not in HIDDEN_COLUMNS]
+    """Headers and cells of the comparison: the columns of `lmkit compare --format json` that hold a value (the
+    run path goes to the model's section), each cell's exact value (for sorting and for tests) and its rounded
+    text."""
+    def shown(col: str) -> bool:  # as in the terminal: empty columns and an all-complete status left out
+        if col in HIDDEN_COLUMNS:
+            return False
+        if col == "status":
+            return any(r[col] != "complete" for r in rows)
+        return any(r[col] is not None for r in rows)
+
+    columns = [c for c in (rows[0] if rows else {}) if shown(c)]
     best = best_cells(rows)
     body = []
     for i, row in enumerate(rows):
@@ -88,7 +96,7 @@ def table(rows: list[dict]) -> dict:
 
 
 # -- charts ---------------------------------------------------------------------------------------------
-def _curves(runs: list[tuple[str, RunRecord]], names: list[str]) -> Section:
+def _curves(runs: list[tuple[str, RunRecord]], names: list[str], colour: dict[str, str]) -> Section:
     curves = []
     without = []
     for (path, _), name in zip(runs, names):
@@ -105,14 +113,16 @@ def _curves(runs: list[tuple[str, RunRecord]], names: list[str]) -> Section:
             "and have no validation curve." if without else None)
     if not curves:
         return Section([], note or "No run has a validation curve.")
-    return Section([curves_chart("curve-tokens", curves, "tokens"), curves_chart("curve-time", curves, "seconds")],
-                   note)
+    return Section([curves_chart("curve-tokens", curves, "tokens", colour),
+                    curves_chart("curve-time", curves, "seconds", colour)], note)
 
 
 def _learning_curve(paths: Sequence[str | Path]) -> Section | None:
-    """The learning curve of an `lmkit curve` folder given on the command line, if any."""
-    for p in paths:
-        file = Path(p) / CURVE_FILE
+    """The learning curve of an `lmkit curve` folder given on the command line (or holding the runs given), if
+    any."""
+    folders = dict.fromkeys([Path(p) for p in paths] + [Path(p).parent for p in paths])
+    for folder in folders:
+        file = folder / CURVE_FILE
         if file.is_file():
             try:
                 rows = json.loads(file.read_text(encoding="utf-8"))["rows"]
@@ -122,14 +132,15 @@ def _learning_curve(paths: Sequence[str | Path]) -> Section | None:
     return None
 
 
-def _analysis(paths: list[str], device: str, log: Log) -> tuple[Section, dict | None]:
+def _analysis(paths: list[str], device: str, colour: dict[str, str], log: Log) -> tuple[Section, dict | None]:
     from .analyze import analyze_runs
 
     try:
         result = analyze_runs(paths, device=device, log=log)
     except LmkitError as exc:
         return Section([], f"Not analysed: {exc.message}"), None
-    charts = [buckets_chart(f"buckets-{d}", result.title(d), result.buckets(d), result.names)
+    colour = {name: colour.get(run.label, colour.get(name)) for name, run in zip(result.names, result.runs)}
+    charts = [buckets_chart(f"buckets-{d}", result.title(d), result.buckets(d), result.names, colour)
               for d in result.dimensions if d != "oov" or result.text["oov"]]
     tables = [{"title": result.title(d), "rows": result.display_rows(d)} for d in result.dimensions]
     return Section(charts), {"tables": tables, "tokens": result.text["tokens"]}
@@ -217,13 +228,14 @@ def build_report(paths: Sequence[str | Path], options: ReportOptions | None = No
     names = [str(r["model"]) for r in rows]
     view = table(rows)
     log(f"report: {len(rows)} runs; drawing charts and generating samples")
-    curves = _curves(runs, names)
+    colour = colours(names)
+    curves = _curves(runs, names, colour)
     learning = _learning_curve(paths)
     intervals = None
     if any(r.get("test_ppl_lo") is not None for r in rows):
         level = DEFAULT_CONFIDENCE if options.confidence is None else options.confidence
-        intervals = Section([intervals_chart("intervals", rows, level)])
-    analysis, analysis_tables = (_analysis([p for p, _ in runs], options.device, log) if options.analysis
+        intervals = Section([intervals_chart("intervals", rows, level, colour)])
+    analysis, analysis_tables = (_analysis([p for p, _ in runs], options.device, colour, log) if options.analysis
                                  else (Section([], "Not analysed (--no-analysis)."), None))
     models = [_model(path, record, row, body["anchor"], options)
               for (path, record), row, body in zip(runs, rows, view["rows"])]

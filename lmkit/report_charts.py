@@ -58,7 +58,43 @@ def _draw(name: str, title: str, draw, size: tuple[float, float] = (7.5, 3.6)) -
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]  # inline: no XML declaration or DOCTYPE
     svg = re.sub(r'\s(width|height)="[\d.]+pt"', "", svg, count=2)  # scales with the page (viewBox kept)
-    return Chart(name, title, svg, series)
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)  # the RDF block: addresses, no drawing
+    return Chart(name, title, _own_ids(svg, name), series)
+
+
+def _own_ids(svg: str, name: str) -> str:
+    """matplotlib numbers its ids per drawing (figure_1, axes_1, clip paths, markers): prefix each with the chart's
+    name, references included, so that several drawings on one page never share an id."""
+    ids = {i for i in re.findall(r'\sid="([^"]+)"', svg) if not i.startswith("series-")}
+    if not ids:
+        return svg
+    svg = re.sub(r'(\sid=")([^"]+)"', lambda m: f'{m[1]}{name}-{m[2]}"' if m[2] in ids else m[0], svg)
+    return re.sub(r'(url\(#|href="#)([^)"]+)', lambda m: f"{m[1]}{name}-{m[2]}" if m[2] in ids else m[0], svg)
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")  # matplotlib's tab10
+
+
+def colours(names: Sequence[str]) -> dict[str, str]:
+    """One colour per model for every chart of a page, in table order."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def _short(value: float, _position=None) -> str:
+    """A tick label people read at a glance: 4, 30, 200k, 1.2M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _plain_x(ax) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_formatter(FuncFormatter(_short))
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(_short))
 
 
 def _series(artist, chart: str, n: int) -> None:
@@ -70,7 +106,7 @@ def _series(artist, chart: str, n: int) -> None:
         patch.set_gid(f"series-{chart}-{n}-{i}")
 
 
-def curves_chart(name: str, curves: Sequence[Curve], by: str) -> Chart:
+def curves_chart(name: str, curves: Sequence[Curve], by: str, colour: dict[str, str]) -> Chart:
     """Valid perplexity against tokens seen (`by` 'tokens') or training seconds ('seconds'), log axes."""
     from matplotlib.ticker import LogFormatter
 
@@ -78,12 +114,14 @@ def curves_chart(name: str, curves: Sequence[Curve], by: str) -> Chart:
         ax = fig.subplots()
         for n, c in enumerate(curves):
             xs = c.tokens if by == "tokens" else c.seconds
-            (line,) = ax.plot(xs, c.ppl, marker="o", markersize=3 if len(xs) > 1 else 6, label=c.label)
+            (line,) = ax.plot(xs, c.ppl, marker="o", markersize=3 if len(xs) > 1 else 6, label=c.label,
+                              color=colour.get(c.label))
             _series(line, name, n)
         ax.set(xscale="log", yscale="log", ylabel="valid perplexity",
                xlabel="training tokens seen" if by == "tokens" else "training time (s)")
         ax.grid(True, which="both", alpha=0.25)
         plain_log_ticks(ax.yaxis, LogFormatter)
+        _plain_x(ax)
         ax.legend(fontsize="small", loc="upper right")
         return len(curves)
 
@@ -107,13 +145,14 @@ def learning_curve_chart(name: str, rows: Sequence[dict]) -> Chart:
         ax.set(xscale="log", yscale="log", xlabel="training tokens", ylabel="test perplexity")
         ax.grid(True, which="both", alpha=0.25)
         plain_log_ticks(ax.yaxis, LogFormatter)
+        _plain_x(ax)
         ax.legend(fontsize="small")
         return len(models)
 
     return _draw(name, "learning curve: test perplexity against training tokens", draw)
 
 
-def intervals_chart(name: str, rows: Sequence[dict], confidence: float) -> Chart:
+def intervals_chart(name: str, rows: Sequence[dict], confidence: float, colour: dict[str, str]) -> Chart:
     """Test perplexity per model with its paired-bootstrap interval as an error bar."""
     shown = [r for r in rows if r.get("test_ppl") is not None and r.get("test_ppl_lo") is not None]
 
@@ -123,7 +162,7 @@ def intervals_chart(name: str, rows: Sequence[dict], confidence: float) -> Chart
         for n, (y, r) in enumerate(zip(ys, shown)):
             bars = ax.errorbar([r["test_ppl"]], [y], xerr=[[r["test_ppl"] - r["test_ppl_lo"]],
                                                           [r["test_ppl_hi"] - r["test_ppl"]]],
-                               fmt="o", capsize=4, label=r["model"])
+                               fmt="o", capsize=4, label=r["model"], color=colour.get(r["model"]))
             _series(bars.lines[0], name, n)
         ax.set_yticks(ys, [r["model"] for r in shown])
         ax.set(xlabel=f"test perplexity ({confidence:.0%} paired-bootstrap interval)")
@@ -133,7 +172,8 @@ def intervals_chart(name: str, rows: Sequence[dict], confidence: float) -> Chart
     return _draw(name, "test perplexity with bootstrap intervals", draw, size=(7.5, 0.5 + 0.45 * max(len(shown), 2)))
 
 
-def buckets_chart(name: str, title: str, buckets: Sequence[dict], models: Sequence[str]) -> Chart:
+def buckets_chart(name: str, title: str, buckets: Sequence[dict], models: Sequence[str],
+                  colour: dict[str, str]) -> Chart:
     """Grouped bars: per bucket of one analyze breakdown, each model's perplexity (log axis); empty buckets
     and the total are left out."""
     shown = [b for b in buckets if b["bucket"] != "total" and b["tokens"]]
@@ -145,7 +185,7 @@ def buckets_chart(name: str, title: str, buckets: Sequence[dict], models: Sequen
             values = [b["models"][model]["perplexity"] for b in shown]
             values = [v if v is not None and math.isfinite(v) else float("nan") for v in values]
             bars = ax.bar([i + (n - (len(models) - 1) / 2) * width for i in range(len(shown))], values, width,
-                          label=model)
+                          label=model, color=colour.get(model))
             _series(bars, name, n)
         ax.set_xticks(range(len(shown)), [f"{b['bucket']}\n{b['share']:.0%} of tokens" for b in shown])
         ax.set(yscale="log", ylabel="perplexity in the bucket")
