@@ -1003,8 +1003,8 @@ def report(
     confidence: Optional[float] = typer.Option(None, help="--bootstrap: confidence level (default 0.95)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap resampling and of the generated samples."),
     samples: int = typer.Option(3, help="Generated samples per model, the same prompts for every model (0: none)."),
-    analysis: bool = typer.Option(True, "--analysis/--no-analysis", help="Rescore the test file to show where each "
-                                  "model wins (lmkit analyze)."),
+    analysis: Optional[bool] = typer.Option(None, "--analysis/--no-analysis", help="Show where each model wins "
+                                            "(lmkit analyze's buckets; default: on)."),
     device: str = typer.Option("cpu", help="Where neural runs are rescored and sampled: cpu, auto, cuda[:N]."),
     quiet: bool = QuietOpt,
 ) -> None:
@@ -1024,7 +1024,7 @@ def report(
         raise UsageError(f"--samples must be 0 or more, got {samples}")
     start = time.perf_counter()
     path = api.report(runs, output, bootstrap=bootstrap, confidence=confidence,
-                      seed=seed, samples=samples, analysis=analysis, device=device, command=sys.argv,
+                      seed=seed, samples=samples, analysis=analysis is not False, device=device, command=sys.argv,
                       log=msgs.info)
     msgs.info(f"wrote {path} ({time.perf_counter() - start:.1f} s)")
 

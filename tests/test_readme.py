@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 LINES = 3000
 SKIP = {  # reason -> what marks such a command
     "trains or reads a neural model (minutes)": r"--model (mlp|lstm|transformer)|runs/(tf|mlp|lstm)\b|--resume|"
-                                                r"--models \S*(mlp|lstm|transformer)|^torchrun",
+                                                r"--models \S*(mlp|lstm|transformer)|^torchrun|^lmkit compare --report",
     "downloads, or reads a downloaded corpus": r"corpus download|--corpus (ptb|multi30k|wikitext-2)\b",
     "needs a corpus, cluster or disk of the user's": r"big/|/scratch|tcp://",
     "needs a pretrained model folder of the user's": r"\bhf:",
@@ -27,7 +27,7 @@ SKIP = {  # reason -> what marks such a command
 }
 MUST_RUN = ("lmkit vocab show", "lmkit export-arpa", "| lmkit score", "lmkit score kn5.arpa", "lmkit bleu",
             "lmkit compare runs/*", "lmkit plot", "lmkit verify --quick", "lmkit corpus split", "lmkit generate",
-            "lmkit --install-completion", "lmkit models", "lmkit corpus list")
+            "lmkit --install-completion", "lmkit models", "lmkit corpus list", "lmkit report")
 
 
 def readme_commands() -> list[str]:
@@ -77,4 +77,5 @@ def test_readme_commands_run_as_written(tmp_path):
     assert not missing, f"README commands that must run did not: {missing}\nran: {ran}"
     assert (tmp_path / "kn5.arpa").stat().st_size > 0 and (tmp_path / "corpora" / "mine" / "train.txt").exists()
     assert "| model" in (tmp_path / "results.md").read_text()  # compare runs/* --format markdown > results.md
+    assert "</html>" in (tmp_path / "report.html").read_text()  # lmkit report runs/* -o report.html
     assert (tmp_path / "home" / ".bash_completions" / "lmkit.sh").exists()  # --install-completion, for $SHELL

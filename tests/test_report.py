@@ -210,6 +210,8 @@ def test_translation_runs_show_source_reference_hypothesis(tmp_path):
     html = out.read_text(encoding="utf-8")
     assert html.count(">source<") == 4 and html.count(">reference<") == 4 and html.count(">hypothesis<") == 4
     assert "A B C D" in html  # a reference of the test pairs
+    (row,) = compare_json(run)
+    assert row["bleu_signature"] and row["bleu_signature"] in html  # sacrebleu's signature, as compare shows it
 
 
 # -- the page in a real browser --------------------------------------------------------------------------
