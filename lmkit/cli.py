@@ -1020,8 +1020,6 @@ def report(
     from . import api
 
     msgs = Messages(quiet)
-    if samples < 0:
-        raise UsageError(f"--samples must be 0 or more, got {samples}")
     start = time.perf_counter()
     path = api.report(runs, output, bootstrap=bootstrap, confidence=confidence,
                       seed=seed, samples=samples, analysis=analysis is not False, device=device, command=sys.argv,

@@ -33,6 +33,7 @@ from .runs import RunRecord, run_folders
 
 SAMPLE_WORDS = 3  # a sample's prompt: the first words of a test line
 SAMPLE_TOKENS = 20  # tokens generated per sample
+MAX_SAMPLES = 50  # prompts per model: a page, not a corpus
 TRIPLES = 4  # translation runs: source / reference / hypothesis triples per model
 HIDDEN_COLUMNS = ("run",)  # in the per-model sections instead (a path is long)
 
@@ -47,6 +48,15 @@ class ReportOptions:
     samples: int = 3  # prompts per model (0: none)
     analysis: bool = True
     device: str = "cpu"
+
+    def check(self) -> None:
+        """Refuse bad options before any work (the bootstrap's are checked with the comparison)."""
+        from .validate import check_device_name, check_seed
+
+        check_seed(self.seed)
+        check_device_name(self.device)
+        if not 0 <= self.samples <= MAX_SAMPLES:
+            raise UsageError(f"--samples must be from 0 to {MAX_SAMPLES} prompts per model, got {self.samples}")
 
 
 @dataclass
@@ -219,6 +229,7 @@ def build_report(paths: Sequence[str | Path], options: ReportOptions | None = No
     """Everything the page shows, as plain data (the template's context). `rows`: the comparison already made
     (compare --report passes its own); else it is made here, refused exactly as `lmkit compare` refuses."""
     options = options or ReportOptions()
+    options.check()
     if not paths and not rows:
         raise UsageError("give the run folders to report on (a lineup folder stands for its runs)")
     if rows is None:

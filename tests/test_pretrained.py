@@ -169,7 +169,8 @@ def test_analyze_buckets_a_pretrained_models_own_tokens(folder, tmp_path):
     from lmkit.analyze import history_counts
     from lmkit.models.pretrained import PretrainedLM
     model = PretrainedLM(f"hf:{folder}")
-    enc, tr = encode(read_text(text), model.vocab, model.protocol), encode(read_text(train), model.vocab, model.protocol)
+    enc = encode(read_text(text), model.vocab, model.protocol)
+    tr = encode(read_text(train), model.vocab, model.protocol)
     counts = history_counts(tr.sequences, enc.sequences, len(model.vocab), 3, "stream")
     assert by_freq["unseen"] == int((counts == 0).sum()) and by_freq["unseen"] < len(expected)
     assert by_freq["1"] + by_freq["2-9"] + by_freq["10+"] == int((counts > 0).sum()) > 0

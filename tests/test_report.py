@@ -176,11 +176,15 @@ def test_bad_input_is_one_line_or_a_marked_section(runs, tmp_path, corpus):
     one_error_line(cli("report", "-o", tmp_path / "r.html"), 2)  # no runs
     one_error_line(cli("report", *runs, "-o", tmp_path / "missing" / "r.html"), 2, "does not exist")
     one_error_line(cli("report", *runs, "-o", tmp_path), 2, "is a directory")
+    for option, value in (("--seed", -1), ("--samples", -1), ("--samples", 10**6), ("--device", "gpu9"),
+                          ("--bootstrap", 0)):
+        one_error_line(cli("report", *runs, option, value, "-o", tmp_path / "r.html"), 2)
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(corpus, elsewhere)
     (elsewhere / "test.txt").write_text("another test text\n")
+    # another test file: compare refuses, so does report
     other = api.train(api.TrainRequest(model="ngram:kn3", corpus=elsewhere, output=tmp_path / "other",
-                                       min_count=2, progress=False))  # another test file: compare refuses, so does report
+                                       min_count=2, progress=False))
     refused = one_error_line(cli("compare", runs[0], other), 1)
     assert one_error_line(cli("report", runs[0], other, "-o", tmp_path / "r.html"), 1) == refused
     assert not (tmp_path / "r.html").exists()

@@ -124,7 +124,8 @@ def test_coverage_of_a_subword_vocabulary_has_no_unknown_bytes(corpus, tmp_path)
     assert cov["tokens"] > sum(len(ln.split()) for ln in ODD) and cov["oov_tokens"] == 1  # the literal <unk>
 
 
-PIECES = ["the", "king", "caf\u00e9", "<unk>", "<s>", "'s", "--", "42", " ", " ", "  ", "\t", "\u00a0", "\u2003", "\x1c", "\x85", "\u3000", "x"]
+PIECES = ["the", "king", "caf\u00e9", "<unk>", "<s>", "'s", "--", "42", " ", " ", "  ", "\t", "\u00a0", "\u2003",
+          "\x1c", "\x85", "\u3000", "x"]
 
 
 @pytest.mark.parametrize("level", ["bpe", "unigram"])
