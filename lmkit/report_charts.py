@@ -160,10 +160,11 @@ def intervals_chart(name: str, rows: Sequence[dict], confidence: float, colour: 
         ax = fig.subplots()
         ys = list(range(len(shown)))[::-1]
         for n, (y, r) in enumerate(zip(ys, shown)):
-            bars = ax.errorbar([r["test_ppl"]], [y], xerr=[[r["test_ppl"] - r["test_ppl_lo"]],
-                                                          [r["test_ppl_hi"] - r["test_ppl"]]],
-                               fmt="o", capsize=4, label=r["model"], color=colour.get(r["model"]))
-            _series(bars.lines[0], name, n)
+            # the interval from its ends (with few resamples it need not contain the estimate), then the estimate
+            (interval,) = ax.plot([r["test_ppl_lo"], r["test_ppl_hi"]], [y, y], marker="|", markersize=12,
+                                  color=colour.get(r["model"]), label=r["model"])
+            ax.plot([r["test_ppl"]], [y], "o", color=colour.get(r["model"]))
+            _series(interval, name, n)
         ax.set_yticks(ys, [r["model"] for r in shown])
         ax.set(xlabel=f"test perplexity ({confidence:.0%} paired-bootstrap interval)")
         ax.grid(True, axis="x", alpha=0.25)
