@@ -252,13 +252,16 @@ def check_batch_invariance(model, sequences: list[np.ndarray], default: list[np.
                                      f"max relative difference {rel:.1e} (tolerance {NLL_RTOL:.0e}){what}", values)
 
 
-def check_save_load(model, sequences: list[np.ndarray], default: list[np.ndarray]) -> CheckResult:
-    """Save into a temporary folder, load with the family's own loader, score the same sample."""
+def check_save_load(model, sequences: list[np.ndarray], default: list[np.ndarray],
+                    saved: Path | None = None) -> CheckResult:
+    """Save into a temporary folder (or read `saved`, a folder the model was just saved in: the run folder being
+    written), load with the family's own loader, score the same sample."""
     name = "save-load"
     with tempfile.TemporaryDirectory(prefix="lmkit-check-") as tmp:
-        model.save(Path(tmp))
+        if saved is None:
+            model.save(Path(tmp))
         try:
-            loaded = type(model).load(Path(tmp), model.config, model.vocab, model.protocol,
+            loaded = type(model).load(saved or Path(tmp), model.config, model.vocab, model.protocol,
                                       device=getattr(model, "device", "cpu"))
         except LmkitError as exc:  # what save wrote cannot be read back: that is this check failing
             return CheckResult(name, FAIL, f"the saved model does not load: {exc.message}")
@@ -281,12 +284,14 @@ def check_save_load(model, sequences: list[np.ndarray], default: list[np.ndarray
 
 # -- entry points -----------------------------------------------------------------------------------
 def check_model(model, encoded_sample: Encoded | Sequence[np.ndarray], *, quick: bool,
-                normalised: bool | None = None, seed: int = SEED, skip: dict[str, str] | None = None) -> CheckReport:
+                normalised: bool | None = None, seed: int = SEED, skip: dict[str, str] | None = None,
+                saved: Path | None = None) -> CheckReport:
     """Run the four checks on a bounded, seeded sample of `encoded_sample` (an Encoded text or sequences).
 
     `normalised=False` (e.g. from a run record) marks a model whose scores are not probabilities by
     design; by default the model's own `normalised` attribute says so. `skip` maps a check's name to why it
-    is not run this time (recorded as n.a. with that reason)."""
+    is not run this time (recorded as n.a. with that reason). `saved`: a folder the model is saved in already
+    (the save-load check reads it back instead of saving again)."""
     start = time.perf_counter()
     budget = QUICK if quick else FULL
     seqs = encoded_sample.sequences if isinstance(encoded_sample, Encoded) else list(encoded_sample)
@@ -298,7 +303,7 @@ def check_model(model, encoded_sample: Encoded | Sequence[np.ndarray], *, quick:
         "normalisation": lambda: check_normalisation(model, sample, budget.contexts, normalised=normalised, seed=seed),
         "causality": lambda: check_causality(model, sample, budget, default, seed=seed),
         "batch-invariance": lambda: check_batch_invariance(model, sample, default),
-        "save-load": lambda: check_save_load(model, sample, default),
+        "save-load": lambda: check_save_load(model, sample, default, saved),
     }
     skip = skip or {}
     results = [CheckResult(name, NA, skip[name]) if name in skip else run() for name, run in checks.items()]

@@ -200,7 +200,9 @@ def _check_status(record: RunRecord) -> str:
 
 
 def _model(path: str, record: RunRecord, row: dict, anchor: str, options: ReportOptions) -> dict:
-    checks = (record.checks or {}).get("results") or []
+    results = (record.checks or {}).get("results") or {}
+    checks = [{"name": name, "status": (r or {}).get("status")} for name, r in results.items()] \
+        if isinstance(results, dict) else []
     return {"anchor": anchor, "name": row.get("model"), "kind": record.kind, "run": path, "row": row,
             "check": _check_status(record), "checks": checks, "config": record.config,
             "train_config": record.train_config, "command": shlex.join(record.command) if record.command else "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from .atomic import atomic_dir, atomic_open, publish_dir, staging_dir
 from .logs import Log, quiet
@@ -38,11 +39,16 @@ class RunWriter:
         self.replacing = False
 
     # -- a whole run at once (n-gram, mixture) ----------------------------------------------------------
-    def publish(self, vocab, model, record: RunRecord, scores: dict, metrics_row: dict) -> Path:
-        """vocab.json, the model's files, metrics.jsonl, test scores and run.json, all or nothing."""
+    def publish(self, vocab, model, record: RunRecord, scores: dict, metrics_row: dict,
+                checks: Callable[[Path], dict] | None = None) -> Path:
+        """vocab.json, the model's files, metrics.jsonl, test scores and run.json, all or nothing. `checks`, given
+        the folder the model was just saved in, gives run.json's check results (its save-load check reads that
+        copy back rather than saving the model a second time)."""
         with atomic_dir(self.out, replace=self.replace, log=self.log) as tmp:
             vocab.save(tmp / VOCAB_FILE)
             model.save(tmp)
+            if checks is not None:
+                record.checks = checks(tmp)
             append_metrics(tmp, [metrics_row])
             save_test_scores(tmp, scores, record.data)
             self.write_recipe(tmp)

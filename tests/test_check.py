@@ -203,3 +203,33 @@ def test_compare_notes_unchecked_and_failed_runs(runs, tmp_path):
     record["checks"] = {"ok": False, "quick": True, "results": {}}
     (b / "run.json").write_text(json.dumps(record))
     assert {r["model"]: r["note"] for r in compare_runs([a, b])}["mlp"] == "check failed"
+
+
+def test_an_ngram_run_is_saved_once_and_its_save_load_check_reads_that_copy(tiny_corpus, tmp_path, monkeypatch):
+    """The quick save-load check of an n-gram run loads the files written into the run folder (no second save of
+    what can be a multi-GB model), and a copy that does not load back is a failed check in run.json."""
+    from lmkit.models.ngram.model import NgramModel
+
+    saves: list[Path] = []
+    real_save = NgramModel.save
+
+    def counted(self, folder):
+        saves.append(Path(folder))
+        return real_save(self, folder)
+
+    monkeypatch.setattr(NgramModel, "save", counted)
+    run = api.train(api.TrainRequest(model="ngram:kn3", corpus=tiny_corpus, output=tmp_path / "kn3", min_count=1,
+                                     progress=False))
+    checks = json.loads((run / "run.json").read_text())["checks"]
+    assert len(saves) == 1 and checks["results"]["save-load"]["status"] == "pass"
+
+    def broken(self, folder):  # writes files the loader refuses
+        real_save(self, folder)
+        for f in Path(folder).glob("model*"):
+            f.write_bytes(b"not a model")
+
+    monkeypatch.setattr(NgramModel, "save", broken)
+    run = api.train(api.TrainRequest(model="ngram:kn3", corpus=tiny_corpus, output=tmp_path / "bad", min_count=1,
+                                     progress=False))
+    checks = json.loads((run / "run.json").read_text())["checks"]
+    assert not checks["ok"] and checks["results"]["save-load"]["status"] == "fail"

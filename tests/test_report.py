@@ -136,6 +136,7 @@ def test_the_page_holds_the_compare_table_curves_analysis_samples_and_provenance
     assert len(samples) == 3 * len(runs)  # every model continued the same prompts, in order
     assert all(s.startswith(prompts[i % 3]) for i, s in enumerate(samples)), (prompts, samples)
     assert "sacrebleu" in html and "lmkit" in html and "CPUs" in html
+    assert html.count("passed (quick): normalisation pass, causality") == 4  # each run's check status
 
 
 def test_bootstrap_intervals_are_the_tables_columns_and_error_bars(runs, tmp_path):

@@ -60,7 +60,7 @@ def fit_counted(job: Job, log: Log, locks: ExitStack) -> Path:
         kind=job.cls.kind, label=model.label, config=asdict(job.config), protocol=job.protocol.to_dict(),
         vocab_id=job.vocab.vocab_id, data=job.data, metrics=metrics, parameters=int(model.num_parameters()),
         train_seconds=seconds, tokens_seen=job.encoded["train"].num_tokens, seed=job.request.seed, device="cpu",
-        fit_info=info, versions=versions(), checks=quick_checks(model, job.encoded, log),
+        fit_info=info, versions=versions(),
     )
     out = job.out
     if out is None:
@@ -70,7 +70,8 @@ def fit_counted(job: Job, log: Log, locks: ExitStack) -> Path:
            "valid_ppl": metrics.get("valid", {}).get("perplexity")}
     writer = RunWriter(out, replace=job.request.force, log=log, recipe=recipe_text(job.request, out))
     current().phase("writing", label=model.label)
-    return writer.publish(job.vocab, model, record, scores, row)
+    return writer.publish(job.vocab, model, record, scores, row,
+                          checks=lambda saved: quick_checks(model, job.encoded, log, saved=saved))
 
 
 def build_torch_model(job: Job, device: str | None = None):

@@ -4,6 +4,7 @@ scoring path, per-sequence test scores for the bootstrap, translation BLEU, the 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..data.corpus import (Encoded, read_recorded)
 from ..evaluate.perplexity import Score, score_encoded
@@ -48,9 +49,11 @@ def _test_bleu(model, test: dict, log: Log) -> dict:
     return {"score": result.score, "signature": result.signature, "decoding": "greedy", "lines": result.lines}
 
 
-def quick_checks(model, encoded: dict[str, Encoded], log: Log, skip_all: str | None = None) -> dict:
+def quick_checks(model, encoded: dict[str, Encoded], log: Log, skip_all: str | None = None,
+                 saved: Path | None = None) -> dict:
     """`lmkit check --quick` on the test split (else valid, else train: an n-gram trained on train alone) for
-    run.json. Never fatal: a failed or crashed check is recorded and shown by `compare`, and the model is kept."""
+    run.json. Never fatal: a failed or crashed check is recorded and shown by `compare`, and the model is kept.
+    `saved`: a folder the model is saved in already, which the save-load check reads back."""
     from ..check import check_model
 
     split = next(s for s in ("test", "valid", "train") if s in encoded)
@@ -64,7 +67,7 @@ def quick_checks(model, encoded: dict[str, Encoded], log: Log, skip_all: str | N
         log(f"note: quick checks {skip_all}")
     current().phase("checking", label=model.label)
     try:
-        report = check_model(model, encoded[split], quick=True, skip=skip)
+        report = check_model(model, encoded[split], quick=True, skip=skip, saved=saved)
     except Exception as exc:  # a bug in a check must not throw away a finished training run
         log(f"warning: checks could not run ({exc.__class__.__name__}: {exc})")
         return {"ok": False, "quick": True, "error": f"{exc.__class__.__name__}: {exc}"}
