@@ -68,3 +68,19 @@ def test_rows_sum_to_one_over_the_predictable_set(s):
     seqs = enc(s["valid"]).sequences
     for a, b in zip(m.sequence_logprobs(seqs), LanguageModel.sequence_logprobs(m, seqs)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_unique_counts_is_np_unique():
+    """The packed sort behind n-gram counting gives np.unique's sorted keys, inverse and counts, on both of its
+    paths (keys that fit beside their positions in 63 bits, and keys that do not)."""
+    from lmkit.models.ngram.counts import unique_counts
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 2**63 - 1) | st.integers(0, 50), max_size=300))
+    def same(values):
+        key = np.array(values, dtype=np.int64)
+        want = np.unique(key, return_inverse=True, return_counts=True)
+        got = unique_counts(key)
+        assert all(np.array_equal(w.reshape(-1), g) for w, g in zip(want, got))
+
+    same()
