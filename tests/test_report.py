@@ -295,3 +295,16 @@ def test_the_page_reads_dark_printed_and_without_javascript(runs, tmp_path, brow
         browser.call("Emulation.setScriptExecutionDisabled", {"value": False}, session=True)
     assert cells == len(Page(out.read_text(encoding="utf-8")).cells) > 0 and svgs >= 4
     assert browser.errors() == []
+
+
+def test_runs_of_different_levels_meet_on_bits_per_byte_and_are_not_bucketed(runs, corpus, tmp_path):
+    char = api.train(api.TrainRequest(model="ngram:kn5", level="char", corpus=corpus, output=tmp_path / "char",
+                                      progress=False, min_count=1))
+    out = tmp_path / "levels.html"
+    assert cli("report", runs[0], char, "-o", out, "--samples", 1).exit_code == 0
+    html = out.read_text(encoding="utf-8")
+    page = Page(html)
+    expected = compare_json(runs[0], char)
+    assert [c["value"] for c in page.cells if c["col"] == "bits_per_byte"] == [r["bits_per_byte"] for r in expected]
+    assert not any(c["col"] == "test_ppl" for c in page.cells)  # per-token columns left out, as compare does
+    assert "ranked by bits per byte" in html and "Not analysed:" in html and "level word vs char" in html
