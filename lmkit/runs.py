@@ -1,7 +1,8 @@
 """Run folders: one directory per trained model, written atomically, read back by every command.
 
 Layout: run.json (the record `compare` reads), vocab.json, the family's weights, metrics.jsonl, and
-test_scores.npz (per-sequence test scores for `compare --bootstrap`; evaluate/per_sequence.py).
+test_scores.npz (per-sequence test scores for `compare --bootstrap`, per-token ones for `analyze` and `report`;
+evaluate/per_sequence.py).
 A run is loaded only when run.json, the vocabulary and the weights agree with each other."""
 
 from __future__ import annotations
