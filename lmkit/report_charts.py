@@ -191,7 +191,7 @@ def buckets_chart(name: str, title: str, buckets: Sequence[dict], models: Sequen
         ax.set_xticks(range(len(shown)), [f"{b['bucket']}\n{b['share']:.0%} of tokens" for b in shown])
         ax.set(yscale="log", ylabel="perplexity in the bucket")
         ax.grid(True, axis="y", which="both", alpha=0.25)
-        ax.legend(fontsize="small", ncols=min(len(models), 4))
+        ax.legend(fontsize="small", ncols=min(len(models), 6), loc="lower left", bbox_to_anchor=(0, 1.0))  # above
         return len(models)
 
     return _draw(name, title, draw)
