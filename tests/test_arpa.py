@@ -304,3 +304,17 @@ def test_the_cycle_collector_is_paused_while_reading_and_restored_after(good, mo
             pass
         assert not gc.isenabled()  # an outer pause is kept
     assert gc.isenabled()
+
+
+def test_a_trigram_whose_context_is_not_stored_gets_a_blank_context(tmp_path):
+    """Not closed under prefixes: "b a b" is stored, its context "b a" is not. The context is added blank (log bo
+    0, the probability back-off gives it), so P(a | <s> b) backs off through it and P(b | b a) is the stored one."""
+    path = tmp_path / "prefix.arpa"
+    path.write_text(HAND.replace("-0.2\t<s> a a\n", "").replace("-0.25\ta b </s>", "-0.25\ta b </s>\n-0.35\tb a b"))
+    # "b a b": P(b|<s>) = -0.5 - 0.8; P(a|<s> b) = bo(b) + P(a) = -0.1 - 0.4 ("b a" blank: its back-off value);
+    #          P(b|b a) = -0.35 (stored); P(</s>|a b) = -0.25 (stored)                      -> -2.4
+    m = load_arpa(path)
+    np.testing.assert_allclose(log10_scores(m, ["b a b"]), [-2.4], atol=1e-12)
+    a, b = m.vocab.index["a"], m.vocab.index["b"]
+    row = m.next_logprobs([[b, a]])[0]  # the full row after "b a" holds the stored extension "b a b"
+    assert row[b] == pytest.approx(-0.35 * np.log(10))

@@ -457,20 +457,26 @@ def _assemble(rd, V: int, word_mats: list, logp: list, logbo: list):
 
 def _sorted_keys(V: int, mats: dict) -> tuple[list, list] | None:
     """Each order's sorted keys and the sort that gives them, or None when a stored n-gram's suffix or
-    prefix is not stored (never so in KenLM's and lmkit's files; pruned SRILM files need _close)."""
+    prefix is not stored (never so in KenLM's and lmkit's files; pruned SRILM files need _close).
+
+    The prefix w1..w(n-1) is found as NgramIndex.prefix finds it, from the order below: its key is (id of
+    w2..w(n-1), w1), and w2..w(n-1) is the prefix of the suffix w2..wn, already found one order down."""
     keys, orders = [np.arange(V, dtype=np.int64)], [None]
+    prefix = None  # prefix id (order n-2) of every sorted (n-1)-gram
     for n in range(2, len(mats) + 2):
-        W = mats[n][0]
-        key, sid = _keys_for(keys, V, W)
+        key, sid = _keys_for(keys, V, mats[n][0])
         if (sid < 0).any():
             return None
-        if n > 2:
-            pkey, psid = _keys_for(keys, V, W[:, :-1])
-            if (psid < 0).any() or (find(keys[n - 2], pkey) < 0).any():
-                return None
         order = np.argsort(key, kind="stable")
-        keys.append(key[order])
+        key = key[order]
+        first = key % V
+        if n > 2:
+            first = find(keys[n - 2], prefix[key // V] * V + first)
+            if (first < 0).any():
+                return None
+        keys.append(key)
         orders.append(order)
+        prefix = first
     return keys, orders
 
 
