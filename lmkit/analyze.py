@@ -287,8 +287,7 @@ def analyze_runs(paths: Sequence[str | Path], by: str | Sequence[str] | None = N
     for p in paths:
         if not is_pretrained(p) and Path(p).is_file():
             raise UsageError(f"{p}: lmkit analyze needs run folders (their run.json records the train file)")
-    pretrained = [str(p) for p in paths if is_pretrained(p)]
-    if pretrained:
+    if any(is_pretrained(p) for p in paths):
         return _analyze_pretrained(paths, dims, by is None, order, text, train, device, log)
     return _analyze_folders(paths, dims, order, text, train, device, log)
 
@@ -376,28 +375,25 @@ def _stored_nll(m: _Model, tokens: int, log: Log) -> np.ndarray | None:
     return scores.token_nll
 
 
-def _scored_nll(models: list[_Model], enc: Encoded, log: Log) -> list[RunNll]:
-    """Every model's per-token NLL on `enc`: stored by the run when `enc` is its test file, else rescored (one
-    model loaded at a time)."""
+def _scored_nll(models: list[_Model], enc: Encoded, tokens: int, log: Log) -> list[RunNll]:
+    """Every model's per-token NLL on `enc` (`tokens` scored tokens): stored by the run when `enc` is its test
+    file, else rescored (one model loaded at a time)."""
     from .evaluate.perplexity import score_encoded
 
-    tokens = int(_scored_mask(enc).sum())
     results = []
     for m in models:
+        recorded_ppl = m.recorded.get("perplexity")
+        recorded_ppl = float(recorded_ppl) if isinstance(recorded_ppl, (int, float)) else None
         nll = _stored_nll(m, tokens, log)
         if nll is not None:
-            recorded_ppl = m.recorded.get("perplexity")
             results.append(RunNll(m.name, m.path, m.record.label, m.record.kind,
-                                  bool(m.recorded.get("normalised", True)), nll,
-                                  float(recorded_ppl) if isinstance(recorded_ppl, (int, float)) else None))
+                                  bool(m.recorded.get("normalised", True)), nll, recorded_ppl))
             continue
         model = m.load()
         log(f"scoring the text with {m.name}")
-        score = score_encoded(model, enc, keep=True)
-        nll = -np.concatenate(score.logprobs).astype(np.float64) if score.logprobs else np.zeros(0)
-        recorded_ppl = m.recorded.get("perplexity")
-        results.append(RunNll(m.name, m.path, model.label, model.kind, bool(score.normalised), nll,
-                              float(recorded_ppl) if isinstance(recorded_ppl, (int, float)) else None))
+        score = score_encoded(model, enc, keep=False)  # its token_nll is all this needs
+        results.append(RunNll(m.name, m.path, model.label, model.kind, bool(score.normalised), score.token_nll,
+                              recorded_ppl))
         recorded = m.recorded.get("nll_nats")
         if isinstance(recorded, (int, float)) and not math.isclose(score.nll_nats, recorded, rel_tol=1e-6):
             log(f"warning: {m.name}: rescored test NLL {score.nll_nats:.6g} differs from run.json's {recorded:.6g}")
@@ -406,15 +402,14 @@ def _scored_nll(models: list[_Model], enc: Encoded, log: Log) -> list[RunNll]:
     return results
 
 
-def _targets(enc: Encoded) -> np.ndarray:
-    """The scored target ids of `enc` in scoring order: each sequence's tokens and its </s> (the target side
-    of a pair)."""
+def _targets(enc: Encoded, scored: np.ndarray) -> np.ndarray:
+    """The scored target ids of `enc` in scoring order (`scored`: _scored_mask): each sequence's tokens and its
+    </s>, of a pair the target side."""
     from .data.vocab import EOS
 
     if not enc.sequences:
         return np.zeros(0, dtype=np.int64)
-    full = np.concatenate([np.append(np.asarray(s, dtype=np.int64), EOS) for s in enc.sequences])
-    return full[_scored_mask(enc)]
+    return np.concatenate([np.append(np.asarray(s, dtype=np.int64), EOS) for s in enc.sequences])[scored]
 
 
 def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text | ParallelText,
@@ -427,8 +422,8 @@ def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text |
     scored = _scored_mask(enc)
     lines = np.fromiter((len(s) + 1 - (enc.score_from[i] if enc.score_from else 0)
                          for i, s in enumerate(enc.sequences)), dtype=np.int64, count=len(enc.sequences))
-    results = _scored_nll(models, enc, log)
-    targets = _targets(enc)
+    targets = _targets(enc, scored)
+    results = _scored_nll(models, enc, targets.size, log)
     assert all(r.nll.size == targets.size for r in results) and targets.size == int(lines.sum())
     keys = {"length": np.repeat(_bucket_of(lines, LENGTH_BUCKETS), lines),
             "oov": (targets == UNK).astype(np.int64)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -257,11 +258,11 @@ def check_save_load(model, sequences: list[np.ndarray], default: list[np.ndarray
     """Save into a temporary folder (or read `saved`, a folder the model was just saved in: the run folder being
     written), load with the family's own loader, score the same sample."""
     name = "save-load"
-    with tempfile.TemporaryDirectory(prefix="lmkit-check-") as tmp:
+    with nullcontext(saved) if saved is not None else tempfile.TemporaryDirectory(prefix="lmkit-check-") as folder:
         if saved is None:
-            model.save(Path(tmp))
+            model.save(Path(folder))
         try:
-            loaded = type(model).load(saved or Path(tmp), model.config, model.vocab, model.protocol,
+            loaded = type(model).load(Path(folder), model.config, model.vocab, model.protocol,
                                       device=getattr(model, "device", "cpu"))
         except LmkitError as exc:  # what save wrote cannot be read back: that is this check failing
             return CheckResult(name, FAIL, f"the saved model does not load: {exc.message}")

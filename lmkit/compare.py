@@ -555,22 +555,31 @@ TABLE_VIEW: dict[str, tuple[str, Callable[[Any], str]]] = {
 }
 
 
+def shown_column(rows: list[dict], col: str) -> bool:
+    """Does a table of `rows` show `col`: not when every row leaves it empty, nor the status when every run is
+    complete (the terminal table and the report page alike)."""
+    if col == "status":
+        return any(r["status"] != "complete" for r in rows)
+    return any(r.get(col) is not None for r in rows)
+
+
+def cell_text(row: dict, col: str) -> str | None:
+    """A cell as people read it: TABLE_VIEW's rounding, "mean ± sd" over several seeds; other columns as they
+    are (yes/no for a flag); None when empty."""
+    value = row[col]
+    if value is None:
+        return None
+    if col not in TABLE_VIEW:
+        return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+    text = TABLE_VIEW[col][1](value)
+    sd = row.get(SD_OF.get(col, ""))  # several seeds: "mean ± sd"
+    return f"{text} ± {TABLE_VIEW[col][1](sd)}" if sd is not None else text
+
+
 def table_view(rows: list[dict]) -> tuple[list[dict], list[str], dict[str, int]]:
     """(display rows, headers, highlight) for the rich table: rounded cells, empty columns and the
     always-complete status left out, the best quality value per column marked."""
-    def shown(col: str) -> bool:
-        if col == "status":
-            return any(r["status"] != "complete" for r in rows)
-        return any(r.get(col) is not None for r in rows)
-
-    def cell(row: dict, col: str) -> str | None:
-        if row[col] is None:
-            return None
-        text = TABLE_VIEW[col][1](row[col])
-        sd = row.get(SD_OF.get(col, ""))  # several seeds: "mean ± sd"
-        return f"{text} ± {TABLE_VIEW[col][1](sd)}" if sd is not None else text
-
-    cols = [c for c in TABLE_VIEW if rows and c in rows[0] and shown(c)]
-    display = [{TABLE_VIEW[c][0]: cell(r, c) for c in cols} for r in rows]
+    cols = [c for c in TABLE_VIEW if rows and c in rows[0] and shown_column(rows, c)]
+    display = [{TABLE_VIEW[c][0]: cell_text(r, c) for c in cols} for r in rows]
     highlight = {TABLE_VIEW[c][0]: i for c, i in best_cells(rows).items() if c in cols}
     return display, [TABLE_VIEW[c][0] for c in cols], highlight

@@ -20,10 +20,10 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import __version__
-from .compare import DEFAULT_CONFIDENCE, TABLE_VIEW, best_cells, compare_runs, read_runs
+from .compare import DEFAULT_CONFIDENCE, TABLE_VIEW, best_cells, cell_text, compare_runs, read_runs, shown_column
 from .curve import CURVE_FILE
 from .errors import LmkitError, UsageError
 from .logs import Log
@@ -68,16 +68,6 @@ class Section:
 
 
 # -- the table ------------------------------------------------------------------------------------------
-def _cell_text(col: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if col in TABLE_VIEW:
-        return TABLE_VIEW[col][1](value)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
 def _slug(text: str, i: int) -> str:
     return f"model-{i + 1}-" + (re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run")
 
@@ -86,18 +76,11 @@ def table(rows: list[dict]) -> dict:
     """Headers and cells of the comparison: the columns of `lmkit compare --format json` that hold a value (the
     run path goes to the model's section), each cell's exact value (for sorting and for tests) and its rounded
     text."""
-    def shown(col: str) -> bool:  # as in the terminal: empty columns and an all-complete status left out
-        if col in HIDDEN_COLUMNS:
-            return False
-        if col == "status":
-            return any(r[col] != "complete" for r in rows)
-        return any(r[col] is not None for r in rows)
-
-    columns = [c for c in (rows[0] if rows else {}) if shown(c)]
+    columns = [c for c in (rows[0] if rows else {}) if c not in HIDDEN_COLUMNS and shown_column(rows, c)]
     best = best_cells(rows)
     body = []
     for i, row in enumerate(rows):
-        cells = [{"col": c, "text": _cell_text(c, row[c]), "value": json.dumps(row[c]),
+        cells = [{"col": c, "text": cell_text(row, c) or "", "value": json.dumps(row[c]),
                   "numeric": isinstance(row[c], (int, float)) and not isinstance(row[c], bool),
                   "best": best.get(c) == i} for c in columns]
         body.append({"anchor": _slug(str(row.get("model")), i), "cells": cells})
@@ -157,35 +140,49 @@ def _analysis(paths: list[str], device: str, colour: dict[str, str], log: Log) -
 
 
 # -- per model ------------------------------------------------------------------------------------------
-def _prompts(record: RunRecord, path: str, count: int) -> tuple[list[str], list[str]]:
-    """(prompts, references): the first words of the first test lines; for a translation run the first
-    source sentences and their references. Empty when the test file is gone or changed."""
+@dataclass
+class Prompts:
+    """What every model is asked to continue: the first words of the first test lines, or, for translation runs,
+    the first source sentences (with their references). Read once: every run shares the test file."""
+
+    texts: list[str]
+    references: list[str]
+    translate: bool
+    note: str | None = None  # why there are none
+
+
+def _prompts(path: str, record: RunRecord, samples: int) -> Prompts:
     from .data.corpus import ParallelText, read_recorded
 
-    text = read_recorded(record.data.get("test") or {}, path, "test")
+    translate = record.protocol.get("task") == "translate"
+    count = TRIPLES if translate else samples
+    if not count:
+        return Prompts([], [], translate)
+    try:
+        text = read_recorded(record.data.get("test") or {}, path, "test")
+    except LmkitError as exc:
+        return Prompts([], [], translate, f"No samples: {exc.message}")
     if isinstance(text, ParallelText):
-        pairs = [(s, t) for s, t in zip(text.source.lines, text.target.lines) if s.strip() and t.strip()]
-        return [s for s, _ in pairs[:count]], [t for _, t in pairs[:count]]
+        pairs = [(s, t) for s, t in zip(text.source.lines, text.target.lines) if s.strip() and t.strip()][:count]
+        return Prompts([s for s, _ in pairs], [t for _, t in pairs], translate)
     lines = [ln for ln in text.lines if ln.strip()][:count]
-    return [" ".join(ln.split()[:SAMPLE_WORDS]) for ln in lines], []
+    return Prompts([" ".join(ln.split()[:SAMPLE_WORDS]) for ln in lines], [], translate)
 
 
-def _samples(path: str, record: RunRecord, options: ReportOptions) -> dict:
+def _samples(path: str, prompts: Prompts, options: ReportOptions) -> dict:
     """Generated text of one model: sampled continuations of the shared prompts (seeded), or greedy
     translations of the first test sources beside their references."""
     from .pipeline.use import generate
 
-    translate = record.protocol.get("task") == "translate"
-    count = TRIPLES if translate else options.samples
-    if not count:
-        return {"entries": [], "note": None}
+    if not prompts.texts:
+        return {"entries": [], "note": prompts.note}
     try:
-        prompts, references = _prompts(record, path, count)
-        if translate:
-            out = generate(path, prompts, max_tokens=4 * SAMPLE_TOKENS, device=options.device)
+        if prompts.translate:
+            out = generate(path, prompts.texts, max_tokens=4 * SAMPLE_TOKENS, device=options.device)
             return {"entries": [{"source": p, "reference": r, "hypothesis": o["continuation"]}
-                              for p, r, o in zip(prompts, references, out.outputs)], "note": None, "translate": True}
-        out = generate(path, prompts, max_tokens=SAMPLE_TOKENS, strategy="sample", seed=options.seed,
+                                for p, r, o in zip(prompts.texts, prompts.references, out.outputs)],
+                    "note": None, "translate": True}
+        out = generate(path, prompts.texts, max_tokens=SAMPLE_TOKENS, strategy="sample", seed=options.seed,
                        device=options.device)
     except LmkitError as exc:
         return {"entries": [], "note": f"No samples: {exc.message}"}
@@ -199,7 +196,7 @@ def _check_status(record: RunRecord) -> str:
     return ("passed" if checks.get("ok") else "FAILED") + (" (quick)" if checks.get("quick") else "")
 
 
-def _model(path: str, record: RunRecord, row: dict, anchor: str, options: ReportOptions) -> dict:
+def _model(path: str, record: RunRecord, row: dict, anchor: str, prompts: Prompts, options: ReportOptions) -> dict:
     results = (record.checks or {}).get("results") or {}
     checks = [{"name": name, "status": (r or {}).get("status")} for name, r in results.items()] \
         if isinstance(results, dict) else []
@@ -207,7 +204,7 @@ def _model(path: str, record: RunRecord, row: dict, anchor: str, options: Report
             "check": _check_status(record), "checks": checks, "config": record.config,
             "train_config": record.train_config, "command": shlex.join(record.command) if record.command else "",
             "device": record.device, "versions": record.versions, "created": record.created, "seed": record.seed,
-            "samples": _samples(path, record, options)}
+            "samples": _samples(path, prompts, options)}
 
 
 # -- the whole page -------------------------------------------------------------------------------------
@@ -234,9 +231,10 @@ def build_report(paths: Sequence[str | Path], options: ReportOptions | None = No
     options.check()
     if not paths and not rows:
         raise UsageError("give the run folders to report on (a lineup folder stands for its runs)")
+    confidence = DEFAULT_CONFIDENCE if options.confidence is None else options.confidence
     if rows is None:
         rows = compare_runs(run_folders(paths, log=log), bootstrap=options.bootstrap, seed=options.seed,
-                            confidence=DEFAULT_CONFIDENCE if options.confidence is None else options.confidence)
+                            confidence=confidence)
     runs = read_runs([r["run"] for r in rows])
     names = [str(r["model"]) for r in rows]
     view = table(rows)
@@ -246,16 +244,16 @@ def build_report(paths: Sequence[str | Path], options: ReportOptions | None = No
     learning = _learning_curve(paths)
     intervals = None
     if any(r.get("test_ppl_lo") is not None for r in rows):
-        level = DEFAULT_CONFIDENCE if options.confidence is None else options.confidence
-        intervals = Section([intervals_chart("intervals", rows, level, colour)])
+        intervals = Section([intervals_chart("intervals", rows, confidence, colour)])
     analysis, analysis_tables = (_analysis([p for p, _ in runs], options.device, colour, log) if options.analysis
                                  else (Section([], "Not analysed (--no-analysis)."), None))
-    models = [_model(path, record, row, body["anchor"], options)
+    prompts = _prompts(*runs[0], options.samples)
+    models = [_model(path, record, row, body["anchor"], prompts, options)
               for (path, record), row, body in zip(runs, rows, view["rows"])]
     signatures = sorted({r.get("bleu_signature") for r in rows if r.get("bleu_signature")})
     return {"title": "lmkit report", "table": view, "rows": rows, "shared": _shared(runs), "curves": curves,
             "learning": learning, "intervals": intervals, "bootstrap": options.bootstrap,
-            "confidence": options.confidence or DEFAULT_CONFIDENCE, "seed": options.seed, "analysis": analysis,
+            "confidence": confidence, "seed": options.seed, "analysis": analysis,
             "analysis_tables": analysis_tables, "models": models, "signatures": signatures,
             "machine": _machine(), "command": shlex.join(command) if command else None,
             "across_levels": "bits_per_byte" in (rows[0] if rows else {}) and "test_ppl" not in rows[0]}

@@ -141,13 +141,15 @@ def test_the_page_holds_the_compare_table_curves_analysis_samples_and_provenance
 
 def test_bootstrap_intervals_are_the_tables_columns_and_error_bars(runs, tmp_path):
     out = tmp_path / "r.html"
-    assert cli("report", *runs, "--bootstrap", 60, "--seed", 2, "-o", out, "--samples", 0,
-               "--no-analysis").exit_code == 0
-    page = Page(out.read_text(encoding="utf-8"))
-    expected = compare_json(*runs, "--bootstrap", 60, "--seed", 2)
+    assert cli("report", *runs, "--bootstrap", 60, "--seed", 2, "--confidence", 0.9, "-o", out, "--samples", 0,
+               "--no-analysis", "--device", "cpu").exit_code == 0
+    html = out.read_text(encoding="utf-8")
+    page = Page(html)
+    expected = compare_json(*runs, "--bootstrap", 60, "--seed", 2, "--confidence", 0.9)
     his = {c["value"] for c in page.cells if c["col"] == "test_ppl_hi"}
     assert his == {r["test_ppl_hi"] for r in expected} and None not in his
     assert page.figures["intervals"]["series"] == len(page.figures["intervals"]["ids"]) == len(expected)
+    assert "90% percentile intervals, 60 paired resamples" in html
     assert "buckets-length" not in page.figures
 
 

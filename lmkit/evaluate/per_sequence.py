@@ -56,7 +56,7 @@ def save_test_scores(run_dir: str | Path, scores: SequenceScores) -> Path:
     """Write `test_scores.npz` atomically (temp file + rename)."""
     path = Path(run_dir) / TEST_SCORES_FILE
     with atomic_open(path, "wb") as fh:
-        extra = {} if scores.token_nll is None else {"token_nll": scores.token_nll.astype(np.float64)}
+        extra = {} if scores.token_nll is None else {"token_nll": scores.token_nll}
         np.savez(fh, schema=np.int64(SCHEMA), nll=scores.nll, tokens=scores.tokens, oov=scores.oov,
                  sha256=np.str_(scores.sha256), **extra)
     return path
