@@ -114,3 +114,12 @@ def word_corpus(d: Path, step: tuple[int, int] = (7, 3), lengths: tuple[int, int
                  for i in range(n)]
         (d / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return d
+
+
+def bundled_prefix(folder: Path, lines: dict[str, int]) -> Path:
+    """A corpus folder holding the first `lines[split]` lines of each split of the bundled Shakespeare corpus."""
+    folder.mkdir(parents=True)
+    for split, n in lines.items():
+        text = (REPO / "corpora" / "shakespeare" / f"{split}.txt").read_text(encoding="utf-8").splitlines()[:n]
+        (folder / f"{split}.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+    return folder

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 from browser import Browser, find_browser
-from clitools import cli, one_error_line
+from clitools import bundled_prefix, cli, one_error_line
 
 from lmkit import api
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO / "corpora" / "shakespeare"
 NEURAL = {"batch_size": 8, "seq_len": 16, "warmup_steps": 1, "eval_every": 4, "max_tokens": 1600, "device": "cpu",
           "threads": 1}
 
@@ -25,12 +23,7 @@ NEURAL = {"batch_size": 8, "seq_len": 16, "warmup_steps": 1, "eval_every": 4, "m
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """The first lines of the bundled corpus: small enough to train four models in a few seconds."""
-    d = tmp_path_factory.mktemp("report") / "corpus"
-    d.mkdir()
-    for split, lines in (("train", 1500), ("valid", 80), ("test", 80)):
-        text = (SHAKESPEARE / f"{split}.txt").read_text(encoding="utf-8").splitlines()[:lines]
-        (d / f"{split}.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
-    return d
+    return bundled_prefix(tmp_path_factory.mktemp("report") / "corpus", {"train": 1500, "valid": 80, "test": 80})
 
 
 @pytest.fixture(scope="module")

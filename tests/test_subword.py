@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clitools import cli, one_error_line
+from clitools import bundled_prefix, cli, one_error_line
 from lmkit import api
 from lmkit.compare import compare_runs
 from lmkit.data.corpus import Text, encode, read_text
@@ -19,20 +19,13 @@ from lmkit.errors import ModelError
 from lmkit.pipeline.prepare import build_vocab
 from lmkit.protocol import Protocol
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO / "corpora" / "shakespeare"
 ODD = ["to be, or not  to be:\tthat is", "caf\u00e9 \u00a0na\u00efve \u65e5\u672c\u8a9e \u2603 <unk> x", "   z"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A few thousand lines of the bundled corpus: enough text for real merges, small enough to be quick."""
-    d = tmp_path_factory.mktemp("sw") / "c"
-    d.mkdir()
-    for split, n in (("train", 3000), ("valid", 200), ("test", 200)):
-        lines = (SHAKESPEARE / f"{split}.txt").read_text(encoding="utf-8").splitlines()[:n]
-        (d / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return d
+    return bundled_prefix(tmp_path_factory.mktemp("sw") / "c", {"train": 3000, "valid": 200, "test": 200})
 
 
 @pytest.mark.parametrize("level", ["bpe", "unigram"])
