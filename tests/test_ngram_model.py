@@ -281,6 +281,28 @@ def test_rows_normalise_and_save_load_round_trip(tiny, tmp_path, smoothing):
     assert back.fit_info()["ngrams"] == m.fit_info()["ngrams"]
 
 
+@pytest.mark.parametrize("smoothing", ["kn", "laplace", "katz"])
+def test_first_call_scan_and_later_index_give_the_same_rows(tiny, smoothing):
+    """next_logprobs finds a context's extensions by scanning on its first call and from a kept index after it
+    (model._children): both ways must give the same rows, for back-off and add-k tables alike."""
+    lines, test, v = tiny
+    p = Protocol()
+    m = NgramModel(NgramConfig(order=3, smoothing=smoothing), v, p)
+    m.fit(encoded(lines, v, p), None)
+    contexts = [[BOS], [BOS, 4, 5], [7, 4], [4], [UNK, UNK, UNK, UNK], [v.index["the"], v.index["cat"]],
+                [v.index["the"], v.index["cat"]], [v.index["sat"], v.index["on"]]]
+    scanned = m.next_logprobs(contexts)
+    assert "_ext_cache" not in m.__dict__  # the one-off call kept no index
+    indexed = m.next_logprobs(contexts)
+    assert "_ext_cache" in m.__dict__
+    assert np.array_equal(scanned, indexed)
+    seqs = encoded(test, v, p).sequences  # and both agree with scoring the same tokens
+    lp = m.sequence_logprobs(seqs)[0]
+    toks = list(seqs[0]) + [EOS]
+    rows = m.next_logprobs([[BOS] + toks[:i] for i in range(len(toks))])
+    np.testing.assert_allclose(rows[np.arange(len(toks)), toks], lp, rtol=0, atol=1e-12)
+
+
 # -- failure modes -----------------------------------------------------------------------------------
 def test_mle_reports_infinite_perplexity(tiny):
     lines, test, v = tiny

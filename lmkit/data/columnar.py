@@ -13,20 +13,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# Every Arrow buffer lmkit makes comes from the system allocator. Arrow's default pool (mimalloc) gives freed pages
+# back and faults them in again: PTB's `lmkit train --model ngram:kn5` spent 0.5-0.9 s in the kernel with it and
+# 0.18 s without (1.8-2.1 s -> 1.43 s wall, 385 -> 320 MB peak; docs/benchmarks.md). Passed explicitly, not set as
+# the process default, so a program that imports lmkit keeps its own choice.
+POOL = pa.system_memory_pool()
+
 
 def split_words(lines: list[str]) -> tuple[pa.Array, np.ndarray]:
     """(every token of every line, back to back; the number of tokens on each line)."""
     if not lines:
-        return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
-    split = pc.ascii_split_whitespace(pa.array(lines, pa.large_string()))
+        return pa.array([], pa.string(), memory_pool=POOL), np.zeros(0, dtype=np.int64)
+    split = pc.ascii_split_whitespace(pa.array(lines, pa.large_string(), memory_pool=POOL), memory_pool=POOL)
     tokens = split.values
     # Arrow, unlike str.split(), gives an empty field for a leading or trailing blank (and one for "")
-    real = pc.greater(pc.binary_length(tokens), 0)
+    real = pc.greater(pc.binary_length(tokens, memory_pool=POOL), 0, memory_pool=POOL)
     starts = split.offsets.to_numpy()[:-1]
     lengths = np.add.reduceat(real.to_numpy(zero_copy_only=False).astype(np.int64), starts) if len(tokens) else \
         np.zeros(len(lines), dtype=np.int64)
     if int(lengths.sum()) != len(tokens):
-        tokens = pc.filter(tokens, real)
+        tokens = pc.filter(tokens, real, memory_pool=POOL)
     return tokens, lengths
 
 
@@ -41,10 +47,11 @@ def single_spaced_shapes(lines: list[str]) -> np.ndarray:
     trailing one."""
     if not lines:
         return np.zeros(0, dtype=np.int8)
-    text = pa.array(lines, pa.large_string())
-    fits = pc.match_substring_regex(text, _SINGLE_SPACED).to_numpy(zero_copy_only=False)
-    lead = pc.starts_with(text, " ").to_numpy(zero_copy_only=False)
-    trail = pc.ends_with(text, " ").to_numpy(zero_copy_only=False) & (pc.utf8_length(text).to_numpy() > 1)
+    text = pa.array(lines, pa.large_string(), memory_pool=POOL)
+    fits = pc.match_substring_regex(text, _SINGLE_SPACED, memory_pool=POOL).to_numpy(zero_copy_only=False)
+    lead = pc.starts_with(text, " ", memory_pool=POOL).to_numpy(zero_copy_only=False)
+    trail = pc.ends_with(text, " ", memory_pool=POOL).to_numpy(zero_copy_only=False)
+    trail &= pc.utf8_length(text, memory_pool=POOL).to_numpy() > 1
     return np.where(fits, lead.astype(np.int8) | (trail.astype(np.int8) << 1), -1).astype(np.int8)
 
 
@@ -53,16 +60,16 @@ def count_words(lines: list[str]) -> Counter:
     tokens, _ = split_words(lines)
     if not len(tokens):
         return Counter()
-    counted = pc.value_counts(tokens)
+    counted = pc.value_counts(tokens, memory_pool=POOL)
     return Counter(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
 
 
 def positions(tokens: pa.Array, words: list[str]) -> np.ndarray:
     """Index of each token in `words` (distinct), -1 where it is not among them."""
-    found = pc.index_in(tokens, value_set=pa.array(words, pa.large_string()))
-    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    found = pc.index_in(tokens, value_set=pa.array(words, pa.large_string(), memory_pool=POOL), memory_pool=POOL)
+    return pc.coalesce(found, pa.scalar(-1, found.type), memory_pool=POOL).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def token_lengths(tokens: pa.Array) -> np.ndarray:
     """UTF-8 bytes of each token."""
-    return pc.binary_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    return pc.binary_length(tokens, memory_pool=POOL).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from ..errors import ModelError, UsageError
 from ..protocol import SUBWORD_LEVELS
-from .columnar import single_spaced_shapes, split_words
+from .columnar import POOL, single_spaced_shapes, split_words
 
 DEFAULT_VOCAB_SIZE = 8000  # ids, the reserved ones included
 _SCORE_DECIMALS = 6  # unigram log-probabilities kept to this many decimals
@@ -180,7 +180,7 @@ class Subword:
         (" word"'s after a leading space), those of " word" for every later word, then a trailing space's.
         A test checks this against whole lines."""
         tokens, per_line = split_words(lines)
-        coded = pc.dictionary_encode(tokens)  # one hash pass: the distinct words and each token's index
+        coded = pc.dictionary_encode(tokens, memory_pool=POOL)  # one hash pass: the distinct words, each token's index
         which = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         words = coded.dictionary.to_pylist()
         line_of = np.repeat(np.arange(len(lines)), per_line)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from ...data.columnar import POOL
 from ...logs import current
 
 # An ARPA line is a probability, at most N words and a back-off weight; KenLM's longest lines are well under
@@ -28,9 +29,6 @@ from ...logs import current
 MAX_LINE_BYTES = 1 << 20
 BLOCK_BYTES = 1 << 24  # bytes of a section parsed at once: bounds the reader's temporary arrays
 
-# Batches are large and few: the system allocator hands their pages back and forth with less cost than
-# Arrow's default pool (PTB: 1.5 s -> 1.4 s; a 1 GB file: 18 s -> 14 s, a third of the page faults).
-_POOL = pa.system_memory_pool()
 
 # The whole line is one CSV "column": a line holding the delimiter (a control character no ARPA writer
 # emits) becomes two columns, an error that sends the file to the line reader.
@@ -164,7 +162,7 @@ def _batches(section: pa.Buffer):
                                         double_quote=False, ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False,
                                             quoted_strings_can_be_null=False),
-        memory_pool=_POOL)
+        memory_pool=POOL)
     for batch in reader:
         yield batch.column(0)
 
@@ -176,8 +174,8 @@ def _short(lines: pa.Array) -> bool:
 
 def _floats(fields: pa.Array, at: np.ndarray) -> np.ndarray | None:
     """The fields at `at` as finite float64 values (Arrow's parser rounds correctly, as float() does)."""
-    values = pc.cast(pc.take(fields, pa.array(at), memory_pool=_POOL), pa.float64(),
-                     memory_pool=_POOL).to_numpy(zero_copy_only=False)
+    values = pc.cast(pc.take(fields, pa.array(at), memory_pool=POOL), pa.float64(),
+                     memory_pool=POOL).to_numpy(zero_copy_only=False)
     return values if np.isfinite(values).all() else None
 
 
@@ -208,7 +206,7 @@ def _tabbed_section(section: pa.Buffer, n: int, N: int, unigrams: pa.Array | Non
                                         ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(column_types={k: pa.string() if k == "w" else pa.float64() for k in names},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
-        memory_pool=_POOL)
+        memory_pool=POOL)
     return _collect(n, (_tabbed_batch(batch, n, N, unigrams) for batch in reader))
 
 
@@ -217,7 +215,7 @@ def _tabbed_batch(batch: pa.RecordBatch, n: int, N: int, unigrams: pa.Array | No
     w = batch.column(1)
     if not _short(w) or pc.any(pc.match_substring_regex(w, _NOT_PLAIN_WORDS)).as_py():
         return None
-    split = pc.split_pattern(w, " ", memory_pool=_POOL)
+    split = pc.split_pattern(w, " ", memory_pool=POOL)
     if not (pc.list_value_length(split).to_numpy(zero_copy_only=False) == n).all():
         return None
     p = batch.column(0).to_numpy(zero_copy_only=False)
@@ -233,7 +231,7 @@ def _words_of(fields: pa.Array, n: int, unigrams: pa.Array | None):
     not a unigram."""
     if n == 1:
         return fields
-    ids = pc.index_in(fields, value_set=unigrams, memory_pool=_POOL)
+    ids = pc.index_in(fields, value_set=unigrams, memory_pool=POOL)
     return None if ids.null_count else ids.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -264,11 +262,11 @@ def _split_batch(lines: pa.Array, n: int, N: int, unigrams: pa.Array | None):
     if not _short(lines):
         return None
     # trimmed first: Arrow's split, unlike str.split(), gives an empty field for a leading or trailing blank
-    lines = pc.ascii_trim_whitespace(lines, memory_pool=_POOL)
+    lines = pc.ascii_trim_whitespace(lines, memory_pool=POOL)
     blank = pc.equal(pc.binary_length(lines), 0)  # a line of spaces is formatting
     if pc.any(blank).as_py():
-        lines = pc.filter(lines, pc.invert(blank), memory_pool=_POOL)
-    split = pc.ascii_split_whitespace(lines, memory_pool=_POOL)
+        lines = pc.filter(lines, pc.invert(blank), memory_pool=POOL)
+    split = pc.ascii_split_whitespace(lines, memory_pool=POOL)
     counts = pc.list_value_length(split).to_numpy(zero_copy_only=False)
     starts = split.offsets.to_numpy()[:-1].astype(np.int64)
     if not np.isin(counts, allowed).all():
@@ -285,5 +283,5 @@ def _split_batch(lines: pa.Array, n: int, N: int, unigrams: pa.Array | None):
     if p is None or (p > 0).any():
         return None
     at = pa.array((starts[:, None] + np.arange(1, n + 1)).ravel())
-    found = _words_of(pc.take(fields, at, memory_pool=_POOL), n, unigrams)
+    found = _words_of(pc.take(fields, at, memory_pool=POOL), n, unigrams)
     return None if found is None else (found, p, bo)

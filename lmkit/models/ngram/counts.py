@@ -177,22 +177,34 @@ class NgramCounts:
 def unique_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(key, return_inverse=True, return_counts=True) for non-negative int64 keys, ~1.8x faster when each
     key and its position fit in 63 bits together: one in-place sort of `key << bits | position` (a plain sort of
-    values, not an indirect one) gives the sorted keys and, in its low bits, where each came from."""
+    values, not an indirect one) gives the sorted keys and, in its low bits, where each came from. `key` may be
+    overwritten (it becomes the packed array): callers pass a temporary. The steps work in place, so the peak is
+    about three arrays of len(key), not six."""
     key = np.asarray(key, dtype=np.int64)
     bits = max(int(key.size - 1).bit_length(), 1)
     if key.size < 2 or key.min() < 0 or int(key.max()) >= 1 << (63 - bits):
         uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
         return uniq, inv.reshape(-1), cnt
-    packed = (key << bits) | np.arange(key.size, dtype=np.int64)
+    packed = key
+    packed <<= bits
+    packed |= np.arange(key.size, dtype=np.int64)
     packed.sort()
-    sorted_keys = packed >> bits
+    came_from = packed & ((1 << bits) - 1)
+    packed >>= bits  # now the sorted keys
     first = np.empty(key.size, dtype=bool)
     first[0] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+    np.not_equal(packed[1:], packed[:-1], out=first[1:])
     starts = np.flatnonzero(first)
+    ids = np.cumsum(first, dtype=np.int64)
+    del first
+    ids -= 1
     inv = np.empty(key.size, dtype=np.int64)
-    inv[packed & ((1 << bits) - 1)] = np.cumsum(first) - 1
-    return sorted_keys[starts], inv, np.diff(np.append(starts, key.size))
+    inv[came_from] = ids
+    del came_from, ids
+    cnt = np.empty(starts.size, dtype=np.int64)
+    np.subtract(starts[1:], starts[:-1], out=cnt[:-1])
+    cnt[-1:] = key.size - starts[-1:]
+    return packed[starts], inv, cnt
 
 
 def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, context: str) -> NgramCounts:
@@ -212,14 +224,20 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
     rid = toks  # id of the (n-1)-gram ending at each position (order 1: the word)
     for n in range(2, order + 1):
         ends = np.flatnonzero(depth >= n - 1)
-        key = rid[ends] * V + toks[ends - (n - 1)]
+        key = rid[ends]
+        key *= V
+        key += toks[ends - (n - 1)]
         uniq, inv, cnt = unique_counts(key)
+        del key
         prefix = np.empty(uniq.size, dtype=np.int64)
-        prefix[inv] = rid[ends - 1]  # every occurrence of a type writes the same prefix id
+        before = ends - 1
+        prefix[inv] = rid[before]  # every occurrence of a type writes the same prefix id
+        del before
         nxt = np.full(toks.size, -1, dtype=np.int64)
         nxt[ends] = inv
-        keys.append(uniq.astype(np.int64))
-        counts.append(cnt.astype(np.int64))
+        del ends, inv
+        keys.append(uniq)
+        counts.append(cnt)
         ctx.append(prefix)
         rid = nxt
         progress.update(n)

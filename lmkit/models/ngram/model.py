@@ -208,6 +208,30 @@ class TableModel(LanguageModel):
         lens = np.fromiter((len(s) + 1 for s in sequences), dtype=np.int64, count=len(sequences))
         return np.split(lp, np.cumsum(lens)[:-1])
 
+    def _children(self, n: int, cids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each context id in `cids` (order n-1, all >= 0): (its order-n extensions' entries, their last words).
+
+        A first call scans the table for just these contexts (one pass, no lasting memory: the quick checks of
+        every `lmkit train`); calls after it, as generation makes, build and keep an index by context once."""
+        calls = self.__dict__.setdefault("_children_calls", {})
+        calls[n] = calls.get(n, 0) + 1
+        if calls[n] > 1 or n in self.__dict__.get("_ext_cache", {}):
+            order, starts, last = self._extensions(n)
+            return [(e, last[e]) for e in (order[starts[c]:starts[c + 1]] for c in cids)]
+        prefix = self.index.prefix(n)
+        hit = np.flatnonzero(np.isin(prefix, cids))
+        hit = hit[np.argsort(prefix[hit], kind="stable")]
+        bounds = np.searchsorted(prefix[hit], np.stack([cids, cids + 1]))
+        words = self._last_words(n, hit)
+        return [(hit[a:b], words[a:b]) for a, b in zip(*bounds)]
+
+    def _last_words(self, n: int, entries: np.ndarray) -> np.ndarray:
+        """The last word of some order-n entries (each suffix id, down to the unigram)."""
+        ids = entries
+        for m in range(n, 1, -1):
+            ids = self.index.keys[m - 1][ids] // self.index.vocab_size
+        return ids
+
     def _extensions(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR view of order n >= 2 grouped by context: (entry order, start offsets, last word)."""
         cache = self.__dict__.setdefault("_ext_cache", {})
@@ -244,6 +268,11 @@ class TableModel(LanguageModel):
         if isinstance(est, sm.Additive):
             rows = np.empty((B, V))
             P = V - 2
+            found = {}  # (order, context id) -> its extensions and their last words
+            for m in range(1, N):
+                cids = np.unique(ctx[(hist == m) & (ctx[:, m - 1] >= 0), m - 1])
+                if cids.size:
+                    found.update(zip(((m, int(c)) for c in cids), self._children(m + 1, cids)))
             for b in range(B):
                 m = int(hist[b])
                 cid = -1 if m == 0 else int(ctx[b, m - 1])
@@ -251,9 +280,8 @@ class TableModel(LanguageModel):
                 if m == 0:
                     cnt, den = est.counts[0], est.total
                 elif cid >= 0:
-                    order, starts, last = self._extensions(m + 1)
-                    ext = order[starts[cid]:starts[cid + 1]]
-                    cnt[last[ext]] = est.counts[m][ext]
+                    ext, last = found[(m, cid)]
+                    cnt[last] = est.counts[m][ext]
                     den = est.den[m - 1][cid]
                 else:
                     den = 0.0
@@ -265,10 +293,14 @@ class TableModel(LanguageModel):
                 cid = ctx[:, j - 1]
                 bo = _take(est.logbo[j - 1], cid, est.missing_bo)
                 rows[active] += bo[active][:, None]
-                order, starts, last = self._extensions(j + 1)
-                for b in np.flatnonzero(active & (cid >= 0)):
-                    ext = order[starts[cid[b]]:starts[cid[b] + 1]]
-                    rows[b, last[ext]] = est.logp[j][ext]
+                which = np.flatnonzero(active & (cid >= 0))
+                if not which.size:
+                    continue
+                cids, back = np.unique(cid[which], return_inverse=True)
+                children = self._children(j + 1, cids)
+                for b, k in zip(which, back.reshape(-1)):
+                    ext, last = children[k]
+                    rows[b, last] = est.logp[j][ext]
         rows[:, PAD] = -np.inf
         rows[:, BOS] = -np.inf
         return rows
