@@ -67,7 +67,8 @@ def count_words(lines: list[str]) -> Counter:
 def positions(tokens: pa.Array, words: list[str]) -> np.ndarray:
     """Index of each token in `words` (distinct), -1 where it is not among them."""
     found = pc.index_in(tokens, value_set=pa.array(words, pa.large_string(), memory_pool=POOL), memory_pool=POOL)
-    return pc.coalesce(found, pa.scalar(-1, found.type), memory_pool=POOL).to_numpy(zero_copy_only=False).astype(np.int64)
+    found = pc.coalesce(found, pa.scalar(-1, found.type), memory_pool=POOL)
+    return found.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def token_lengths(tokens: pa.Array) -> np.ndarray:
