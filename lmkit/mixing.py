@@ -92,7 +92,7 @@ def build_mixture(runs: Sequence[str | Path], output: str | Path, *, device: str
     valid = []
     for model in models:
         log(f"scoring valid with {model.label}")
-        valid.append(np.concatenate(score_encoded(model, encoded["valid"]).logprobs).astype(np.float64))
+        valid.append(-score_encoded(model, encoded["valid"], keep=False).token_nll)
     em = fit_weights(np.stack(valid))
     seconds = time.perf_counter() - start
     if em.excluded:

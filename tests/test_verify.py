@@ -112,11 +112,11 @@ def test_planted_defects_are_caught(monkeypatch, tmp_path):
     from lmkit.evaluate import bleu
     from lmkit.models.ngram.model import NgramModel, TableModel
 
-    def skewed(self, sequences, batch_size=256):  # every log-probability 0.1 % too small
-        return [lp * 1.001 for lp in TableModel.sequence_logprobs(self, sequences, batch_size)]
+    def skewed(self, sequences):  # every log-probability 0.1 % too small
+        return TableModel.flat_logprobs(self, sequences) * 1.001
 
     original = bleu.corpus_bleu
-    monkeypatch.setattr(NgramModel, "sequence_logprobs", skewed)
+    monkeypatch.setattr(NgramModel, "flat_logprobs", skewed)
     monkeypatch.setattr(bleu, "corpus_bleu", lambda h, r, lowercase=False: original(h, r, lowercase=True))
     names = ["hand-kn2", "nltk-laplace2", "bleu-sacrebleu", "ppl-arithmetic"]
     results = run_cases([by_name(n) for n in names], Env(tmp_path))

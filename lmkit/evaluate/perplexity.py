@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.batching import lengths_and_ids, stream_layout
 from ..data.corpus import Encoded
 from ..data.vocab import EOS, UNK
+from ..models.base import joined_logprobs
 
 LN2 = math.log(2.0)
 LN10 = math.log(10.0)
@@ -34,9 +36,7 @@ class Score:
     text_bytes: int = 0  # the Encoded's tokenisation-independent denominators (0: not measured)
     words: int = 0
     unk_bytes: int = 0
-    logprobs: list[np.ndarray] = field(default_factory=list, repr=False)
-    targets: list[np.ndarray] = field(default_factory=list, repr=False)
-    line_numbers: list[int] = field(default_factory=list, repr=False)
+    line_numbers: list[int] = field(default_factory=list, repr=False)  # empty unless scored with keep=True
     # Per scored sequence, kept even when keep=False (three small arrays): what compare --bootstrap
     # resamples, so intervals need no rescoring. NLL in nats (float64), scored tokens, OOV positions.
     sequence_nll: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
@@ -45,6 +45,22 @@ class Score:
     # Per scored token, in scoring order, also kept when keep=False: its NLL in nats, so lmkit analyze and lmkit
     # report bucket a run's test tokens without rescoring (evaluate/per_sequence.py)
     token_nll: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    token_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
+
+    @property
+    def logprobs(self) -> list[np.ndarray]:
+        """ln P of each scored token, one array per sequence (empty unless scored with keep=True)."""
+        return self._per_sequence(-self.token_nll)
+
+    @property
+    def targets(self) -> list[np.ndarray]:
+        """The scored ids (</s> included), one array per sequence (empty unless scored with keep=True)."""
+        return self._per_sequence(self.token_targets)
+
+    def _per_sequence(self, flat: np.ndarray) -> list[np.ndarray]:
+        if len(self.line_numbers) == 0:
+            return []
+        return np.split(flat, np.cumsum(self.sequence_tokens)[:-1])
 
     @property
     def cross_entropy_nats(self) -> float:
@@ -128,28 +144,29 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
 
     Parallel data (`encoded.score_from`): the model scores the whole `source <sep> target` sequence
     as usual, and only the target tokens and </s> enter the metrics and per-line/per-token records."""
-    logprobs = model.sequence_logprobs(encoded.sequences)
-    targets = [np.append(np.asarray(s, dtype=np.int64), EOS) for s in encoded.sequences]
-    if len(logprobs) != len(targets) or any(len(a) != len(b) for a, b in zip(logprobs, targets)):
-        raise AssertionError(f"{model.label}: sequence_logprobs returned the wrong shape")
-    if encoded.score_from is not None:
-        logprobs = [lp[f:] for lp, f in zip(logprobs, encoded.score_from)]
-        targets = [tg[f:] for tg, f in zip(targets, encoded.score_from)]
-    if targets:
-        lp_all = np.concatenate(logprobs).astype(np.float64)
-        tg_all = np.concatenate(targets)
+    seqs = encoded.sequences
+    if hasattr(model, "flat_logprobs"):  # every LanguageModel; other objects need only sequence_logprobs
+        lp_all = np.asarray(model.flat_logprobs(seqs), dtype=np.float64)
     else:
-        lp_all = np.zeros(0)
-        tg_all = np.zeros(0, dtype=np.int64)
+        lp_all = joined_logprobs(model.sequence_logprobs(seqs), seqs, model.label)
+    lens, words = lengths_and_ids(seqs)
+    if lp_all.shape != (int(lens.sum()) + len(lens),):
+        raise AssertionError(f"{model.label}: flat_logprobs returned the wrong shape")
+    tg_all = stream_layout(lens, words)[1:]  # every sequence's ids and its </s>, back to back
+    lengths = lens + 1
+    if encoded.score_from is not None:
+        first = np.asarray(encoded.score_from, dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        scored = np.arange(tg_all.size) - np.repeat(starts, lengths) >= np.repeat(first, lengths)
+        lp_all, tg_all, lengths = lp_all[scored], tg_all[scored], lengths - first
     oov_mask = tg_all == UNK
     with np.errstate(invalid="ignore"):
         nll = float(-lp_all.sum())
         nll_excl = float(-lp_all[~oov_mask].sum())
-    lengths = np.fromiter((len(t) for t in targets), dtype=np.int64, count=len(targets))
-    seq_of = np.repeat(np.arange(len(targets)), lengths)  # sequence index of every scored token
+    seq_of = np.repeat(np.arange(len(lengths)), lengths)  # sequence index of every scored token
     with np.errstate(invalid="ignore"):
-        seq_nll = np.bincount(seq_of, weights=-lp_all, minlength=len(targets)).astype(np.float64)
-    seq_oov = np.bincount(seq_of, weights=oov_mask, minlength=len(targets)).astype(np.int64)
+        seq_nll = np.bincount(seq_of, weights=-lp_all, minlength=len(lengths)).astype(np.float64)
+    seq_oov = np.bincount(seq_of, weights=oov_mask, minlength=len(lengths)).astype(np.int64)
     return Score(
         tokens=int(tg_all.size),
         oov=int(oov_mask.sum()),
@@ -163,11 +180,10 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
         text_bytes=encoded.text_bytes,
         words=encoded.words,
         unk_bytes=encoded.unk_bytes,
-        logprobs=logprobs if keep else [],
-        targets=targets if keep else [],
         line_numbers=encoded.line_numbers if keep else [],
         sequence_nll=seq_nll,
         sequence_tokens=lengths,
         sequence_oov=seq_oov,
         token_nll=-lp_all,
+        token_targets=tg_all if keep else np.zeros(0, np.int64),
     )

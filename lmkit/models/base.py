@@ -90,6 +90,12 @@ class LanguageModel(ABC):
                     yield si, pos, (ctx[-h:] if h else list(ctx))
                     ctx.append(int(tok))
 
+    def flat_logprobs(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """sequence_logprobs back to back (float64): what scoring a file needs, checked for shape here so no family
+        can return the wrong number of scores. Families that score everything at once override it and skip the
+        split into sequences."""
+        return joined_logprobs(self.sequence_logprobs(sequences), sequences, self.label)
+
     def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
         """ln P of every scored token (w_1..w_n and </s>) of each sequence, under the protocol.
 
@@ -112,3 +118,11 @@ class LanguageModel(ABC):
         if pending:
             flush()
         return out
+
+
+def joined_logprobs(parts: list[np.ndarray], sequences, label: str) -> np.ndarray:
+    """Per-sequence log-probabilities back to back (float64), refused unless there is one array per sequence
+    with one score per token and </s>: a family that returns the wrong number of scores is a bug caught here."""
+    if len(parts) != len(sequences) or any(len(p) != len(s) + 1 for p, s in zip(parts, sequences)):
+        raise AssertionError(f"{label}: sequence_logprobs returned the wrong shape")
+    return np.concatenate(parts).astype(np.float64, copy=False) if len(parts) else np.zeros(0)

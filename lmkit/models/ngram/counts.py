@@ -128,28 +128,43 @@ class NgramIndex:
         With h = the (at most N-1) tokens before a target w inside its unit:
           tgt[:, k] = id of "h[-k:] w" at order k+1   (k = 0..N-1; -1 if absent or k > len(h))
           ctx[:, j-1] = id of h[-j:] at order j        (j = 1..N-1; -1 if absent or j > len(h))
-        Absent n-grams make every longer one absent too (suffix closure), so one walk suffices."""
-        N, V = self.order, self.vocab_size
+        The contexts of a target are the n-grams ending at the token before it, so one walk over the targets and
+        the tokens just before them gives both (scoring a whole text: one walk over it, not two)."""
+        N = self.order
         P = pos.size
-        hist = np.minimum(depth[pos], N - 1)  # (P,) usable history length
-        tgt = np.full((P, N), -1, dtype=np.int64)
-        ctx = np.full((P, max(N - 1, 1)), -1, dtype=np.int64)
-        cur = toks[pos].copy()
-        tgt[:, 0] = cur
-        for k in range(1, N):
-            ok = (hist >= k) & (cur >= 0)
-            nxt = np.full(P, -1, dtype=np.int64)
-            nxt[ok] = find(self.keys[k], cur[ok] * V + toks[pos[ok] - k])
-            tgt[:, k] = cur = nxt
-        if N > 1:
-            cur = np.where(hist >= 1, toks[np.maximum(pos - 1, 0)], -1)
-            ctx[:, 0] = cur
-            for j in range(2, N):
-                ok = (hist >= j) & (cur >= 0)
-                nxt = np.full(P, -1, dtype=np.int64)
-                nxt[ok] = find(self.keys[j - 1], cur[ok] * V + toks[pos[ok] - j])
-                ctx[:, j - 1] = cur = nxt
+        if N == 1:
+            return toks[pos][:, None].astype(np.int64), np.full((P, 1), -1, dtype=np.int64)
+        has_prev = depth[pos] >= 1
+        walked = np.zeros(toks.size, dtype=bool)
+        walked[pos] = True
+        walked[pos[has_prev] - 1] = True
+        at = np.flatnonzero(walked)
+        row = np.cumsum(walked, dtype=np.int64)
+        row -= 1  # row[i]: where position i is in `at`
+        ids = self.ending_at(toks, depth, at)
+        tgt = ids[row[pos]]
+        ctx = np.full((P, N - 1), -1, dtype=np.int64)
+        ctx[has_prev] = ids[row[pos[has_prev] - 1], :N - 1]
         return tgt, ctx
+
+    def ending_at(self, toks: np.ndarray, depth: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """(len(at), N): column k holds the id of the (k+1)-gram ending at toks[at] inside its unit (-1 if absent or
+        longer than the unit allows). Absent n-grams make every longer one absent too (suffix closure): one walk
+        right to left, one search per order."""
+        N, V = self.order, self.vocab_size
+        hist = np.minimum(depth[at], N - 1)
+        out = np.full((at.size, N), -1, dtype=np.int64)
+        cur = toks[at].astype(np.int64)
+        out[:, 0] = cur
+        for k in range(1, N):
+            ok = np.flatnonzero((hist >= k) & (cur >= 0))
+            query = cur[ok]
+            query *= V
+            query += toks[at[ok] - k]
+            cur = np.full(at.size, -1, dtype=np.int64)
+            cur[ok] = find(self.keys[k], query)
+            out[:, k] = cur
+        return out
 
 
 @dataclass

@@ -199,14 +199,17 @@ class TableModel(LanguageModel):
 
     def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
         """Vectorised over every target of every sequence (batch_size is irrelevant here)."""
-        self._ready()
         if not len(sequences):
             return []
-        toks, depth = flatten(sequences, self.protocol.context)
-        pos = np.flatnonzero(depth > 0)
-        lp = self._score(toks, depth, pos)
         lens = np.fromiter((len(s) + 1 for s in sequences), dtype=np.int64, count=len(sequences))
-        return np.split(lp, np.cumsum(lens)[:-1])
+        return np.split(self.flat_logprobs(sequences), np.cumsum(lens)[:-1])
+
+    def flat_logprobs(self, sequences: list[np.ndarray]) -> np.ndarray:
+        self._ready()
+        if not len(sequences):
+            return np.zeros(0)
+        toks, depth = flatten(sequences, self.protocol.context)
+        return self._score(toks, depth, np.flatnonzero(depth > 0))
 
     def _children(self, n: int, cids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each context id in `cids` (order n-1, all >= 0): (its order-n extensions' entries, their last words).
