@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .sequences import lengths_and_ids, stream_layout
 from .vocab import BOS, EOS, PAD
 
 if TYPE_CHECKING:
@@ -36,30 +37,6 @@ class Batch:
 def stream_ids(sequences: list[np.ndarray]) -> np.ndarray:
     """One <s> at the very start, then every sequence followed by </s> (stream context), int64."""
     return stream_layout(*lengths_and_ids(sequences))
-
-
-def lengths_and_ids(sequences) -> tuple[np.ndarray, np.ndarray]:
-    """(ids per sequence, every id back to back); a token file's view gives its mapped ids without a copy (any
-    integer dtype: the layouts built from them convert on assignment)."""
-    if callable(getattr(sequences, "flat", None)):
-        return np.asarray(sequences.lengths(), dtype=np.int64), sequences.flat()
-    lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    words = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if len(sequences) else \
-        np.zeros(0, np.int64)
-    return lens, words
-
-
-def stream_layout(lens: np.ndarray, words: np.ndarray) -> np.ndarray:
-    """`<s> s1 </s> s2 </s> ..` from lengths_and_ids' arrays, in one vectorised pass."""
-    toks = np.empty(int(lens.sum() + len(lens)) + 1, dtype=np.int64)
-    toks[0] = BOS
-    ends = np.cumsum(lens + 1)  # position of each </s>
-    body = np.ones(toks.size, dtype=bool)
-    body[0] = False
-    body[ends] = False
-    toks[ends] = EOS
-    toks[body] = words
-    return toks
 
 
 def target_counts(encoded: Encoded, size: int, chunk: int = 1 << 22) -> np.ndarray:

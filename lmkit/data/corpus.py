@@ -23,6 +23,7 @@ from ..errors import DataError, UsageError
 from ..protocol import Protocol
 from .subword import SUBWORD_LEVELS
 from .columnar import count_words, positions, split_words, token_lengths
+from .sequences import ITEM_DTYPE, SequenceView
 from .tokenize import is_blank, normalise_lines, tokenize_lines
 from .vocab import SEP, UNK, Vocab
 
@@ -313,7 +314,7 @@ def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
 class _Mapped:
     """A list of lines as ids, with the counts an Encoded records."""
 
-    sequences: list[np.ndarray]
+    sequences: SequenceView
     reserved: int  # literal reserved tokens mapped to <unk>
     tokens: int  # tokens, without </s>
     text_bytes: int  # UTF-8 bytes plus one newline per line
@@ -338,8 +339,9 @@ def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> _Mapped
         flat_tokens = list(chain.from_iterable(token_lists))
         flat, reserved = vocab.encode(flat_tokens)
         unk_bytes = sum(len(flat_tokens[i].encode("utf-8")) for i in np.flatnonzero(flat == UNK).tolist())
-    ends = np.cumsum(lengths).tolist()
-    sequences = [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    sequences = SequenceView(np.asarray(flat, dtype=ITEM_DTYPE), offsets)
     same_words = protocol.level == "word" and not (protocol.lowercase or protocol.normalize)
     text_bytes, words = text_measures(lines, int(lengths.sum()) if same_words else None)
     return _Mapped(sequences, reserved, int(lengths.sum()), text_bytes, words, unk_bytes)

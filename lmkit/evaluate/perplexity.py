@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.batching import lengths_and_ids, stream_layout
+from ..data.sequences import lengths_and_ids, stream_layout
 from ..data.corpus import Encoded
 from ..data.vocab import EOS, UNK
 from ..models.base import joined_logprobs

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...data.batching import lengths_and_ids, stream_layout
+from ...data.sequences import lengths_and_ids, stream_layout
 from ...data.vocab import BOS, EOS
 from ...logs import current
 

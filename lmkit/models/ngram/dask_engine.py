@@ -83,7 +83,7 @@ class TokenFileSlice:
     stop: int
 
     def sequences(self):
-        from ...data.tokenfile import SequenceView
+        from ...data.sequences import SequenceView
 
         ids = np.memmap(self.ids_path, dtype=np.dtype(self.ids_dtype), mode="r")
         offsets = np.memmap(self.offsets_path, dtype=np.int64, mode="r")
@@ -102,7 +102,7 @@ def _mapped_file(array) -> str | None:
 def token_file_slice(sequences, start: int, stop: int) -> TokenFileSlice | None:
     """A by-reference shard of a token file's SequenceView, or None for anything else (sent by value)."""
     try:
-        from ...data.tokenfile import SequenceView
+        from ...data.sequences import SequenceView
     except ImportError:
         return None
     if not isinstance(sequences, SequenceView):
