@@ -27,6 +27,7 @@ import numpy as np
 from .data.corpus import Encoded
 from .data.vocab import BOS, PAD
 from .errors import DataError, LmkitError, UsageError
+from .memory import release_free_memory
 
 PASS, FAIL, NA = "pass", "fail", "n.a."
 BATCH_SIZES = (1, 7, 64)
@@ -261,6 +262,7 @@ def check_save_load(model, sequences: list[np.ndarray], default: list[np.ndarray
     with nullcontext(saved) if saved is not None else tempfile.TemporaryDirectory(prefix="lmkit-check-") as folder:
         if saved is None:
             model.save(Path(folder))
+        release_free_memory()  # the copy loaded next comes on top of the model: not on top of freed blocks too
         try:
             loaded = type(model).load(Path(folder), model.config, model.vocab, model.protocol,
                                       device=getattr(model, "device", "cpu"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import ModelError, UsageError
 from ..evaluate.perplexity import Score
 from ..logs import Log, current, quiet
+from ..memory import release_free_memory
 from ..runs import RunRecord, read_record, versions
 from ..runwriter import RunWriter
 from .job import Job, job_from_run, resolve_job
@@ -54,8 +55,10 @@ def fit_counted(job: Job, log: Log, locks: ExitStack) -> Path:
     start = time.perf_counter()
     info = model.fit(job.encoded["train"], job.encoded.get("valid"), log) or {}
     seconds = time.perf_counter() - start
+    release_free_memory()  # counting's temporaries: not under the tables the checks load again
     scores: dict[str, Score] = {}
     metrics = final_metrics(model, job.encoded, log, job.data, scores)
+    release_free_memory()
     record = RunRecord(
         kind=job.cls.kind, label=model.label, config=asdict(job.config), protocol=job.protocol.to_dict(),
         vocab_id=job.vocab.vocab_id, data=job.data, metrics=metrics, parameters=int(model.num_parameters()),

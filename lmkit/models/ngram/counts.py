@@ -104,7 +104,7 @@ class NgramIndex:
             if n == 2:
                 out = first
             else:
-                inner = self.prefix(n - 1)[self.suffix(n)]  # id of w2..w(n-1), order n-2
+                inner = self.prefix(n - 1)[self.suffix(n)].astype(np.int64)  # id of w2..w(n-1), order n-2
                 ok = inner >= 0
                 out = np.full(first.shape, -1, dtype=np.int64)
                 out[ok] = find(self.keys[n - 2], inner[ok] * self.vocab_size + first[ok])
@@ -237,6 +237,7 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
     counts = [np.bincount(toks, minlength=V).astype(np.int64)]
     ctx = [np.zeros(V, dtype=np.int64)]
     rid = toks  # id of the (n-1)-gram ending at each position (order 1: the word)
+    id_dtype = np.int32 if toks.size < 1 << 31 else np.int64  # prefix ids are below the token count: half the memory
     for n in range(2, order + 1):
         ends = np.flatnonzero(depth >= n - 1)
         key = rid[ends]
@@ -244,7 +245,7 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
         key += toks[ends - (n - 1)]
         uniq, inv, cnt = unique_counts(key)
         del key
-        prefix = np.empty(uniq.size, dtype=np.int64)
+        prefix = np.empty(uniq.size, dtype=id_dtype)
         before = ends - 1
         prefix[inv] = rid[before]  # every occurrence of a type writes the same prefix id
         del before
