@@ -248,9 +248,12 @@ def _from_arrays(path: Path, arrays: ArpaArrays, protocol: Protocol) -> ArpaMode
     lines1 = list(range(len(arrays.words)))
     tokens, ids = _unigram_ids(rd, lines1, arrays.words)
     sections = [(rd, lines1, arrays.words, _ln(arrays.log10p), _ln(arrays.log10bo))]
-    vocab_id = np.fromiter(map(ids.__getitem__, arrays.words), dtype=np.int64, count=len(arrays.words))
-    for W, log10p, log10bo in arrays.higher:
-        sections.append((rd, np.zeros(len(W), dtype=np.int64), vocab_id[W], _ln(log10p), _ln(log10bo)))
+    vocab_id = np.fromiter(map(ids.__getitem__, arrays.words), dtype=np.int32, count=len(arrays.words))
+    no_lines = np.zeros(0, dtype=np.int64)  # a failure here is explained by the line reader, which has them
+    while arrays.higher:  # each order's file-order matrix freed once mapped to vocabulary ids
+        W, log10p, log10bo = arrays.higher.pop(0)
+        sections.append((rd, no_lines, vocab_id[W], _ln(log10p), _ln(log10bo)))
+        del W
     return _build(path, sections, tokens, ids, protocol)
 
 
@@ -323,8 +326,12 @@ def _log10s(rd: _Reader, values: list[str], linenos: list[int], what: str) -> np
 
 
 def _ln(log10: np.ndarray) -> np.ndarray:
-    """Natural logs; values <= LOG10_ZERO (-99, SRILM's log 0) are log 0."""
-    return np.where(log10 <= LOG10_ZERO, -np.inf, log10 * LN10)
+    """Natural logs, in place (the log10 array is the reader's own); values <= LOG10_ZERO (-99, SRILM's log 0)
+    are log 0."""
+    zero = log10 <= LOG10_ZERO
+    log10 *= LN10
+    log10[zero] = -np.inf
+    return log10
 
 
 def _parse_section(rd: _Reader, n: int, N: int, linenos: list[int]) -> tuple:
@@ -402,6 +409,7 @@ def _build(path: Path, sections: list, tokens: list[str], ids: dict[str, int], p
     for n in range(2, len(sections) + 1):
         rd, lns, W, lp, lb = sections[n - 1]
         word_mats.append((W, lp, lb, lns))
+    sections.clear()  # word_mats holds the only references: _assemble frees each order's inputs once used
     index, logp, logbo = _assemble(rd, V, word_mats, logp, logbo)
     vocab = Vocab(tokens, [0] * V, level=protocol.level, lowercase=protocol.lowercase,
                   normalize=protocol.normalize)
@@ -413,7 +421,7 @@ def _build(path: Path, sections: list, tokens: list[str], ids: dict[str, int], p
 def _keys_for(keys: list[np.ndarray], V: int, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Key of each row of W (M, n) and the id of its suffix (-1 if the suffix is not stored)."""
     n = W.shape[1]
-    sid = W[:, n - 1].copy()
+    sid = W[:, n - 1].astype(np.int64)  # W may be int32: keys are int64
     for L in range(2, n):
         ok = sid >= 0
         if ok.all():  # the usual case: no masks to build
@@ -430,6 +438,8 @@ def _assemble(rd, V: int, word_mats: list, logp: list, logbo: list):
     gets blank entries for the missing ones, whose probability is what back-off gives them anyway."""
     N = len(word_mats)
     mats = {n: word_mats[n - 1][:3] for n in range(2, N + 1)}  # order -> (W, ln p, ln bo)
+    lines = [None] + [word_mats[n - 1][3] for n in range(2, N + 1)]
+    word_mats.clear()  # mats owns the arrays now
     ordered = _sorted_keys(V, mats)
     if ordered is None:
         mats = _close(V, mats)
@@ -437,15 +447,17 @@ def _assemble(rd, V: int, word_mats: list, logp: list, logbo: list):
     keys, orders = ordered
     blank = [np.zeros(V, dtype=bool)]
     for n in range(2, N + 1):
-        _, lp, lb = mats[n]
+        _, lp, lb = mats.pop(n)  # the word matrix is no longer needed once the keys are sorted
         key, order = keys[n - 1], orders[n - 1]
         if key.size > 1 and (np.diff(key) == 0).any():
             dup = int(order[int(np.flatnonzero(np.diff(key) == 0)[0]) + 1])
-            lns = word_mats[n - 1][3]
+            lns = lines[n - 1]
             raise rd.fail(lns[dup] + 1 if dup < len(lns) else 0, f"{n}-gram listed twice")
         logp.append(lp[order])
         if n < N:
             logbo.append(lb[order])
+        del lp, lb
+        orders[n - 1] = None
         blank.append(np.isnan(logp[-1]))
     index = NgramIndex(V, keys)
     for n in range(2, N + 1):  # blanks: P(w | c) = bo(c) P(w | c[1:]), bottom-up

@@ -232,7 +232,7 @@ def _words_of(fields: pa.Array, n: int, unigrams: pa.Array | None):
     if n == 1:
         return fields
     ids = pc.index_in(fields, value_set=unigrams, memory_pool=POOL)
-    return None if ids.null_count else ids.to_numpy(zero_copy_only=False).astype(np.int64)
+    return None if ids.null_count else ids.to_numpy(zero_copy_only=False)  # int32: a unigram line's index
 
 
 def _collect(n: int, parts):
