@@ -130,6 +130,18 @@ def test_hand_computed_backoff_scores(hand):
     np.testing.assert_allclose(got, [-1.25, -3.2, -2.1], atol=1e-12)
 
 
+def test_minus_99_is_log_zero_for_any_entry(tmp_path):
+    """SRILM writes -99 for log 0: read as probability 0 exactly (not 1e-99), whichever entry holds it."""
+    p = tmp_path / "zero.arpa"
+    p.write_text(HAND.replace("-0.8\tb\t-0.1", "-99\tb\t-0.1").replace("-0.7\tb </s>", "-99.5\tb </s>"))
+    m = load_arpa(p)
+    b = m.vocab.index["b"]
+    assert m.est.logp[0][b] == -np.inf
+    assert m.next_logprobs([[BOS]])[0, b] == -np.inf  # backed off to the unigram: bo(<s>) + log 0
+    assert np.isneginf(m.est.logp[1]).sum() == 1  # "b </s>" (below -99 too); the other bigrams stay finite
+    assert np.isfinite(m.est.logp[0][m.vocab.index["a"]])
+
+
 def test_kenlm_module_agrees_on_the_hand_file(hand):
     kenlm = pytest.importorskip("kenlm")
     ken = kenlm.Model(str(hand))
