@@ -18,7 +18,7 @@ TESTS = Path(__file__).resolve().parent
 LAYERS = [
     ("core", ["lmkit", "lmkit.errors", "lmkit.protocol", "lmkit.defaults", "lmkit.config", "lmkit.validate",
               "lmkit.atomic", "lmkit.artifacts", "lmkit.cache", "lmkit.device", "lmkit.outputs", "lmkit.logs",
-              "lmkit.render", "lmkit.runlock", "lmkit.memory"]),
+              "lmkit.render", "lmkit.runlock", "lmkit.memory", "lmkit.npzmap"]),
     ("data", ["lmkit.data"]),
     ("datasets", ["lmkit.datasets"]),
     ("models", ["lmkit.models"]),

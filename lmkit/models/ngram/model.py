@@ -11,6 +11,7 @@ config, fit, scoring and the model.npz format. `ArpaModel` (arpa.py) reuses the 
 from __future__ import annotations
 
 import json
+import zipfile
 import math
 import re
 from dataclasses import dataclass, fields
@@ -335,15 +336,25 @@ class TableModel(LanguageModel):
 
     @staticmethod
     def _load_tables(path: Path, vocab_size: int) -> tuple[NgramIndex, sm.Estimate | sm.Additive, dict]:
-        """Read model.npz (no pickles); any damage -> one-line ModelError naming the file."""
+        """Read model.npz (no pickles); any damage -> one-line ModelError naming the file.
+
+        The tables are memory-mapped, not copied (lmkit.npzmap): the file is read once to check every member's
+        CRC and every value (keys sorted, no NaN) a block at a time, and scoring then touches only the pages it
+        needs. A compressed archive (not what lmkit writes) is read by np.load and checked the same way."""
         if not path.exists():
             raise ModelError(f"{path}: model file not found")
         from ...artifacts import check_npz
+        from ...npzmap import PickledMember, map_npz
 
+        checks = TableChecks()
         try:
-            check_npz(path)
-            with np.load(path, allow_pickle=False) as z:
-                data = {name: z[name] for name in z.files}
+            data = map_npz(path, checks)
+            if data is None:
+                check_npz(path)
+                with np.load(path, allow_pickle=False) as z:
+                    data = {name: z[name] for name in z.files}
+                for name, values in data.items():
+                    checks(name, np.asarray(values).reshape(-1), 0)
             meta = json.loads(str(data["meta"]))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("not an lmkit n-gram model")
@@ -355,8 +366,8 @@ class TableModel(LanguageModel):
                 raise ValueError(f"model has {V} vocabulary ids, the vocabulary has {vocab_size}")
             keys = [np.arange(V, dtype=np.int64)]
             for n in range(2, N + 1):
-                k = np.asarray(data[f"keys_{n}"])
-                if k.dtype != np.int64 or k.ndim != 1 or (k.size and (k[0] < 0 or (np.diff(k) <= 0).any())):
+                k = data[f"keys_{n}"]
+                if k.dtype != np.int64 or k.ndim != 1:
                     raise ValueError(f"keys_{n} are not sorted int64 keys")
                 if k.size and k[-1] // V >= keys[-1].size:
                     raise ValueError(f"keys_{n} refer to missing {n - 1}-grams")
@@ -364,9 +375,9 @@ class TableModel(LanguageModel):
             sizes = [k.size for k in keys]
 
             def arr(name: str, size: int) -> np.ndarray:
-                a = np.asarray(data[name], dtype=np.float64)
-                if a.shape != (size,) or np.isnan(a).any():
-                    raise ValueError(f"{name} has the wrong shape or NaNs")
+                a = data[name]
+                if a.dtype != np.float64 or a.shape != (size,):
+                    raise ValueError(f"{name} has the wrong shape or type")
                 return a
 
             if meta["form"] == "additive":
@@ -382,13 +393,33 @@ class TableModel(LanguageModel):
         except ModelError:
             raise
         except Exception as exc:  # zip/CRC/EOF/JSON/key errors all mean the same thing to the user
-            if "allow_pickle" in str(exc):  # numpy refused to unpickle: a pickle is never loaded
+            if isinstance(exc, (PickledMember, zipfile.BadZipFile)) or "allow_pickle" in str(exc):  # never unpickled
                 from ...artifacts import pickle_refusal
 
-                raise ModelError(f"{path}: {pickle_refusal(exc, 'n-gram model file')}") from None
+                seen = ValueError("Object arrays") if isinstance(exc, PickledMember) else exc
+                raise ModelError(f"{path}: {pickle_refusal(seen, 'n-gram model file')}") from None
             detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             raise ModelError(f"{path}: damaged or incompatible n-gram model file ({detail})") from None
         return NgramIndex(V, keys), est, meta
+
+
+class TableChecks:
+    """The values of model.npz checked as they are read, one block at a time (lmkit.npzmap.BlockCheck): keys of
+    every order strictly increasing and not negative, no NaN among the floats."""
+
+    def __init__(self):
+        self.last: dict[str, int] = {}
+
+    def __call__(self, name: str, block: np.ndarray, first: int) -> None:
+        if not block.size:
+            return
+        if name.startswith("keys_"):
+            previous = self.last.get(name, -1)
+            if block.dtype.kind not in "iu" or block[0] <= previous or (np.diff(block) <= 0).any():
+                raise ValueError(f"{name} are not sorted int64 keys")
+            self.last[name] = int(block[-1])
+        elif block.dtype.kind == "f" and np.isnan(block).any():
+            raise ValueError(f"{name} has NaNs")
 
 
 class NgramModel(TableModel):
