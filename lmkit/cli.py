@@ -20,6 +20,7 @@ from typer.core import TyperArgument, TyperGroup
 from . import __version__, defaults, logs
 from .distributed import error_line, is_main_process
 from .errors import LmkitError, Terminated, UsageError, on_sigterm
+from .memory import prefer_small_pages
 from .lineup import default_lineup
 from .models import families, flag_options, neural_kinds, owners
 from .models.ngram.smoothing import SMOOTHINGS, arpa_exportable
@@ -1368,6 +1369,7 @@ def main() -> None:
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")
     signal.signal(signal.SIGTERM, on_sigterm)  # unwind like Ctrl-C: locks released, temps removed, exit 143
+    prefer_small_pages()
     app(prog_name="lmkit")
 
 

@@ -1,4 +1,4 @@
-"""Handing freed heap memory back to the system between the phases of a job.
+"""Handing freed heap memory back to the system between the phases of a job, and asking it for plain pages.
 
 glibc's allocator keeps many freed blocks of its heap for reuse instead of returning them: after counting PTB's
 5-grams about 50 MB of temporaries stayed resident, and the next phase's arrays (scoring, the save-load check's
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from functools import cache
 
@@ -30,4 +31,20 @@ def release_free_memory() -> bool:
     if trim is None:
         return False
     trim(0)
+    return True
+
+
+def prefer_small_pages() -> bool:
+    """Stop numpy from asking for transparent huge pages for its large arrays (it does by default on Linux), unless
+    the user chose with NUMPY_MADVISE_HUGEPAGE. Where the kernel compacts memory to find a huge page on each fault
+    (`defrag=madvise`, the usual default) and memory is fragmented by the page cache, that stall dominated: counting
+    a 10M-token text spent 4.5 s of system time with huge pages and 1.3 s without (docs/benchmarks.md). For the
+    command line only: a program that imports lmkit keeps numpy's setting. True when the setting was changed."""
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return False
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # another numpy layout: leave its default
+        return False
+    _set_madvise_hugepage(False)
     return True

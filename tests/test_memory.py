@@ -1,0 +1,54 @@
+"""lmkit.memory: freed heap handed back, numpy's huge-page requests turned off for the command line only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmkit.memory import release_free_memory
+
+_GET = "from numpy._core.multiarray import _get_madvise_hugepage as g; "
+
+
+def in_child(code: str, **env) -> str:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          check=True).stdout.strip()
+
+
+def test_huge_pages_are_turned_off_unless_the_user_chose():
+    pytest.importorskip("numpy._core.multiarray")
+    code = _GET + "from lmkit.memory import prefer_small_pages as p; b = g(); changed = p(); print(b, changed, g())"
+    if in_child(_GET + "print(g())") != "True":
+        pytest.skip("this numpy or kernel never asks for huge pages")
+    assert in_child(code) == "True True False"
+    assert in_child(code, NUMPY_MADVISE_HUGEPAGE="1") == "True False True"  # the user's choice stands
+
+
+def test_the_command_line_turns_them_off_and_importing_lmkit_does_not():
+    pytest.importorskip("numpy._core.multiarray")
+    if in_child(_GET + "print(g())") != "True":
+        pytest.skip("this numpy or kernel never asks for huge pages")
+    assert in_child(_GET + "import lmkit.cli, lmkit.api; print(g())") == "True"
+    probe = ("import sys; import lmkit.cli as c; "
+             "from numpy._core.multiarray import _get_madvise_hugepage as g; "
+             "sys.argv = ['lmkit', '--help']\n"
+             "try:\n    c.main()\nexcept SystemExit:\n    pass\nprint(g())")
+    assert in_child(probe).splitlines()[-1] == "False"
+
+
+def test_release_free_memory_runs_on_glibc_and_keeps_arrays_intact():
+    a = np.arange(1_000_000)
+    del a
+    b = np.arange(10)
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert release_free_memory() is True
+    else:
+        assert release_free_memory() in (True, False)
+    assert b.sum() == 45
