@@ -182,14 +182,16 @@ def test_kenlm_reference_files_take_the_block_reader(monkeypatch):
     assert_same(load_arpa(path), by_lines(path, monkeypatch))
 
 
-@pytest.mark.parametrize("shuffled", [False, True], ids=["sorted queries", "random queries"])
-def test_find_searches_large_query_sets_in_sorted_order_with_the_same_answers(shuffled):
-    """Above SORTED_SEARCH_MIN, find() sorts the queries first (2-3x faster on large tables): same answers."""
+@pytest.mark.parametrize("shuffled,top", [(False, 40), (True, 40), (True, 60)],
+                         ids=["sorted queries", "random queries (packed sort)", "random queries (argsort)"])
+def test_find_searches_large_query_sets_in_sorted_order_with_the_same_answers(shuffled, top):
+    """Above SORTED_SEARCH_MIN, find() sorts the queries first (2-3x faster on large tables): same answers, whether
+    each query and its position fit in 63 bits together (sorted as packed values) or not (argsort)."""
     from lmkit.models.ngram.counts import SORTED_SEARCH_MIN, find
 
     rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(0, 1 << 40, 3 * SORTED_SEARCH_MIN))
-    query = np.concatenate([rng.choice(keys, 2 * SORTED_SEARCH_MIN), rng.integers(0, 1 << 40, 1000)])
+    keys = np.unique(rng.integers(0, 1 << top, 3 * SORTED_SEARCH_MIN))
+    query = np.concatenate([rng.choice(keys, 2 * SORTED_SEARCH_MIN), rng.integers(0, 1 << top, 1000)])
     query = rng.permutation(query) if shuffled else np.sort(query)
     expect = np.searchsorted(keys, query)
     expect = np.where((expect < keys.size) & (keys[np.minimum(expect, keys.size - 1)] == query), expect, -1)
