@@ -271,6 +271,22 @@ def test_ngram_model_truncated(pristine, tmp_path, at):
     score(run, pristine, match="damaged or incompatible n-gram model file")
 
 
+@pytest.mark.parametrize("member", ["keys_2", "logp_3", "logbo_1"])
+def test_ngram_model_with_one_changed_byte(pristine, tmp_path, member):
+    """A flipped bit inside a table (a bad disk, a bad copy) fails the member's CRC: refused in one line, never
+    scored. The tables are memory-mapped after this one checked read (lmkit/npzmap.py)."""
+    run = copy(pristine, "ngram", tmp_path)
+    path = run / "model.npz"
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(f"{member}.npy")
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size - 3] ^= 0x10  # inside the values
+    path.write_bytes(bytes(raw))
+    score(run, pristine, match=(f"member {member} fails its CRC check", "damaged or incompatible n-gram model file"))
+
+
 def _rewrite_npz(path: Path, replace: dict[str, bytes]) -> None:
     """Rebuild an .npz with some members replaced by raw .npy bytes."""
     with zipfile.ZipFile(path) as z:
