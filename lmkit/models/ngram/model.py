@@ -154,8 +154,8 @@ class TableModel(LanguageModel):
 
     def _set_tables(self, index: NgramIndex, est) -> None:
         self.index, self.est = index, est
-        self.__dict__.pop("_ext_cache", None)  # row-building caches belong to the old tables
-        self.__dict__.pop("_last_cache", None)
+        for cache in ("_ext_cache", "_last_cache", "_children_calls"):  # row-building state of the old tables
+            self.__dict__.pop(cache, None)
 
     def _ready(self) -> None:
         if self.index is None or self.est is None:
