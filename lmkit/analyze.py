@@ -25,7 +25,7 @@ from .compare import check_comparable, read_runs
 from .data.corpus import Encoded, ParallelText, Text, encode, read_recorded, read_text
 from .data.vocab import UNK
 from .errors import DataError, IncomparableError, ModelError, UsageError
-from .evaluate.perplexity import exp_or_inf
+from .evaluate.perplexity import exp_or_inf, scored_tokens
 from .protocol import Protocol
 from .runs import RunRecord
 from .logs import Log
@@ -95,15 +95,6 @@ def _bucket_of(values: np.ndarray, buckets: Sequence[tuple[str, int, int | None]
     for i, (_, lo, hi) in enumerate(buckets):
         out[(values >= lo) & ((values <= hi) if hi is not None else True)] = i
     return out
-
-
-def _scored_mask(encoded: Encoded) -> np.ndarray:
-    """Which tokens of the full sequences (incl. </s>) enter the metrics: all, or the target side."""
-    lens = [len(s) + 1 for s in encoded.sequences]
-    if encoded.score_from is None:
-        return np.ones(sum(lens), dtype=bool)
-    return np.concatenate([np.arange(n) >= f for n, f in zip(lens, encoded.score_from)]) if lens else \
-        np.zeros(0, dtype=bool)
 
 
 # -- result -----------------------------------------------------------------------------------------
@@ -402,16 +393,6 @@ def _scored_nll(models: list[_Model], enc: Encoded, tokens: int, log: Log) -> li
     return results
 
 
-def _targets(enc: Encoded, scored: np.ndarray) -> np.ndarray:
-    """The scored target ids of `enc` in scoring order (`scored`: _scored_mask): each sequence's tokens and its
-    </s>, of a pair the target side."""
-    from .data.vocab import EOS
-
-    if not enc.sequences:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([np.append(np.asarray(s, dtype=np.int64), EOS) for s in enc.sequences])[scored]
-
-
 def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text | ParallelText,
               train_text: Text | ParallelText | None, train_info: dict | None, dims: list[str], order: int,
               is_test: bool, log: Log) -> Analysis:
@@ -419,10 +400,7 @@ def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text |
     enc = encode(evaluated, vocab, protocol)
     if not enc.sequences:
         raise DataError(f"{evaluated.name}: has no non-blank lines to score")
-    scored = _scored_mask(enc)
-    lines = np.fromiter((len(s) + 1 - (enc.score_from[i] if enc.score_from else 0)
-                         for i, s in enumerate(enc.sequences)), dtype=np.int64, count=len(enc.sequences))
-    targets = _targets(enc, scored)
+    targets, lines, scored = scored_tokens(enc)
     results = _scored_nll(models, enc, targets.size, log)
     assert all(r.nll.size == targets.size for r in results) and targets.size == int(lines.sum())
     keys = {"length": np.repeat(_bucket_of(lines, LENGTH_BUCKETS), lines),
@@ -430,7 +408,8 @@ def _bucketed(models: list[_Model], vocab, protocol: Protocol, evaluated: Text |
     if "context-frequency" in dims:
         assert train_text is not None
         freq = history_counts(encode(train_text, vocab, protocol).sequences, enc.sequences, len(vocab), order,
-                              protocol.context)[scored]
+                              protocol.context)
+        freq = freq if scored is None else freq[scored]
         keys["context-frequency"] = _bucket_of(freq, FREQUENCY_BUCKETS)
     labels = {"context-frequency": [b[0] for b in FREQUENCY_BUCKETS],
               "length": [b[0] for b in LENGTH_BUCKETS], "oov": list(OOV_BUCKETS)}

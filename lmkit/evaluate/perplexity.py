@@ -139,6 +139,21 @@ def exp_or_inf(x: float) -> float:
         return math.inf
 
 
+def scored_tokens(encoded: Encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What enters the metrics of `encoded`: (the scored target ids back to back, scored tokens per sequence, and
+    which of all targets -- every sequence's ids and its </s> -- are scored; None: all of them). A parallel text
+    scores only the target side and its </s> (`score_from`)."""
+    lens, words = lengths_and_ids(encoded.sequences)
+    targets = stream_layout(lens, words)[1:]
+    lengths = lens + 1
+    if encoded.score_from is None:
+        return targets, lengths, None
+    first = np.asarray(encoded.score_from, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    scored = np.arange(targets.size) - np.repeat(starts, lengths) >= np.repeat(first, lengths)
+    return targets[scored], lengths - first, scored
+
+
 def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
     """Score every sequence of `encoded` with `model` under the model's protocol.
 
@@ -149,16 +164,11 @@ def score_encoded(model, encoded: Encoded, *, keep: bool = True) -> Score:
         lp_all = np.asarray(model.flat_logprobs(seqs), dtype=np.float64)
     else:
         lp_all = joined_logprobs(model.sequence_logprobs(seqs), seqs, model.label)
-    lens, words = lengths_and_ids(seqs)
-    if lp_all.shape != (int(lens.sum()) + len(lens),):
+    tg_all, lengths, scored = scored_tokens(encoded)
+    if lp_all.shape != (int(lengths.sum()) if scored is None else scored.size,):
         raise AssertionError(f"{model.label}: flat_logprobs returned the wrong shape")
-    tg_all = stream_layout(lens, words)[1:]  # every sequence's ids and its </s>, back to back
-    lengths = lens + 1
-    if encoded.score_from is not None:
-        first = np.asarray(encoded.score_from, dtype=np.int64)
-        starts = np.cumsum(lengths) - lengths
-        scored = np.arange(tg_all.size) - np.repeat(starts, lengths) >= np.repeat(first, lengths)
-        lp_all, tg_all, lengths = lp_all[scored], tg_all[scored], lengths - first
+    if scored is not None:
+        lp_all = lp_all[scored]
     oov_mask = tg_all == UNK
     with np.errstate(invalid="ignore"):
         nll = float(-lp_all.sum())
