@@ -46,7 +46,7 @@ class SequenceView(Sequence):
     """Sequences [start, stop) of ids stored back to back (a token file's memory-mapped ids, or a text just
     encoded), list-like: len, int index, slice (step 1 gives another view), iteration. An item is a fresh 1-D
     int32 array of ids, so a view stands wherever a list of sequences did; nothing is read or copied until an
-    item is asked for, and lengths()/flat() give the whole at once (lmkit.data.batching.lengths_and_ids)."""
+    item is asked for, and lengths()/flat() give the whole at once (lengths_and_ids, above)."""
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, start: int = 0, stop: int | None = None):
         self._ids = ids

@@ -68,19 +68,31 @@ def _search(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
             or bool((query[1:] >= query[:-1]).all())):
         return np.searchsorted(keys, query)
     pos = np.empty(query.size, dtype=np.int64)
-    bits = int(query.size - 1).bit_length()
-    if query.dtype == np.int64 and query.min() >= 0 and int(query.max()) < 1 << (63 - bits):
-        # sorted as values, not indirectly (as unique_counts does): `query << bits | position`, ~1.6x faster
-        packed = query << bits
-        packed |= np.arange(query.size, dtype=np.int64)
-        packed.sort()
-        came_from = packed & ((1 << bits) - 1)
-        packed >>= bits
-        pos[came_from] = np.searchsorted(keys, packed)
+    ordered = sort_with_positions(query.astype(np.int64, copy=True))
+    if ordered is not None:
+        ordered_query, came_from = ordered
+        pos[came_from] = np.searchsorted(keys, ordered_query)
         return pos
     order = np.argsort(query)
     pos[order] = np.searchsorted(keys, query[order])
     return pos
+
+
+def sort_with_positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values sorted, where each came from) by one in-place sort of `value << bits | position` -- a plain sort
+    of values, ~1.6-1.8x faster than argsort -- or None when some value is negative or a value and its position do
+    not fit in 63 bits together (then argsort or np.unique). `values` (int64) is overwritten: callers pass a
+    temporary; the sorted values are returned in it."""
+    bits = max(int(values.size - 1).bit_length(), 1)
+    if values.size < 2 or values.min() < 0 or int(values.max()) >= 1 << (63 - bits):
+        return None
+    packed = values
+    packed <<= bits
+    packed |= np.arange(values.size, dtype=np.int64)
+    packed.sort()
+    came_from = packed & ((1 << bits) - 1)
+    packed >>= bits
+    return packed, came_from
 
 
 @dataclass
@@ -201,21 +213,14 @@ class NgramCounts:
 
 def unique_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(key, return_inverse=True, return_counts=True) for non-negative int64 keys, ~1.8x faster when each
-    key and its position fit in 63 bits together: one in-place sort of `key << bits | position` (a plain sort of
-    values, not an indirect one) gives the sorted keys and, in its low bits, where each came from. `key` may be
-    overwritten (it becomes the packed array): callers pass a temporary. The steps work in place, so the peak is
-    about three arrays of len(key), not six."""
+    key and its position fit in 63 bits together (sort_with_positions). `key` may be overwritten: callers pass a
+    temporary. The steps work in place, so the peak is about three arrays of len(key), not six."""
     key = np.asarray(key, dtype=np.int64)
-    bits = max(int(key.size - 1).bit_length(), 1)
-    if key.size < 2 or key.min() < 0 or int(key.max()) >= 1 << (63 - bits):
+    ordered = sort_with_positions(key)
+    if ordered is None:
         uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
         return uniq, inv.reshape(-1), cnt
-    packed = key
-    packed <<= bits
-    packed |= np.arange(key.size, dtype=np.int64)
-    packed.sort()
-    came_from = packed & ((1 << bits) - 1)
-    packed >>= bits  # now the sorted keys
+    packed, came_from = ordered  # the sorted keys, and where each came from
     first = np.empty(key.size, dtype=bool)
     first[0] = True
     np.not_equal(packed[1:], packed[:-1], out=first[1:])

@@ -229,12 +229,13 @@ class TableModel(LanguageModel):
         words = self._last_words(n, hit)
         return [(hit[a:b], words[a:b]) for a, b in zip(*bounds)]
 
-    def _last_words(self, n: int, entries: np.ndarray) -> np.ndarray:
-        """The last word of some order-n entries (each suffix id, down to the unigram)."""
+    def _last_words(self, n: int, entries: np.ndarray | None = None) -> np.ndarray:
+        """The last word of some order-n entries (None: of all), following each suffix id down to the unigram."""
         ids = entries
         for m in range(n, 1, -1):
-            ids = self.index.keys[m - 1][ids] // self.index.vocab_size
-        return ids
+            keys = self.index.keys[m - 1]
+            ids = (keys if ids is None else keys[ids]) // self.index.vocab_size
+        return self.index.keys[0] if ids is None else ids
 
     def _extensions(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR view of order n >= 2 grouped by context: (entry order, start offsets, last word)."""
@@ -250,7 +251,7 @@ class TableModel(LanguageModel):
     def _last(self, n: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_last_cache", {})
         if n not in cache:
-            cache[n] = self.index.keys[0] if n == 1 else self._last(n - 1)[self.index.suffix(n)]
+            cache[n] = self._last_words(n)
         return cache[n]
 
     def next_logprobs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
