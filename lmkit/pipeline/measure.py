@@ -59,9 +59,10 @@ def quick_checks(model, encoded: dict[str, Encoded], log: Log, skip_all: str | N
     split = next(s for s in ("test", "valid", "train") if s in encoded)
     skip = {}
     if getattr(model, "memory", None) is not None:  # n-gram --memory: no model-sized extras
-        skip = {"normalisation": "not run under --memory: full rows need an index of every n-gram by context "
-                                 "(as big as the model); `lmkit check RUN` runs it",
-                "save-load": "not run under --memory: it loads a second copy of the model; `lmkit check RUN` runs it"}
+        skip = {"normalisation": "not run under --memory: full rows need every n-gram's context id, which bounded "
+                                 "counting does not keep (as big as the model); `lmkit check RUN` runs it",
+                "save-load": "not run under --memory (bounded runs keep training-time extras off); "
+                             "`lmkit check RUN` runs it"}
     if skip_all is not None:  # `skip_all`: why none of them runs this time (a time budget used up)
         skip = {name: skip_all for name in QUICK_CHECKS}
         log(f"note: quick checks {skip_all}")
