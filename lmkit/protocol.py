@@ -13,6 +13,7 @@ from .errors import UsageError
 LEVELS = ("word", "char", "bpe", "unigram")
 SUBWORD_LEVELS = ("bpe", "unigram")  # levels whose tokens come from a tokenizer trained on the text (data/subword.py)
 CONTEXTS = ("sentence", "stream")
+BLANK_CHARACTERS = " \t\r\x0b\x0c"  # a line of only these is formatting, not a sequence (skipped or kept empty)
 NORMALIZATIONS = (None, "NFC", "NFD", "NFKC", "NFKD")
 TASKS = ("lm", "translate")
 

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmkit.data.columnar import count_words, positions, split_words
+from lmkit.data.columnar import Words, positions, split_words
 from lmkit.data.corpus import Text, count_tokens, encode
 from lmkit.data.tokenize import tokenize
 from lmkit.data.vocab import UNK, Vocab
@@ -28,7 +28,7 @@ def test_split_and_count_match_the_tokenizer(lines):
     tokens, lengths = split_words(lines)
     assert lengths.tolist() == [len(t) for t in expected]
     assert tokens.to_pylist() == list(chain.from_iterable(expected))
-    assert count_words(lines) == Counter(chain.from_iterable(expected))
+    assert Words.split(lines).counter() == Counter(chain.from_iterable(expected))
 
 
 @settings(max_examples=100, deadline=None)

@@ -383,3 +383,29 @@ def test_refit_replaces_the_tables():
     assert not np.allclose(before, after)
     ref = LanguageModel.sequence_logprobs(m, [np.array([A, A])])[0]
     np.testing.assert_allclose(m.sequence_logprobs([np.array([A, A])])[0], ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("context", ["sentence", "stream"])
+def test_chains_give_every_position_its_stored_ngrams_and_contexts_within_its_unit(context):
+    """NgramIndex.chains against a brute-force reading of the stored n-grams, at every position of a text of several
+    units (a unit's <s> included): the (k+1)-gram ending at a position and the j-gram ending just before it, -1 when
+    not stored or when its unit has fewer tokens before the position."""
+    from lmkit.models.ngram.counts import count_ngrams, flatten
+
+    rng = np.random.default_rng(3)
+    V, N = 9, 4
+    train = [rng.integers(4, V, rng.integers(1, 7)).astype(np.int32) for _ in range(40)]
+    test = [rng.integers(4, V, rng.integers(0, 6)).astype(np.int32) for _ in range(12)]
+    index = count_ngrams(train, V, N, context).index
+    stored = {n: {tuple(w): i for i, w in enumerate(index.words(n).tolist())} for n in range(1, N + 1)}
+    toks, depth = flatten(test, context)
+    pos = np.arange(toks.size)
+    tgt, ctx = index.chains(toks, depth, pos)
+    for p in range(toks.size):
+        for k in range(N):
+            gram = tuple(toks[p - k:p + 1].tolist()) if depth[p] >= k else None
+            assert tgt[p, k] == stored[k + 1].get(gram, -1), (p, k)
+        for j in range(1, N):
+            gram = tuple(toks[p - j:p].tolist()) if depth[p] >= j else None
+            assert ctx[p, j - 1] == stored[j].get(gram, -1), (p, j)
+    assert (tgt[:, 1:] >= 0).sum() > toks.size // 2  # the text reuses the training n-grams: hits are checked too

@@ -8,10 +8,13 @@ whitespace only (KenLM's rule, data/tokenize.py), so NBSP and other Unicode spac
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ..protocol import BLANK_CHARACTERS
 
 # Every Arrow buffer lmkit makes comes from the system allocator. Arrow's default pool (mimalloc) gives freed pages
 # back and faults them in again: PTB's `lmkit train --model ngram:kn5` spent 0.5-0.9 s in the kernel with it and
@@ -36,6 +39,15 @@ def split_words(lines: list[str]) -> tuple[pa.Array, np.ndarray]:
     return tokens, lengths
 
 
+def blank_lines(lines: list[str]) -> np.ndarray:
+    """Per line, True when it holds nothing but spaces, tabs, CR, VT and FF (data/tokenize.is_blank's rule)."""
+    if not lines:
+        return np.zeros(0, dtype=bool)
+    text = pa.array(lines, pa.large_string(), memory_pool=POOL)
+    trimmed = pc.utf8_trim(text, characters=BLANK_CHARACTERS, memory_pool=POOL)
+    return pc.binary_length(trimmed, memory_pool=POOL).to_numpy(zero_copy_only=False) == 0
+
+
 # every character Python's str.isspace() accepts, which includes every Unicode White_Space character
 _ANY_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
 _SINGLE_SPACED = f"^ ?[^{_ANY_SPACE}]+( [^{_ANY_SPACE}]+)* ?$"
@@ -55,13 +67,32 @@ def single_spaced_shapes(lines: list[str]) -> np.ndarray:
     return np.where(fits, lead.astype(np.int8) | (trail.astype(np.int8) << 1), -1).astype(np.int8)
 
 
-def count_words(lines: list[str]) -> Counter:
-    """Token counts of the lines (the same Counter as counting `split_words` one token at a time)."""
-    tokens, _ = split_words(lines)
-    if not len(tokens):
-        return Counter()
-    counted = pc.value_counts(tokens, memory_pool=POOL)
-    return Counter(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
+@dataclass
+class Words:
+    """A text's word-level tokens as its distinct words and, per token, its index among them (Arrow's dictionary
+    encoding): counting is a bincount and mapping to a vocabulary looks up each distinct word once."""
+
+    distinct: pa.Array
+    index: np.ndarray  # (tokens,) int32: position of each token in `distinct`
+    lengths: np.ndarray  # tokens on each line
+
+    @classmethod
+    def split(cls, lines: list[str]) -> "Words":
+        tokens, lengths = split_words(lines)
+        coded = pc.dictionary_encode(tokens, memory_pool=POOL)
+        return cls(coded.dictionary, coded.indices.to_numpy(zero_copy_only=False), lengths)
+
+    def counts(self) -> np.ndarray:
+        """Occurrences of each distinct word."""
+        return np.bincount(self.index, minlength=len(self.distinct))
+
+    def counter(self) -> Counter:
+        """The same Counter as counting the tokens one at a time."""
+        return Counter(dict(zip(self.distinct.to_pylist(), self.counts().tolist())))
+
+    def lines(self, rows: np.ndarray) -> "Words":
+        """The tokens of some lines only, given as rows in ascending order (the others hold none: blank lines)."""
+        return Words(self.distinct, self.index, self.lengths[rows])
 
 
 def positions(tokens: pa.Array, words: list[str]) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import DataError, UsageError
 from ..protocol import Protocol
 from .subword import SUBWORD_LEVELS
-from .columnar import count_words, positions, split_words, token_lengths
+from .columnar import Words, blank_lines, positions, split_words, token_lengths
 from .sequences import ITEM_DTYPE, SequenceView
 from .tokenize import is_blank, normalise_lines, tokenize_lines
 from .vocab import SEP, UNK, Vocab
@@ -37,6 +37,9 @@ class Text:
     name: str
     lines: list[str]
     sha256: str
+    # word level: the lines split once (protocol key, tokens, tokens per line), kept from counting the vocabulary
+    # until the text is encoded, so the two share one split (words_of)
+    words_memo: tuple | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -301,13 +304,26 @@ def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
     """Token counts of a text; of both sides for a parallel text (one joint vocabulary)."""
     if isinstance(text, ParallelText):
         return count_tokens(text.source, protocol) + count_tokens(text.target, protocol)
-    lines = [ln for ln in text.lines if not is_blank(ln)]
     if protocol.level in SUBWORD_LEVELS:
         raise UsageError(f"{protocol.level}-level tokens are counted by the vocabulary that trains them "
                          "(Vocab.build_subword)")
     if protocol.level == "word":
-        return count_words(normalise_lines(lines, protocol))
+        return words_of(text, protocol).counter()
+    lines = [ln for ln in text.lines if not is_blank(ln)]
     return Counter(chain.from_iterable(tokenize_lines(lines, protocol)))
+
+
+def words_of(text: Text, protocol: Protocol, keep: bool = True) -> Words:
+    """The word-level tokens of every line (normalised as the protocol says; none on a blank line). Kept on the
+    Text when `keep`, so that encoding after counting does not split again; encoding takes it back (keep=False),
+    so a Text holds it only in between."""
+    key = (protocol.lowercase, protocol.normalize)
+    memo, text.words_memo = text.words_memo, None
+    if memo is None or memo[0] != key:
+        memo = (key, Words.split(normalise_lines(text.lines, protocol)))
+    if keep:
+        text.words_memo = memo
+    return memo[1]
 
 
 @dataclass
@@ -322,13 +338,13 @@ class _Mapped:
     unk_bytes: int  # UTF-8 bytes of the tokens mapped to <unk>
 
 
-def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> _Mapped:
+def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol, words: Words | None = None) -> _Mapped:
     """The lines mapped to ids in one pass over the whole text (word level: by Arrow's kernels,
-    data/columnar.py), and measured in bytes and words."""
+    data/columnar.py), and measured in bytes and words. `words`: the lines' tokens, when already split."""
     if protocol.level == "word":
-        tokens, lengths = split_words(normalise_lines(lines, protocol))
-        flat, reserved = vocab.encode_found(positions(tokens, vocab.tokens))
-        unk_bytes = int(token_lengths(tokens)[flat == UNK].sum())
+        words = words if words is not None else Words.split(normalise_lines(lines, protocol))
+        lengths = words.lengths
+        flat, reserved, unk_bytes = _word_ids(words, vocab)
     elif protocol.level in SUBWORD_LEVELS:  # every byte has a piece: only a literal reserved token is <unk>
         found, lengths = vocab.subword.encode(normalise_lines(lines, protocol))
         flat, reserved = vocab.encode_found(found)
@@ -345,6 +361,17 @@ def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol) -> _Mapped
     same_words = protocol.level == "word" and not (protocol.lowercase or protocol.normalize)
     text_bytes, words = text_measures(lines, int(lengths.sum()) if same_words else None)
     return _Mapped(sequences, reserved, int(lengths.sum()), text_bytes, words, unk_bytes)
+
+
+def _word_ids(words: Words, vocab: Vocab) -> tuple[np.ndarray, int, int]:
+    """(each token's id, how many were literal reserved tokens, UTF-8 bytes of the tokens mapped to <unk>), each
+    distinct word looked up once."""
+    found = positions(words.distinct, vocab.tokens)
+    ids, _ = vocab.encode_found(found)
+    counts = words.counts()
+    reserved = int(counts[(ids == UNK) & (found >= 0) & (found != UNK)].sum())
+    unk_bytes = int((token_lengths(words.distinct) * counts)[ids == UNK].sum())
+    return ids[words.index], reserved, unk_bytes
 
 
 def text_measures(lines: list[str], words: int | None = None) -> tuple[int, int]:
@@ -385,18 +412,15 @@ def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded
 def scored_lines(text: Text, protocol: Protocol) -> tuple[list[str], list[int], int]:
     """(the lines scored, their 1-based numbers, blank lines skipped): blank lines are skipped and counted,
     or kept as empty lines under keep_blank_lines."""
-    kept: list[str] = []
-    line_numbers: list[int] = []
-    skipped = 0
-    for i, line in enumerate(text.lines, start=1):
-        if is_blank(line):
-            if not protocol.keep_blank_lines:
-                skipped += 1
-                continue
-            line = ""
-        kept.append(line)
-        line_numbers.append(i)
-    return kept, line_numbers, skipped
+    blank = blank_lines(text.lines)
+    skipped = int(blank.sum())
+    if not skipped:  # the common case: every line is scored as it is
+        return text.lines, list(range(1, len(text.lines) + 1)), 0
+    if protocol.keep_blank_lines:
+        return ["" if b else ln for ln, b in zip(text.lines, blank.tolist())], \
+            list(range(1, len(text.lines) + 1)), 0
+    kept_at = np.flatnonzero(~blank)
+    return [text.lines[i] for i in kept_at.tolist()], (kept_at + 1).tolist(), skipped
 
 
 def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
@@ -407,7 +431,12 @@ def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encod
     if isinstance(text, ParallelText):
         return encode_pair(text, vocab, protocol)
     kept, line_numbers, skipped = scored_lines(text, protocol)
-    mapped = _ids_per_line(kept, vocab, protocol)
+    words = None
+    if protocol.level == "word":
+        words = words_of(text, protocol, keep=False)
+        if len(kept) != len(words.lengths):  # blank lines skipped
+            words = words.lines(np.asarray(line_numbers, dtype=np.int64) - 1)
+    mapped = _ids_per_line(kept, vocab, protocol, words)
     chars = mapped.tokens if protocol.level == "char" else 0  # only bits-per-char needs it
     return Encoded(text.name, text.sha256, mapped.sequences, line_numbers, skipped, mapped.reserved, chars,
                    text_bytes=mapped.text_bytes, words=mapped.words, unk_bytes=mapped.unk_bytes)

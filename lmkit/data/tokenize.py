@@ -6,7 +6,7 @@ import re
 import unicodedata
 
 from ..errors import UsageError
-from ..protocol import Protocol
+from ..protocol import BLANK_CHARACTERS, Protocol
 from .subword import SUBWORD_LEVELS
 
 # KenLM splits on ASCII whitespace only; NBSP and other Unicode spaces stay inside tokens.
@@ -15,7 +15,7 @@ _ASCII_WS = re.compile(r"[ \t\r\x0b\x0c]+")
 
 def is_blank(line: str) -> bool:
     """A whitespace-only line is formatting, not a sequence."""
-    return not line.strip(" \t\r\x0b\x0c")
+    return not line.strip(BLANK_CHARACTERS)
 
 
 def normalise(line: str, protocol: Protocol) -> str:

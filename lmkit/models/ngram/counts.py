@@ -14,6 +14,7 @@ Every n-gram inside a unit is counted, so the stored n-grams are closed under pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,28 +55,27 @@ SORTED_SEARCH_MIN = 1 << 16
 
 
 def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Index of each query in the sorted `keys`, -1 where absent (vectorised binary search)."""
+    """Index of each query in the sorted `keys`, -1 where absent (vectorised binary search).
+
+    Above SORTED_SEARCH_MIN queries into a table as large, the queries are searched in sorted order and checked
+    there (both reads walk `keys` forward), and the answers are scattered back to the queries' order once."""
     if keys.size == 0 or query.size == 0:
         return np.full(query.shape, -1, dtype=np.int64)
-    pos = _search(keys, query)
-    pos[pos == keys.size] = 0
-    return np.where(keys[pos] == query, pos, -1)
-
-
-def _search(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """np.searchsorted, with large unsorted query arrays searched in sorted order."""
-    if (query.size < SORTED_SEARCH_MIN or keys.size < SORTED_SEARCH_MIN or query.ndim != 1
-            or bool((query[1:] >= query[:-1]).all())):
-        return np.searchsorted(keys, query)
-    pos = np.empty(query.size, dtype=np.int64)
+    if query.size < SORTED_SEARCH_MIN or keys.size < SORTED_SEARCH_MIN or query.ndim != 1:
+        pos = np.searchsorted(keys, query)
+        pos[pos == keys.size] = 0
+        return np.where(keys[pos] == query, pos, -1)
     ordered = sort_with_positions(query.astype(np.int64, copy=True))
-    if ordered is not None:
-        ordered_query, came_from = ordered
-        pos[came_from] = np.searchsorted(keys, ordered_query)
-        return pos
-    order = np.argsort(query)
-    pos[order] = np.searchsorted(keys, query[order])
-    return pos
+    if ordered is None:  # a query and its position do not fit in 63 bits together
+        came_from = np.argsort(query)
+        ordered = query[came_from], came_from
+    values, came_from = ordered
+    pos = np.searchsorted(keys, values)
+    np.minimum(pos, keys.size - 1, out=pos)
+    pos[keys[pos] != values] = -1
+    out = np.empty(query.size, dtype=np.int64)
+    out[came_from] = pos
+    return out
 
 
 def sort_with_positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -145,48 +145,45 @@ class NgramIndex:
         return np.column_stack([self.first(n), self.words(n - 1)[self.suffix(n)]])
 
     def chains(self, toks: np.ndarray, depth: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ids of everything backoff scoring needs for the targets toks[pos] (vectorised over targets).
+        """Ids of everything backoff scoring needs for the targets toks[pos], as matrices (the quick checks,
+        held-out tuning and analyze read them; scoring itself consumes `walk` order by order).
 
         With h = the (at most N-1) tokens before a target w inside its unit:
           tgt[:, k] = id of "h[-k:] w" at order k+1   (k = 0..N-1; -1 if absent or k > len(h))
           ctx[:, j-1] = id of h[-j:] at order j        (j = 1..N-1; -1 if absent or j > len(h))
-        The contexts of a target are the n-grams ending at the token before it, so one walk over the targets and
-        the tokens just before them gives both (scoring a whole text: one walk over it, not two)."""
+        The contexts of a target are the n-grams ending at the token before it: one walk gives both."""
         N = self.order
-        P = pos.size
-        if N == 1:
-            return toks[pos][:, None].astype(np.int64), np.full((P, 1), -1, dtype=np.int64)
-        has_prev = depth[pos] >= 1
-        walked = np.zeros(toks.size, dtype=bool)
-        walked[pos] = True
-        walked[pos[has_prev] - 1] = True
-        at = np.flatnonzero(walked)
-        row = np.cumsum(walked, dtype=np.int64)
-        row -= 1  # row[i]: where position i is in `at`
-        ids = self.ending_at(toks, depth, at)
-        tgt = ids[row[pos]]
-        ctx = np.full((P, N - 1), -1, dtype=np.int64)
-        ctx[has_prev] = ids[row[pos[has_prev] - 1], :N - 1]
+        row = np.full(toks.size + 1, -1, dtype=np.int64)  # row of each target position; one spare for at + 1
+        row[pos] = np.arange(pos.size)
+        tgt = np.full((pos.size, N), -1, dtype=np.int64)
+        ctx = np.full((pos.size, max(N - 1, 1)), -1, dtype=np.int64)
+        for k, (at, ids) in enumerate(self.walk(toks, depth)):
+            r = row[at]
+            tgt[r[r >= 0], k] = ids[r >= 0]
+            if k < N - 1:
+                r = row[at + 1]
+                r[depth[np.minimum(at + 1, toks.size - 1)] == 0] = -1  # the next unit's <s>
+                ctx[r[r >= 0], k] = ids[r >= 0]
         return tgt, ctx
 
-    def ending_at(self, toks: np.ndarray, depth: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """(len(at), N): column k holds the id of the (k+1)-gram ending at toks[at] inside its unit (-1 if absent or
-        longer than the unit allows). Absent n-grams make every longer one absent too (suffix closure): one walk
-        right to left, one search per order."""
-        N, V = self.order, self.vocab_size
-        hist = np.minimum(depth[at], N - 1)
-        out = np.full((at.size, N), -1, dtype=np.int64)
-        cur = toks[at].astype(np.int64)
-        out[:, 0] = cur
-        for k in range(1, N):
-            ok = np.flatnonzero((hist >= k) & (cur >= 0))
-            query = cur[ok]
-            query *= V
-            query += toks[at[ok] - k]
-            cur = np.full(at.size, -1, dtype=np.int64)
-            cur[ok] = find(self.keys[k], query)
-            out[:, k] = cur
-        return out
+    def walk(self, toks: np.ndarray, depth: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """For k = 1..N in turn: (the positions of the text where a stored k-gram ends inside its unit, ascending;
+        that k-gram's id). A k-gram is searched only where the (k-1)-gram ending at the same position is stored
+        (the stored n-grams are suffix-closed), so each order costs one search over fewer positions than the
+        last, and nothing of size (tokens x N) is ever held."""
+        V = self.vocab_size
+        at = np.arange(toks.size, dtype=np.int64)
+        ids = np.asarray(toks, dtype=np.int64)
+        yield at, ids
+        for k in range(1, self.order):
+            fits = depth[at] >= k
+            at, ids = at[fits], ids[fits]
+            ids *= V
+            ids += toks[at - k]
+            ids = find(self.keys[k], ids)
+            stored = ids >= 0
+            at, ids = at[stored], ids[stored]
+            yield at, ids
 
 
 @dataclass

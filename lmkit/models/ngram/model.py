@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -167,36 +167,58 @@ class TableModel(LanguageModel):
         return (self.index.vocab_size - 1) + sum(self.index.size(n) for n in range(2, self.order + 1))
 
     # -- scoring ----------------------------------------------------------------------------------------
-    def _score(self, toks: np.ndarray, depth: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """ln P of toks[pos] given the tokens before it in its unit; only the targets are looked up."""
-        N = self.order
-        tgt, ctx = self.index.chains(toks, depth, pos)
-        hist = np.minimum(depth[pos], N - 1)
+    def _score(self, toks: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """ln P of every token of a flattened text given the tokens before it in its unit (positions at depth 0,
+        the `<s>`, are not predictions: callers drop them). One walk over the orders, no per-token Python."""
+        walk = self.index.walk(toks, depth)
+        if isinstance(self.est, sm.Additive):
+            return self._additive_scores(walk, depth)
+        return self._backoff_scores(walk, depth)
+
+    def _backoff_scores(self, walk: Iterator[tuple[np.ndarray, np.ndarray]], depth: np.ndarray) -> np.ndarray:
+        """The back-off recursion, one order at a time for every position at once: at order k, a position whose
+        k-gram is stored takes its log-probability; the others with k-1 tokens of context in their unit keep the
+        order below's value plus the back-off weight of that context (the (k-1)-gram ending just before). So each
+        ends on its longest stored n-gram plus the weights of every longer context, as ARPA defines."""
         est = self.est
-        if isinstance(est, sm.Additive):
-            num = np.zeros(pos.size)
-            den = np.zeros(pos.size)
-            for m in range(N):
-                at = hist == m
-                hit = at & (tgt[:, m] >= 0)
-                num[hit] = est.counts[m][tgt[hit, m]]
-                if m == 0:
-                    den[at] = est.total
-                else:
-                    have = at & (ctx[:, m - 1] >= 0)
-                    den[have] = est.den[m - 1][ctx[have, m - 1]]
-            return sm.additive_logprob(num, den, est.k, self.index.vocab_size - 2)
-        matched = (tgt >= 0).sum(axis=1)  # longest stored "h[-k:] w" has order `matched`
-        out = np.empty(pos.size)
-        for n in range(1, N + 1):
-            sel = matched == n
-            out[sel] = est.logp[n - 1][tgt[sel, n - 1]]
-        for j in range(1, N):  # back-off weights of the contexts longer than the match
-            use = (hist >= j) & (matched <= j)
-            cid = ctx[:, j - 1]
-            bo = _take(est.logbo[j - 1], cid, est.missing_bo)
-            out[use] += bo[use]
+        _, words = next(walk)
+        out = est.logp[0][words]
+        before, before_ids = None, None
+        for k, (at, ids) in enumerate(walk, start=2):
+            if est.missing_bo:  # an unstored context has a weight too (stupid back-off's alpha)
+                out[depth >= k - 1] += est.missing_bo
+            # the positions whose context, the (k-1)-gram ending just before, is stored; one that starts the next
+            # unit gets a weight too, harmlessly: a unit's <s> is never scored
+            if before is None:  # order 2: every word's context is the word before it
+                nxt, weight = slice(1, None), est.logbo[0][words[:-1]]
+            else:
+                keep = before < out.size - 1
+                nxt, weight = before[keep] + 1, est.logbo[k - 2][before_ids[keep]]
+            if est.missing_bo:
+                weight -= est.missing_bo
+            out[nxt] += weight
+            out[at] = est.logp[k - 1][ids]  # a stored k-gram: no back-off at this order (overwrites the weight)
+            before, before_ids = at, ids
         return out
+
+    def _additive_scores(self, walk: Iterator[tuple[np.ndarray, np.ndarray]], depth: np.ndarray) -> np.ndarray:
+        """Add-k over the whole available history h (up to N-1 tokens): (c(h w) + k) / (c(h) + k |P|), with
+        c(h w) the count of the n-gram ending at the position and c(h) its context's, ending just before it."""
+        est, N = self.est, self.order
+        hist = np.minimum(depth, N - 1)
+        before, before_ids = next(walk)
+        num = est.counts[0][before_ids].astype(np.float64)
+        den = np.where(hist == 0, est.total, 0.0)
+        num[hist > 0] = 0
+        for k, (at, ids) in enumerate(walk, start=2):
+            full = hist[at] == k - 1  # the n-gram over the whole history is stored here
+            num[at[full]] = est.counts[k - 1][ids[full]]
+            nxt = before + 1
+            inside = nxt < depth.size
+            inside[inside] = hist[nxt[inside]] == k - 1
+            den[nxt[inside]] = est.den[k - 2][before_ids[inside]]
+            before, before_ids = at, ids
+        return sm.additive_logprob(num, den, est.k, self.index.vocab_size - 2)
 
     def sequence_logprobs(self, sequences: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
         """Vectorised over every target of every sequence (batch_size is irrelevant here)."""
@@ -210,7 +232,7 @@ class TableModel(LanguageModel):
         if not len(sequences):
             return np.zeros(0)
         toks, depth = flatten(sequences, self.protocol.context)
-        return self._score(toks, depth, np.flatnonzero(depth > 0))
+        return self._score(toks, depth)[depth > 0]
 
     def _children(self, n: int, cids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each context id in `cids` (order n-1, all >= 0): (its order-n extensions' entries, their last words).
