@@ -29,9 +29,9 @@ def lengths_and_ids(sequences) -> tuple[np.ndarray, np.ndarray]:
     return lens, words
 
 
-def stream_layout(lens: np.ndarray, words: np.ndarray) -> np.ndarray:
+def stream_layout(lens: np.ndarray, words: np.ndarray, dtype=np.int64) -> np.ndarray:
     """`<s> s1 </s> s2 </s> ..` from lengths_and_ids' arrays, in one vectorised pass."""
-    toks = np.empty(int(lens.sum() + len(lens)) + 1, dtype=np.int64)
+    toks = np.empty(int(lens.sum() + len(lens)) + 1, dtype=dtype)
     toks[0] = BOS
     ends = np.cumsum(lens + 1)  # position of each </s>
     body = np.ones(toks.size, dtype=bool)

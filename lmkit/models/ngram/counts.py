@@ -24,28 +24,30 @@ from ...data.vocab import BOS, EOS
 from ...logs import current
 
 
-def flatten(sequences: list[np.ndarray], context: str) -> tuple[np.ndarray, np.ndarray]:
-    """The whole text as one int64 token array plus `depth`: how many tokens of its unit precede
-    each position (0 at `<s>`). An n-gram ending at j lies inside one unit iff depth[j] >= n-1.
+def flatten(sequences: list[np.ndarray], context: str, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """The whole text as one token array plus `depth`: how many tokens of its unit precede each position (0 at
+    `<s>`), both in `dtype` (counting asks for int32). An n-gram ending at j lies inside one unit iff
+    depth[j] >= n-1.
 
         sentence:  <s> a b </s> <s> c </s>      stream:  <s> a b </s> c </s>
         depth:      0  1 2  3    0  1  2                  0  1 2  3   4  5
     """
     lens, words = lengths_and_ids(sequences)
     if context == "stream":
-        toks = stream_layout(lens, words)
-        return toks, np.arange(toks.size, dtype=np.int64)
+        toks = stream_layout(lens, words, dtype)
+        return toks, np.arange(toks.size, dtype=dtype)
     unit = lens + 2
     starts = np.concatenate([[0], np.cumsum(unit)[:-1]]).astype(np.int64)
     total = int(unit.sum())
-    toks = np.empty(total, dtype=np.int64)
+    toks = np.empty(total, dtype=dtype)
     body = np.ones(total, dtype=bool)
     body[starts] = False
     body[starts + lens + 1] = False
     toks[starts] = BOS
     toks[starts + lens + 1] = EOS
     toks[body] = words
-    depth = np.arange(total, dtype=np.int64) - np.repeat(starts, unit)
+    depth = np.arange(total, dtype=dtype)
+    depth -= np.repeat(starts.astype(dtype), unit)
     return toks, depth
 
 
@@ -208,24 +210,25 @@ class NgramCounts:
         return self.index.vocab_size
 
 
-def unique_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_counts(key: np.ndarray, id_dtype=np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(key, return_inverse=True, return_counts=True) for non-negative int64 keys, ~1.8x faster when each
-    key and its position fit in 63 bits together (sort_with_positions). `key` may be overwritten: callers pass a
-    temporary. The steps work in place, so the peak is about three arrays of len(key), not six."""
+    key and its position fit in 63 bits together (sort_with_positions); the inverse (ids below len(key)) in
+    `id_dtype`. `key` may be overwritten: callers pass a temporary. The steps work in place, so the peak is about
+    three arrays of len(key), not six."""
     key = np.asarray(key, dtype=np.int64)
     ordered = sort_with_positions(key)
     if ordered is None:
         uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
-        return uniq, inv.reshape(-1), cnt
+        return uniq, inv.reshape(-1).astype(id_dtype, copy=False), cnt
     packed, came_from = ordered  # the sorted keys, and where each came from
     first = np.empty(key.size, dtype=bool)
     first[0] = True
     np.not_equal(packed[1:], packed[:-1], out=first[1:])
     starts = np.flatnonzero(first)
-    ids = np.cumsum(first, dtype=np.int64)
+    ids = np.cumsum(first, dtype=id_dtype)
     del first
     ids -= 1
-    inv = np.empty(key.size, dtype=np.int64)
+    inv = np.empty(key.size, dtype=id_dtype)
     inv[came_from] = ids
     del came_from, ids
     cnt = np.empty(starts.size, dtype=np.int64)
@@ -235,35 +238,38 @@ def unique_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, context: str) -> NgramCounts:
-    """Count every n-gram of orders 1..order with one np.unique per order.
+    """Count every n-gram of orders 1..order with one sort per order.
 
     Works on n-gram *end* positions: the n-gram ending at j has suffix = the (n-1)-gram ending at j
-    and prefix = the (n-1)-gram ending at j-1, so both ids come from the previous order's array."""
+    and prefix = the (n-1)-gram ending at j-1, so both ids come from the previous order's array. Below 2^31
+    tokens every per-position array is int32 (only the keys need 64 bits): the peak of counting is about half
+    what it is with int64 throughout."""
     V = int(vocab_size)
     progress = current()
     progress.phase("counting", total=order, label=f"1..{order}-grams")
-    toks, depth = flatten(sequences, context)
+    id_dtype = np.int32 if V < 1 << 31 else np.int64
+    toks, depth = flatten(sequences, context, id_dtype)
+    if toks.size >= 1 << 31:
+        id_dtype = np.int64  # ids and positions below the token count
+        toks, depth = toks.astype(np.int64), depth.astype(np.int64)
     if toks.size and (toks.min() < 0 or toks.max() >= V):
         raise ValueError("token id outside the vocabulary")
     keys = [np.arange(V, dtype=np.int64)]
     counts = [np.bincount(toks, minlength=V).astype(np.int64)]
     ctx = [np.zeros(V, dtype=np.int64)]
     rid = toks  # id of the (n-1)-gram ending at each position (order 1: the word)
-    id_dtype = np.int32 if toks.size < 1 << 31 else np.int64  # prefix ids are below the token count: half the memory
     for n in range(2, order + 1):
-        ends = np.flatnonzero(depth >= n - 1)
-        key = rid[ends]
+        inside = depth >= n - 1  # the n-grams ending here lie inside their unit (never at position 0)
+        key = rid[inside].astype(np.int64)
         key *= V
-        key += toks[ends - (n - 1)]
-        uniq, inv, cnt = unique_counts(key)
+        key += toks[:toks.size - (n - 1)][inside[n - 1:]]  # the n-gram's first word
+        uniq, inv, cnt = unique_counts(key, id_dtype)
         del key
         prefix = np.empty(uniq.size, dtype=id_dtype)
-        before = ends - 1
-        prefix[inv] = rid[before]  # every occurrence of a type writes the same prefix id
-        del before
-        nxt = np.full(toks.size, -1, dtype=np.int64)
-        nxt[ends] = inv
-        del ends, inv
+        prefix[inv] = rid[:-1][inside[1:]]  # the (n-1)-gram ending just before: every occurrence writes the same id
+        nxt = np.full(toks.size, -1, dtype=id_dtype)
+        nxt[inside] = inv
+        del inside, inv
         keys.append(uniq)
         counts.append(cnt)
         ctx.append(prefix)
