@@ -51,9 +51,10 @@ def flatten(sequences: list[np.ndarray], context: str, dtype=np.int64) -> tuple[
     return toks, depth
 
 
-# Above this many queries into a table this large, binary searches in random order miss the cache on
-# nearly every step: sorting the queries first and searching them in order is 2-3x faster in all.
-SORTED_SEARCH_MIN = 1 << 16
+# Above this many queries into a table this large, binary searches in random order miss the cache on most steps:
+# sorting the queries first and searching them in order is faster in all, 2x at a thousand queries and 7x at
+# sixty thousand into a table of 800k keys (docs/benchmarks.md).
+SORTED_SEARCH_MIN = 1 << 10
 
 
 def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -267,13 +268,13 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
         del key
         prefix = np.empty(uniq.size, dtype=id_dtype)
         prefix[inv] = rid[:-1][inside[1:]]  # the (n-1)-gram ending just before: every occurrence writes the same id
-        nxt = np.full(toks.size, -1, dtype=id_dtype)
-        nxt[inside] = inv
-        del inside, inv
         keys.append(uniq)
         counts.append(cnt)
         ctx.append(prefix)
-        rid = nxt
+        if n < order:  # the next order's suffix ids
+            rid = np.full(toks.size, -1, dtype=id_dtype)
+            rid[inside] = inv
+        del inside, inv
         progress.update(n)
     index = NgramIndex(V, keys)
     units = int((depth == 0).sum())
