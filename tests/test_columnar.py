@@ -58,3 +58,21 @@ def test_lowercase_and_normalisation_apply_before_splitting():
     text = Text("t", ["The CAT", "ﬁsh THE"], "")  # the ligature ﬁ becomes 'fi' under NFKC
     counts = count_tokens(text, p)
     assert counts == Counter({"the": 2, "cat": 1, "fish": 1})
+
+
+@settings(max_examples=150, deadline=None)
+@given(LINES, st.booleans(), st.sampled_from([None, "NFKC"]))
+def test_encoding_skips_exactly_the_lines_the_one_line_rule_calls_blank(lines, keep_blank, normalize):
+    """encode finds blank lines from the split (a line without words) or, when normalising can turn characters into
+    spaces, line by line: either way the lines data/tokenize.is_blank calls blank, and the same sequences."""
+    from lmkit.data.tokenize import is_blank
+
+    p = Protocol(keep_blank_lines=keep_blank, normalize=normalize)
+    text = Text("t", lines, "")
+    vocab = Vocab.build(count_tokens(text, p) + Counter({"x": 1}))
+    enc = encode(text, vocab, p)
+    kept = [i + 1 for i, ln in enumerate(lines) if keep_blank or not is_blank(ln)]
+    assert list(enc.line_numbers) == kept
+    assert enc.skipped_blank_lines == (0 if keep_blank else len(lines) - len(kept))
+    expect = [vocab.encode(tokenize("" if is_blank(lines[i - 1]) else lines[i - 1], p))[0].tolist() for i in kept]
+    assert [s.tolist() for s in enc.sequences] == expect

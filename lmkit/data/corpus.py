@@ -409,10 +409,10 @@ def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded
                    score_from, text_bytes=tgt.text_bytes, words=tgt.words, unk_bytes=tgt.unk_bytes)
 
 
-def scored_lines(text: Text, protocol: Protocol) -> tuple[list[str], list[int], int]:
+def scored_lines(text: Text, protocol: Protocol, blank: np.ndarray | None = None) -> tuple[list[str], list[int], int]:
     """(the lines scored, their 1-based numbers, blank lines skipped): blank lines are skipped and counted,
-    or kept as empty lines under keep_blank_lines."""
-    blank = blank_lines(text.lines)
+    or kept as empty lines under keep_blank_lines. `blank`: which lines are blank, when known."""
+    blank = blank_lines(text.lines) if blank is None else blank
     skipped = int(blank.sum())
     if not skipped:  # the common case: every line is scored as it is
         return text.lines, list(range(1, len(text.lines) + 1)), 0
@@ -430,10 +430,13 @@ def encode(text: Text | ParallelText, vocab: Vocab, protocol: Protocol) -> Encod
     A parallel text gives `source <sep> target` sequences (encode_pair)."""
     if isinstance(text, ParallelText):
         return encode_pair(text, vocab, protocol)
-    kept, line_numbers, skipped = scored_lines(text, protocol)
-    words = None
+    words = blank = None
     if protocol.level == "word":
         words = words_of(text, protocol, keep=False)
+        if not protocol.normalize:  # a line is blank iff it has no word (both split on ASCII whitespace)
+            blank = words.lengths == 0
+    kept, line_numbers, skipped = scored_lines(text, protocol, blank)
+    if words is not None:
         if len(kept) != len(words.lengths):  # blank lines skipped
             words = words.lines(np.asarray(line_numbers, dtype=np.int64) - 1)
     mapped = _ids_per_line(kept, vocab, protocol, words)

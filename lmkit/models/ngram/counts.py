@@ -14,7 +14,10 @@ Every n-gram inside a unit is counted, so the stored n-grams are closed under pr
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,17 +60,40 @@ def flatten(sequences: list[np.ndarray], context: str, dtype=np.int64) -> tuple[
 SORTED_SEARCH_MIN = 1 << 10
 
 
+# A look-up this large is split across the CPUs the process may use: numpy lets go of the GIL while it sorts and
+# searches, so each part runs on its own core (1.6M queries into 800k keys: 1.8x on two cores).
+PARALLEL_MIN = 1 << 17
+MAX_WORKERS = 4
+
+
 def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Index of each query in the sorted `keys`, -1 where absent (vectorised binary search).
 
     Above SORTED_SEARCH_MIN queries into a table as large, the queries are searched in sorted order and checked
-    there (both reads walk `keys` forward), and the answers are scattered back to the queries' order once."""
+    there (both reads walk `keys` forward), and the answers are scattered back to the queries' order once; above
+    PARALLEL_MIN, parts of the queries are searched side by side."""
     if keys.size == 0 or query.size == 0:
         return np.full(query.shape, -1, dtype=np.int64)
     if query.size < SORTED_SEARCH_MIN or keys.size < SORTED_SEARCH_MIN or query.ndim != 1:
         pos = np.searchsorted(keys, query)
         pos[pos == keys.size] = 0
         return np.where(keys[pos] == query, pos, -1)
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                  MAX_WORKERS, query.size // PARALLEL_MIN)
+    if workers < 2:
+        return _find_in_order(keys, query)
+    out = np.empty(query.size, dtype=np.int64)
+    cuts = np.linspace(0, query.size, workers + 1).astype(np.int64).tolist()
+
+    def part(i: int) -> None:
+        out[cuts[i]:cuts[i + 1]] = _find_in_order(keys, query[cuts[i]:cuts[i + 1]])
+
+    list(_pool().map(part, range(workers)))
+    return out
+
+
+def _find_in_order(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """find() by searching the queries sorted (as packed values, or by argsort when they do not pack)."""
     ordered = sort_with_positions(query.astype(np.int64, copy=True))
     if ordered is None:  # a query and its position do not fit in 63 bits together
         came_from = np.argsort(query)
@@ -79,6 +105,11 @@ def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     out = np.empty(query.size, dtype=np.int64)
     out[came_from] = pos
     return out
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="lmkit-find")
 
 
 def sort_with_positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
