@@ -409,3 +409,23 @@ def test_chains_give_every_position_its_stored_ngrams_and_contexts_within_its_un
             gram = tuple(toks[p - j:p].tolist()) if depth[p] >= j else None
             assert ctx[p, j - 1] == stored[j].get(gram, -1), (p, j)
     assert (tgt[:, 1:] >= 0).sum() > toks.size // 2  # the text reuses the training n-grams: hits are checked too
+
+
+@pytest.mark.parametrize("context", ["sentence", "stream"])
+@pytest.mark.parametrize("smoothing", ["kn", "laplace", "stupid"])
+def test_a_text_scored_in_parts_side_by_side_scores_as_in_one(monkeypatch, context, smoothing):
+    """Past SCORE_PARALLEL_MIN positions a text is scored in parts on several threads, each read from N-1 tokens
+    early: every token keeps its whole history across the cuts, so the scores are the ones of one pass."""
+    from lmkit import parallel
+    from lmkit.models.ngram import model as ngram_model
+
+    rng = np.random.default_rng(5)
+    words = [f"w{i}" for i in range(12)]
+    lines = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(300)]
+    m, _ = fitted(smoothing, order=4, context=context, lines=lines)
+    test = [rng.integers(5, len(m.vocab), rng.integers(0, 9)).astype(np.int32) for _ in range(200)]
+    whole = m.flat_logprobs(test)
+    monkeypatch.setattr(ngram_model, "SCORE_PARALLEL_MIN", 97)
+    monkeypatch.setattr(parallel, "cpus", lambda: 4)
+    assert parallel.parts(sum(len(s) + 2 for s in test), ngram_model.SCORE_PARALLEL_MIN) == 4
+    np.testing.assert_allclose(m.flat_logprobs(test), whole, rtol=0, atol=1e-12)

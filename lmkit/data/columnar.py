@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..parallel import cuts, parts, run_parts
 from ..protocol import BLANK_CHARACTERS
 
 # Every Arrow buffer lmkit makes comes from the system allocator. Arrow's default pool (mimalloc) gives freed pages
@@ -23,10 +24,14 @@ from ..protocol import BLANK_CHARACTERS
 POOL = pa.system_memory_pool()
 
 
+# A text of this many lines is split in parts side by side (Words.split).
+SPLIT_PARALLEL_MIN = 1 << 14
+
+
 def split_words(lines: list[str]) -> tuple[pa.Array, np.ndarray]:
     """(every token of every line, back to back; the number of tokens on each line)."""
     if not lines:
-        return pa.array([], pa.string(), memory_pool=POOL), np.zeros(0, dtype=np.int64)
+        return pa.array([], pa.large_string(), memory_pool=POOL), np.zeros(0, dtype=np.int64)
     split = pc.ascii_split_whitespace(pa.array(lines, pa.large_string(), memory_pool=POOL), memory_pool=POOL)
     tokens = split.values
     # Arrow, unlike str.split(), gives an empty field for a leading or trailing blank (and one for "")
@@ -78,9 +83,16 @@ class Words:
 
     @classmethod
     def split(cls, lines: list[str]) -> "Words":
-        tokens, lengths = split_words(lines)
-        coded = pc.dictionary_encode(tokens, memory_pool=POOL)
-        return cls(coded.dictionary, coded.indices.to_numpy(zero_copy_only=False), lengths)
+        """The lines split (in parts side by side when there are many: lmkit/parallel.py) and encoded against
+        one dictionary."""
+        count = parts(len(lines), SPLIT_PARALLEL_MIN)
+        at = cuts(len(lines), count)
+        pieces = run_parts(lambda i: split_words(lines[at[i]:at[i + 1]]), count)
+        coded = pc.dictionary_encode(pa.chunked_array([t for t, _ in pieces], pa.large_string()), memory_pool=POOL)
+        index = [c.indices.to_numpy(zero_copy_only=False) for c in coded.chunks]
+        distinct = coded.chunk(0).dictionary if coded.num_chunks else pa.array([], pa.large_string())
+        return cls(distinct, np.concatenate(index) if index else np.zeros(0, dtype=np.int32),
+                   np.concatenate([n for _, n in pieces]))
 
     def counts(self) -> np.ndarray:
         """Occurrences of each distinct word."""

@@ -14,10 +14,7 @@ Every n-gram inside a unit is counted, so the stored n-grams are closed under pr
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +22,7 @@ import numpy as np
 from ...data.sequences import lengths_and_ids, stream_layout
 from ...data.vocab import BOS, EOS
 from ...logs import current
+from ...parallel import cuts, parts, run_parts
 
 
 def flatten(sequences: list[np.ndarray], context: str, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +58,8 @@ def flatten(sequences: list[np.ndarray], context: str, dtype=np.int64) -> tuple[
 SORTED_SEARCH_MIN = 1 << 10
 
 
-# A look-up this large is split across the CPUs the process may use: numpy lets go of the GIL while it sorts and
-# searches, so each part runs on its own core (1.6M queries into 800k keys: 1.8x on two cores).
+# A look-up this large is split across the CPUs (lmkit/parallel.py): 1.6M queries into 800k keys, 1.8x on two cores.
 PARALLEL_MIN = 1 << 17
-MAX_WORKERS = 4
 
 
 def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -78,17 +74,16 @@ def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(keys, query)
         pos[pos == keys.size] = 0
         return np.where(keys[pos] == query, pos, -1)
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                  MAX_WORKERS, query.size // PARALLEL_MIN)
-    if workers < 2:
+    count = parts(query.size, PARALLEL_MIN)
+    if count < 2:
         return _find_in_order(keys, query)
     out = np.empty(query.size, dtype=np.int64)
-    cuts = np.linspace(0, query.size, workers + 1).astype(np.int64).tolist()
+    at = cuts(query.size, count)
 
     def part(i: int) -> None:
-        out[cuts[i]:cuts[i + 1]] = _find_in_order(keys, query[cuts[i]:cuts[i + 1]])
+        out[at[i]:at[i + 1]] = _find_in_order(keys, query[at[i]:at[i + 1]])
 
-    list(_pool().map(part, range(workers)))
+    run_parts(part, count)
     return out
 
 
@@ -105,11 +100,6 @@ def _find_in_order(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     out = np.empty(query.size, dtype=np.int64)
     out[came_from] = pos
     return out
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="lmkit-find")
 
 
 def sort_with_positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

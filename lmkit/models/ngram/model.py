@@ -26,6 +26,7 @@ from ...data.vocab import BOS, PAD, Vocab
 from ...errors import DataError, ModelError, UsageError
 from ...protocol import Protocol
 from ...logs import Log, current, quiet
+from ...parallel import cuts, parts, run_parts
 from ..base import LanguageModel
 from ..family import Family, Lineup
 from . import smoothing as sm
@@ -137,6 +138,10 @@ def _take(values: np.ndarray, ids: np.ndarray, default: float) -> np.ndarray:
     return out
 
 
+# A text with this many positions is scored in parts side by side (TableModel._score).
+SCORE_PARALLEL_MIN = 1 << 17
+
+
 class TableModel(LanguageModel):
     """Scoring over an NgramIndex: back-off form (logp/logbo) or add-k counts. Shared by NgramModel
     and ArpaModel; subclasses set `index` and `est`."""
@@ -169,7 +174,26 @@ class TableModel(LanguageModel):
     # -- scoring ----------------------------------------------------------------------------------------
     def _score(self, toks: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """ln P of every token of a flattened text given the tokens before it in its unit (positions at depth 0,
-        the `<s>`, are not predictions: callers drop them). One walk over the orders, no per-token Python."""
+        the `<s>`, are not predictions: callers drop them). One walk over the orders, no per-token Python; a long
+        text in parts side by side (lmkit/parallel.py), each part read from N-1 tokens before it so that its first
+        token has its whole history (their depth capped at what the part holds, so no walk reaches past it)."""
+        count = parts(toks.size, SCORE_PARALLEL_MIN)
+        if count < 2:
+            return self._score_part(toks, depth)
+        at, lead = cuts(toks.size, count), self.order - 1
+        out = np.empty(toks.size)
+
+        def part(i: int) -> None:
+            start = max(at[i] - lead, 0)
+            held = depth[start:at[i + 1]].copy()
+            head = min(lead, held.size)
+            np.minimum(held[:head], np.arange(head, dtype=held.dtype), out=held[:head])
+            out[at[i]:at[i + 1]] = self._score_part(toks[start:at[i + 1]], held)[at[i] - start:]
+
+        run_parts(part, count)
+        return out
+
+    def _score_part(self, toks: np.ndarray, depth: np.ndarray) -> np.ndarray:
         walk = self.index.walk(toks, depth)
         if isinstance(self.est, sm.Additive):
             return self._additive_scores(walk, depth)
