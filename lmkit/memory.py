@@ -15,14 +15,31 @@ from functools import cache
 
 
 @cache
-def _trim():
+def _libc():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
         return None
+
+
+def _trim():
+    return getattr(_libc(), "malloc_trim", None)  # None: not glibc
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter: how many heaps threads may allocate from
+
+
+def one_heap_for_threads() -> bool:
+    """Let threads started from now on allocate from the main heap, unless the user chose with MALLOC_ARENA_MAX.
+    glibc gives each new thread a heap of its own, which keeps what the thread freed: splitting PTB's training text
+    in two threads raised `lmkit train --model ngram:kn5`'s peak from 229 to 265 MB, with the same speed. Called
+    before lmkit starts its worker threads (lmkit/parallel.py); True when the setting was changed."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    return bool(mallopt(M_ARENA_MAX, 1))
 
 
 def release_free_memory() -> bool:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .memory import one_heap_for_threads
+
 MAX_WORKERS = 4  # beyond this, memory bandwidth, not cores, bounds these jobs
 
 T = TypeVar("T")
@@ -52,4 +54,5 @@ def _mark_part() -> None:
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
+    one_heap_for_threads()  # what a part frees goes back to the one heap every later phase allocates from
     return ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="lmkit-part", initializer=_mark_part)

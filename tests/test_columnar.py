@@ -6,7 +6,6 @@ from collections import Counter
 from itertools import chain
 
 import numpy as np
-import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,22 +77,3 @@ def test_encoding_skips_exactly_the_lines_the_one_line_rule_calls_blank(lines, k
     expect = [vocab.encode(tokenize("" if is_blank(lines[i - 1]) else lines[i - 1], p))[0].tolist() for i in kept]
     assert [s.tolist() for s in enc.sequences] == expect
 
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(LINES, min_size=1, max_size=4).map(lambda chunks: [ln for c in chunks for ln in c]))
-def test_words_split_in_parts_side_by_side_are_the_words_of_one_split(lines):
-    """Past SPLIT_PARALLEL_MIN lines a text is split in parts on several threads and encoded against one
-    dictionary: the same tokens, counts and lines as one split."""
-    from lmkit import parallel
-    from lmkit.data import columnar
-
-    tokens, lengths = split_words(lines)
-    saved = columnar.SPLIT_PARALLEL_MIN, parallel.cpus
-    columnar.SPLIT_PARALLEL_MIN, parallel.cpus = 2, lambda: 4
-    try:
-        words = Words.split(lines)
-    finally:
-        columnar.SPLIT_PARALLEL_MIN, parallel.cpus = saved
-    assert words.distinct.take(pa.array(words.index)).to_pylist() == tokens.to_pylist()
-    assert words.lengths.tolist() == lengths.tolist()
-    assert words.counter() == Counter(tokens.to_pylist())

@@ -52,3 +52,18 @@ def test_release_free_memory_runs_on_glibc_and_keeps_arrays_intact():
     else:
         assert release_free_memory() in (True, False)
     assert b.sum() == 45
+
+
+def test_threads_share_one_heap_once_lmkit_starts_its_workers_unless_the_user_chose():
+    """lmkit's worker threads (lmkit/parallel.py) allocate from the main heap; MALLOC_ARENA_MAX, when set, stands."""
+    from lmkit.memory import _libc
+
+    if getattr(_libc(), "mallopt", None) is None:
+        pytest.skip("not glibc")
+    code = "from lmkit.memory import one_heap_for_threads as o; print(o())"
+    assert in_child("import os; os.environ.pop('MALLOC_ARENA_MAX', None); " + code) == "True"
+    assert in_child(code, MALLOC_ARENA_MAX="4") == "False"
+    starts = "import lmkit.memory as m; calls = []; m.one_heap_for_threads = lambda: calls.append(1); " \
+             "import lmkit.parallel as p; p.one_heap_for_threads = m.one_heap_for_threads; " \
+             "p.cpus = lambda: 2; p.run_parts(lambda i: i, 2); p.run_parts(lambda i: i, 2); print(len(calls))"
+    assert in_child(starts) == "1"  # once, when the workers start

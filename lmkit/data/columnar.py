@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..parallel import cuts, parts, run_parts
 from ..protocol import BLANK_CHARACTERS
 
 # Every Arrow buffer lmkit makes comes from the system allocator. Arrow's default pool (mimalloc) gives freed pages
@@ -22,10 +21,6 @@ from ..protocol import BLANK_CHARACTERS
 # 0.18 s without (1.8-2.1 s -> 1.43 s wall, 385 -> 320 MB peak; docs/benchmarks.md). Passed explicitly, not set as
 # the process default, so a program that imports lmkit keeps its own choice.
 POOL = pa.system_memory_pool()
-
-
-# A text of this many lines is split in parts side by side (Words.split).
-SPLIT_PARALLEL_MIN = 1 << 14
 
 
 def split_words(lines: list[str]) -> tuple[pa.Array, np.ndarray]:
@@ -83,16 +78,9 @@ class Words:
 
     @classmethod
     def split(cls, lines: list[str]) -> "Words":
-        """The lines split (in parts side by side when there are many: lmkit/parallel.py) and encoded against
-        one dictionary."""
-        count = parts(len(lines), SPLIT_PARALLEL_MIN)
-        at = cuts(len(lines), count)
-        pieces = run_parts(lambda i: split_words(lines[at[i]:at[i + 1]]), count)
-        coded = pc.dictionary_encode(pa.chunked_array([t for t, _ in pieces], pa.large_string()), memory_pool=POOL)
-        index = [c.indices.to_numpy(zero_copy_only=False) for c in coded.chunks]
-        distinct = coded.chunk(0).dictionary if coded.num_chunks else pa.array([], pa.large_string())
-        return cls(distinct, np.concatenate(index) if index else np.zeros(0, dtype=np.int32),
-                   np.concatenate([n for _, n in pieces]))
+        tokens, lengths = split_words(lines)
+        coded = pc.dictionary_encode(tokens, memory_pool=POOL)
+        return cls(coded.dictionary, coded.indices.to_numpy(zero_copy_only=False), lengths)
 
     def counts(self) -> np.ndarray:
         """Occurrences of each distinct word."""
