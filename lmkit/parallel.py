@@ -22,10 +22,11 @@ _inside = threading.local()
 
 
 def cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPUs this process may run on (its affinity mask where the platform has one), at most OMP_NUM_THREADS when
+    that is set: the usual way to cap a process's threads, which numpy's BLAS and torch honour too."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(count, int(cap))) if cap.isdigit() and int(cap) > 0 else count
 
 
 def parts(items: int, min_items: int) -> int:

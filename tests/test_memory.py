@@ -67,3 +67,21 @@ def test_threads_share_one_heap_once_lmkit_starts_its_workers_unless_the_user_ch
              "import lmkit.parallel as p; p.one_heap_for_threads = m.one_heap_for_threads; " \
              "p.cpus = lambda: 2; p.run_parts(lambda i: i, 2); p.run_parts(lambda i: i, 2); print(len(calls))"
     assert in_child(starts) == "1"  # once, when the workers start
+
+
+def test_worker_parts_follow_the_cpus_and_omp_num_threads(monkeypatch):
+    """lmkit/parallel.py cuts a job into at most as many parts as CPUs it may use, fewer under OMP_NUM_THREADS, and
+    never splits again inside a part."""
+    from lmkit import parallel
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert parallel.cpus() == 3
+    assert parallel.parts(10_000, 1_000) == 3 and parallel.parts(2_500, 1_000) == 2 and parallel.parts(999, 1_000) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert parallel.cpus() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert parallel.cpus() == 3
+    inner = parallel.run_parts(lambda i: parallel.parts(10_000, 1_000), 3)
+    assert inner == [1, 1, 1]
+    assert parallel.cuts(10, 3) == [0, 3, 6, 10]
