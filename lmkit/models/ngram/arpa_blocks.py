@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import mmap
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import pyarrow.csv as pcsv
 
 from ...data.columnar import POOL
 from ...logs import current
+from ...parallel import parts, run_parts
 
 # An ARPA line is a probability, at most N words and a back-off weight; KenLM's longest lines are well under
 # 100 bytes. A longer "line" is a file without line breaks or binary data, refused before it is held whole.
@@ -67,23 +69,33 @@ def read_arpa_blocks(path: Path) -> ArpaArrays | None:
     # tab-separated reader would take it for part of a word, so only the split reader may read such a file
     tabbed = all(raw.find(c, bounds[0][0], bounds[-1][1]) < 0 for c in _NOT_PLAIN_WORDS)
 
+    read = [bounds[0][0]]  # bytes read so far: sections finish out of order when read side by side
+    lock = threading.Lock()
+
     def section(n: int, unigrams: pa.Array | None):
         start, stop = bounds[n - 1]
         try:
             parsed = _section(data.slice(start, stop - start), n, N, unigrams, tabbed)
         except (pa.ArrowException, ValueError):
             return None
-        progress.update(stop)
+        with lock:
+            read[0] += stop - start
+            progress.update(read[0])
         return parsed if parsed is not None and len(parsed[1]) == declared[n - 1] else None
 
     first = section(1, None)
     if first is None:
         return None
-    higher = []
-    for n in range(2, N + 1):  # one after the other: read side by side in threads, PTB took 10 % less time
-        higher.append(section(n, first[0]))  # and 45 % more memory
-        if higher[-1] is None:
-            return None
+    # the higher orders side by side, one group of sections per CPU (lmkit/parallel.py): PTB's 92 MiB file in 0.6
+    # instead of 0.87 s on two cores, holding the sections being parsed at once
+    orders = list(range(2, N + 1))
+    count = parts(len(orders), 1)
+    groups = [orders[i::count] for i in range(count)]
+    done = run_parts(lambda i: [section(n, first[0]) for n in groups[i]], count)
+    by_order = dict(zip((n for g in groups for n in g), (h for d in done for h in d)))
+    higher = [by_order[n] for n in orders]
+    if any(h is None for h in higher):
+        return None
     progress.update(len(raw))
     return ArpaArrays(first[0].to_pylist(), first[1], first[2],
                       [(words.reshape(-1, n), logp, logbo) for n, (words, logp, logbo) in enumerate(higher, 2)])
