@@ -202,7 +202,7 @@ class LineReader:
             if lines[-1] == "":
                 lines.pop()
             if lines:
-                yield [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+                yield [ln[:-1] if ln.endswith("\r") else ln for ln in lines] if "\r" in text else lines
             if not chunk:
                 break
         if not content:
@@ -379,7 +379,11 @@ def text_measures(lines: list[str], words: int | None = None) -> tuple[int, int]
     denominators of bits per byte and word perplexity (docs/protocol.md). `words`: the count, when known."""
     if words is None:
         words = int(split_words(lines)[1].sum())
-    return (len("\n".join(lines).encode("utf-8")) + 1 if lines else 0), words + len(lines)
+    if all(map(str.isascii, lines)):  # a byte per character (Python knows it of every string without a scan)
+        size = sum(map(len, lines))
+    else:
+        size = sum(len(line.encode("utf-8")) for line in lines)
+    return size + len(lines), words + len(lines)
 
 
 def encode_pair(text: ParallelText, vocab: Vocab, protocol: Protocol) -> Encoded:
