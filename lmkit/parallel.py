@@ -57,3 +57,7 @@ def _mark_part() -> None:
 def _pool() -> ThreadPoolExecutor:
     one_heap_for_threads()  # what a part frees goes back to the one heap every later phase allocates from
     return ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="lmkit-part", initializer=_mark_part)
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: it starts its own pool
+    os.register_at_fork(after_in_child=_pool.cache_clear)

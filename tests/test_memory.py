@@ -90,3 +90,19 @@ def test_worker_parts_follow_the_cpus_and_omp_num_threads(monkeypatch):
     inner = parallel.run_parts(lambda i: parallel.parts(10_000, 1_000), 3)
     assert inner == [1, 1, 1]
     assert parallel.cuts(10, 3) == [0, 3, 6, 10]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_runs_parts_on_threads_of_its_own():
+    """After fork the parent's worker threads do not exist in the child: the child starts its own pool instead of
+    waiting forever on the parent's."""
+    code = ("import os, time; from lmkit import parallel as p; "
+            "p.run_parts(lambda i: time.sleep(0.2), p.MAX_WORKERS); pid = os.fork(); "  # every worker thread started
+            "code = 0 if pid else (0 if p.run_parts(lambda i: i * 2, 2) == [0, 2] else 3); "
+            "os._exit(code) if not pid else None; "
+            "print(os.waitpid(pid, 0)[1])")
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child waited on its parent's worker threads")
+    assert result.stdout.strip() == "0", result.stderr
