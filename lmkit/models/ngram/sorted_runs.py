@@ -29,7 +29,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .counts import NgramCounts, NgramIndex, find
+from .counts import NgramCounts, NgramIndex, find, sort_with_positions, unique_counts
 
 # Word ids are stored as int32 in runs (half the bytes of int64); vocabularies are far below 2**31.
 WORD = np.int32
@@ -61,7 +61,7 @@ def count_piece(toks: np.ndarray, depth: np.ndarray, start: int, vocab_size: int
     before each position, so an n-gram ending at j lies inside one unit iff depth[j] >= n-1. Positions
     before `start` are context carried over from the previous piece (stream context): n-grams ending there
     get local ids (so every prefix has one) with count 0; they were counted by an earlier piece, so they
-    exist in the whole text. Same algorithm as count_ngrams (one np.unique per order over n-gram end
+    exist in the whole text. Same algorithm as count_ngrams (one sort per order over n-gram end
     positions), with piece-local ids."""
     V = int(vocab_size)
     toks = np.asarray(toks, dtype=np.int64)
@@ -73,14 +73,10 @@ def count_piece(toks: np.ndarray, depth: np.ndarray, start: int, vocab_size: int
     for n in range(2, order + 1):
         ends = ends[depth[ends] >= n - 1]
         key = rid[ends] * V + toks[ends - (n - 1)]
-        if start:  # only n-grams ending at or after `start` count
-            uniq, inv = np.unique(key, return_inverse=True)
-            inv = inv.reshape(-1)
-            cnt = np.bincount(inv[ends >= start], minlength=uniq.size)
-        else:
-            uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
-            inv = inv.reshape(-1)
+        uniq, inv, cnt = unique_counts(key)
         del key
+        if start:  # only n-grams ending at or after `start` count
+            cnt = np.bincount(inv[ends >= start], minlength=uniq.size)
         prefix = np.empty(uniq.size, dtype=np.int64)
         prefix[inv] = rid[ends - 1]  # every occurrence of a type writes the same prefix id
         yield Piece(n, uniq % V, uniq // V, prefix, cnt.astype(np.int64))
@@ -384,8 +380,13 @@ def merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None] 
         c = np.concatenate(counts)
         if k.size == 0:
             continue
-        perm = np.argsort(k, kind="stable")
-        k, c = k[perm], c[perm]
+        ordered = sort_with_positions(k)  # k is this block's own concatenation: sorted in place, ties in order
+        if ordered is None:
+            perm = np.argsort(k, kind="stable")
+            k = k[perm]
+        else:
+            k, perm = ordered
+        c = c[perm]
         new = np.ones(k.size, dtype=bool)
         new[1:] = k[1:] != k[:-1]
         starts = np.flatnonzero(new)
@@ -543,10 +544,7 @@ def prefix_ids(keys: list[np.ndarray], ctx: list[np.ndarray], n: int, V: int, bl
             out[i:i + part.size] = first
             continue
         query = ctx[n - 2][part // V] * V + first  # id of w2..w(n-1) (order n-2), then w1
-        perm = np.argsort(query)  # sorted queries sweep the keys in order: several times faster than random
-        found = np.empty(query.size, dtype=np.int64)
-        found[perm] = find(keys[n - 2], query[perm])
-        out[i:i + part.size] = found
+        out[i:i + part.size] = find(keys[n - 2], query)  # find sorts large query sets itself
     if out.size and out.min() < 0:
         raise RuntimeError(f"an n-gram prefix is missing from order {n - 1}: runs and index disagree")
     return out
