@@ -170,3 +170,25 @@ def test_the_library_reads_a_lineup_folder_too(runs_with_lineup):
 
     rows = api.compare([runs_with_lineup / "lineup", runs_with_lineup / "mine-kn4"])
     assert sorted(r["model"] for r in rows) == ["ngram:kn2", "ngram:kn3", "ngram:kn4"]
+
+
+def test_a_long_text_scored_in_parts_on_several_cpus_or_on_one_scores_the_same(runs, monkeypatch):
+    """`lmkit score` past SCORE_PARALLEL_MIN positions scores in parts on the CPUs it may use; OMP_NUM_THREADS=1
+    keeps it to one (docs/guide.md, Scoring): both give the same numbers, part for part."""
+    from lmkit import parallel
+    from lmkit.models.ngram import model as ngram_model
+
+    corpus, _, kn3 = runs
+    monkeypatch.setattr(ngram_model, "SCORE_PARALLEL_MIN", 40)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    split = []  # how many parts each scoring call cut its text into
+    monkeypatch.setattr(ngram_model, "parts", lambda items, least: split.append(parallel.parts(items, least))
+                        or split[-1])
+    text = corpus / "test.txt"
+    several = json.loads(cli("score", str(kn3), str(text), "--per-line", "--format", "json").stdout)
+    assert max(split) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    split.clear()
+    one = json.loads(cli("score", str(kn3), str(text), "--per-line", "--format", "json").stdout)
+    assert split and max(split) == 1
+    assert one == several

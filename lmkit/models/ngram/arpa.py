@@ -30,7 +30,7 @@ from ...logs import current
 from ...protocol import Protocol
 from . import smoothing as sm
 from .arpa_blocks import MAX_LINE_BYTES, ArpaArrays, read_arpa_blocks
-from .counts import NgramIndex, find, sort_with_positions
+from .counts import NgramIndex, find, sorted_and_positions
 from .model import TableModel
 
 LN10 = math.log(10.0)
@@ -479,12 +479,7 @@ def _sorted_keys(V: int, mats: dict) -> tuple[list, list] | None:
         key, sid = _keys_for(keys, V, mats[n][0])
         if (sid < 0).any():
             return None
-        ordered = sort_with_positions(key)  # key is this loop's own temporary: sorted in place
-        if ordered is None:
-            order = np.argsort(key, kind="stable")
-            key = key[order]
-        else:
-            key, order = ordered
+        key, order = sorted_and_positions(key)  # key is this loop's own temporary: sorted in place
         first = key % V
         if n > 2:
             first = find(keys[n - 2], prefix[key // V] * V + first)

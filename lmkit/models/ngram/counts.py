@@ -88,18 +88,24 @@ def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def _find_in_order(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """find() by searching the queries sorted (as packed values, or by argsort when they do not pack)."""
-    ordered = sort_with_positions(query.astype(np.int64, copy=True))
-    if ordered is None:  # a query and its position do not fit in 63 bits together
-        came_from = np.argsort(query)
-        ordered = query[came_from], came_from
-    values, came_from = ordered
+    """find() by searching the queries in sorted order."""
+    values, came_from = sorted_and_positions(query.astype(np.int64, copy=True))
     pos = np.searchsorted(keys, values)
     np.minimum(pos, keys.size - 1, out=pos)
     pos[keys[pos] != values] = -1
     out = np.empty(query.size, dtype=np.int64)
     out[came_from] = pos
     return out
+
+
+def sorted_and_positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values sorted, where each came from), equal values in their original order: sort_with_positions where the
+    values pack with their positions, else a stable argsort. `values` (int64) may be overwritten."""
+    ordered = sort_with_positions(values)
+    if ordered is not None:
+        return ordered
+    came_from = np.argsort(values, kind="stable")
+    return values[came_from], came_from
 
 
 def sort_with_positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

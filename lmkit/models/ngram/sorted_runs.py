@@ -29,7 +29,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .counts import NgramCounts, NgramIndex, find, sort_with_positions, unique_counts
+from .counts import NgramCounts, NgramIndex, find, sorted_and_positions, unique_counts
 
 # Word ids are stored as int32 in runs (half the bytes of int64); vocabularies are far below 2**31.
 WORD = np.int32
@@ -380,12 +380,7 @@ def merge_blocks(sources: list[Blocks], base: int = 0, sinks: list[Sink | None] 
         c = np.concatenate(counts)
         if k.size == 0:
             continue
-        ordered = sort_with_positions(k)  # k is this block's own concatenation: sorted in place, ties in order
-        if ordered is None:
-            perm = np.argsort(k, kind="stable")
-            k = k[perm]
-        else:
-            k, perm = ordered
+        k, perm = sorted_and_positions(k)  # k is this block's own concatenation: sorted in place, ties in order
         c = c[perm]
         new = np.ones(k.size, dtype=bool)
         new[1:] = k[1:] != k[:-1]
