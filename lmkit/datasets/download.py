@@ -11,21 +11,22 @@ no new dependency."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import re
 import socket
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..atomic import DiskFullError, is_disk_full
 from ..errors import DataError
 from .unpack import cap_for
 from ..logs import Log, quiet
+
+if TYPE_CHECKING:  # the HTTP modules are imported where used: every lmkit command imports this module
+    import urllib.request
 
 CHUNK = 1 << 16
 DEFAULT_TIMEOUT = 30.0  # seconds without progress (connect, or between two reads) before giving up
@@ -143,6 +144,8 @@ def _reuse(dest: Path, size: int | None, sha256: str | None, log: Log) -> Fetche
 
 
 def _request(url: str, start: int) -> urllib.request.Request:
+    import urllib.request
+
     headers = {"User-Agent": f"lmkit/{__version__}", "Accept-Encoding": "identity"}
     if start:
         headers["Range"] = f"bytes={start}-"
@@ -151,6 +154,8 @@ def _request(url: str, start: int) -> urllib.request.Request:
 
 def _network_reason(exc: BaseException, timeout: float) -> str:
     """A short phrase for why a connection or a read failed."""
+    import urllib.error
+
     reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) \
         else exc
     if isinstance(reason, (TimeoutError, socket.timeout)):
@@ -167,6 +172,10 @@ def _network_reason(exc: BaseException, timeout: float) -> str:
 
 
 def _open(url: str, start: int, timeout: float):
+    import http.client
+    import urllib.error
+    import urllib.request
+
     try:
         return urllib.request.urlopen(_request(url, start), timeout=timeout)  # noqa: S310 (http/https/file only)
     except urllib.error.HTTPError as exc:
@@ -230,6 +239,8 @@ def _stream(resp, part: Path, offset: int, digest, total: int | None, bound: tup
 
     Reads at most one byte past `bound`: a body that goes on (no Content-Length, or a false one) stops
     there, and the part, which cannot be the file, is deleted (FetchFailed)."""
+    import http.client
+
     limit, why = bound
     bar = _Bar(progress, part.name[:-len(".part")], total, offset)
     received = 0
