@@ -368,6 +368,31 @@ def test_adaptive_softmax_is_a_normalised_distribution_and_scores_targets_exactl
     assert ((y > 0) & (y < 12)).any() and ((y >= 12) & (y < 30)).any() and (y >= 30).any()
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_adaptive_softmax_target_gradients_equal_the_full_distributions(tie):
+    """The fast path's own backward (PickedLogSoftmax) gives the gradients autograd gives through the full
+    (N, V) log-probabilities, for every parameter and the hidden states; <pad> targets send none back."""
+    from lmkit.models.adaptive import AdaptiveHead
+
+    torch.manual_seed(0)
+    V, H = 80, 8
+    emb = torch.nn.Parameter(torch.randn(V, H)) if tie else None
+    head = AdaptiveHead(H, V, (16, 40), shortlist_weight=emb)
+    h = torch.randn(4, 7, H, requires_grad=True)
+    y = torch.randint(3, V, (4, 7))
+    y[0, :3] = 0  # <pad>
+    y[1, :3] = torch.tensor([5, 20, 60])  # the head and both tails
+    weight = torch.randn(4, 7)
+    params = [h] + list(head.parameters())
+    fast = torch.autograd.grad((head.target_logprobs(h, y) * weight).sum(), params)
+    full = head(h).gather(-1, y.unsqueeze(-1)).squeeze(-1).masked_fill(y == 0, 0.0)
+    slow = torch.autograd.grad((full * weight).sum(), params)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert fast[0][0, :3].abs().max() == 0  # nothing flows back from <pad> targets
+    assert head.head_bias.grad is None and fast[-1].abs().sum() > 0  # (the bias of the last tail was reached)
+
+
 @pytest.mark.parametrize("family", ["rnn", "transformer"])
 def test_adaptive_softmax_tied_shares_the_embedding_rows(family):
     net = adaptive_net(family, 40, adaptive_cutoffs=(10,), tie_weights=True).eval()
