@@ -5,6 +5,8 @@ LmkitGroup.main does the same for typer's own parse errors and, as a last resort
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import os
 import re
@@ -60,6 +62,10 @@ def _type_label(param: Any) -> str:
     return TYPE_LABELS.get(inner, inner.upper())
 
 
+def _argument_type_label(argument: Any, *args: Any, **kwargs: Any) -> str:
+    return _type_label(argument)
+
+
 class HelpArgument(TyperArgument):
     """An argument on the usage line as FILE, [FILE] or FILES..., with its type beside it in the table."""
 
@@ -83,6 +89,10 @@ def tidy_help(command: Any) -> None:
             param.__class__ = HelpArgument  # same object, help-only methods replaced
             piece = param.metavar if explicit or param.required else f"[{param.metavar}]"
             param.usage_piece = piece + ("..." if param.nargs != 1 and not explicit else "")
+            # typer < 0.29 asks the argument's type for the table's type column (else prints <path>): a copy of
+            # the type, so that a type object other parameters share is left as it is
+            param.type = copy.copy(param.type)
+            param.type.get_metavar = functools.partial(_argument_type_label, param)
         elif param.param_type_name == "option" and param.metavar is None:
             param.metavar = _type_label(param)
     if "get_help_option" not in vars(command):  # -h/--help is made when first asked for: a flag too

@@ -77,3 +77,26 @@ def test_encoding_skips_exactly_the_lines_the_one_line_rule_calls_blank(lines, k
     expect = [vocab.encode(tokenize("" if is_blank(lines[i - 1]) else lines[i - 1], p))[0].tolist() for i in kept]
     assert [s.tolist() for s in enc.sequences] == expect
 
+
+
+@settings(max_examples=60, deadline=None)
+@given(LINES)
+def test_splitting_in_parts_gives_what_one_pass_gives(lines):
+    """Words.split(side_by_side=True) cuts a long text into parts split on several threads; their dictionaries are
+    unified in the order of first occurrence, so distinct words, per-token indices and line lengths are those of
+    one pass (lines repeated and shuffled so that later parts both reuse and add words)."""
+    import pytest
+
+    from lmkit import parallel
+    from lmkit.data import columnar
+
+    text = (lines + ["z y", " w", ""]) * 5 + list(reversed(lines)) + ["only-in-the-last-part"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(columnar, "SPLIT_PARALLEL_MIN_LINES", 4)
+        mp.setattr(parallel, "cpus", lambda: 3)
+        assert parallel.parts(len(text), columnar.SPLIT_PARALLEL_MIN_LINES) == 3
+        together = Words.split(text, side_by_side=True)
+    alone = Words.split(text)
+    assert together.distinct.to_pylist() == alone.distinct.to_pylist()
+    assert together.index.tolist() == alone.index.tolist()
+    assert together.lengths.tolist() == alone.lengths.tolist()

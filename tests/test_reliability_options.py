@@ -124,7 +124,7 @@ def numeric_kind(param) -> type | None:
     if ann in (int, float):
         return ann
     name = getattr(getattr(param, "type", None), "name", "")
-    return {"integer": int, "float": float}.get(name)
+    return {"integer": int, "int": int, "float": float}.get(name)
 
 
 def train_families(param) -> list[str]:

@@ -316,11 +316,12 @@ def count_tokens(text: Text | ParallelText, protocol: Protocol) -> Counter:
 def words_of(text: Text, protocol: Protocol, keep: bool = True) -> Words:
     """The word-level tokens of every line (normalised as the protocol says; none on a blank line). Kept on the
     Text when `keep`, so that encoding after counting does not split again; encoding takes it back (keep=False),
-    so a Text holds it only in between."""
+    so a Text holds it only in between. A text split only to be encoded (one to score) is split in parts side by
+    side; one split for counting is not, as it is held while the counts are made (Words.split says why)."""
     key = (protocol.lowercase, protocol.normalize)
     memo, text.words_memo = text.words_memo, None
     if memo is None or memo[0] != key:
-        memo = (key, Words.split(normalise_lines(text.lines, protocol)))
+        memo = (key, Words.split(normalise_lines(text.lines, protocol), side_by_side=not keep))
     if keep:
         text.words_memo = memo
     return memo[1]
@@ -342,7 +343,7 @@ def _ids_per_line(lines: list[str], vocab: Vocab, protocol: Protocol, words: Wor
     """The lines mapped to ids in one pass over the whole text (word level: by Arrow's kernels,
     data/columnar.py), and measured in bytes and words. `words`: the lines' tokens, when already split."""
     if protocol.level == "word":
-        words = words if words is not None else Words.split(normalise_lines(lines, protocol))
+        words = words if words is not None else Words.split(normalise_lines(lines, protocol), side_by_side=True)
         lengths = words.lengths
         flat, reserved, unk_bytes = _word_ids(words, vocab)
     elif protocol.level in SUBWORD_LEVELS:  # every byte has a piece: only a literal reserved token is <unk>

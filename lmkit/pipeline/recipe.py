@@ -152,12 +152,12 @@ def checked_value(path, key: str, value: Any, param) -> Any:
 
 
 def option_type(param) -> type:
-    """int, float, bool, str or Path: what an option takes, from typer's annotation (typer >= 0.24) or click's
-    parameter type (older typer)."""
+    """int, float, bool, str or Path: what an option takes, from typer's annotation (typer 0.29) or click's
+    parameter type (older typer; its own copy of click, from 0.22, names the integer type 'int')."""
     descriptor = getattr(param, "type_descriptor", None)
     if descriptor is None:
         name = getattr(getattr(param, "type", None), "name", "")
-        return {"integer": int, "float": float, "boolean": bool, "path": Path}.get(name, str)
+        return {"integer": int, "int": int, "float": float, "boolean": bool, "path": Path}.get(name, str)
     hint = descriptor.annotation
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
