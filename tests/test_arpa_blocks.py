@@ -200,6 +200,23 @@ def test_find_searches_large_query_sets_in_sorted_order_with_the_same_answers(sh
     assert (got >= 0).sum() >= 2 * SORTED_SEARCH_MIN
 
 
+@pytest.mark.parametrize("copies", [1, 3, 50])
+def test_find_answers_repeated_queries_each_in_its_place(copies):
+    """Sorted queries that repeat (a text's n-grams do) are searched once per distinct value when few are distinct
+    (REPEATS_WORTH_SKIPPING); every copy gets its own answer, hits and misses alike, in its query's place."""
+    from lmkit.models.ngram.counts import REPEATS_WORTH_SKIPPING, SORTED_SEARCH_MIN, find
+
+    rng = np.random.default_rng(2)
+    keys = np.unique(rng.integers(0, 1 << 40, 4 * SORTED_SEARCH_MIN))
+    distinct = np.concatenate([rng.choice(keys, SORTED_SEARCH_MIN, replace=False),
+                               rng.integers(keys[0] + 1, 1 << 40, 500), [keys[0], keys[-1], keys[-1] + 1]])
+    query = rng.permutation(np.repeat(distinct, copies))
+    expect = np.searchsorted(keys, query)
+    expect = np.where((expect < keys.size) & (keys[np.minimum(expect, keys.size - 1)] == query), expect, -1)
+    np.testing.assert_array_equal(find(keys, query), expect)
+    assert (np.unique(query).size < query.size * REPEATS_WORTH_SKIPPING) == (copies > 1)  # both paths are taken
+
+
 def test_find_splits_very_large_query_sets_across_cpus_with_the_same_answers(monkeypatch):
     """Above PARALLEL_MIN queries, find() searches parts of them side by side in threads: the same answers, each in
     its query's place (four parts here, on any machine)."""

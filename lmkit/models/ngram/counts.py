@@ -60,6 +60,10 @@ SORTED_SEARCH_MIN = 1 << 10
 
 # A look-up this large is split across the CPUs (lmkit/parallel.py): 1.6M queries into 800k keys, 1.8x on two cores.
 PARALLEL_MIN = 1 << 17
+# Sorted queries are searched once per distinct value when at most this share of them is distinct: a text's
+# n-grams repeat (most of its bigrams have been seen before in it), and the searches, not the passes that find
+# the repeats, are what costs on a large table.
+REPEATS_WORTH_SKIPPING = 0.8
 
 
 def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -90,9 +94,17 @@ def find(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
 def _find_in_order(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     """find() by searching the queries in sorted order."""
     values, came_from = sorted_and_positions(query.astype(np.int64, copy=True))
-    pos = np.searchsorted(keys, values)
+    first = np.empty(values.size, dtype=bool)  # the first of each run of equal queries
+    first[:1] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    distinct = values[first] if np.count_nonzero(first) < values.size * REPEATS_WORTH_SKIPPING else None
+    pos = np.searchsorted(keys, values if distinct is None else distinct)
     np.minimum(pos, keys.size - 1, out=pos)
-    pos[keys[pos] != values] = -1
+    pos[keys[pos] != (values if distinct is None else distinct)] = -1
+    if distinct is not None:  # each query takes the answer of the first of its run
+        run = np.cumsum(first, dtype=np.int64)
+        run -= 1
+        pos = pos[run]
     out = np.empty(query.size, dtype=np.int64)
     out[came_from] = pos
     return out
