@@ -18,7 +18,9 @@ the two pipelines do the same work -- a modified Kneser-Ney 5-gram over every wo
 - load:   scoring a one-line text with the ARPA file lmplz wrote, `lmkit score model.arpa one.txt` against
           `query model.arpa < one.txt`: almost all of it is reading the model;
 - score:  tokens per second of scoring the test set repeated --score-repeat times (so that scoring, not the
-          load, dominates): (whole run - load run) for each tool on the same ARPA file.
+          load, dominates): (whole run - load run) for each tool on the same ARPA file, and, where `build_binary`
+          sits beside `query`, for query on KenLM's probing binary of that file too: its load is short enough
+          that the difference of the two runs is not lost in the load's noise, as it can be on a large ARPA file.
 
 Each measurement is the median of --pairs runs, lmkit and KenLM alternating so that a change in the machine's
 load hits both. With --memory both get the same bound (lmplz -S, lmkit --memory); without it lmplz is given
@@ -54,6 +56,9 @@ def kenlm_tools(folder: Path | None) -> dict[str, Path] | None:
         if path is None or not path.is_file():
             return None
         found[tool] = path
+    binary = (folder / "build_binary") if folder else (Path(p) if (p := shutil.which("build_binary")) else None)
+    if binary is not None and binary.is_file():  # optional: query on KenLM's own binary format too
+        found["build_binary"] = binary
     return found
 
 
@@ -97,9 +102,13 @@ def scoring(tools: dict | None, arpa: Path, lmkit_reads_arpa: bool, run_dir: Pat
         lm_all, lm_peak, _, _ = run([*LMKIT, "score", str(model), str(text), "--format", "json"], env)
         out[name] = {"load": lm_load, "score": lm_all - lm_load, "peak": max(lm_load_peak, lm_peak)}
     if tools is not None:
-        q_load, q_load_peak, _, _ = run([str(tools["query"]), str(arpa)], env, stdin=one)
-        q_all, q_peak, _, _ = run([str(tools["query"]), str(arpa)], env, stdin=text)
-        out["kenlm"] = {"load": q_load, "score": q_all - q_load, "peak": max(q_load_peak, q_peak)}
+        binary = arpa.with_suffix(".binary")
+        for name, model in (("kenlm", arpa), ("kenlm binary", binary)):
+            if not model.exists():
+                continue
+            q_load, q_load_peak, _, _ = run([str(tools["query"]), str(model)], env, stdin=one)
+            q_all, q_peak, _, _ = run([str(tools["query"]), str(model)], env, stdin=text)
+            out[name] = {"load": q_load, "score": q_all - q_load, "peak": max(q_load_peak, q_peak)}
     return out
 
 
@@ -138,6 +147,8 @@ def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: 
                      f"peak {lm['peak'] / ken['peak']:.2f}x")
         print("\n".join(lines[-2:]), flush=True)
         arpa = work / "kenlm.arpa"
+        if "build_binary" in tools:  # KenLM's probing binary: query loads it in a fraction of the ARPA's time
+            run([str(tools["build_binary"]), str(arpa), str(arpa.with_suffix(".binary"))], env)
     one = work / "one.txt"
     one.write_text((corpus / "test.txt").read_text().splitlines()[0] + "\n")
     arpa_mb = arpa.stat().st_size / 2**20
@@ -151,13 +162,15 @@ def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: 
         m = median_of([p[tool] for p in pairs])
         lines.append(f"score  {tool:<16}  load {m['load']:.2f} s  score {rate(test_tokens, m['score'])}  "
                      f"peak {mib(m['peak'])} MiB  ({arpa_mb:,.0f} MiB ARPA)")
-    if tools is not None:
-        ken_s = median_of([p["kenlm"] for p in pairs])
-        for name in (n for n in pairs[0] if n != "kenlm"):
+    for ken_name, ken_model in (("kenlm", "the ARPA"), ("kenlm binary", "its binary")):
+        if ken_name not in pairs[0]:
+            continue
+        ken_s = median_of([p[ken_name] for p in pairs])
+        for name in (n for n in pairs[0] if n.startswith("lmkit")):
             lm_s = median_of([p[name] for p in pairs])
             speed = (f"{ken_s['score'] / lm_s['score']:.2f}x" if min(ken_s["score"], lm_s["score"]) > 0
                      else "n/a (scoring hidden by the load's noise: raise --score-repeat)")
-            lines.append(f"score  ratio {name}/kenlm query on the ARPA  load {lm_s['load'] / ken_s['load']:.2f}x  "
+            lines.append(f"score  ratio {name}/kenlm query on {ken_model}  load {lm_s['load'] / ken_s['load']:.2f}x  "
                          f"scoring speed {speed}")
     lines.append(f"(load average after: {load_average()})")
     return lines
