@@ -166,7 +166,8 @@ def measure(name: str, corpus: Path, tools: dict | None, args, work: Path, env: 
         if ken_name not in pairs[0]:
             continue
         ken_s = median_of([p[ken_name] for p in pairs])
-        for name in (n for n in pairs[0] if n.startswith("lmkit")):
+        # own format against own format: query's binary is compared with lmkit's run folder only
+        for name in (n for n in pairs[0] if n.startswith("lmkit") and (ken_name == "kenlm" or n != "lmkit")):
             lm_s = median_of([p[name] for p in pairs])
             speed = (f"{ken_s['score'] / lm_s['score']:.2f}x" if min(ken_s["score"], lm_s["score"]) > 0
                      else "n/a (scoring hidden by the load's noise: raise --score-repeat)")
