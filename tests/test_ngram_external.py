@@ -30,14 +30,14 @@ runner = CliRunner()
 
 
 def assert_same_counts(a, b) -> None:
-    """Every array count_ngrams hands to the estimators, equal in value and dtype (prefix ids: in value and as
-    integers; in memory they are int32 below 2^31 tokens, out of core int64, and the estimators only index
-    with them)."""
+    """Every array count_ngrams hands to the estimators, equal in value and dtype (prefix ids and counts: in value
+    and as integers; in memory they are int32 below 2^31 tokens, out of core int64, and the estimators only index
+    with the ids and add or compare the counts)."""
     assert (a.tokens, a.units, a.order, a.vocab_size) == (b.tokens, b.units, b.order, b.vocab_size)
     for n in range(a.order):
         for name, x, y in (("keys", a.index.keys[n], b.index.keys[n]), ("counts", a.counts[n], b.counts[n]),
                            ("ctx", a.ctx[n], b.ctx[n])):
-            if name == "ctx":
+            if name in ("ctx", "counts"):
                 assert x.dtype.kind == y.dtype.kind == "i", (name, n + 1)
             else:
                 assert x.dtype == y.dtype, (name, n + 1)

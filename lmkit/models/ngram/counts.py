@@ -282,8 +282,8 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
 
     Works on n-gram *end* positions: the n-gram ending at j has suffix = the (n-1)-gram ending at j
     and prefix = the (n-1)-gram ending at j-1, so both ids come from the previous order's array. Below 2^31
-    tokens every per-position array is int32 (only the keys need 64 bits): the peak of counting is about half
-    what it is with int64 throughout."""
+    tokens every per-position array and every count is int32 (only the keys need 64 bits): the peak of counting is
+    about half what it is with int64 throughout."""
     V = int(vocab_size)
     progress = current()
     progress.phase("counting", total=order, label=f"1..{order}-grams")
@@ -308,7 +308,7 @@ def count_ngrams(sequences: list[np.ndarray], vocab_size: int, order: int, conte
         prefix = np.empty(uniq.size, dtype=id_dtype)
         prefix[inv] = rid[:-1][inside[1:]]  # the (n-1)-gram ending just before: every occurrence writes the same id
         keys.append(uniq)
-        counts.append(cnt)
+        counts.append(cnt.astype(id_dtype, copy=False))  # a count is at most the token count: int32 below 2^31
         ctx.append(prefix)
         if n < order:  # the next order's suffix ids
             rid = np.full(toks.size, -1, dtype=id_dtype)

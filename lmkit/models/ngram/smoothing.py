@@ -203,21 +203,25 @@ class Order:
             out[lo:hi] = value(lo, hi)
         return out
 
-    def per_context(self, value: Block) -> np.ndarray:
-        """One float64 per context (order n-1), block by block: value(lo, hi) over contexts lo..hi-1."""
-        out = np.empty(self.contexts)
+    def per_context(self, value: Block, out: np.ndarray | None = None) -> np.ndarray:
+        """One float64 per context (order n-1), block by block: value(lo, hi) over contexts lo..hi-1 (into `out`
+        when given)."""
+        out = np.empty(self.contexts) if out is None else out
         for lo, hi in blocks(self.contexts, self.ranges[0][1] - self.ranges[0][0] or None):
             out[lo:hi] = value(lo, hi)
         return out
 
 
-def _backoff_weights(order: Order, den: np.ndarray, weight: Block) -> np.ndarray:
-    """log back-off weights of the (n-1)-grams: `weight` where the context has extensions, else log 1."""
+def _backoff_weights(order: Order, den: np.ndarray, weight: Block, out: np.ndarray | None = None) -> np.ndarray:
+    """log back-off weights of the (n-1)-grams: `weight` where the context has extensions, else log 1. `out`: a
+    per-context float64 array to write them into, block by block (the weights' own array, when a block of the
+    weights is only read before its block of `out` is written: one array of the largest order's contexts less at
+    the peak of smoothing)."""
     def block(lo: int, hi: int) -> np.ndarray:
         seen = den[lo:hi] > 0
         return np.where(seen, _log(np.where(seen, weight(lo, hi), 1.0)), 0.0)
 
-    return order.per_context(block)
+    return order.per_context(block, out)
 
 
 # -- estimators ------------------------------------------------------------------------------------------
@@ -304,7 +308,8 @@ def _katz_order(o: Order, logp: list, K: int, step: int | None, facts: dict) -> 
             p = np.where(o.r(lo, hi) > 0, p, alpha[0] * o.lower(lo, hi, logp, P))
         return _log(p)
 
-    return o.fill(prob), _backoff_weights(o, den, lambda lo, hi: alpha[lo:hi])
+    logp_n = o.fill(prob)
+    return logp_n, _backoff_weights(o, den, lambda lo, hi: alpha[lo:hi], out=alpha)
 
 
 def estimate_jm(c: NgramCounts, lambdas: list[float], step: int | None = SMOOTH_BLOCK,
@@ -363,7 +368,7 @@ def kn_counts(c: NgramCounts, n: int, block: int | None = None) -> np.ndarray:
     time: its keys are sorted, so a block's suffixes are one contiguous range of order n."""
     if n == c.order:
         return c.counts[n - 1] if n > 1 else _no_specials(c.counts[0].copy())
-    a = np.zeros(c.index.size(n), dtype=np.int64)
+    a = np.zeros(c.index.size(n), dtype=c.counts[n - 1].dtype)  # each at most a raw count: the counts' width
     keys = c.index.keys[n]
     V = c.vocab_size
     for lo, hi in blocks(keys.size, block):
@@ -414,7 +419,8 @@ def _kn_order(o: Order, logp: list, modified: bool, fallback: tuple[float, float
         ctx = o.ctx(lo, hi)
         return _log(_div(a[lo:hi] - D[np.minimum(a[lo:hi], 3)], den[ctx]) + gamma[ctx] * o.lower(lo, hi, logp, P))
 
-    return o.fill(prob), _backoff_weights(o, den, lambda lo, hi: gamma[lo:hi])
+    logp_n = o.fill(prob)
+    return logp_n, _backoff_weights(o, den, lambda lo, hi: gamma[lo:hi], out=gamma)
 
 
 def estimate_additive(c: NgramCounts, k: float, step: int | None = SMOOTH_BLOCK) -> Additive:
